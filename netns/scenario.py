@@ -1,0 +1,107 @@
+"""What a scenario is, and how ``ztna lab run`` drives one.
+
+A scenario = topology + services + the user's action + the expected steps.
+``run()`` builds, starts, captures, drives, verifies, reports and tears down,
+also when any of those fails.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from .lab import Lab
+from .report import Step, render, write
+from .topology import Topology
+
+
+class Scenario:
+    """Base class: subclasses fill in the four parts."""
+
+    name: str = ""
+    summary: str = ""
+    # (host, iface) pairs captured besides every link endpoint (loopback, TUNs...).
+    capture_extra: list[tuple[str, str]] = []
+
+    def topology(self) -> Topology:
+        raise NotImplementedError
+
+    def start(self, lab: Lab) -> None:
+        """Start the services (and write PKI and configs)."""
+        raise NotImplementedError
+
+    def drive(self, lab: Lab) -> dict:
+        """Do what the user does; return what it printed, for verify()."""
+        raise NotImplementedError
+
+    def verify(self, lab: Lab, seen: dict) -> list[Step]:
+        """Check every documented step against the captures and ``seen``."""
+        raise NotImplementedError
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_term(signum, frame):
+    raise _Terminated(f"signal {signum}")
+
+
+def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print, color: bool = True) -> tuple[bool, list[Step], Path | None]:
+    """Run one scenario end to end; returns (all steps observed, steps, report path)."""
+    old = signal.signal(signal.SIGTERM, _on_term)
+    lab = Lab(sc.name, sc.topology())
+    steps: list[Step] = []
+    report: Path | None = None
+    t0 = time.monotonic()
+
+    def phase(text: str) -> None:
+        say(f"[{time.monotonic() - t0:5.1f}s] {text}")
+
+    try:
+        phase(f"building lab for {sc.name}: {len(lab.topo.hosts)} hosts, namespaces {', '.join(lab.topo.namespaces())}")
+        lab.up()
+        phase("starting services")
+        sc.start(lab)
+        phase("starting captures on every link")
+        lab.capture_all(sc.capture_extra)
+        phase("driving the user's action")
+        seen = sc.drive(lab)
+        time.sleep(0.3)  # let the last packets reach tcpdump
+        lab.stop_captures()
+        phase("checking every step against the captures")
+        steps = sc.verify(lab, seen)
+        report = write(lab.report_dir / f"{sc.name}.json", sc.name, steps, {"pcap_dir": str(lab.pcap_dir), "seen": _jsonable(seen)})
+        say("")
+        say(render(sc.name, steps, color=color))
+        say("")
+        say(f"report: {report}   captures: {lab.pcap_dir}")
+    except BaseException as exc:
+        say(f"scenario {sc.name} failed to run: {exc}")
+        say(traceback.format_exc())
+        for p in lab.procs.values():
+            if not p.alive():
+                say(f"  {p.name} had exited; last lines of {p.log}:")
+                say("    " + "\n    ".join(Path(p.log).read_text(errors="replace").splitlines()[-15:]))
+        steps = steps or [Step("-", f"scenario ran to the end ({type(exc).__name__}: {exc})")]
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+    finally:
+        if not keep:
+            phase("tearing down")
+            lab.down()
+        signal.signal(signal.SIGTERM, old)
+    ok = bool(steps) and all(s.ok for s in steps)
+    return ok, steps, report
+
+
+def _jsonable(seen: dict) -> dict:
+    out = {}
+    for k, v in seen.items():
+        if isinstance(v, bytes):
+            v = v.decode(errors="replace")
+        out[k] = v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else str(v)
+    return out

@@ -1,0 +1,66 @@
+"""The lab framework itself: build, serve, capture, read back, tear down."""
+
+from pathlib import Path
+
+import pytest
+
+from netns import builder, capture, procs
+from netns.lab import Lab
+from netns.topology import Topology
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    t = Topology("framework")
+    t.host("a").addr("eth0", "198.51.100.10/24").route("default", "198.51.100.1")
+    t.host("r", forward=True).addr("eth0", "198.51.100.1/24").addr("eth1", "203.0.113.1/24")
+    t.host("b").addr("eth0", "203.0.113.53/24").route("default", "203.0.113.1")
+    t.link("a", "eth0", "r", "eth0")
+    t.link("r", "eth1", "b", "eth0")
+    lab = Lab("framework", t, root=tmp_path / "run")
+    lab.up()
+    try:
+        yield lab
+    finally:
+        lab.down()
+        assert not set(t.namespaces()) & builder.existing()
+
+
+def test_routed_dns_query_is_captured_on_both_links(lab, tmp_path):
+    zone = tmp_path / "zone"
+    zone.write_text("$ORIGIN lab.example.\n@ IN SOA ns h 1 60 60 60 60\nhost IN A 192.0.2.7\n")
+    dns = lab.start("b", procs.ztna_argv("authdns", "run", "--zone", str(zone), "--listen", "203.0.113.53"), name="dns")
+    procs.wait_listening(dns, "203.0.113.53", 53, "udp")
+    lab.capture_all()
+    out = lab.exec("a", ["dig", "+short", "+tries=1", "+time=2", "@203.0.113.53", "host.lab.example"])
+    lab.stop_captures()
+    assert out.stdout.decode().strip() == "192.0.2.7"
+    from scapy.layers.dns import DNS
+    from scapy.layers.inet import IP
+
+    for host in ("a", "r"):
+        pkts = capture.read(lab.pcap(host, "eth0"))
+        answers = [p for p in pkts if p.haslayer(DNS) and p[DNS].qr == 1 and p[IP].src == "203.0.113.53"]
+        assert answers, f"no DNS answer captured on {host}:eth0"
+
+
+def test_namespaces_are_sealed(lab):
+    # No lab namespace has a route or interface towards the root namespace:
+    # every interface other than lo is a veth whose peer is in a lab namespace.
+    for ns in lab.topo.namespaces():
+        links = lab.exec(ns.removeprefix(lab.topo.ns("")), ["ip", "-o", "link"]).stdout.decode()
+        for line in links.splitlines():
+            name = line.split(": ")[1].split("@")[0]
+            if name == "lo":
+                continue
+            assert "link-netns" in line or "link-netnsid" in line, f"{ns}: {name} is not a veth to another namespace: {line}"
+    procs_out = lab.exec("a", ["ip", "route"]).stdout.decode()
+    assert "default via 198.51.100.1" in procs_out
+
+
+def test_stopped_service_leaves_no_process(lab):
+    p = lab.start("a", ["sleep", "60"], name="sleeper")
+    assert p.alive()
+    lab.stop("sleeper")
+    assert not p.alive()
+    assert builder.ns_pids(lab.ns("a")) == []

@@ -1,0 +1,64 @@
+import datetime as dt
+import os
+import ssl
+import stat
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ztna import pki
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def test_ca_and_leaf_are_p256_and_chain(tmp_path):
+    ca = pki.new_ca("test CA", now=NOW)
+    leaf = pki.issue(ca, "alice", kind="agent", now=NOW)
+    assert isinstance(leaf.key.curve, ec.SECP256R1)
+    assert isinstance(ca.key.curve, ec.SECP256R1)
+    assert pki.identity_of(leaf.cert) == "alice"
+    assert leaf.cert.issuer == ca.cert.subject
+    ca.key.public_key().verify(leaf.cert.signature, leaf.cert.tbs_certificate_bytes, ec.ECDSA(leaf.cert.signature_hash_algorithm))
+
+
+def test_leaf_key_never_equals_ca_key():
+    ca = pki.new_ca("test CA", now=NOW)
+    with pytest.raises(pki.PKIError, match="never equal"):
+        pki.issue(ca, "x", kind="server", now=NOW, key=ca.key)
+
+
+def test_keys_written_0600_and_loadable(tmp_path):
+    ca = pki.new_ca("test CA", now=NOW)
+    cert_path, key_path = pki.save(ca, tmp_path, "ca")
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    again = pki.load(tmp_path, "ca")
+    assert again.cert == ca.cert
+
+
+def test_expired_leaf_is_expired():
+    ca = pki.new_ca("test CA", now=NOW)
+    leaf = pki.issue(ca, "old", kind="agent", now=NOW, days=-1)
+    assert leaf.cert.not_valid_after_utc < NOW
+
+
+def test_unknown_kind_and_bad_ip_are_clear_errors():
+    ca = pki.new_ca("test CA", now=NOW)
+    with pytest.raises(pki.PKIError, match="unknown certificate kind"):
+        pki.issue(ca, "x", kind="wizard", now=NOW)
+    with pytest.raises(pki.PKIError, match="not an IP"):
+        pki.issue(ca, "x", kind="server", now=NOW, ips=["nope"])
+
+
+def test_missing_files_say_what_to_run(tmp_path):
+    with pytest.raises(pki.PKIError, match="ztna pki init"):
+        pki.load(tmp_path, "ca")
+
+
+def test_python_ssl_accepts_the_chain(tmp_path):
+    now = pki.utcnow()
+    ca = pki.new_ca("test CA", now=now)
+    leaf = pki.issue(ca, "srv", kind="server", now=now, dns_names=["srv.example"])
+    pki.save(ca, tmp_path, "ca")
+    pki.save(leaf, tmp_path, "srv")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")

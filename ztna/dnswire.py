@@ -1,0 +1,92 @@
+"""DNS wire helpers shared by every role: parse untrusted messages, ask a server.
+
+``parse_untrusted`` lets exactly one error escape (:class:`BadPacket`).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+
+from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib.buffer import BufferError
+from dnslib.dns import DNSError
+
+
+class BadPacket(Exception):
+    """Bytes from the network that are not a usable DNS message."""
+
+
+MAX_UDP = 4096
+
+
+def parse_untrusted(data: bytes) -> DNSRecord:
+    """Parse a DNS message from the network; only BadPacket escapes."""
+    if len(data) < 12:
+        raise BadPacket(f"DNS message of {len(data)} bytes is shorter than a header")
+    try:
+        return DNSRecord.parse(data)
+    except (DNSError, BufferError, ValueError, IndexError, KeyError, struct.error, UnicodeError) as exc:
+        raise BadPacket(f"malformed DNS message: {exc}") from exc
+    except Exception as exc:  # dnslib raises assorted types on hostile input
+        raise BadPacket(f"malformed DNS message: {type(exc).__name__}: {exc}") from exc
+
+
+def qname_of(rec: DNSRecord) -> str:
+    """The first question's name, lower case, without the trailing dot."""
+    return str(rec.q.qname).rstrip(".").lower()
+
+
+def ask(server: str, name: str, qtype: str = "A", *, port: int = 53, timeout: float = 2.0, tries: int = 2) -> DNSRecord:
+    """Ask ``server`` one question over UDP (TCP if truncated); raise OSError/TimeoutError on no answer."""
+    q = DNSRecord.question(name, qtype)
+    q.header.id = random.randrange(1, 65535)
+    last: Exception | None = None
+    for _ in range(tries):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(timeout)
+                s.sendto(q.pack(), (server, port))
+                while True:
+                    data, _ = s.recvfrom(MAX_UDP)
+                    try:
+                        r = parse_untrusted(data)
+                    except BadPacket:
+                        continue
+                    if r.header.id == q.header.id:
+                        break
+            if r.header.tc:
+                return ask_tcp(server, q, port=port, timeout=timeout)
+            return r
+        except (OSError, TimeoutError) as exc:
+            last = exc
+    raise TimeoutError(f"no answer from DNS server {server}:{port} for {name} {qtype}: {last}")
+
+
+def ask_tcp(server: str, q: DNSRecord, *, port: int = 53, timeout: float = 2.0) -> DNSRecord:
+    data = q.pack()
+    with socket.create_connection((server, port), timeout=timeout) as s:
+        s.sendall(struct.pack("!H", len(data)) + data)
+        hdr = _recv_exact(s, 2)
+        return parse_untrusted(_recv_exact(s, struct.unpack("!H", hdr)[0]))
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("DNS server closed the TCP connection early")
+        buf += chunk
+    return buf
+
+
+def addresses(rec: DNSRecord, qtype: str = "A") -> list[str]:
+    """Addresses of the answer section (following no CNAME: the server already did)."""
+    want = getattr(QTYPE, qtype)
+    return [str(rr.rdata) for rr in rec.rr if rr.rtype == want]
+
+
+def rcode_name(rec: DNSRecord) -> str:
+    return RCODE.get(rec.header.rcode)
