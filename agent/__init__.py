@@ -1,0 +1,1 @@
+"""The endpoint: ZTNA agent and roaming DNS client."""

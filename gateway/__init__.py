@@ -1,0 +1,1 @@
+"""The network side: ZTNA gateway, DNS security resolver, HTTPS forward proxy."""
