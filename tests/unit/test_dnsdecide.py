@@ -1,0 +1,55 @@
+from dnslib import QTYPE, RCODE, DNSRecord
+
+from agent.dnsdecide import decide
+from agent.leases import LeasePool
+from ztna.names import PatternSet
+
+APPS = PatternSet(["app.mycompany.net", "*.apps.mycompany.net"])
+
+
+def q(name, qtype="A"):
+    return DNSRecord.parse(DNSRecord.question(name, qtype).pack())
+
+
+def test_app_name_gets_a_lease_with_short_ttl():
+    pool = LeasePool()
+    d = decide(q("App.MyCompany.net."), APPS, pool, 0, ttl=10)
+    assert d.lease.fqdn == "app.mycompany.net"
+    assert [str(rr.rdata) for rr in d.reply.rr] == ["100.64.0.3"]
+    assert d.reply.rr[0].ttl == 10 and d.reply.header.rcode == RCODE.NOERROR
+    assert str(d.reply.q.qname) == "App.MyCompany.net."  # question echoed as asked
+
+
+def test_wildcard_app_and_same_lease_again():
+    pool = LeasePool()
+    a = decide(q("x.apps.mycompany.net"), APPS, pool, 0).lease
+    b = decide(q("x.apps.mycompany.net"), APPS, pool, 5).lease
+    assert a is b
+
+
+def test_aaaa_and_other_types_get_empty_noerror():
+    for t in ("AAAA", "MX", "HTTPS", "TXT"):
+        d = decide(q("app.mycompany.net", t), APPS, LeasePool(), 0)
+        assert d.reply.header.rcode == RCODE.NOERROR and not d.reply.rr and d.lease is None
+
+
+def test_other_names_are_forwarded():
+    for n in ("www.example.com", "mycompany.net", "apps.mycompany.net", "gateway.mycompany.net"):
+        assert decide(q(n), APPS, LeasePool(), 0).forward
+
+
+def test_exhaustion_is_servfail():
+    pool = LeasePool("100.64.0.0/30", reserved=["100.64.0.1"])
+    decide(q("app.mycompany.net"), APPS, pool, 0)
+    d = decide(q("a.apps.mycompany.net"), APPS, pool, 0)
+    assert d.reply.header.rcode == RCODE.SERVFAIL
+
+
+def test_multiple_questions_formerr_and_responses_ignored():
+    m = DNSRecord.question("app.mycompany.net")
+    m.add_question(DNSRecord.question("x.apps.mycompany.net").q)
+    assert decide(DNSRecord.parse(m.pack()), APPS, LeasePool(), 0).reply.header.rcode == RCODE.FORMERR
+    r = q("app.mycompany.net")
+    r.header.qr = 1
+    d = decide(r, APPS, LeasePool(), 0)
+    assert d.reply is None and not d.forward

@@ -1,0 +1,128 @@
+"""The tunnel's wire protocol: length-prefixed frames inside TLS 1.3.
+
+Theory of operation
+-------------------
+Every frame is a 4-byte header, ``type`` (1 byte) and payload length (3 bytes,
+big endian), then the payload.  Control frames carry a small JSON object; data
+frames carry one IP packet preceded by its 10-byte virtio-net header (so TSO/GSO
+super-packets of up to 64 KiB cross the tunnel whole).  The sender packs many
+frames into one TLS write.
+
+    agent                                   gateway
+      HELLO {version, tunnel_addr}  ---->
+                                    <----  WELCOME {version, identity, session}
+      LEASE {fqdn, addr}            ---->  (policy check, private DNS lookup)
+                                    <----  LEASE_RESULT {fqdn, addr, allowed, reason}
+      DATA vnet+packet              <--->  DATA vnet+packet
+      RELEASE {addr}                ---->
+      KEEPALIVE                     <--->  KEEPALIVE
+      CLOSE {reason}                <--->  CLOSE {reason}
+
+A frame of unknown type, an over-long frame or JSON that is not an object is a
+protocol error: :class:`BadFrame`, and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+VERSION = 1
+
+HELLO = 0x01
+WELCOME = 0x02
+LEASE = 0x03
+LEASE_RESULT = 0x04
+RELEASE = 0x05
+KEEPALIVE = 0x06
+CLOSE = 0x07
+DATA = 0x10
+
+CONTROL = {HELLO, WELCOME, LEASE, LEASE_RESULT, RELEASE, KEEPALIVE, CLOSE}
+NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", LEASE: "LEASE", LEASE_RESULT: "LEASE_RESULT",
+         RELEASE: "RELEASE", KEEPALIVE: "KEEPALIVE", CLOSE: "CLOSE", DATA: "DATA"}
+
+HEADER = 4
+MAX_CONTROL = 4096
+MAX_DATA = 10 + 65535 + 64  # vnet header + the largest IPv4 packet, with slack
+VNET_HDR_LEN = 10
+
+
+class BadFrame(Exception):
+    """The peer sent bytes that are not a valid frame stream."""
+
+
+def frame(ftype: int, payload: bytes = b"") -> bytes:
+    return struct.pack("!I", (ftype << 24) | len(payload)) + payload
+
+
+def control(ftype: int, **fields) -> bytes:
+    return frame(ftype, json.dumps(fields, separators=(",", ":")).encode())
+
+
+def data_header(length: int) -> bytes:
+    """Header of a DATA frame whose payload is ``length`` bytes (the payload is sent after it)."""
+    return struct.pack("!I", (DATA << 24) | length)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame; ``fields`` is the JSON object of a control frame."""
+
+    type: int
+    payload: bytes
+    fields: dict | None = None
+
+
+class Decoder:
+    """Bytes in (``feed_untrusted``), frames out.  No I/O."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed_untrusted(self, data: bytes) -> list[Frame]:
+        """Add received bytes; return every complete frame.  Raises only BadFrame."""
+        buf = self._buf
+        buf += data
+        out: list[Frame] = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= HEADER:
+            word = int.from_bytes(buf[pos:pos + 4], "big")
+            ftype, length = word >> 24, word & 0xFFFFFF
+            if ftype == DATA:
+                if length > MAX_DATA or length < VNET_HDR_LEN + 20:
+                    raise BadFrame(f"DATA frame of {length} bytes is outside {VNET_HDR_LEN + 20}..{MAX_DATA}")
+            elif ftype in CONTROL:
+                if length > MAX_CONTROL:
+                    raise BadFrame(f"{NAMES[ftype]} frame of {length} bytes exceeds {MAX_CONTROL}")
+            else:
+                raise BadFrame(f"unknown frame type 0x{ftype:02x}")
+            if n - pos - HEADER < length:
+                break
+            payload = bytes(buf[pos + HEADER:pos + HEADER + length])
+            pos += HEADER + length
+            if ftype == DATA:
+                out.append(Frame(DATA, payload))
+            else:
+                out.append(Frame(ftype, b"", _fields_untrusted(ftype, payload)))
+        if pos:
+            del buf[:pos]
+        return out
+
+    def pending(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buf)
+
+
+def _fields_untrusted(ftype: int, payload: bytes) -> dict:
+    if not payload:
+        return {}
+    try:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadFrame(f"{NAMES[ftype]} payload is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise BadFrame(f"{NAMES[ftype]} payload is not a JSON object")
+    return obj
