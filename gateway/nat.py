@@ -61,8 +61,8 @@ class ClientNat:
     def outbound(self, pkt: bytearray, off: int, partial: bool, now: float) -> tuple | None:
         """Rewrite an agent's packet in place for the LAN.
 
-        Returns the flow key when the packet may pass (a new flow's key is added
-        to ``flows``), None when it was dropped (and counted).
+        Returns (flow key, new flow?) when the packet may pass, None when it was
+        dropped (and counted).
         """
         try:
             f = parse_untrusted(pkt, off)
@@ -78,13 +78,14 @@ class ClientNat:
             return None
         key = (f.proto, f.sport, route.real, f.dport)
         entry = self.flows.get(key)
-        if entry is None or entry[0] != f.dst:
+        new = entry is None or entry[0] != f.dst
+        if new:
             self.flows[key] = [f.dst, now]
         else:
             entry[1] = now
         rewrite(pkt, off, self.inside_addr, route.real, partial)
         self.counters.out_packets += 1
-        return key
+        return key, new
 
     def inbound(self, pkt: bytearray, off: int, partial: bool, now: float) -> bool:
         """Rewrite a LAN reply in place for the agent; False when no flow claims it."""

@@ -7,6 +7,7 @@ also when any of those fails.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import traceback
@@ -46,12 +47,21 @@ class _Terminated(Exception):
     pass
 
 
+_MAIN_PID = os.getpid()
+
+
 def _on_term(signum, frame):
+    # pyroute2 forks helper children that inherit this handler; only the
+    # process that installed it may unwind into the teardown.
+    if os.getpid() != _MAIN_PID:
+        os._exit(1)
     raise _Terminated(f"signal {signum}")
 
 
 def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print, color: bool = True) -> tuple[bool, list[Step], Path | None]:
     """Run one scenario end to end; returns (all steps observed, steps, report path)."""
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     old = signal.signal(signal.SIGTERM, _on_term)
     lab = Lab(sc.name, sc.topology())
     steps: list[Step] = []

@@ -71,7 +71,7 @@ class Frame:
     """One decoded frame; ``fields`` is the JSON object of a control frame."""
 
     type: int
-    payload: bytes
+    payload: bytes | bytearray
     fields: dict | None = None
 
 
@@ -101,7 +101,8 @@ class Decoder:
                 raise BadFrame(f"unknown frame type 0x{ftype:02x}")
             if n - pos - HEADER < length:
                 break
-            payload = bytes(buf[pos + HEADER:pos + HEADER + length])
+            # DATA payloads are mutable: the gateway rewrites addresses in place.
+            payload = buf[pos + HEADER:pos + HEADER + length]
             pos += HEADER + length
             if ftype == DATA:
                 out.append(Frame(DATA, payload))

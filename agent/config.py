@@ -1,0 +1,60 @@
+"""The agent's configuration (``[agent]`` in agent.toml)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ztna.config import ConfigError, load_file, section
+from ztna.names import BadName, PatternSet, normalize
+
+
+@dataclass
+class AgentConfig:
+    """Every setting of the agent; see docs/agent.md for each."""
+
+    cert: str
+    key: str
+    ca: str
+    gateway: str
+    apps: list[str]
+    gateway_port: int = 443
+    tun: str = "ztna0"
+    network: str = "100.64.0.0/10"
+    address: str = "100.64.0.1"
+    dns_stub: str = "100.64.0.2"
+    resolv_conf: str = "/etc/resolv.conf"
+    state_dir: str = "/run/ztna-agent"
+    dns_ttl: int = 10
+    idle_timeout: float = 300.0
+    keepalive: float = 15.0
+    connect_timeout: float = 5.0
+    log_level: str = "INFO"
+    patterns: PatternSet = field(default_factory=PatternSet, repr=False)
+
+
+def load(path: Path) -> AgentConfig:
+    cfg: AgentConfig = section(AgentConfig, load_file(path), "agent", path)
+    try:
+        net = ipaddress.IPv4Network(cfg.network)
+        for key in ("address", "dns_stub"):
+            if ipaddress.IPv4Address(getattr(cfg, key)) not in net:
+                raise ConfigError(f"{path}: [agent] {key} = {getattr(cfg, key)} is not inside network {cfg.network}")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [agent] bad address or network: {exc}") from exc
+    if cfg.address == cfg.dns_stub:
+        raise ConfigError(f"{path}: [agent] address and dns_stub must differ")
+    try:
+        cfg.patterns = PatternSet(cfg.apps)
+        gw = normalize(cfg.gateway)
+    except BadName as exc:
+        raise ConfigError(f"{path}: [agent] {exc}") from exc
+    if gw in cfg.patterns:
+        raise ConfigError(f"{path}: [agent] apps cover the gateway's own name {gw}; the tunnel could never be built")
+    if not cfg.apps:
+        raise ConfigError(f"{path}: [agent] apps is empty: name at least one private application")
+    for key in ("cert", "key", "ca"):
+        if not Path(getattr(cfg, key)).is_file():
+            raise ConfigError(f"{path}: [agent] {key} = {getattr(cfg, key)} does not exist")
+    return cfg

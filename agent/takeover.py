@@ -1,0 +1,160 @@
+"""Taking over the machine's DNS, and giving it back.
+
+At start the agent records the resolver file as it was, then points it at the
+DNS stub on its adapter.  It gives the file back on stop; after a crash a
+guardian process (forked at start, woken when the agent's end of a pipe closes)
+gives it back at once, and the next start or ``ztna agent restore`` does it if
+the guardian was killed too.  The file is given back only if it is still the
+one the agent wrote, so a change made by somebody else is never undone.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger("ztna.agent")
+
+MARK = "# written by the ztna agent"
+
+
+class TakeoverError(RuntimeError):
+    """The resolver file could not be read, written or given back."""
+
+
+def nameservers(text: str) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf text, in order."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            out.append(parts[1])
+    return out
+
+
+def render(original: str, stub: str, state_path: Path, pid: int) -> str:
+    """The file the agent writes: its stub first, the original search/options kept."""
+    keep = [l for l in original.splitlines() if l.split()[:1] and l.split()[0] in ("search", "domain", "options")]
+    return "\n".join([f"{MARK} (pid {pid}); the original is kept in {state_path} and put back when it stops",
+                      f"nameserver {stub}", *keep]) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` atomically; in place when it is a bind-mount target (rename gives EBUSY)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try:
+            os.replace(tmp, path)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EBUSY, errno.EXDEV):
+                raise
+        with open(path, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def take_over(resolv: Path, stub: str, state_path: Path, pid: int) -> list[str]:
+    """Record the resolver file and point it at ``stub``; return the original resolvers."""
+    try:
+        original = resolv.read_text()
+    except OSError as exc:
+        raise TakeoverError(f"cannot read {resolv}: {exc}") from exc
+    if MARK in original:
+        raise TakeoverError(f"{resolv} was written by a ztna agent that did not give it back; run 'ztna agent restore' first")
+    servers = [s for s in nameservers(original) if s != stub]
+    if not servers:
+        raise TakeoverError(f"{resolv} names no nameserver; the agent needs the machine's resolvers to forward "
+                            "ordinary names and to find the gateway")
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"resolv_conf": str(resolv), "original": original, "pid": pid, "stub": stub}
+    tmp = state_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.chmod(tmp, 0o600)
+    tmp.replace(state_path)
+    write_atomic(resolv, render(original, stub, state_path, pid))
+    return servers
+
+
+def restore(state_path: Path) -> str:
+    """Give the recorded file back if it is still ours; remove the state. Returns what was done."""
+    try:
+        state = json.loads(state_path.read_text())
+        resolv, original = Path(state["resolv_conf"]), state["original"]
+    except FileNotFoundError:
+        return "nothing to restore: no DNS takeover is recorded"
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TakeoverError(f"{state_path} is corrupt ({exc}); check {state_path} and the resolver file by hand") from exc
+    try:
+        current = resolv.read_text()
+    except FileNotFoundError:
+        current = ""
+    if current and MARK not in current:
+        state_path.unlink()
+        return f"{resolv} was changed by something else since the agent wrote it; left as it is"
+    write_atomic(resolv, original)
+    state_path.unlink()
+    return f"restored {resolv} ({', '.join(nameservers(original)) or 'no nameserver'})"
+
+
+def recover_stale(state_path: Path) -> str | None:
+    """At start: give back what a dead agent left taken over."""
+    try:
+        pid = json.loads(state_path.read_text()).get("pid")
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return restore(state_path)
+    if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        raise TakeoverError(f"another ztna agent (pid {pid}) holds the DNS takeover; stop it first")
+    return restore(state_path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def start_guardian(state_path: Path) -> int:
+    """Fork a process that restores DNS if this one dies without doing it. Returns the write end to keep open."""
+    r, w = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # guardian
+        try:
+            os.close(w)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            while os.read(r, 1):
+                pass  # EOF: the agent is gone, however it ended
+            try:
+                state = json.loads(state_path.read_text())
+                if state.get("pid") == parent:
+                    msg = restore(state_path)
+                    print(f"ztna agent guardian: agent {parent} died without giving DNS back: {msg}", flush=True)
+            except (FileNotFoundError, ValueError, TakeoverError):
+                pass
+        finally:
+            os._exit(0)
+    os.close(r)
+    os.set_inheritable(w, False)
+    return w

@@ -1,0 +1,59 @@
+"""The gateway's configuration: ``[gateway]`` and ``[policy]`` in gateway.toml."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from ztna.config import ConfigError, load_file, section
+from ztna.names import BadName, PatternSet
+
+from .policy import Policy
+
+
+@dataclass
+class GatewayConfig:
+    """Every setting of the gateway; see docs/gateway.md."""
+
+    listen: str
+    cert: str
+    key: str
+    ca: str
+    private_dns: list[str]
+    port: int = 443
+    tun: str = "ztgw0"
+    inside_network: str = "10.254.0.0/16"
+    agent_network: str = "100.64.0.0/10"
+    handshake_timeout: float = 10.0
+    keepalive: float = 15.0
+    max_sessions: int = 1000
+    queue_limit: int = 8 * 1024 * 1024
+    log_level: str = "INFO"
+
+
+def load(path: Path) -> tuple[GatewayConfig, Policy]:
+    data = load_file(path)
+    cfg: GatewayConfig = section(GatewayConfig, data, "gateway", path)
+    try:
+        ipaddress.IPv4Address(cfg.listen)
+        ipaddress.IPv4Network(cfg.inside_network)
+        ipaddress.IPv4Network(cfg.agent_network)
+        for s in cfg.private_dns:
+            ipaddress.IPv4Address(s)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [gateway] bad address: {exc}") from exc
+    if not cfg.private_dns:
+        raise ConfigError(f"{path}: [gateway] private_dns is empty: name the private DNS server(s)")
+    table = data.get("policy", {})
+    if not isinstance(table, dict) or not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in table.values()):
+        raise ConfigError(f"{path}: [policy] maps each identity to a list of application patterns, e.g. alice = [\"app.mycompany.net\"]")
+    try:
+        for v in table.values():
+            PatternSet(v)
+    except BadName as exc:
+        raise ConfigError(f"{path}: [policy] {exc}") from exc
+    for key in ("cert", "key", "ca"):
+        if not Path(getattr(cfg, key)).is_file():
+            raise ConfigError(f"{path}: [gateway] {key} = {getattr(cfg, key)} does not exist")
+    return cfg, Policy(table)

@@ -1,0 +1,125 @@
+"""Reading the captures back: the facts a step's evidence is made of.
+
+Every function takes scapy packets (``netns.capture.read``) and returns plain
+records, so a scenario's checks read like the steps they prove.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from scapy.layers.dns import DNS
+from scapy.layers.inet import IP, TCP
+from scapy.main import load_layer
+
+load_layer("tls")
+
+
+@dataclass
+class DnsMsg:
+    """One DNS message seen on the wire."""
+
+    time: float
+    src: str
+    dst: str
+    name: str
+    qtype: int
+    response: bool
+    answers: list[str]
+    rcode: int
+
+
+def dns(pkts) -> list[DnsMsg]:
+    out = []
+    for p in pkts:
+        if not (p.haslayer(IP) and p.haslayer(DNS)) or p[DNS].qd is None:
+            continue
+        d = p[DNS]
+        q = d.qd[0] if hasattr(d.qd, "__getitem__") else d.qd
+        answers = []
+        for i in range(d.ancount or 0):
+            rr = d.an[i]
+            if rr.type in (1, 28):
+                answers.append(str(rr.rdata))
+        out.append(DnsMsg(float(p.time), p[IP].src, p[IP].dst, q.qname.decode().rstrip(".").lower(), q.qtype,
+                          bool(d.qr), answers, d.rcode))
+    return out
+
+
+@dataclass
+class Seg:
+    """One TCP segment."""
+
+    time: float
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    flags: str
+    payload: bytes
+
+
+def tcp(pkts) -> list[Seg]:
+    return [Seg(float(p.time), p[IP].src, p[TCP].sport, p[IP].dst, p[TCP].dport, str(p[TCP].flags),
+                bytes(p[TCP].payload)) for p in pkts if p.haslayer(IP) and p.haslayer(TCP)]
+
+
+def syns(pkts, dst: str | None = None, dport: int | None = None) -> list[Seg]:
+    return [s for s in tcp(pkts) if s.flags == "S" and (dst is None or s.dst == dst) and (dport is None or s.dport == dport)]
+
+
+def in_net(addr: str, net: str) -> bool:
+    return ipaddress.ip_address(addr) in ipaddress.ip_network(net)
+
+
+def touching(pkts, net: str) -> list:
+    """Packets whose source or destination lies in ``net``."""
+    return [p for p in pkts if p.haslayer(IP) and (in_net(p[IP].src, net) or in_net(p[IP].dst, net))]
+
+
+def tls(stream: bytes) -> dict:
+    """What the TLS records at the start of one side's byte stream show (scapy's TLS dissector).
+
+    Keys: ``types`` (content type of each record), ``sni``, ``offered`` (the
+    ClientHello's highest supported version) and ``selected`` (the ServerHello's).
+    """
+    from scapy.layers.tls.handshake import TLSClientHello, TLSServerHello
+    from scapy.layers.tls.record import TLS
+
+    names = {0x0304: "TLSv1.3", 0x0303: "TLSv1.2", 0x0302: "TLSv1.1", 0x0301: "TLSv1.0"}
+    out: dict = {"types": [], "sni": None, "offered": None, "selected": None}
+    try:
+        rec = TLS(stream)
+    except Exception:
+        return out
+    while isinstance(rec, TLS):
+        out["types"].append(rec.type)
+        for m in rec.msg if isinstance(rec.msg, list) else []:
+            exts = getattr(m, "ext", None) or []
+            if isinstance(m, TLSClientHello):
+                for e in exts:
+                    if type(e).__name__ == "TLS_Ext_ServerName" and e.servernames:
+                        out["sni"] = e.servernames[0].servername.decode(errors="replace")
+                    if type(e).__name__ == "TLS_Ext_SupportedVersion_CH":
+                        out["offered"] = names.get(max(e.versions), hex(max(e.versions)))
+            if isinstance(m, TLSServerHello):
+                out["selected"] = names.get(m.version, hex(m.version))
+                for e in exts:
+                    if type(e).__name__ == "TLS_Ext_SupportedVersion_SH":
+                        out["selected"] = names.get(e.version, hex(e.version))
+        rec = rec.payload
+    return out
+
+
+def stream(segs: list[Seg], src: str, dst: str, *, dport: int | None = None, sport: int | None = None) -> bytes:
+    """The bytes one side sent, in capture order, retransmissions skipped (enough for handshakes)."""
+    seen, out = set(), b""
+    for s in segs:
+        if s.src == src and s.dst == dst and (dport is None or s.dport == dport) \
+                and (sport is None or s.sport == sport) and s.payload:
+            key = (s.sport, s.dport, s.payload)
+            if key not in seen:
+                seen.add(key)
+                out += s.payload
+    return out

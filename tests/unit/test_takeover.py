@@ -1,0 +1,75 @@
+import json
+import os
+
+import pytest
+
+from agent import takeover as T
+
+ORIG = "# from DHCP\nnameserver 198.51.100.53\nnameserver 198.51.100.54\nsearch corp.example\noptions edns0\n"
+
+
+def test_take_over_and_restore(tmp_path):
+    resolv, state = tmp_path / "resolv.conf", tmp_path / "state.json"
+    resolv.write_text(ORIG)
+    servers = T.take_over(resolv, "100.64.0.2", state, 1234)
+    assert servers == ["198.51.100.53", "198.51.100.54"]
+    text = resolv.read_text()
+    assert T.nameservers(text) == ["100.64.0.2"]
+    assert "search corp.example" in text and "options edns0" in text and T.MARK in text
+    assert oct(os.stat(state).st_mode & 0o777) == "0o600"
+    assert "restored" in T.restore(state)
+    assert resolv.read_text() == ORIG and not state.exists()
+
+
+def test_file_changed_by_someone_else_is_left_alone(tmp_path):
+    resolv, state = tmp_path / "resolv.conf", tmp_path / "state.json"
+    resolv.write_text(ORIG)
+    T.take_over(resolv, "100.64.0.2", state, 1)
+    resolv.write_text("nameserver 10.8.0.1\n")  # a VPN rewrote it meanwhile
+    assert "left as it is" in T.restore(state)
+    assert resolv.read_text() == "nameserver 10.8.0.1\n"
+
+
+def test_refuses_a_file_with_no_resolver_or_already_taken(tmp_path):
+    resolv, state = tmp_path / "resolv.conf", tmp_path / "state.json"
+    resolv.write_text("search x\n")
+    with pytest.raises(T.TakeoverError, match="names no nameserver"):
+        T.take_over(resolv, "100.64.0.2", state, 1)
+    resolv.write_text(T.render(ORIG, "100.64.0.2", state, 1))
+    with pytest.raises(T.TakeoverError, match="ztna agent restore"):
+        T.take_over(resolv, "100.64.0.2", state, 1)
+
+
+def test_stale_state_of_a_dead_agent_is_recovered(tmp_path):
+    resolv, state = tmp_path / "resolv.conf", tmp_path / "state.json"
+    resolv.write_text(ORIG)
+    T.take_over(resolv, "100.64.0.2", state, 999999)  # no such pid
+    assert "restored" in T.recover_stale(state)
+    assert resolv.read_text() == ORIG
+    assert T.recover_stale(state) is None
+
+
+def test_corrupt_state_is_a_clear_error(tmp_path):
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"nope": 1}))
+    with pytest.raises(T.TakeoverError, match="corrupt"):
+        T.restore(state)
+
+
+def test_guardian_restores_when_the_agent_dies(tmp_path):
+    resolv, state = tmp_path / "resolv.conf", tmp_path / "state.json"
+    resolv.write_text(ORIG)
+    pid = os.fork()
+    if pid == 0:  # the "agent": take over, start the guardian, die without cleanup
+        try:
+            T.take_over(resolv, "100.64.0.2", state, os.getpid())
+            T.start_guardian(state)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    import time
+
+    deadline = time.time() + 5
+    while resolv.read_text() != ORIG and time.time() < deadline:
+        time.sleep(0.02)
+    assert resolv.read_text() == ORIG and not state.exists()
