@@ -202,6 +202,8 @@ class Gateway:
             self.by_inside.pop(s.inside, None)
             self.pool.give_back(s.inside)
         c = s.nat.counters if s.nat else None
+        if s.conn.decoder.pending():
+            reason += f" ({s.conn.decoder.pending()} bytes of an unfinished frame dropped)"
         log.info("session %d %s closed after %.0fs: %s; %d bytes in, %d out%s", s.id, s.identity,
                  time.monotonic() - s.started, reason, s.conn.bytes_in, s.conn.bytes_out,
                  f"; dropped spoofed src {c.spoofed_src}, dst {c.spoofed_dst}, malformed {c.malformed}" if c else "")

@@ -172,11 +172,16 @@ def icmp_unreachable_for(pkt: bytes, off: int = 0, *, code: int = 1, src: bytes 
 def refusal_for(pkt: bytes, off: int = 0) -> bytes | None:
     """What to answer a packet to an address nobody serves: RST for TCP, ICMP otherwise.
 
+    UDP gets port unreachable: Linux reports it to UDP sockets at once
+    (ECONNREFUSED), while host unreachable is a soft error that a UDP socket
+    without IP_RECVERR never sees, so a client would wait for its time-out.
     None for packets that must not be answered (RSTs and ICMP errors, to avoid loops).
     """
     f = parse_untrusted(pkt, off)
     if f.proto == TCP:
         return None if f.flags & TCP_RST else tcp_reset_for(pkt, off)
+    if f.proto == UDP:
+        return icmp_unreachable_for(pkt, off, code=3)
     if f.proto == ICMP and pkt[off + f.ihl] not in (8,):
         return None  # never answer an ICMP error (or a reply) with an ICMP error
     return icmp_unreachable_for(pkt, off)

@@ -104,9 +104,11 @@ def test_rst_answers_an_ack_with_its_ack_number():
 def test_icmp_unreachable_quotes_the_datagram():
     dgram = bytes(IP(src="100.64.0.1", dst="100.64.9.9") / UDP(sport=5000, dport=53) / Raw(b"abcdefgh" * 3))
     err = IP(P.refusal_for(dgram))
-    assert err[ICMP].type == 3 and err[ICMP].code == 1
+    assert err[ICMP].type == 3 and err[ICMP].code == 3  # port unreachable: UDP sockets see ECONNREFUSED
     assert bytes(err[ICMP].payload)[:28] == dgram[:28]
-    assert valid_checksums(bytes(err))
+    assert P.checksum(bytes(err[ICMP])) == 0
+    ping = IP(P.refusal_for(bytes(IP(src="100.64.0.1", dst="100.64.9.9") / ICMP(type=8))))
+    assert ping[ICMP].code == 1 and P.checksum(bytes(ping[ICMP])) == 0
 
 
 def test_no_refusal_for_rst_or_icmp_errors():
