@@ -1,0 +1,1 @@
+"""Benchmarks that run in the sealed lab (``scripts/bench.sh NAME``)."""
