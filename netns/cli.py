@@ -10,6 +10,7 @@ import click
 
 from . import lab as labmod
 from . import scenarios
+from .builder import BuildError
 from .scenario import run as run_scenario
 
 
@@ -50,8 +51,11 @@ def run_cmd(name: str, keep: bool, as_json: bool) -> None:
         sc = scenarios.get(name)
     except KeyError as exc:
         raise click.ClickException(str(exc.args[0])) from exc
-    ok, steps, report = run_scenario(sc, keep=keep, say=(lambda s: click.echo(s, err=True)) if as_json else click.echo,
+    try:
+        ok, steps, report = run_scenario(sc, keep=keep, say=(lambda s: click.echo(s, err=True)) if as_json else click.echo,
                                      color=sys.stdout.isatty())
+    except BuildError as exc:
+        raise click.ClickException(str(exc)) from exc
     if as_json and report:
         click.echo(report.read_text())
     sys.exit(0 if ok else 1)
@@ -69,6 +73,9 @@ def up_cmd(name: str) -> None:
     lab_ = labmod.Lab(sc.name, sc.topology())
     try:
         lab_.up()
+    except BuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
         sc.start(lab_)
         lab_.capture_all(sc.capture_extra)
     except BaseException:

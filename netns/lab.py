@@ -45,15 +45,27 @@ class Lab:
 
     # ---- lifecycle -------------------------------------------------------
     def up(self) -> None:
-        """Build the namespaces; the run directory is laid anew (reports are kept)."""
+        """Build the namespaces; the run directory is laid anew (reports are kept).
+
+        Refuses, touching nothing, when a lab is already up; if the build fails
+        half-way, removes what it made and nothing else.
+        """
         if (self.root / "state.json").exists():
             raise builder.BuildError(f"a lab is already up (state in {self.root}/state.json); run 'ztna lab down' first")
+        clash = builder.existing() & set(self.topo.namespaces())
+        if clash:
+            raise builder.BuildError(f"namespaces already exist: {', '.join(sorted(clash))}; "
+                                     "another lab is up: run 'ztna lab down' first")
         for d in (self.pki_dir, self.conf_dir, self.log_dir, self.pcap_dir):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
         self.report_dir.mkdir(parents=True, exist_ok=True)
         self._save()
-        builder.build(self.topo)
+        try:
+            builder.build(self.topo)
+        except BaseException:
+            self.down()
+            raise
 
     def down(self) -> list[str]:
         """Stop every process and capture, remove every namespace; never raises."""

@@ -71,9 +71,13 @@ def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print,
     def phase(text: str) -> None:
         say(f"[{time.monotonic() - t0:5.1f}s] {text}")
 
+    phase(f"building lab for {sc.name}: {len(lab.topo.hosts)} hosts, namespaces {', '.join(lab.topo.namespaces())}")
     try:
-        phase(f"building lab for {sc.name}: {len(lab.topo.hosts)} hosts, namespaces {', '.join(lab.topo.namespaces())}")
-        lab.up()
+        lab.up()  # on failure it removes what it made, and never another lab
+    except BaseException:
+        signal.signal(signal.SIGTERM, old)
+        raise
+    try:
         phase("starting services")
         sc.start(lab)
         phase("starting captures on every link")

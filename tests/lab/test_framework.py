@@ -64,3 +64,14 @@ def test_stopped_service_leaves_no_process(lab):
     lab.stop("sleeper")
     assert not p.alive()
     assert builder.ns_pids(lab.ns("a")) == []
+
+
+def test_a_second_lab_is_refused_without_harming_the_first(lab):
+    again = Lab("framework", lab.topo, root=lab.root.parent / "other")
+    with pytest.raises(builder.BuildError, match="another lab is up"):
+        again.up()
+    assert set(lab.topo.namespaces()) <= builder.existing()
+    same_root = Lab("framework", lab.topo, root=lab.root)
+    with pytest.raises(builder.BuildError, match="already up"):
+        same_root.up()
+    assert set(lab.topo.namespaces()) <= builder.existing()
