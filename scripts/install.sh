@@ -41,7 +41,8 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.ztna-stamp 2>/dev/null)" != "$st
   echo "install.sh: creating .venv and installing ztna"
   rm -rf .venv
   "$py" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  # (the filter hides only pip's notes about find-links folders this machine's pip config names but lacks)
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2> >(grep -v "^WARNING: Location 'file:" >&2)
   echo "$stamp" > .venv/.ztna-stamp
 fi
 echo "install.sh: ready ($(.venv/bin/ztna --version))"
