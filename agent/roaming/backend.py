@@ -96,8 +96,30 @@ def resolved_running(run_dir: Path = Path("/run/systemd/resolve")) -> bool:
     return (run_dir / "io.systemd.Resolve").exists()
 
 
+_netlink_pool = None
+
+
+def _netlink(fn):
+    """Run a pyroute2 call on a worker thread.
+
+    pyroute2's synchronous IPRoute drives an asyncio loop of its own, which
+    cannot run inside the daemon's running loop; a short blocking hop to a
+    thread with no loop is simpler than rewriting every call for AsyncIPRoute.
+    """
+    global _netlink_pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _netlink_pool is None:
+        _netlink_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+    return _netlink_pool.submit(fn).result()
+
+
 def route_iface(addr: str) -> str:
     """The interface the kernel would send a packet to ``addr`` by ('' when there is no route)."""
+    return _netlink(lambda: _route_iface(addr))
+
+
+def _route_iface(addr: str) -> str:
     from pyroute2 import IPRoute
 
     try:
@@ -113,6 +135,10 @@ def route_iface(addr: str) -> str:
 
 def up_interfaces() -> set[str]:
     """Names of the interfaces that are administratively up, loopback excepted."""
+    return _netlink(_up_interfaces)
+
+
+def _up_interfaces() -> set[str]:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:

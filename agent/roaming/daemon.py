@@ -105,6 +105,7 @@ class Daemon:
         self.started = time.time()
         self._stop = asyncio.Event()
         self._last_status_write = 0.0
+        self._last_counters: dict = {}
 
     # ---- the facts, and what status says about them ----------------------
     def refresh_status(self) -> None:
@@ -116,11 +117,12 @@ class Daemon:
             v = self.tracker.verdict
             log.warning("status: %s%s: %s", v.state, f" ({v.reason})" if v.reason else "", v.detail)
             self.write_status()
-        elif now - self._last_status_write > 2.0:
+        elif now - self._last_status_write > 2.0 or self.fwd.counters.to_dict() != self._last_counters:
             self.write_status()
 
     def write_status(self) -> None:
         self._last_status_write = time.time()
+        self._last_counters = self.fwd.counters.to_dict()
         doc = {
             **self.tracker.to_dict(),
             "pid": os.getpid(),

@@ -28,14 +28,23 @@ class NetWatch:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="netwatch", daemon=True)
+        self._thread.start()
+        ready.wait(5)
+
+    def _run(self, ready: threading.Event) -> None:
+        # pyroute2's IPRoute runs its own event loop, so it lives on this thread only.
         from pyroute2 import IPRoute
 
-        self._ipr = IPRoute()
-        self._ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
-        self._thread = threading.Thread(target=self._run, name="netwatch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
+        try:
+            self._ipr = IPRoute()
+            self._ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
+        except Exception as exc:
+            log.error("cannot watch interfaces over netlink (%s); network changes will not end a back-off", exc)
+            return
+        finally:
+            ready.set()
         while not self._stop.is_set():
             try:
                 msgs = self._ipr.get()
