@@ -7,6 +7,7 @@ also when any of those fails.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import traceback
@@ -46,12 +47,22 @@ class _Terminated(Exception):
     pass
 
 
+_owner_pid = os.getpid()
+
+
 def _on_term(signum, frame):
+    # pyroute2 forks helper children (netns work) that inherit this handler and
+    # are sent SIGTERM when done; only the scenario's own process may unwind
+    # into run()'s teardown, a child must just go (it would tear the lab down).
+    if os.getpid() != _owner_pid:
+        os._exit(128 + signum)
     raise _Terminated(f"signal {signum}")
 
 
 def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print, color: bool = True) -> tuple[bool, list[Step], Path | None]:
     """Run one scenario end to end; returns (all steps observed, steps, report path)."""
+    global _owner_pid
+    _owner_pid = os.getpid()
     old = signal.signal(signal.SIGTERM, _on_term)
     lab = Lab(sc.name, sc.topology())
     steps: list[Step] = []

@@ -146,8 +146,9 @@ def status(lab: Lab, conf: Path) -> dict:
         return {"state": "?", "raw": r.stdout.decode() + r.stderr.decode()}
 
 
-def wait_status(lab: Lab, conf: Path, state: str, *, proc: procs.Proc | None = None, timeout: float = 15.0) -> dict:
-    """Poll ``ztna roaming status --json`` until it says ``state``."""
+def wait_status(lab: Lab, conf: Path, state: str, *, reason: str | None = None, proc: procs.Proc | None = None,
+                timeout: float = 15.0) -> dict:
+    """Poll ``ztna roaming status --json`` until it says ``state`` (and ``reason``, if given)."""
     seen: dict = {}
 
     def ready() -> bool:
@@ -155,7 +156,7 @@ def wait_status(lab: Lab, conf: Path, state: str, *, proc: procs.Proc | None = N
         if proc is not None and not proc.alive():
             raise RuntimeError(f"roaming client exited; its log ends:\n{Path(proc.log).read_text()[-2000:]}")
         seen = status(lab, conf)
-        return seen.get("state") == state
+        return seen.get("state") == state and (reason is None or seen.get("reason") == reason)
 
     procs.wait_until(ready, timeout=timeout, interval=0.2, what=f"roaming status {state!r} (last: {seen.get('state')})")
     return seen
@@ -371,4 +372,123 @@ class Roaming(Scenario):
         return steps
 
 
-SCENARIOS = [Roaming]
+def standin_writes(lab: Lab, name: str = "vpn") -> int:
+    """How many times the VPN stand-in has written resolv.conf (from its log)."""
+    return Path(lab.log_dir / f"{name}.log").read_text().count("re-asserted")
+
+
+class RoamingVpnConflict(Scenario):
+    """A VPN that keeps rewriting resolv.conf: detect the race, back off, say why, come back on network change."""
+
+    name = "roaming-vpn-conflict"
+    summary = "Roaming client vs a VPN that keeps rewriting resolv.conf: detects the race, backs off, reports why, returns on network change"
+    capture_extra = [("laptop", "lo")]
+
+    def topology(self) -> Topology:
+        return lan_topology(self.name)
+
+    def start(self, lab: Lab) -> None:
+        zones = write_zones(lab)
+        start_lan(lab, zones)
+        self.cloud_kind = start_cloud(lab, zones)
+        lab.set_resolvers("laptop", [])
+        lab.resolv_conf_path("laptop").write_text(ORIGINAL)
+        self.conf = roaming_conf(lab, "roaming.toml", conflict={"threshold": 3, "window": 10})
+
+    def drive(self, lab: Lab) -> dict:
+        seen: dict = {}
+        rc = lab.resolv_conf_path("laptop")
+        start_client(lab, self.conf)
+        seen["t_up"] = time.time()
+        seen["good_protected"] = dig(lab, "laptop", GOOD)
+        seen["t_vpn"] = time.time()
+        lab.start("laptop", [sys.executable, "-m", "netns.scenarios.vpn_standin", "--resolv-conf", str(rc),
+                             "--server", LAN_DNS, "--search", "corp.example", "--iface", "vpn0", "--every", "0.3"],
+                  name="vpn")
+        seen["status_conflict"] = wait_status(lab, self.conf, "unprotected", reason="conflict", timeout=20)
+        seen["t_backed"] = time.time()
+        w0 = standin_writes(lab)
+        time.sleep(2.0)  # long enough for several more rounds if anyone were still fighting
+        seen["writes_during_quiet"] = standin_writes(lab) - w0
+        seen["writes_total"] = standin_writes(lab)
+        seen["file_backed_off"] = rc.read_text()
+        seen["t_q"] = time.time()
+        seen["intranet_backed_off"] = dig(lab, "laptop", INTRANET)
+        seen["status_still"] = status(lab, self.conf)
+        seen["t_disc"] = time.time()
+        lab.stop("vpn")
+        seen["status_back"] = wait_status(lab, self.conf, "protected", timeout=15)
+        seen["t_back"] = time.time()
+        seen["good_back"] = dig(lab, "laptop", GOOD)
+        seen["t_stop"] = time.time()
+        lab.stop("roaming")
+        seen["file_final"] = rc.read_text()
+        return seen
+
+    def verify(self, lab: Lab, seen: dict) -> list[Step]:
+        lo = dns_packets(lab.pcap("laptop", "lo"))
+        eth0 = dns_packets(lab.pcap("laptop", "eth0"))
+        steps: list[Step] = []
+
+        s = Step("1", "before the VPN: protected, external names go through the stub to the cloud resolver")
+        w = (seen["t_up"], seen["t_vpn"])
+        q = [p for p in between(eth0, *w) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
+        if q and seen["good_protected"][0] == ["198.51.100.80"]:
+            s.passed(describe(q[0], "laptop:eth0"))
+        else:
+            s.see(f"dig {seen['good_protected']}; cloud queries {len(q)}")
+        steps.append(s)
+
+        s = Step("2", "the VPN keeps rewriting resolv.conf: the client detects the race and backs off")
+        sc = seen["status_conflict"]
+        if sc.get("reason") == "conflict" and sc.get("conflict", {}).get("backed_off"):
+            s.passed(f"status: {sc['state']} ({sc['reason']}): {sc['detail']}")
+            s.see(f"since {time.strftime('%H:%M:%S', time.localtime(sc['since']))}, "
+                  f"{sc['since'] - seen['t_vpn']:.1f}s after the VPN connected; VPN stand-in wrote {seen['writes_total']} times in all")
+        else:
+            s.see(f"status {sc}")
+        steps.append(s)
+
+        s = Step("3", "backed off: no more fighting, the VPN's settings stay, status keeps saying why")
+        st2 = seen["status_still"]
+        if seen["writes_during_quiet"] == 0 and "vpn-standin" in seen["file_backed_off"] \
+                and st2.get("reason") == "conflict":
+            s.passed(f"the VPN wrote resolv.conf 0 times in 2s after the back-off; file: "
+                     + " | ".join(seen["file_backed_off"].splitlines()))
+        else:
+            s.see(f"writes in the quiet 2s: {seen['writes_during_quiet']}; file {seen['file_backed_off']!r}; status {st2}")
+        steps.append(s)
+
+        s = Step("4", "meanwhile the machine still resolves, through the VPN's DNS server directly (no loopback leg)")
+        w = (seen["t_q"], seen["t_disc"])
+        direct = [p for p in between(eth0, *w) if p["qname"] == INTRANET and not p["qr"] and p["src"] == "192.168.1.10"]
+        via_lo = [p for p in between(lo, *w) if p["qname"] == INTRANET]
+        if direct and not via_lo and seen["intranet_backed_off"][0] == ["192.168.1.20"]:
+            s.passed(describe(direct[0], "laptop:eth0"))
+        else:
+            s.see(f"dig {seen['intranet_backed_off']}; direct {len(direct)}; via lo {len(via_lo)}")
+        steps.append(s)
+
+        s = Step("5", "the VPN disconnects (vpn0 goes): that network change, not a timer, brings protection back")
+        sb = seen["status_back"]
+        log = Path(lab.log_dir / "roaming.log").read_text()
+        change = [l.split(" WARNING ")[-1] for l in log.splitlines() if "network change" in l and "vpn0 went" in l]
+        w = (seen["t_back"], seen["t_stop"])
+        q = [p for p in between(eth0, *w) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
+        if sb.get("state") == "protected" and change and q and seen["good_back"][0] == ["198.51.100.80"]:
+            s.passed(change[0])
+            s.see(f"status: {sb['state']} again; " + describe(q[0], "laptop:eth0"))
+        else:
+            s.see(f"status {sb}; log lines {change}; cloud queries {len(q)}")
+        steps.append(s)
+
+        s = Step("6", "on stop, the machine's original resolv.conf is back")
+        if seen["file_final"] == ORIGINAL:
+            s.passed("resolv.conf == original")
+        else:
+            s.see(repr(seen["file_final"]))
+        steps.append(s)
+        return steps
+
+
+SCENARIOS = [Roaming, RoamingVpnConflict]
