@@ -77,7 +77,9 @@ def dns_packets(path: Path) -> list[dict]:
         opts = []
         for rr in (d.ar or []) if d.arcount else []:
             if getattr(rr, "type", None) == 41:
-                opts += [(o.optcode, bytes(o.optdata)) for o in getattr(rr, "rdata", []) if hasattr(o, "optcode")]
+                # scapy gives some options (EDE) their own class without optdata
+                opts += [(o.optcode, bytes(getattr(o, "optdata", b"") or b"")) for o in getattr(rr, "rdata", [])
+                         if hasattr(o, "optcode")]
         out.append({"t": float(p.time), "src": p[IP].src, "dst": p[IP].dst, "qr": d.qr, "rcode": d.rcode,
                     "qname": qname, "answers": answers, "opts": opts, "dport": l4.dport})
     return out
@@ -170,30 +172,11 @@ def kill9(lab: Lab, name: str) -> None:
 
 
 # ---- the cloud resolver ------------------------------------------------------------
-def dns_security_available() -> bool:
-    """Is the project's DNS security resolver (``ztna dns run``) installed here?"""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("gateway.dnssec.cli") is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def start_cloud(lab: Lab, zones: dict[str, Path]) -> str:
-    """Start the cloud resolver on 208.67.222.222/208.67.220.220; returns what it is.
+    """Start the project's DNS security resolver on 208.67.222.222/208.67.220.220 (see roaming_cloud)."""
+    from . import roaming_cloud
 
-    The project's DNS security resolver when present (blocking malware.bad.example);
-    otherwise the zone server as a plain upstream, so split DNS can still be shown.
-    """
-    if dns_security_available():
-        from . import roaming_cloud
-
-        return roaming_cloud.start(lab, zones)
-    p = lab.start("cloud", procs.ztna_argv("authdns", "run", "--zone", str(zones["good"]), "--zone", str(zones["bad"]),
-                                           *sum((["--listen", a] for a in CLOUD), [])), name="cloud")
-    procs.wait_listening(p, CLOUD[0], 53, "udp")
-    return "plain"
+    return roaming_cloud.start(lab, zones)
 
 
 def lan_topology(name: str) -> Topology:
@@ -243,13 +226,13 @@ class Roaming(Scenario):
     def start(self, lab: Lab) -> None:
         zones = write_zones(lab)
         start_lan(lab, zones)
-        self.cloud_kind = start_cloud(lab, zones)
+        start_cloud(lab, zones)
         lab.set_resolvers("laptop", [])
         lab.resolv_conf_path("laptop").write_text(ORIGINAL)
         self.conf = roaming_conf(lab, "roaming.toml")
 
     def drive(self, lab: Lab) -> dict:
-        seen: dict = {"cloud_kind": self.cloud_kind}
+        seen: dict = {}
         rc = lab.resolv_conf_path("laptop")
         seen["t0"] = time.time()
         start_client(lab, self.conf)
@@ -320,20 +303,20 @@ class Roaming(Scenario):
             s.see(f"dig: {seen['good']}; cloud queries {len(q_cloud)} (with device id {len(tagged)}), LAN {len(q_lan)}")
         steps.append(s)
 
-        s = Step("4", f"{BAD} is blocked by the cloud resolver")
-        if seen["cloud_kind"] == "plain":
-            s.see("SKIPPED: the DNS security resolver (ztna dns run) is not on this branch; the cloud address runs the "
-                  "zone server as a plain upstream, so nothing can be blocked. Observed: "
-                  f"{BAD} -> {seen['bad'][0]} ({seen['bad'][1]}) via the cloud")
-            s.ok = True
-            s.number = "4*"
+        s = Step("4", f"{BAD} is blocked by the cloud resolver under the device's own policy (EDNS0 device id)")
+        from .roaming_cloud import query_log
+
+        q = [p for p in between(eth0, *up) if p["qname"] == BAD and p["qr"] and p["src"] in CLOUD]
+        blocked = [p for p in q if "198.51.100.66" not in p["answers"] and p["answers"]]
+        logged = [e for e in query_log(lab) if e.get("name", "").rstrip(".") == BAD and e.get("decision") == "blocked"
+                  and e.get("device") == DEVICE_ID]
+        if blocked and logged and "198.51.100.66" not in seen["bad"][0]:
+            s.passed(describe(blocked[0], "laptop:eth0") + "  (the real address 198.51.100.66 was not given)")
+            e = logged[0]
+            s.see(f"cloud query log: client {e.get('client')} device {e.get('device')} policy {e.get('policy')} "
+                  f"decision {e.get('decision')} category {e.get('category')}")
         else:
-            q = [p for p in between(eth0, *up) if p["qname"] == BAD and p["qr"] and p["src"] in CLOUD]
-            blocked = [p for p in q if "198.51.100.66" not in p["answers"]]
-            if blocked and "198.51.100.66" not in seen["bad"][0]:
-                s.passed(describe(blocked[0], "laptop:eth0") + f"  (the real address 198.51.100.66 was not given)")
-            else:
-                s.see(f"dig: {seen['bad']}; cloud answers: {[describe(p, 'eth0') for p in q]}")
+            s.see(f"dig: {seen['bad']}; cloud answers: {[describe(p, 'eth0') for p in q]}; log entries {logged}")
         steps.append(s)
 
         s = Step("5", "status says protected, with timestamps")
@@ -390,7 +373,7 @@ class RoamingVpnConflict(Scenario):
     def start(self, lab: Lab) -> None:
         zones = write_zones(lab)
         start_lan(lab, zones)
-        self.cloud_kind = start_cloud(lab, zones)
+        start_cloud(lab, zones)
         lab.set_resolvers("laptop", [])
         lab.resolv_conf_path("laptop").write_text(ORIGINAL)
         self.conf = roaming_conf(lab, "roaming.toml", conflict={"threshold": 3, "window": 10})
