@@ -474,4 +474,143 @@ class RoamingVpnConflict(Scenario):
         return steps
 
 
-SCENARIOS = [Roaming, RoamingVpnConflict]
+class RoamingMetric(Scenario):
+    """The wrong path: the VPN's route metric is worse, so internal queries leave by the uplink and fail."""
+
+    name = "roaming-metric"
+    summary = "Roaming client and a VPN with a worse route metric: internal DNS fails by eth0, works with egress = \"learned\" (vpn0)"
+    capture_extra = [("laptop", "lo")]
+
+    def topology(self) -> Topology:
+        t = Topology(self.name)
+        lap = t.host("laptop").addr("eth0", "203.0.113.10/24").addr("vpn0", "10.8.0.2/24")
+        lap.route("default", "203.0.113.1", metric=100)
+        # The VPN's full-tunnel route, with a metric worse than the uplink's:
+        # the situation the seed describes on Windows 10.
+        lap.route("default", "10.8.0.1", dev="vpn0", metric=500)
+        isp = t.host("isp", forward=True).addr("eth0", "203.0.113.1/24")
+        isp.addr("eth1", "208.67.222.1/24").addr("eth1", "208.67.220.1/24").addr("eth2", "198.51.100.1/24")
+        t.host("cloud").addr("eth0", "208.67.222.222/24").addr("eth0", "208.67.220.220/24").route("default", "208.67.222.1")
+        t.host("pubdns").addr("eth0", "198.51.100.53/24").route("default", "198.51.100.1")
+        t.host("vpngw", forward=True).addr("vpn0", "10.8.0.1/24").addr("eth1", "192.168.1.1/24")
+        t.host("corpdns").addr("eth0", f"{LAN_DNS}/24").route("default", "192.168.1.1")
+        t.link("laptop", "eth0", "isp", "eth0")
+        t.link("isp", "eth1", "cloud", "eth0")
+        t.link("isp", "eth2", "pubdns", "eth0")
+        t.link("laptop", "vpn0", "vpngw", "vpn0")
+        t.link("vpngw", "eth1", "corpdns", "eth0")
+        return t
+
+    def start(self, lab: Lab) -> None:
+        zones = write_zones(lab)
+        # The corporate server knows only the corp zone and sits behind the VPN gateway.
+        p = lab.start("corpdns", procs.ztna_argv("authdns", "run", "--zone", str(zones["corp"]), "--listen", LAN_DNS),
+                      name="corpdns")
+        procs.wait_listening(p, LAN_DNS, 53, "udp")
+        pub = lab.start("pubdns", procs.ztna_argv("authdns", "run", "--zone", str(zones["good"]), "--zone",
+                                                  str(zones["bad"]), "--listen", "198.51.100.53"), name="pubdns")
+        procs.wait_listening(pub, "198.51.100.53", 53, "udp")
+        start_cloud(lab, zones)
+        # The VPN is connected: its DNS server and domain are in resolv.conf and,
+        # as resolvconf(8) keeps them, in a per-interface file named after vpn0.
+        self.vpn_text = f"# written by the VPN client\nnameserver {LAN_DNS}\nsearch corp.example\n"
+        lab.set_resolvers("laptop", [])
+        lab.resolv_conf_path("laptop").write_text(self.vpn_text)
+        self.iface_dir = lab.conf_dir / "resolvconf-interfaces"
+        self.iface_dir.mkdir()
+        (self.iface_dir / "vpn0.vpn").write_text(self.vpn_text)
+        self.conf_route = roaming_conf(lab, "roaming-route.toml", interface_dir=str(self.iface_dir), egress="route")
+        self.conf_learned = roaming_conf(lab, "roaming-learned.toml", interface_dir=str(self.iface_dir), egress="learned")
+
+    def drive(self, lab: Lab) -> dict:
+        seen: dict = {}
+        seen["routes"] = lab.exec("laptop", ["ip", "route"]).stdout.decode()
+        seen["route_get"] = lab.exec("laptop", ["ip", "route", "get", LAN_DNS]).stdout.decode().split("\n")[0]
+        seen["t_a"] = time.time()
+        start_client(lab, self.conf_route, name="roaming-route")
+        seen["intranet_route"] = dig(lab, "laptop", INTRANET)
+        seen["good_route"] = dig(lab, "laptop", GOOD)
+        seen["status_route"] = status(lab, self.conf_route)
+        lab.stop("roaming-route")
+        seen["t_b"] = time.time()
+        start_client(lab, self.conf_learned, name="roaming-learned")
+        seen["intranet_learned"] = dig(lab, "laptop", INTRANET)
+        seen["good_learned"] = dig(lab, "laptop", GOOD)
+        seen["status_learned"] = status(lab, self.conf_learned)
+        seen["t_c"] = time.time()
+        # The VPN interface disappears under the running client.
+        lab.exec("laptop", ["ip", "link", "del", "vpn0"])
+        time.sleep(0.5)
+        seen["good_gone"] = dig(lab, "laptop", GOOD)
+        seen["intranet_gone"] = dig(lab, "laptop", INTRANET)
+        seen["alive_gone"] = lab.procs["roaming-learned"].alive()
+        seen["status_gone"] = status(lab, self.conf_learned)
+        lab.stop("roaming-learned")
+        seen["file_final"] = lab.resolv_conf_path("laptop").read_text()
+        seen["t_d"] = time.time()
+        return seen
+
+    def verify(self, lab: Lab, seen: dict) -> list[Step]:
+        eth0 = dns_packets(lab.pcap("laptop", "eth0"))
+        vpn0 = dns_packets(lab.pcap("laptop", "vpn0"))
+        a, b, c = (seen["t_a"], seen["t_b"]), (seen["t_b"], seen["t_c"]), (seen["t_c"], seen["t_d"])
+        steps: list[Step] = []
+
+        s = Step("1", f"the kernel routes the internal DNS server {LAN_DNS} by eth0 (metric 100), not by vpn0 (metric 500)")
+        if "dev eth0" in seen["route_get"]:
+            s.passed(f"ip route get {LAN_DNS}: {seen['route_get'].strip()}")
+            s.see("routes: " + " | ".join(l for l in seen["routes"].splitlines() if l.startswith("default")))
+        else:
+            s.see(seen["route_get"])
+        steps.append(s)
+
+        s = Step("2", f"egress = \"route\": {INTRANET} leaves by eth0 and fails; nothing on vpn0")
+        out = [p for p in between(eth0, *a) if p["qname"] == INTRANET and not p["qr"] and p["dst"] == LAN_DNS]
+        on_vpn = [p for p in between(vpn0, *a) if p["qname"] == INTRANET]
+        if out and not on_vpn and seen["intranet_route"][1] in ("SERVFAIL", "TIMEOUT") and not seen["intranet_route"][0]:
+            s.passed(describe(out[0], "laptop:eth0") + f"  -> dig says {seen['intranet_route'][1]}")
+            s.see("laptop:vpn0: no query")
+        else:
+            s.see(f"dig {seen['intranet_route']}; eth0 queries {len(out)}, vpn0 {len(on_vpn)}")
+        steps.append(s)
+
+        s = Step("3", f"egress = \"learned\": {INTRANET} leaves by vpn0, where its server was learned, and resolves")
+        out = [p for p in between(vpn0, *b) if p["qname"] == INTRANET and not p["qr"] and p["dst"] == LAN_DNS]
+        ans = [p for p in between(vpn0, *b) if p["qname"] == INTRANET and p["qr"] and "192.168.1.20" in p["answers"]]
+        on_eth = [p for p in between(eth0, *b) if p["qname"] == INTRANET]
+        srv = [(x["value"], x["iface"]) for x in seen["status_learned"].get("recorded_servers", [])]
+        if out and ans and not on_eth and seen["intranet_learned"][0] == ["192.168.1.20"]:
+            s.passed(describe(out[0], "laptop:vpn0"))
+            s.see(describe(ans[0], "laptop:vpn0"))
+            s.see(f"laptop:eth0: no query for {INTRANET}; recorded servers {srv}")
+        else:
+            s.see(f"dig {seen['intranet_learned']}; vpn0 queries {len(out)}, answers {len(ans)}; eth0 {len(on_eth)}; {srv}")
+        steps.append(s)
+
+        s = Step("4", f"external names keep going to the cloud resolver by eth0 in both settings")
+        ext = [p for p in between(eth0, seen["t_a"], seen["t_c"]) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
+        ext_vpn = [p for p in between(vpn0, seen["t_a"], seen["t_c"]) if p["qname"] == GOOD]
+        if len(ext) >= 2 and not ext_vpn and seen["good_route"][0] == seen["good_learned"][0] == ["198.51.100.80"]:
+            s.passed(describe(ext[0], "laptop:eth0"))
+        else:
+            s.see(f"eth0 {len(ext)}, vpn0 {len(ext_vpn)}; dig {seen['good_route']} {seen['good_learned']}")
+        steps.append(s)
+
+        s = Step("5", "vpn0 disappears under the running client: it keeps serving; external names still resolve")
+        sg = seen["status_gone"]
+        log = Path(lab.log_dir / "roaming-learned.log").read_text()
+        went = [l.split(" WARNING ")[-1] for l in log.splitlines() if "vpn0 went" in l]
+        ext = [p for p in between(eth0, *c) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
+        if seen["alive_gone"] and went and ext and seen["good_gone"][0] == ["198.51.100.80"] and sg.get("state") == "protected":
+            s.passed(went[0])
+            s.see(f"{INTRANET}: {seen['intranet_gone'][1]} (its only path is gone); " + describe(ext[0], "laptop:eth0"))
+            s.see(f"status {sg['state']}; on stop resolv.conf is the VPN's file again: {seen['file_final'] == self.vpn_text}")
+            if seen["file_final"] != self.vpn_text:
+                s.ok = False
+        else:
+            s.see(f"alive {seen['alive_gone']}; log {went}; dig {seen['good_gone']}; status {sg.get('state')}")
+        steps.append(s)
+        return steps
+
+
+SCENARIOS = [Roaming, RoamingVpnConflict, RoamingMetric]

@@ -14,10 +14,10 @@ from ..lab import Lab
 BLOCK_PAGE = "192.0.2.80"
 
 
-def dns_toml(lab: Lab) -> str:
+def dns_toml(lab: Lab, upstream: str) -> str:
     return f"""[server]
 listen = ["208.67.222.222", "208.67.220.220"]
-upstreams = ["198.51.100.53"]
+upstreams = ["{upstream}"]
 upstream_timeout = 1.0
 query_log = "{lab.log_dir / 'cloud-queries.jsonl'}"
 
@@ -30,7 +30,7 @@ serve = false
 
 [[policy]]
 name = "lab-networks"
-networks = ["192.168.1.0/24", "198.51.100.0/24"]
+networks = ["192.168.1.0/24", "198.51.100.0/24", "203.0.113.0/24"]
 block_categories = ["malware"]
 
 [[policy]]
@@ -40,8 +40,8 @@ block_categories = ["malware", "phishing", "command-and-control"]
 """
 
 
-def start(lab: Lab, zones: dict[str, Path]) -> str:
-    conf = lab.write_conf("dns.toml", dns_toml(lab))
+def start(lab: Lab, zones: dict[str, Path], upstream: str = "198.51.100.53") -> str:
+    conf = lab.write_conf("dns.toml", dns_toml(lab, upstream))
     p = lab.start("cloud", procs.ztna_argv("dns", "run", "--config", str(conf)), name="cloud")
     procs.wait_listening(p, "208.67.222.222", 53, "udp")
     return "dns-security"
