@@ -63,7 +63,7 @@ def dns_packets(path: Path) -> list[dict]:
         if l4 is None or 53 not in (l4.sport, l4.dport):
             continue
         try:
-            qname = d.qd.qname.decode().rstrip(".").lower() if d.qd else ""
+            qname = d.qd[0].qname.decode().rstrip(".").lower() if d.qdcount else ""
         except Exception:
             qname = ""
         answers = []
@@ -160,7 +160,10 @@ def wait_status(lab: Lab, conf: Path, state: str, *, reason: str | None = None, 
         seen = status(lab, conf)
         return seen.get("state") == state and (reason is None or seen.get("reason") == reason)
 
-    procs.wait_until(ready, timeout=timeout, interval=0.2, what=f"roaming status {state!r} (last: {seen.get('state')})")
+    try:
+        procs.wait_until(ready, timeout=timeout, interval=0.2, what=f"roaming status {state!r}")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last status: {json.dumps(seen)[:600]}") from None
     return seen
 
 
