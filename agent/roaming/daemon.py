@@ -160,7 +160,7 @@ class Daemon:
         if self.cfg.backend == "auto":
             log.info("systemd-resolved is not running here: using the resolv.conf backend on %s", self.cfg.resolv_conf)
         ok, what = restore(self.cfg, self.mid)
-        log.warning("recovery at start: %s", what)
+        (log.warning if ok else log.info)("recovery at start: %s", what)
         try:
             text = backend.read_text(self.cfg.resolv_conf)
         except resolvconf.ResolvConfError as exc:
