@@ -245,6 +245,17 @@ class Daemon:
                     (" search " + " ".join(d.value for d in rec.search)) if rec.search else "",
                     self.cfg.listen, self.cfg.port)
 
+    def take_over_safely(self) -> bool:
+        """take_over(), but a file we cannot read or write becomes a status, never a crash."""
+        try:
+            self.take_over()
+        except (resolvconf.ResolvConfError, backend.BackendError, OSError) as exc:
+            self.problem = f"cannot take over {self.cfg.resolv_conf}: {exc}; DNS left as it is"
+            log.error("%s", self.problem)
+            return False
+        self.problem = ""
+        return True
+
     def rebuild_table(self) -> None:
         rec = self.rec
         per_domain: dict[str, list[Learned]] = {}
@@ -292,7 +303,7 @@ class Daemon:
             save_state(self.cfg.state_file, self.rec)
         elif d.action == conflict.REASSERT:
             if rc is not None and text is not None and not resolvconf.is_ours(text) and rc.nameservers:
-                self.take_over()  # the new file is the network's DNS now: record it, then point at us again
+                self.take_over_safely()  # the new file is the network's DNS now: record it, then point at us again
             else:
                 ours = resolvconf.render_takeover(self.cfg.listen, self.rec.original_text,
                                                   resolvconf.parse_untrusted(self.rec.original_text))
@@ -302,6 +313,12 @@ class Daemon:
         self.refresh_status()
 
     async def on_netlink(self) -> None:
+        try:
+            await self._on_netlink()
+        except Exception:  # a bug here must not stop the stub serving
+            log.exception("error handling a network change")
+
+    async def _on_netlink(self) -> None:
         try:
             change = self.ifaces.update(await asyncio.to_thread(backend.up_interfaces))
         except Exception as exc:
@@ -316,10 +333,10 @@ class Daemon:
                 self.stub.close()
                 self.stub = None
             if await self.bind_stub() and not self.detector.backed_off:
-                self.take_over()
-        elif d.action == conflict.RETAKE:
-            log.warning("%s", d.reason)
-            self.take_over()
+                self.take_over_safely()
+        elif d.action == conflict.RETAKE or (self.problem and not self.owning):
+            log.warning("%s", d.reason or "network changed; trying to take over again")
+            self.take_over_safely()
         elif self.rec is not None:
             # Same settings, new paths: learn again which interface reaches each server.
             old = self.rec
@@ -352,14 +369,22 @@ class Daemon:
         watch.start()
         try:
             if await self.bind_stub():
-                self.take_over()
+                self.take_over_safely()
             self.refresh_status()
             while not self._stop.is_set():
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.cfg.poll_interval)
                 except asyncio.TimeoutError:
                     pass
-                self.check_file()
+                try:
+                    self.check_file()
+                    if self.owning:
+                        self.problem = ""
+                except (resolvconf.ResolvConfError, backend.BackendError, OSError) as exc:
+                    self.problem = f"cannot keep {self.cfg.resolv_conf}: {exc}"
+                    log.error("%s", self.problem)
+                except Exception:  # a bug must cost one check, never the stub
+                    log.exception("error checking %s", self.cfg.resolv_conf)
                 self.refresh_status()
         finally:
             watch.stop()
