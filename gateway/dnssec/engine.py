@@ -73,7 +73,7 @@ class Engine:
         self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
         self._verdicts: dict[tuple[str, str, str | None], Verdict] = {}
         self._selected: dict[tuple[str, str | None], Policy | None] = {}
-        self._drop_logged: dict[str, float] = {}
+        self._drops_reported: dict[str, int] = {}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
         self.counters: dict[str, int] = {}
@@ -114,17 +114,22 @@ class Engine:
         rec.update(extra)
         return rec
 
+    def drop_reports(self, now: float) -> list[dict]:
+        """One log record per source dropped by the rate limit since the last call, with how many."""
+        out = []
+        for source, total in self.limiter.dropped.items():
+            new = total - self._drops_reported.get(source, 0)
+            if new > 0:
+                self._drops_reported[source] = total
+                out.append(self._log(now, source, None, "rate-limited", rcode="DROP", dropped=new, dropped_total=total))
+        return out
+
     # ---- the query path -----------------------------------------------------
     def handle(self, data: bytes, source: str, now: float, *, tcp: bool = False) -> Reply | Drop | Forward:
         """Decide what to do with one message from ``source``."""
         if not tcp and not self.limiter.allow(source, now):
             self._count("rate-limited")
-            # One log line a second per flooding source, with the running count.
-            if now - self._drop_logged.get(source, 0.0) >= 1.0:
-                self._drop_logged[source] = now
-                return Drop(self._log(now, source, None, "rate-limited", rcode="DROP",
-                                      dropped=self.limiter.dropped.get(source, 0)))
-            return Drop(None)
+            return Drop(None)  # reported in bulk by drop_reports(), not one line per packet
         try:
             q = wire.parse_query_untrusted(data)
         except BadMessage as exc:

@@ -86,6 +86,8 @@ class Resolver:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(0.5)
+            for rec in self.engine.drop_reports(time.time()):
+                self.qlog.write(rec)
             self.qlog.flush()
             det = self.engine.detector.detections
             for when, parent, why in det[self._reported:]:
