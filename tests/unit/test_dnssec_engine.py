@@ -197,3 +197,31 @@ def test_tunnelling_detected_then_refused_for_every_type():
     assert parsed(ask(eng, "www.exfil.example", "A", now=1100.0)).rr[0].rdata.__str__() == "192.0.2.80"
     # for a while only
     assert isinstance(ask(eng, "www.exfil.example", "MX", now=1000.0 + 700), Forward)
+
+
+def test_memo_replays_the_same_bytes_but_never_hides_a_new_tunnel_verdict():
+    eng = engine()
+    mx = DNSRecord.question("www.exfil.example", "MX")
+    fwd = eng.handle(mx.pack(), CLIENT, 1000.0)
+    first = eng.complete(fwd, upstream_reply(fwd, RR("www.exfil.example", QTYPE.MX, rdata=MX("mx.exfil.example"), ttl=60)), 1000.0)
+    mx.header.id = 4321
+    again = eng.handle(mx.pack(), CLIENT, 1000.2)
+    assert isinstance(again, Reply) and again.data[:2] == b"\x10\xe1" and again.data[2:] == first.data[2:]
+    assert again.log["cached"] and again.log["time"] == 1000.2
+    # the same client, other bytes (EDNS): not the memo, but the cache
+    other = ask(eng, "www.exfil.example", "MX", now=1000.3, edns=True)
+    assert isinstance(other, Reply) and other.log["cached"]
+    import random
+    rng = random.Random(9)
+    for i in range(12):
+        ask(eng, "".join(rng.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(55)) + ".exfil.example", "TXT", now=1000.4)
+    blocked = eng.handle(mx.pack(), CLIENT, 1000.5)
+    assert parsed(blocked).header.rcode == wire.REFUSED and blocked.log["category"] == "dns-tunneling-vpn"
+    # and a memo is only good for a second
+    bad = DNSRecord.question("malware.bad.example")
+    key = (CLIENT, bytes(bad.pack()[2:]))
+    eng.handle(bad.pack(), CLIENT, 2000.0)
+    eng.handle(bad.pack(), CLIENT, 2000.5)
+    assert eng._memo[key].expires == 2001.0          # a hit does not extend it
+    eng.handle(bad.pack(), CLIENT, 2001.5)
+    assert eng._memo[key].expires == 2002.5          # decided again after a second
