@@ -27,6 +27,7 @@ from .tunnel import TunnelDetector
 from .wire import BadMessage, Query, Upstream
 
 ZONE_TRANSFER = (251, 252)
+_UNSET = object()
 
 
 @dataclass(slots=True)
@@ -35,6 +36,7 @@ class Reply:
 
     data: bytes
     log: dict | None
+    query: Query | None = None
 
 
 @dataclass(slots=True)
@@ -55,6 +57,28 @@ class Forward:
     question: bytes
     log: dict
     tcp: bool
+    memo_key: tuple | None = None
+
+
+@dataclass(slots=True)
+class _Memo:
+    """A finished answer to one exact query from one client, reusable for a second.
+
+    Why: a busy client repeats the very same bytes (all but the ID); replaying
+    the answer skips parsing, policy and packing.  Within that second the
+    answer is what the slow path gave (TTLs count down in whole seconds anyway).
+    """
+
+    body: bytes            # the answer without its ID
+    log: dict
+    qname: str
+    qtype: int
+    expires: float
+    block: dict | None     # what the block page should say, refreshed on every hit
+
+
+MEMO_SECONDS = 1.0
+MEMO_SIZE = 100_000
 
 
 def type_name(qtype: int) -> str:
@@ -73,7 +97,8 @@ class Engine:
         self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
         self._verdicts: dict[tuple[str, str, str | None], Verdict] = {}
         self._selected: dict[tuple[str, str | None], Policy | None] = {}
-        self._drop_logged: dict[str, float] = {}
+        self._drops_reported: dict[str, int] = {}
+        self._memo: dict[tuple[str, bytes], _Memo] = {}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
         self.counters: dict[str, int] = {}
@@ -114,17 +139,52 @@ class Engine:
         rec.update(extra)
         return rec
 
+    def drop_reports(self, now: float) -> list[dict]:
+        """One log record per source dropped by the rate limit since the last call, with how many."""
+        out = []
+        for source, total in self.limiter.dropped.items():
+            new = total - self._drops_reported.get(source, 0)
+            if new > 0:
+                self._drops_reported[source] = total
+                out.append(self._log(now, source, None, "rate-limited", rcode="DROP", dropped=new, dropped_total=total))
+        return out
+
     # ---- the query path -----------------------------------------------------
     def handle(self, data: bytes, source: str, now: float, *, tcp: bool = False) -> Reply | Drop | Forward:
         """Decide what to do with one message from ``source``."""
-        if not tcp and not self.limiter.allow(source, now):
+        if tcp:
+            return self._decide(data, source, now, True, None, _UNSET)
+        if not self.limiter.allow(source, now):
             self._count("rate-limited")
-            # One log line a second per flooding source, with the running count.
-            if now - self._drop_logged.get(source, 0.0) >= 1.0:
-                self._drop_logged[source] = now
-                return Drop(self._log(now, source, None, "rate-limited", rcode="DROP",
-                                      dropped=self.limiter.dropped.get(source, 0)))
-            return Drop(None)
+            return Drop(None)  # reported in bulk by drop_reports(), not one line per packet
+        key = (source, bytes(data[2:]))
+        m = self._memo.get(key)
+        tunnel = _UNSET
+        if m is not None and m.expires > now:
+            tunnel = self.detector.observe(m.qname, m.qtype, now)
+            if tunnel is None:
+                if m.block is not None:
+                    self.recent_blocks[(source, m.qname)] = m.block
+                rec = dict(m.log)
+                rec["time"] = round(now, 3)
+                self._count(rec["decision"])
+                return Reply(data[:2] + m.body, rec)
+        out = self._decide(data, source, now, False, key, tunnel)
+        if type(out) is Reply and out.query is not None:
+            self._memoize(key, out, source, now)
+        return out
+
+    def _memoize(self, key: tuple, out: Reply, source: str, now: float) -> None:
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        q = out.query
+        log = dict(out.log)
+        if log["decision"] == "allowed":
+            log["cached"] = True
+        self._memo[key] = _Memo(out.data[2:], log, q.qname, q.qtype, now + MEMO_SECONDS,
+                                self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None)
+
+    def _decide(self, data: bytes, source: str, now: float, tcp: bool, memo_key, tunnel) -> Reply | Drop | Forward:
         try:
             q = wire.parse_query_untrusted(data)
         except BadMessage as exc:
@@ -142,7 +202,7 @@ class Engine:
                                 ede=(wire.EDE_PROHIBITED, f"this resolver does not serve {source}"))
         if q.qtype in ZONE_TRANSFER:
             return self._refuse(q, source, now, "bad-query", wire.REFUSED, policy=policy.name, note="zone transfer")
-        tunnel_parent = self.detector.observe(q.qname, q.qtype, now)
+        tunnel_parent = self.detector.observe(q.qname, q.qtype, now) if tunnel is _UNSET else tunnel
         v = self.verdict(policy, q.qname, tunnel_parent)
         act = action(q.qtype, v.column)
         if act is not Action.PASS:
@@ -153,7 +213,7 @@ class Engine:
             return self._answer(q, source, now, policy, v, e.reply, e.age(now), tcp, cached=True)
         question = q.question[:-4].lower() + q.question[-4:]
         return Forward(q, policy, v, key, question,
-                       self._log(now, source, q, "allowed", policy=policy.name), tcp)
+                       self._log(now, source, q, "allowed", policy=policy.name), tcp, memo_key)
 
     def complete(self, fwd: Forward, up: Upstream | None, now: float) -> Reply:
         """The upstream's reply (None: every upstream failed) becomes the client's answer."""
@@ -163,7 +223,10 @@ class Engine:
             log = dict(fwd.log, decision="upstream-failed", rcode="SERVFAIL")
             return Reply(wire.refusal(q, wire.SERVFAIL, (wire.EDE_NETWORK_ERROR, "no upstream answered")), log)
         self.cache.put(fwd.key, up, now)
-        return self._answer(q, fwd.log["client"], now, fwd.policy, fwd.verdict, up, 0, fwd.tcp, log=fwd.log)
+        out = self._answer(q, fwd.log["client"], now, fwd.policy, fwd.verdict, up, 0, fwd.tcp, log=fwd.log)
+        if fwd.memo_key is not None and up.ttl > 0:
+            self._memoize(fwd.memo_key, out, fwd.log["client"], now)
+        return out
 
     # ---- answers --------------------------------------------------------------
     def _answer(self, q: Query, source: str, now: float, policy: Policy, v: Verdict, up: Upstream, age: int,
@@ -190,7 +253,7 @@ class Engine:
         if v.allowed_by:
             log["allowed_by"] = v.allowed_by
         self._count("allowed")
-        return Reply(data, log)
+        return Reply(data, log, q)
 
     def _block(self, q: Query, source: str, now: float, v: Verdict, act: Action, tcp: bool, *, link: str = "") -> Reply:
         why = f"{v.reason} ({v.matched})" + (f" via CNAME {link}" if link else "")
@@ -212,7 +275,7 @@ class Engine:
                         matched=v.matched, action=act.value, rcode=rcode)
         if link:
             log["cname"] = link
-        return Reply(data, log)
+        return Reply(data, log, q)
 
     def _refuse(self, q: Query, source: str, now: float, decision: str, rcode: int, *, ede=None, policy: str = "",
                 note: str = "") -> Reply:
@@ -221,7 +284,7 @@ class Engine:
             log["policy"] = policy
         if note:
             log["note"] = note
-        return Reply(wire.refusal(q, rcode, ede), log)
+        return Reply(wire.refusal(q, rcode, ede), log, q)
 
     def _bad(self, data: bytes, source: str, now: float, exc: BadMessage) -> Reply | Drop:
         self._count("bad-query")

@@ -28,9 +28,9 @@ def summarize(records: Iterable[dict], top: int = 10) -> dict:
             by_action[r.get("action", "?")] += 1
             blocked_names[r.get("name", "?")] += 1
         if d == "rate-limited" and isinstance(r.get("dropped"), int):
-            # Each rate-limit line carries the running count for its client.
+            # Each rate-limit line counts the drops since the previous line for its client.
             c = r.get("client", "?")
-            dropped[c] = max(dropped.get(c, 0), r["dropped"])
+            dropped[c] = dropped.get(c, 0) + r["dropped"]
         if isinstance(r.get("latency_ms"), (int, float)):
             latencies.append(r["latency_ms"])
         t = r.get("time")

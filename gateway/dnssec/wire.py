@@ -12,6 +12,7 @@ whose ``rcode`` says how to answer (None: drop silently).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import struct
@@ -263,11 +264,16 @@ def refusal(q: Query, rcode: int = REFUSED, ede: tuple[int, str] | None = None) 
     return error_answer(q.id, q.flags, q.question, rcode, edns=q.edns, do=q.do, ede=ede)
 
 
+@functools.lru_cache(maxsize=256)
+def _packed(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
+
+
 def address_answer(q: Query, addresses: list[str], ttl: int, ede: tuple[int, str] | None = None) -> bytes:
     """NOERROR with A/AAAA records owned by the question's name (pointer to offset 12)."""
     rrs = []
     for a in addresses:
-        raw = ipaddress.ip_address(a).packed
+        raw = _packed(a)
         rtype = T_A if len(raw) == 4 else T_AAAA
         rrs.append(b"\xc0\x0c" + _RR.pack(rtype, CLASS_IN, ttl, len(raw)) + raw)
     opt = opt_record(do=q.do, ede=ede) if q.edns else b""

@@ -172,8 +172,10 @@ def test_flood_from_one_source_is_limited_others_still_served():
     outs = [ask(eng, "malware.bad.example", now=1000.0) for _ in range(300)]
     dropped = [o for o in outs if isinstance(o, Drop)]
     assert 150 <= len(dropped) <= 200        # burst 100 then nothing within the same instant
-    assert sum(1 for o in dropped if o.log) == 1   # one log line a second, not one per packet
-    assert eng.limiter.dropped[CLIENT] == len(dropped)
+    assert not any(o.log for o in dropped)        # no log line per dropped packet...
+    reports = eng.drop_reports(1000.5)              # ...but one per source, in bulk, with the count
+    assert [(r["client"], r["dropped"]) for r in reports] == [(CLIENT, len(dropped))]
+    assert eng.drop_reports(1000.6) == []
     assert isinstance(ask(eng, "malware.bad.example", now=1000.0, source="198.51.100.11"), Reply)
     assert isinstance(ask(eng, "malware.bad.example", now=1001.0), Reply)   # refilled
     # TCP is not rate limited (it cannot be spoofed)
@@ -195,3 +197,31 @@ def test_tunnelling_detected_then_refused_for_every_type():
     assert parsed(ask(eng, "www.exfil.example", "A", now=1100.0)).rr[0].rdata.__str__() == "192.0.2.80"
     # for a while only
     assert isinstance(ask(eng, "www.exfil.example", "MX", now=1000.0 + 700), Forward)
+
+
+def test_memo_replays_the_same_bytes_but_never_hides_a_new_tunnel_verdict():
+    eng = engine()
+    mx = DNSRecord.question("www.exfil.example", "MX")
+    fwd = eng.handle(mx.pack(), CLIENT, 1000.0)
+    first = eng.complete(fwd, upstream_reply(fwd, RR("www.exfil.example", QTYPE.MX, rdata=MX("mx.exfil.example"), ttl=60)), 1000.0)
+    mx.header.id = 4321
+    again = eng.handle(mx.pack(), CLIENT, 1000.2)
+    assert isinstance(again, Reply) and again.data[:2] == b"\x10\xe1" and again.data[2:] == first.data[2:]
+    assert again.log["cached"] and again.log["time"] == 1000.2
+    # the same client, other bytes (EDNS): not the memo, but the cache
+    other = ask(eng, "www.exfil.example", "MX", now=1000.3, edns=True)
+    assert isinstance(other, Reply) and other.log["cached"]
+    import random
+    rng = random.Random(9)
+    for i in range(12):
+        ask(eng, "".join(rng.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(55)) + ".exfil.example", "TXT", now=1000.4)
+    blocked = eng.handle(mx.pack(), CLIENT, 1000.5)
+    assert parsed(blocked).header.rcode == wire.REFUSED and blocked.log["category"] == "dns-tunneling-vpn"
+    # and a memo is only good for a second
+    bad = DNSRecord.question("malware.bad.example")
+    key = (CLIENT, bytes(bad.pack()[2:]))
+    eng.handle(bad.pack(), CLIENT, 2000.0)
+    eng.handle(bad.pack(), CLIENT, 2000.5)
+    assert eng._memo[key].expires == 2001.0          # a hit does not extend it
+    eng.handle(bad.pack(), CLIENT, 2001.5)
+    assert eng._memo[key].expires == 2002.5          # decided again after a second

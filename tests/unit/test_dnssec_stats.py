@@ -27,7 +27,7 @@ def test_summary_counts():
     assert s["by_action"] == {"blockpage": 2, "refused": 1}
     assert s["by_identity"]["198.51.100.11"] == 2 and s["by_identity"]["laptop-1"] == 1
     assert s["top_blocked"][0] == ("malware.bad.example", 2)
-    assert s["rate_limited_drops"] == {"198.51.100.66": 900}
+    assert s["rate_limited_drops"] == {"198.51.100.66": 905}
     assert s["latency_ms"]["p50"] == 0.3
     text = stats.render(s)
     assert "malware.bad.example" in text and "by decision" in text and "198.51.100.66" in text
