@@ -1,0 +1,296 @@
+"""The resolver's core: bytes and a source address in, a decision out.
+
+Sans-IO: ``handle()`` returns a :class:`Reply` (send these bytes), a
+:class:`Drop` (send nothing) or a :class:`Forward` (ask an upstream, then call
+``complete()`` with what came back).  Time is an argument; the shell
+(``server.py``) does the sockets, the forwarding and the log writing.
+
+Order for one query (docs/dns-security.md, "Precedence"):
+rate limit -> parse -> served network / policy -> tunnelling detector ->
+verdict (allow list, block lists, categories) -> SPEC §4 action -> cache or
+upstream -> CNAME inspection of the answer chain -> truncation to the client's buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dnslib import QTYPE
+
+from . import wire
+from .answers import STRICTNESS, Action, action
+from .cache import AnswerCache
+from .config import Config
+from .policy import Policy, Verdict
+from .ratelimit import RateLimiter
+from .tunnel import TunnelDetector
+from .wire import BadMessage, Query, Upstream
+
+ZONE_TRANSFER = (251, 252)
+_UNSET = object()
+
+
+@dataclass(slots=True)
+class Reply:
+    """Send ``data`` to the client; write ``log`` (if any) to the query log."""
+
+    data: bytes
+    log: dict | None
+    query: Query | None = None
+
+
+@dataclass(slots=True)
+class Drop:
+    """Send nothing; write ``log`` (if any)."""
+
+    log: dict | None
+
+
+@dataclass(slots=True)
+class Forward:
+    """Ask an upstream ``question`` (cache key ``key``), then call ``Engine.complete``."""
+
+    query: Query
+    policy: Policy
+    verdict: Verdict
+    key: tuple[str, int, int]
+    question: bytes
+    log: dict
+    tcp: bool
+    memo_key: tuple | None = None
+
+
+@dataclass(slots=True)
+class _Memo:
+    """A finished answer to one exact query from one client, reusable for a second.
+
+    Why: a busy client repeats the very same bytes (all but the ID); replaying
+    the answer skips parsing, policy and packing.  Within that second the
+    answer is what the slow path gave (TTLs count down in whole seconds anyway).
+    """
+
+    body: bytes            # the answer without its ID
+    log: dict
+    qname: str
+    qtype: int
+    expires: float
+    block: dict | None     # what the block page should say, refreshed on every hit
+
+
+MEMO_SECONDS = 1.0
+MEMO_SIZE = 100_000
+
+
+def type_name(qtype: int) -> str:
+    name = QTYPE.get(qtype)
+    return name if not name.isdigit() else f"TYPE{qtype}"
+
+
+class Engine:
+    """One resolver's state: policies, cache, detector, rate limiter, recent blocks."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.policies = cfg.policies
+        self.cache = AnswerCache(cfg.cache_size, cfg.max_ttl)
+        self.detector = TunnelDetector(cfg.tunnel)
+        self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
+        self._verdicts: dict[tuple[str, str, str | None], Verdict] = {}
+        self._selected: dict[tuple[str, str | None], Policy | None] = {}
+        self._drops_reported: dict[str, int] = {}
+        self._memo: dict[tuple[str, bytes], _Memo] = {}
+        # (client, name) -> what the block page should say; bounded.
+        self.recent_blocks: dict[tuple[str, str], dict] = {}
+        self.counters: dict[str, int] = {}
+
+    # ---- helpers ----------------------------------------------------------
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def _select(self, source: str, device: str | None) -> Policy | None:
+        key = (source, device)
+        try:
+            return self._selected[key]
+        except KeyError:
+            if len(self._selected) > 65_536:
+                self._selected.clear()
+            p = self._selected[key] = self.policies.select(source, device)
+            return p
+
+    def verdict(self, policy: Policy, name: str, tunnel_parent: str | None) -> Verdict:
+        key = (policy.name, name, tunnel_parent)
+        v = self._verdicts.get(key)
+        if v is None:
+            if len(self._verdicts) > 200_000:
+                self._verdicts.clear()
+            v = self._verdicts[key] = self.policies.decide(policy, name, tunnel_parent=tunnel_parent)
+        return v
+
+    @staticmethod
+    def _log(now: float, source: str, q: Query | None, decision: str, **extra) -> dict:
+        rec = {"time": round(now, 3), "client": source}
+        if q is not None:
+            rec.update(identity=q.device or source, name=q.qname, type=type_name(q.qtype))
+            if q.device:
+                rec["device"] = q.device
+        else:
+            rec["identity"] = source
+        rec["decision"] = decision
+        rec.update(extra)
+        return rec
+
+    def drop_reports(self, now: float) -> list[dict]:
+        """One log record per source dropped by the rate limit since the last call, with how many."""
+        out = []
+        for source, total in self.limiter.dropped.items():
+            new = total - self._drops_reported.get(source, 0)
+            if new > 0:
+                self._drops_reported[source] = total
+                out.append(self._log(now, source, None, "rate-limited", rcode="DROP", dropped=new, dropped_total=total))
+        return out
+
+    # ---- the query path -----------------------------------------------------
+    def handle(self, data: bytes, source: str, now: float, *, tcp: bool = False) -> Reply | Drop | Forward:
+        """Decide what to do with one message from ``source``."""
+        if tcp:
+            return self._decide(data, source, now, True, None, _UNSET)
+        if not self.limiter.allow(source, now):
+            self._count("rate-limited")
+            return Drop(None)  # reported in bulk by drop_reports(), not one line per packet
+        key = (source, bytes(data[2:]))
+        m = self._memo.get(key)
+        tunnel = _UNSET
+        if m is not None and m.expires > now:
+            tunnel = self.detector.observe(m.qname, m.qtype, now)
+            if tunnel is None:
+                if m.block is not None:
+                    self.recent_blocks[(source, m.qname)] = m.block
+                rec = dict(m.log)
+                rec["time"] = round(now, 3)
+                self._count(rec["decision"])
+                return Reply(data[:2] + m.body, rec)
+        out = self._decide(data, source, now, False, key, tunnel)
+        if type(out) is Reply and out.query is not None:
+            self._memoize(key, out, source, now)
+        return out
+
+    def _memoize(self, key: tuple, out: Reply, source: str, now: float) -> None:
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        q = out.query
+        log = dict(out.log)
+        if log["decision"] == "allowed":
+            log["cached"] = True
+        self._memo[key] = _Memo(out.data[2:], log, q.qname, q.qtype, now + MEMO_SECONDS,
+                                self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None)
+
+    def _decide(self, data: bytes, source: str, now: float, tcp: bool, memo_key, tunnel) -> Reply | Drop | Forward:
+        try:
+            q = wire.parse_query_untrusted(data)
+        except BadMessage as exc:
+            return self._bad(data, source, now, exc)
+        if q.bad_device:
+            self._count("bad-device-id")
+        if q.qclass != wire.CLASS_IN:
+            return self._refuse(q, source, now, "bad-query", wire.REFUSED, note=f"class {q.qclass} not served")
+        if q.qtype == wire.T_OPT:
+            return self._refuse(q, source, now, "bad-query", wire.FORMERR, note="OPT as a question type")
+        policy = self._select(source, q.device)
+        if policy is None:
+            self._count("not-served")
+            return self._refuse(q, source, now, "not-served", wire.REFUSED,
+                                ede=(wire.EDE_PROHIBITED, f"this resolver does not serve {source}"))
+        if q.qtype in ZONE_TRANSFER:
+            return self._refuse(q, source, now, "bad-query", wire.REFUSED, policy=policy.name, note="zone transfer")
+        tunnel_parent = self.detector.observe(q.qname, q.qtype, now) if tunnel is _UNSET else tunnel
+        v = self.verdict(policy, q.qname, tunnel_parent)
+        act = action(q.qtype, v.column)
+        if act is not Action.PASS:
+            return self._block(q, source, now, v, act, tcp)
+        key = (q.qname, q.qtype, q.qclass)
+        e = self.cache.get(key, now)
+        if e is not None:
+            return self._answer(q, source, now, policy, v, e.reply, e.age(now), tcp, cached=True)
+        question = q.question[:-4].lower() + q.question[-4:]
+        return Forward(q, policy, v, key, question,
+                       self._log(now, source, q, "allowed", policy=policy.name), tcp, memo_key)
+
+    def complete(self, fwd: Forward, up: Upstream | None, now: float) -> Reply:
+        """The upstream's reply (None: every upstream failed) becomes the client's answer."""
+        q = fwd.query
+        if up is None:
+            self._count("upstream-failed")
+            log = dict(fwd.log, decision="upstream-failed", rcode="SERVFAIL")
+            return Reply(wire.refusal(q, wire.SERVFAIL, (wire.EDE_NETWORK_ERROR, "no upstream answered")), log)
+        self.cache.put(fwd.key, up, now)
+        out = self._answer(q, fwd.log["client"], now, fwd.policy, fwd.verdict, up, 0, fwd.tcp, log=fwd.log)
+        if fwd.memo_key is not None and up.ttl > 0:
+            self._memoize(fwd.memo_key, out, fwd.log["client"], now)
+        return out
+
+    # ---- answers --------------------------------------------------------------
+    def _answer(self, q: Query, source: str, now: float, policy: Policy, v: Verdict, up: Upstream, age: int,
+                tcp: bool, *, cached: bool = False, log: dict | None = None) -> Reply:
+        if up.cnames and not v.allowed_by:
+            # The strictest blocked link of the chain decides, as if the name itself were bad.
+            worst: tuple[Verdict, str] | None = None
+            for owner, target in up.cnames:
+                lv = self.verdict(policy, target, self.detector.classified(target, now))
+                if lv.blocked and (worst is None or STRICTNESS.index(lv.column) < STRICTNESS.index(worst[0].column)):
+                    worst = (lv, f"{owner} -> {target}")
+            if worst is not None:
+                act = action(q.qtype, worst[0].column)
+                if act is not Action.PASS:
+                    return self._block(q, source, now, worst[0], act, tcp, link=worst[1])
+        data = wire.cached_answer(q, up, age)
+        if len(data) > q.limit(tcp):
+            data = wire.truncated(q)
+        if log is None:
+            log = self._log(now, source, q, "allowed", policy=policy.name)
+        log["rcode"] = wire.RCODE_NAMES.get(up.rcode, str(up.rcode))
+        if cached:
+            log["cached"] = True
+        if v.allowed_by:
+            log["allowed_by"] = v.allowed_by
+        self._count("allowed")
+        return Reply(data, log, q)
+
+    def _block(self, q: Query, source: str, now: float, v: Verdict, act: Action, tcp: bool, *, link: str = "") -> Reply:
+        why = f"{v.reason} ({v.matched})" + (f" via CNAME {link}" if link else "")
+        ede = (wire.EDE_BLOCKED, f"{why}; policy {v.policy}") if q.edns else None
+        if act is Action.BLOCKPAGE:
+            v4, v6 = self.cfg.blockpage.addresses(v.reason, v.column)
+            data = wire.address_answer(q, [v4 if q.qtype == wire.T_A else v6], self.cfg.block_ttl, ede)
+            rcode = "NOERROR"
+            if len(self.recent_blocks) > 10_000:
+                self.recent_blocks.clear()
+            self.recent_blocks[(source, q.qname)] = {
+                "name": q.qname, "reason": v.reason, "column": v.column.value, "matched": v.matched,
+                "policy": v.policy, "link": link, "time": now}
+        else:
+            data = wire.refusal(q, wire.REFUSED, ede)
+            rcode = "REFUSED"
+        self._count("blocked")
+        log = self._log(now, source, q, "blocked", policy=v.policy, category=v.reason, column=v.column.value,
+                        matched=v.matched, action=act.value, rcode=rcode)
+        if link:
+            log["cname"] = link
+        return Reply(data, log, q)
+
+    def _refuse(self, q: Query, source: str, now: float, decision: str, rcode: int, *, ede=None, policy: str = "",
+                note: str = "") -> Reply:
+        log = self._log(now, source, q, decision, rcode=wire.RCODE_NAMES[rcode])
+        if policy:
+            log["policy"] = policy
+        if note:
+            log["note"] = note
+        return Reply(wire.refusal(q, rcode, ede), log, q)
+
+    def _bad(self, data: bytes, source: str, now: float, exc: BadMessage) -> Reply | Drop:
+        self._count("bad-query")
+        if exc.rcode is None:
+            return Drop(self._log(now, source, None, "bad-query", rcode="DROP", note=str(exc)))
+        ident, flags, question = wire.question_of_untrusted(data)
+        out = wire.error_answer(ident, flags, question, exc.rcode, edns=exc.rcode == wire.BADVERS)
+        return Reply(out, self._log(now, source, None, "bad-query", rcode=wire.RCODE_NAMES.get(exc.rcode, str(exc.rcode)),
+                                    note=str(exc), size=len(data)))

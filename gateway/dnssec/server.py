@@ -1,0 +1,196 @@
+"""The resolver's shell: UDP and TCP listeners on asyncio, forwarding, the log.
+
+Every decision is the engine's; this module moves bytes, measures latency,
+coalesces identical upstream questions, and writes the query log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import struct
+import time
+
+from . import upstream
+from .config import Config
+from .engine import Drop, Engine, Forward, Reply
+from .querylog import QueryLog
+
+log = logging.getLogger("ztna.dns")
+
+MAX_TCP_CLIENTS = 512
+UDP_BATCH = 256
+
+
+class Resolver:
+    """A running resolver: one engine, its listeners and its query log."""
+
+    def __init__(self, cfg: Config, engine: Engine | None = None):
+        self.cfg = cfg
+        self.engine = engine or Engine(cfg)
+        self.qlog = QueryLog(cfg.query_log)
+        self._inflight: dict[tuple[str, int, int], list[tuple[Forward, object, float]]] = {}
+        self._tcp_slots = asyncio.Semaphore(MAX_TCP_CLIENTS)
+        self._reported = 0
+        self._udp: list[socket.socket] = []
+
+    # ---- one message -------------------------------------------------------
+    def _finish(self, rec: dict | None, t0: float) -> None:
+        if rec is not None:
+            rec["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            self.qlog.write(rec)
+
+    def on_message(self, data: bytes, source: str, send, *, tcp: bool) -> None:
+        """Handle one query; ``send(bytes)`` delivers the answer (now or after forwarding)."""
+        t0 = time.perf_counter()
+        self._dispatch(self.engine.handle(data, source, time.time(), tcp=tcp), send, t0)
+
+    def _dispatch(self, out, send, t0: float) -> None:
+        if type(out) is Reply:
+            send(out.data)
+            self._finish(out.log, t0)
+        elif type(out) is Forward:
+            waiters = self._inflight.get(out.key)
+            if waiters is not None:
+                waiters.append((out, send, t0))  # the same question is already on its way
+                return
+            self._inflight[out.key] = [(out, send, t0)]
+            asyncio.get_running_loop().create_task(self._forward(out.key, out.question))
+        else:
+            self._finish(out.log, t0)
+
+    def _drain_udp(self, sock: socket.socket) -> None:
+        """Answer every datagram waiting on ``sock`` (up to a batch), without a wake-up per packet.
+
+        Why not asyncio's datagram transport: it reads one datagram per
+        wake-up and wraps each send; this loop is the resolver's hot path.
+        """
+        handle = self.engine.handle
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                log.debug("udp receive: %s", exc)
+                continue
+            t0 = time.perf_counter()
+            try:
+                out = handle(data, addr[0], time.time())
+                if type(out) is Reply:
+                    try:
+                        sock.sendto(out.data, addr)
+                    except OSError as exc:  # full send buffer or unreachable client: this answer is lost
+                        log.debug("udp send to %s: %s", addr[0], exc)
+                    if out.log is not None:
+                        out.log["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+                        self.qlog.write(out.log)
+                else:
+                    self._dispatch(out, functools.partial(_sendto, sock, addr), t0)
+            except Exception:  # a bug on one query must not stop the listener
+                log.exception("query from %s failed", addr[0])
+
+    async def _forward(self, key, question: bytes) -> None:
+        try:
+            up = await upstream.resolve(self.cfg.upstreams, question, timeout=self.cfg.upstream_timeout,
+                                        negative_ttl=self.cfg.negative_ttl)
+        except Exception:  # never lose the waiting clients to a bug
+            log.exception("forwarding %s failed", key)
+            up = None
+        for fwd, send, t0 in self._inflight.pop(key, []):
+            out = self.engine.complete(fwd, up, time.time())
+            try:
+                send(out.data)
+            except OSError as exc:
+                log.info("could not answer %s: %s", fwd.log.get("client"), exc)
+            self._finish(out.log, t0)
+
+    # ---- listeners -----------------------------------------------------------
+    async def start(self) -> list:
+        loop = asyncio.get_running_loop()
+        servers = []
+        for addr in self.cfg.listen:
+            sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                # Room for bursts: the kernel drops what does not fit while we are busy.
+                # SO_RCVBUFFORCE (33, Linux) passes net.core.rmem_max when we are root.
+                sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 4 << 20)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.bind((addr, self.cfg.port))
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._drain_udp, sock)
+            self._udp.append(sock)
+            servers.append(await asyncio.start_server(self._tcp, addr, self.cfg.port))
+            log.info("resolver listening on %s:%d (udp, tcp), upstreams %s", addr, self.cfg.port,
+                     ", ".join(f"{h}:{p}" for h, p in self.cfg.upstreams))
+        loop.create_task(self._housekeeping())
+        return servers
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for rec in self.engine.drop_reports(time.time()):
+                self.qlog.write(rec)
+            self.qlog.flush()
+            det = self.engine.detector.detections
+            for when, parent, why in det[self._reported:]:
+                log.warning("tunnelling detected under %s (%s): classified dns-tunneling-vpn for %.0f s",
+                            parent, why, self.cfg.tunnel.hold)
+            self._reported = len(det)
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        if self._tcp_slots.locked():
+            log.warning("refused a TCP connection from %s: %d connections open", peer[0], MAX_TCP_CLIENTS)
+            writer.close()
+            return
+        async with self._tcp_slots:
+
+            def send(data: bytes) -> None:
+                if not writer.is_closing():
+                    writer.write(struct.pack("!H", len(data)) + data)
+
+            try:
+                while True:
+                    hdr = await asyncio.wait_for(reader.readexactly(2), self.cfg.tcp_idle)
+                    (ln,) = struct.unpack("!H", hdr)
+                    data = await asyncio.wait_for(reader.readexactly(ln), self.cfg.tcp_idle)
+                    self.on_message(data, peer[0], send, tcp=True)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                pass
+            finally:
+                # Let forwarded answers for this connection go out before closing.
+                for _ in range(int(self.cfg.upstream_timeout * len(self.cfg.upstreams) * 10) + 1):
+                    if not any(s is send for waiters in self._inflight.values() for _, s, _ in waiters):
+                        break
+                    await asyncio.sleep(0.1)
+                writer.close()
+
+    def close(self) -> None:
+        for sock in self._udp:
+            try:
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            except RuntimeError:
+                pass
+            sock.close()
+        self.qlog.close()
+
+
+def _sendto(sock: socket.socket, addr, data: bytes) -> None:
+    sock.sendto(data, addr)
+
+
+async def serve(cfg: Config, *, extra=None) -> None:
+    """Run the resolver (and ``extra`` coroutines, e.g. the block page) until cancelled."""
+    r = Resolver(cfg)
+    await r.start()
+    if extra is not None:
+        await extra(r.engine)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        r.close()

@@ -1,0 +1,143 @@
+"""DNS tunnelling detector: names in no list whose query pattern looks like a tunnel.
+
+Theory of operation: queries are grouped by *parent* (the last
+``parent_labels`` labels, e.g. ``bad.example``).  Within a sliding window each
+parent collects three signals:
+
+- *long random names*: distinct names whose part below the parent holds at
+  least ``long_name`` characters (dots not counted) with a Shannon entropy of
+  at least ``entropy`` bits a character.  Tunnels pack as much payload into
+  each name as they can; the hashes and GUIDs of CDN and ad names are shorter
+  (a 32-digit hex label is 32, a GUID 36);
+- *burst*: at least ``unique_names`` distinct names under the parent;
+- *TXT/NULL heavy*: at least ``txt_share`` of at least ``min_queries`` queries
+  ask TXT or NULL (the types that carry a tunnel's downstream).
+
+A parent with ``strong_random`` long random labels, or with two of the three
+signals, is classified ``dns-tunneling-vpn`` for ``hold`` seconds.  A burst
+alone never classifies: a busy resolver sees many distinct CDN names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .names import parent_of
+
+T_TXT, T_NULL = 16, 10
+
+
+@dataclass
+class TunnelConfig:
+    """Thresholds; see the module docstring for what each one means."""
+
+    enabled: bool = True
+    window: float = 60.0
+    parent_labels: int = 2
+    long_name: int = 50
+    entropy: float = 3.5
+    random_names: int = 5
+    strong_random: int = 20
+    unique_names: int = 40
+    txt_share: float = 0.5
+    min_queries: int = 20
+    hold: float = 600.0
+    max_parents: int = 50_000
+
+
+def entropy(text: str) -> float:
+    """Shannon entropy of ``text`` in bits per character."""
+    if not text:
+        return 0.0
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+
+
+def looks_random(name: str, parent: str, cfg: TunnelConfig) -> bool:
+    """True when the part of ``name`` below ``parent`` is long and high-entropy."""
+    below = name[: len(name) - len(parent) - 1].replace(".", "")
+    return len(below) >= cfg.long_name and entropy(below) >= cfg.entropy
+
+
+@dataclass
+class _Window:
+    start: float
+    names: set[str] = field(default_factory=set)
+    random: int = 0
+    queries: int = 0
+    txt: int = 0
+
+
+class TunnelDetector:
+    """Watches every query; ``observe`` says whether the name's parent is classified now."""
+
+    def __init__(self, cfg: TunnelConfig | None = None):
+        self.cfg = cfg or TunnelConfig()
+        self._w: dict[str, _Window] = {}
+        self._until: dict[str, float] = {}
+        self.detections: list[tuple[float, str, str]] = []  # (time, parent, why)
+
+    def classified(self, name: str, now: float) -> str | None:
+        """The classified parent covering ``name``, or None."""
+        if not self._until:
+            return None
+        parent = parent_of(name, self.cfg.parent_labels)
+        until = self._until.get(parent)
+        if until is None:
+            return None
+        if until <= now:
+            del self._until[parent]
+            return None
+        return parent
+
+    def observe(self, name: str, qtype: int, now: float) -> str | None:
+        """Count one query for ``name``; the classified parent (now or earlier), or None."""
+        cfg = self.cfg
+        if not cfg.enabled or "." not in name:
+            return None
+        hit = self.classified(name, now)
+        if hit is not None:
+            return hit
+        parent = parent_of(name, cfg.parent_labels)
+        if parent == name:
+            return None
+        w = self._w.get(parent)
+        if w is None or now - w.start > cfg.window:
+            if w is None and len(self._w) >= cfg.max_parents:
+                self._expire(now)
+            w = self._w[parent] = _Window(now)
+        w.queries += 1
+        if qtype in (T_TXT, T_NULL):
+            w.txt += 1
+        if name not in w.names and len(w.names) < 4 * cfg.unique_names:
+            w.names.add(name)
+            if looks_random(name, parent, cfg):
+                w.random += 1
+        why = self._judge(w)
+        if why is None:
+            return None
+        self._until[parent] = now + cfg.hold
+        self.detections.append((now, parent, why))
+        del self._w[parent]
+        return parent
+
+    def _judge(self, w: _Window) -> str | None:
+        cfg = self.cfg
+        if w.random >= cfg.strong_random:
+            return f"{w.random} long random names"
+        signals = []
+        if w.random >= cfg.random_names:
+            signals.append(f"{w.random} long random names")
+        if len(w.names) >= cfg.unique_names:
+            signals.append(f"{len(w.names)} distinct names")
+        if w.queries >= cfg.min_queries and w.txt / w.queries >= cfg.txt_share:
+            signals.append(f"{w.txt}/{w.queries} queries TXT or NULL")
+        return " and ".join(signals) if len(signals) >= 2 else None
+
+    def _expire(self, now: float) -> None:
+        for p in [p for p, w in self._w.items() if now - w.start > self.cfg.window]:
+            del self._w[p]
+        if len(self._w) >= self.cfg.max_parents:
+            self._w.clear()

@@ -1,0 +1,227 @@
+"""Playbooks for the resolver's core: bytes in, decisions out, time passed in."""
+
+import pytest
+from dnslib import EDNS0, QTYPE, RR, A, AAAA, CNAME, MX, TXT, DNSRecord
+
+from gateway.dnssec import wire
+from gateway.dnssec.config import from_dict
+from gateway.dnssec.engine import Drop, Engine, Forward, Reply
+from ztna.edns import add_device_id
+
+CLIENT = "198.51.100.10"
+DOC = {
+    "server": {"listen": ["208.67.222.222"], "upstreams": ["203.0.113.53"], "block_ttl": 30},
+    "blockpage": {"address": "192.0.2.80", "https_port": 0, "addresses": {"security": "192.0.2.81"}},
+    "categories": {"domains": {
+        "tunnel.bad.example": "dns-tunneling-vpn", "malware.bad.example": "malware",
+        "ddns.bad.example": "dynamic-dns", "gambling.bad.example": "gambling"}},
+    "lists": {"block": {"domains": ["listed.bad.example"]}, "allow": {"domains": ["fine.listed.bad.example"]}},
+    "ratelimit": {"qps": 50, "burst": 100},
+    "tunneling": {"unique_names": 10, "random_names": 3, "min_queries": 5},
+    "policy": [
+        {"name": "office", "networks": ["198.51.100.0/24"], "block_lists": ["block"], "allow_lists": ["allow"],
+         "block_categories": ["dns-tunneling-vpn", "malware", "dynamic-dns", "gambling"]},
+        {"name": "roaming", "devices": ["laptop-1"], "block_categories": ["malware"]},
+    ],
+}
+
+
+def engine(**over):
+    doc = {**DOC, **over}
+    return Engine(from_dict(doc))
+
+
+def ask(eng, name, qtype="A", *, now=1000.0, source=CLIENT, edns=False, device=None, tcp=False):
+    r = DNSRecord.question(name, qtype)
+    if edns:
+        r.add_ar(EDNS0(udp_len=1232))
+    if device:
+        add_device_id(r, device)
+    return eng.handle(r.pack(), source, now, tcp=tcp)
+
+
+def upstream_reply(fwd: Forward, *rrs, rcode=0):
+    qid = 777
+    r = DNSRecord.parse(wire.query_bytes(qid, fwd.question)).reply()
+    r.header.rcode = rcode
+    for rr in rrs:
+        r.add_answer(rr)
+    return wire.parse_reply_untrusted(r.pack(), qid, fwd.question)
+
+
+def parsed(out):
+    assert isinstance(out, Reply), out
+    return DNSRecord.parse(out.data)
+
+
+def test_blocked_a_gets_block_page_without_asking_upstream():
+    eng = engine()
+    out = ask(eng, "Malware.Bad.Example.")
+    r = parsed(out)
+    assert str(r.rr[0].rdata) == "192.0.2.81" and r.rr[0].ttl == 30
+    assert out.log["decision"] == "blocked" and out.log["category"] == "malware" and out.log["column"] == "security"
+    assert eng.recent_blocks[(CLIENT, "malware.bad.example")]["reason"] == "malware"
+    r = parsed(ask(eng, "gambling.bad.example", "AAAA"))
+    assert str(r.rr[0].rdata) == "::ffff:c000:250"   # ::ffff:192.0.2.80
+
+
+def test_refused_rows_and_passing_cells():
+    eng = engine()
+    assert parsed(ask(eng, "listed.bad.example", "TXT")).header.rcode == wire.REFUSED
+    assert parsed(ask(eng, "tunnel.bad.example", "MX")).header.rcode == wire.REFUSED
+    assert isinstance(ask(eng, "listed.bad.example", "MX"), Forward)      # list: MX not blocked
+    assert isinstance(ask(eng, "ddns.bad.example", "SRV"), Forward)       # ddns: SRV not blocked
+    assert isinstance(ask(eng, "fine.listed.bad.example", "TXT"), Forward)  # allow beats block
+
+
+def test_ede_only_when_the_client_speaks_edns():
+    eng = engine()
+    r = parsed(ask(eng, "malware.bad.example", "TXT", edns=True))
+    opt = [x for x in r.ar if x.rtype == 41][0]
+    assert [o.code for o in opt.rdata] == [15]
+    assert b"malware" in opt.rdata[0].data and b"policy office" in opt.rdata[0].data
+    assert not parsed(ask(eng, "malware.bad.example", "TXT")).ar
+
+
+def test_forward_then_cache_with_ttl_countdown():
+    eng = engine()
+    fwd = ask(eng, "www.good.example", now=1000.0)
+    assert isinstance(fwd, Forward) and fwd.question[1:4] == b"www"
+    out = eng.complete(fwd, upstream_reply(fwd, RR("www.good.example", rdata=A("203.0.113.80"), ttl=60)), 1000.0)
+    assert str(parsed(out).rr[0].rdata) == "203.0.113.80"
+    hit = ask(eng, "WWW.good.example", now=1020.0)
+    r = parsed(hit)
+    assert r.rr[0].ttl == 40 and hit.log.get("cached") and str(r.q.qname) == "WWW.good.example."
+    assert isinstance(ask(eng, "www.good.example", now=1061.0), Forward)   # expired
+
+
+def test_upstream_failure_is_servfail():
+    eng = engine()
+    fwd = ask(eng, "www.good.example")
+    out = eng.complete(fwd, None, 1000.0)
+    assert parsed(out).header.rcode == wire.SERVFAIL and out.log["decision"] == "upstream-failed"
+
+
+def test_cname_chain_through_a_blocked_name():
+    eng = engine()
+    chain = [RR("shop.good.example", QTYPE.CNAME, rdata=CNAME("listed.bad.example"), ttl=60),
+             RR("listed.bad.example", rdata=A("203.0.113.102"), ttl=60)]
+    fwd = ask(eng, "shop.good.example")
+    out = eng.complete(fwd, upstream_reply(fwd, *chain), 1000.0)
+    r = parsed(out)
+    assert [str(x.rdata) for x in r.rr] == ["192.0.2.80"]
+    assert out.log["decision"] == "blocked" and out.log["cname"] == "shop.good.example -> listed.bad.example"
+    # cached now: the next ask is blocked from the cache too
+    assert parsed(ask(eng, "shop.good.example", now=1001.0)).rr[0].rdata.__str__() == "192.0.2.80"
+    # MX through a listed link passes (row 3, list column)
+    fwd = ask(eng, "shop.good.example", "MX")
+    mx = [chain[0], RR("listed.bad.example", QTYPE.MX, rdata=MX("mail.listed.bad.example"), ttl=60)]
+    assert parsed(eng.complete(fwd, upstream_reply(fwd, *mx), 1000.0)).header.rcode == 0
+    # TXT through it is refused (row 2)
+    fwd = ask(eng, "shop.good.example", "TXT")
+    txt = [chain[0], RR("listed.bad.example", QTYPE.TXT, rdata=TXT("x"), ttl=60)]
+    assert parsed(eng.complete(fwd, upstream_reply(fwd, *txt), 1000.0)).header.rcode == wire.REFUSED
+
+
+def test_not_an_open_resolver():
+    eng = engine()
+    out = ask(eng, "www.good.example", source="203.0.113.99", edns=True)
+    r = parsed(out)
+    assert r.header.rcode == wire.REFUSED and out.log["decision"] == "not-served"
+    assert parsed(ask(eng, "www.good.example", source="203.0.113.99", device="laptop-1")).header.rcode == wire.REFUSED
+
+
+def test_device_identity_selects_its_policy():
+    eng = engine()
+    assert parsed(ask(eng, "gambling.bad.example")).rr[0].rdata.__str__() == "192.0.2.80"
+    out = ask(eng, "gambling.bad.example", device="laptop-1")
+    assert isinstance(out, Forward) and out.log["policy"] == "roaming" and out.log["identity"] == "laptop-1"
+
+
+def test_truncation_to_the_clients_buffer():
+    eng = engine()
+    fwd = ask(eng, "big.good.example", "TXT")
+    rrs = [RR("big.good.example", QTYPE.TXT, rdata=TXT("%03d" % i + "x" * 90), ttl=60) for i in range(8)]
+    up = upstream_reply(fwd, *rrs)
+    r = parsed(eng.complete(fwd, up, 1000.0))
+    assert r.header.tc == 1 and not r.rr
+    r = parsed(ask(eng, "big.good.example", "TXT", edns=True))
+    assert r.header.tc == 0 and len(r.rr) == 8
+    r = parsed(ask(eng, "big.good.example", "TXT", tcp=True))
+    assert r.header.tc == 0 and len(r.rr) == 8
+
+
+def test_bad_input_gets_formerr_notimp_or_drop_and_a_log_line():
+    eng = engine()
+    good = DNSRecord.question("www.good.example").pack()
+    out = eng.handle(good[:4] + b"\x00\x02" + good[6:], CLIENT, 1000.0)
+    assert isinstance(out, Reply) and out.data[3] & 0xF == wire.FORMERR and out.log["decision"] == "bad-query"
+    out = eng.handle(b"\x12", CLIENT, 1000.0)
+    assert isinstance(out, Drop) and out.log["decision"] == "bad-query"
+    out = eng.handle(good[:2] + bytes([good[2] | 0x20]) + good[3:], CLIENT, 1000.0)
+    assert out.data[3] & 0xF == wire.NOTIMP
+    chaos = DNSRecord.question("version.bind", "TXT", "CH").pack()
+    assert parsed(eng.handle(chaos, CLIENT, 1000.0)).header.rcode == wire.REFUSED
+    assert parsed(ask(eng, "good.example", "AXFR")).header.rcode == wire.REFUSED
+    # and the resolver still answers normally afterwards
+    assert isinstance(ask(eng, "www.good.example"), Forward)
+
+
+def test_flood_from_one_source_is_limited_others_still_served():
+    eng = engine()
+    outs = [ask(eng, "malware.bad.example", now=1000.0) for _ in range(300)]
+    dropped = [o for o in outs if isinstance(o, Drop)]
+    assert 150 <= len(dropped) <= 200        # burst 100 then nothing within the same instant
+    assert not any(o.log for o in dropped)        # no log line per dropped packet...
+    reports = eng.drop_reports(1000.5)              # ...but one per source, in bulk, with the count
+    assert [(r["client"], r["dropped"]) for r in reports] == [(CLIENT, len(dropped))]
+    assert eng.drop_reports(1000.6) == []
+    assert isinstance(ask(eng, "malware.bad.example", now=1000.0, source="198.51.100.11"), Reply)
+    assert isinstance(ask(eng, "malware.bad.example", now=1001.0), Reply)   # refilled
+    # TCP is not rate limited (it cannot be spoofed)
+    assert isinstance(ask(eng, "malware.bad.example", now=1000.0, tcp=True), Reply)
+
+
+def test_tunnelling_detected_then_refused_for_every_type():
+    eng = engine()
+    import random
+    rng = random.Random(3)
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    out = None
+    for i in range(12):
+        label = "".join(rng.choice(alphabet) for _ in range(50))
+        out = ask(eng, f"{label}.t.exfil.example", "TXT", now=1000.0 + i)
+    assert isinstance(out, Reply) and parsed(out).header.rcode == wire.REFUSED
+    assert out.log["category"] == "dns-tunneling-vpn"
+    assert parsed(ask(eng, "www.exfil.example", "MX", now=1100.0)).header.rcode == wire.REFUSED
+    assert parsed(ask(eng, "www.exfil.example", "A", now=1100.0)).rr[0].rdata.__str__() == "192.0.2.80"
+    # for a while only
+    assert isinstance(ask(eng, "www.exfil.example", "MX", now=1000.0 + 700), Forward)
+
+
+def test_memo_replays_the_same_bytes_but_never_hides_a_new_tunnel_verdict():
+    eng = engine()
+    mx = DNSRecord.question("www.exfil.example", "MX")
+    fwd = eng.handle(mx.pack(), CLIENT, 1000.0)
+    first = eng.complete(fwd, upstream_reply(fwd, RR("www.exfil.example", QTYPE.MX, rdata=MX("mx.exfil.example"), ttl=60)), 1000.0)
+    mx.header.id = 4321
+    again = eng.handle(mx.pack(), CLIENT, 1000.2)
+    assert isinstance(again, Reply) and again.data[:2] == b"\x10\xe1" and again.data[2:] == first.data[2:]
+    assert again.log["cached"] and again.log["time"] == 1000.2
+    # the same client, other bytes (EDNS): not the memo, but the cache
+    other = ask(eng, "www.exfil.example", "MX", now=1000.3, edns=True)
+    assert isinstance(other, Reply) and other.log["cached"]
+    import random
+    rng = random.Random(9)
+    for i in range(12):
+        ask(eng, "".join(rng.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(55)) + ".exfil.example", "TXT", now=1000.4)
+    blocked = eng.handle(mx.pack(), CLIENT, 1000.5)
+    assert parsed(blocked).header.rcode == wire.REFUSED and blocked.log["category"] == "dns-tunneling-vpn"
+    # and a memo is only good for a second
+    bad = DNSRecord.question("malware.bad.example")
+    key = (CLIENT, bytes(bad.pack()[2:]))
+    eng.handle(bad.pack(), CLIENT, 2000.0)
+    eng.handle(bad.pack(), CLIENT, 2000.5)
+    assert eng._memo[key].expires == 2001.0          # a hit does not extend it
+    eng.handle(bad.pack(), CLIENT, 2001.5)
+    assert eng._memo[key].expires == 2002.5          # decided again after a second
