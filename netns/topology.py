@@ -30,7 +30,6 @@ class Host:
     addrs: dict[str, list[str]] = field(default_factory=dict)  # ifname -> ["a.b.c.d/len", ...]
     routes: list[tuple[str, str, str | None, int | None]] = field(default_factory=list)  # (dst, via, dev, metric)
     forward: bool = False
-    lo_addrs: list[str] = field(default_factory=list)
 
     def addr(self, ifname: str, cidr: str) -> "Host":
         ipaddress.ip_interface(cidr)  # raises ValueError on bad input
