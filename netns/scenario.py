@@ -7,6 +7,7 @@ also when any of those fails.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import traceback
@@ -46,7 +47,15 @@ class _Terminated(Exception):
     pass
 
 
+_OWNER = os.getpid()
+
+
 def _on_term(signum, frame):
+    # pyroute2 forks helper children (NetNS) that inherit this handler and are
+    # stopped with SIGTERM: in them, raising would run the parent's copied
+    # finally blocks (tearing the lab down from a child).  Just exit there.
+    if os.getpid() != _OWNER:
+        os._exit(128 + signum)
     raise _Terminated(f"signal {signum}")
 
 
