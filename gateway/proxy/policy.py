@@ -36,6 +36,8 @@ def normalize(name: str) -> str:
 def _valid_name(name: str) -> bool:
     if not name or len(name) > 253:
         return False
+    if name.rsplit(".", 1)[-1].isdigit():
+        return False  # an IPv4 literal (or a numeric TLD, which no real name has): not a name
     for label in name.split("."):
         if not label or len(label) > 63 or label.startswith("-") or label.endswith("-"):
             return False
