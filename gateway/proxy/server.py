@@ -299,6 +299,8 @@ class Proxy:
                         await self.intercept(csock, ssock, cmd, flow, c)
                         return
                     elif isinstance(cmd, machine.Close):
+                        if ssock is None:
+                            await _linger(csock)
                         return
                 if not flow.waiting_for_client:
                     raise RuntimeError(f"flow stalled in state {flow.state}")
@@ -464,6 +466,25 @@ class Proxy:
             os.rmdir(self._keydir)
         except OSError:
             pass
+
+
+async def _linger(sock: socket.socket, seconds: float = 1.0, limit: int = 1 << 20) -> None:
+    """Close after a refusal without resetting: the client still sending would otherwise get an RST
+    instead of our answer (RFC 9112 9.6), so read and drop its bytes for a moment first."""
+    loop = asyncio.get_running_loop()
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        while limit > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), left)
+            if not data:
+                return
+            limit -= len(data)
+    except (OSError, asyncio.TimeoutError):
+        pass
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> int:

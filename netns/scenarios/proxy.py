@@ -221,7 +221,9 @@ def dns_queries(pcap: Path, src: str) -> list[tuple[float, str]]:
     out = []
     for p in capture.read(pcap):
         if p.haslayer(DNS) and p.haslayer(IP) and p[IP].src == src and p[DNS].qr == 0 and p[DNS].qd:
-            out.append((float(p.time), p[DNS].qd.qname.decode().rstrip(".")))
+            qd = p[DNS].qd
+            qd = qd[0] if isinstance(qd, list) or hasattr(qd, "__getitem__") and not hasattr(qd, "qname") else qd
+            out.append((float(p.time), qd.qname.decode().rstrip(".")))
     return out
 
 
