@@ -28,6 +28,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # one line per request is enough
         print(f"{self.client_address[0]} {self.command} {self.path} Host={self.headers.get('Host')}", flush=True)
 
+    def _closing(self):
+        # Say so when the client asked to close: a client that is not told may reuse
+        # the connection after we closed it and fail (curl: "Connection died").
+        if self.close_connection:
+            self.send_header("Connection", "close")
+
     def do_GET(self):
         host = (self.headers.get("Host") or "").split(":")[0]
         if self.path.startswith("/bytes/"):
@@ -39,6 +45,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(n))
+            self._closing()
             self.end_headers()
             while n > 0:
                 part = CHUNK[:min(n, len(CHUNK))]
@@ -49,6 +56,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
+        self._closing()
         self.end_headers()
         self.wfile.write(body)
 

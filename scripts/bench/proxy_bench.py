@@ -55,14 +55,16 @@ def requests(lab: Lab, name: str, proxy: bool, trust: Path) -> dict:
     cfg = lab.conf_dir / f"urls-{name}.txt"
     cfg.write_text("".join(f'url = "https://{name}/"\noutput = "/dev/null"\n' for _ in range(SMALL)))
     argv = ["curl", "-s", "-Z", "--parallel-max", str(PARALLEL), "--max-time", "30", "--cacert", str(trust),
-            "-H", "Connection: close", "-w", "%{http_code}\n", "-K", str(cfg)]
+            "-H", "Connection: close", "-w", "%{http_code} %{exitcode} %{errormsg}\n", "-K", str(cfg)]
     if proxy:
         argv += ["--proxy", PROXY_URL]
     t0 = time.monotonic()
     out = lab.exec("client", argv, timeout=300)
     secs = time.monotonic() - t0
-    good = out.stdout.decode().split().count("200")
-    return {"ok": good == SMALL, "done": good, "seconds": round(secs, 2), "req/s": round(good / secs, 1)}
+    lines = out.stdout.decode().splitlines()
+    good = sum(1 for l in lines if l.startswith("200 "))
+    errors = sorted({l for l in lines if not l.startswith("200 ")})[:5]
+    return {"ok": good == SMALL, "done": good, "seconds": round(secs, 2), "req/s": round(good / secs, 1), "errors": errors}
 
 
 def measure(lab: Lab, label: str, name: str, proxy: bool, trust: Path, results: list) -> None:
@@ -72,6 +74,8 @@ def measure(lab: Lab, label: str, name: str, proxy: bool, trust: Path, results: 
     r = requests(lab, name, proxy, trust)
     results.append({"proxy": label, "download": d, "requests": r})
     print(f"  {label}: {d['MB/s']} MB/s, {r['req/s']} req/s ({r['done']}/{SMALL} ok)", flush=True)
+    for e in r["errors"]:
+        print(f"    curl: {e}", flush=True)
 
 
 def start_ztna(lab: Lab, decrypt: bool) -> procs.Proc:
