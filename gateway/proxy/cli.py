@@ -65,6 +65,8 @@ def check_cmd(config_path: Path, as_json: bool, names: tuple[str, ...]) -> None:
         click.echo(json.dumps({"config": str(config_path), "mode": cfg.mode, "verdicts": rows}, indent=2))
         return
     click.echo(f"{config_path}: OK ({cfg.mode} mode, listening on {cfg.listen[0]}:{cfg.listen[1]})")
+    width = max((len(f"{r['name']}:{r['port']}") for r in rows), default=0)
     for r in rows:
         dec = "decrypt" if r["decrypt"] else ("splice" if r["action"] == "allow" else "-")
-        click.echo(f"  {r['name']}:{r['port']:<5}  {r['action']:<5}  {dec:<7}  {r['reason']}")
+        target = f"{r['name']}:{r['port']}"
+        click.echo(f"  {target:<{width}}  {r['action']:<5}  {dec:<7}  {r['reason']}")
