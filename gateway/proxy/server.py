@@ -107,7 +107,10 @@ class TLSSide:
                 await self.loop.sock_sendall(self.sock, data)
 
     async def _fill(self) -> bool:
-        data = await asyncio.wait_for(self.loop.sock_recv(self.sock, READ_SIZE), self.idle)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+        # arrives as the read completes, which left relay tasks running after their end.
+        async with asyncio.timeout(self.idle):
+            data = await self.loop.sock_recv(self.sock, READ_SIZE)
         if not data:
             self.inc.write_eof()
             return False
@@ -310,8 +313,9 @@ class Proxy:
                     raise RuntimeError(f"flow stalled in state {flow.state}")
                 wait = max(0.0, flow.deadline - time.monotonic())
                 try:
-                    data = await asyncio.wait_for(loop.sock_recv(csock, 65536), wait)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(wait):
+                        data = await loop.sock_recv(csock, 65536)
+                except TimeoutError:
                     cmds.extend(flow.timeout(time.monotonic()))
                     continue
                 if data:
@@ -459,6 +463,13 @@ class Proxy:
                 await down_t  # the client finished sending; let the answer come back
             await client.close_notify()
         finally:
+            # Shut both sockets first so a pending read ends with EOF whatever happens to
+            # the cancellation, then cancel, then wait for both tasks to unwind.
+            for sock in (csock, ssock):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             for t in (up_t, down_t):
                 t.cancel()
             # Wait for both to unwind before the sockets close: a task still registered
@@ -533,6 +544,12 @@ def _pump(src: socket.socket, dst: socket.socket) -> int:
     return total
 
 
+def _dump_tasks() -> None:
+    for t in asyncio.all_tasks():
+        t.print_stack(limit=6, file=sys.stderr)
+    sys.stderr.flush()
+
+
 def _ts() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -553,6 +570,7 @@ def run(cfg: Config) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # for people: where is each connection waiting?
         await proxy.serve(stop)
 
     try:

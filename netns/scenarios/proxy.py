@@ -312,6 +312,13 @@ class _ProxyScenario(Scenario):
         seen = {}
         for name in (DECRYPT, BANK, BLOCKED):
             seen[name] = curl(lab, f"https://{name}/", explicit=explicit, port=PORTS[name], tls12=True)
+        # The proxy writes a connection's line when the connection ends, a moment after curl exits.
+        want = {f":{p}" for p in PORTS.values()}
+        try:
+            procs.wait_until(lambda: want <= {":" + str(r.get("client", "")).rsplit(":", 1)[-1] for r in proxy_log(lab)},
+                             timeout=5, what="the proxy's log lines")
+        except TimeoutError:
+            pass  # verify() reports the missing lines as failed steps
         seen["log"] = proxy_log(lab)
         return seen
 
