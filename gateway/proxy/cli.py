@@ -1,0 +1,72 @@
+"""``ztna proxy``: the HTTPS forward proxy (explicit CONNECT and transparent SNI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from . import config as config_mod
+
+
+@click.group("proxy")
+def proxy() -> None:
+    """HTTPS forward proxy: explicit (CONNECT) and transparent (SNI), with and without decryption."""
+
+
+def _load(path: Path) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+
+
+@proxy.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="proxy.toml")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
+def run_cmd(config_path: Path, verbose: bool) -> None:
+    """Run the proxy described by proxy.toml until SIGTERM or Ctrl-C.
+
+    One JSON line per connection goes to the [proxy] log target (stdout by
+    default): mode, client, name, decision, reason, decrypted, bytes each way,
+    duration.  In transparent mode the nft table is installed in the current
+    network namespace and removed on exit.
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = _load(config_path)
+    from . import nft, server
+
+    try:
+        server.run(cfg)
+    except (config_mod.ConfigError, nft.NftError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {cfg.listen[0]}:{cfg.listen[1]}: {exc}") from exc
+
+
+@proxy.command("check")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="proxy.toml")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("names", nargs=-1)
+def check_cmd(config_path: Path, as_json: bool, names: tuple[str, ...]) -> None:
+    """Check proxy.toml, and show the verdict for each NAME[:PORT] (port 443 unless given)."""
+    cfg = _load(config_path)
+    pol = cfg.policy()
+    rows = []
+    for n in names:
+        host, _, port = n.partition(":")
+        v = pol.decide(host, int(port) if port.isdigit() else 443)
+        rows.append({"name": host, "port": int(port) if port.isdigit() else 443, "action": v.action,
+                     "decrypt": v.decrypt, "reason": v.reason})
+    if as_json:
+        click.echo(json.dumps({"config": str(config_path), "mode": cfg.mode, "verdicts": rows}, indent=2))
+        return
+    click.echo(f"{config_path}: OK ({cfg.mode} mode, listening on {cfg.listen[0]}:{cfg.listen[1]})")
+    width = max((len(f"{r['name']}:{r['port']}") for r in rows), default=0)
+    for r in rows:
+        dec = "decrypt" if r["decrypt"] else ("splice" if r["action"] == "allow" else "-")
+        target = f"{r['name']}:{r['port']}"
+        click.echo(f"  {target:<{width}}  {r['action']:<5}  {dec:<7}  {r['reason']}")

@@ -1,0 +1,193 @@
+"""FQDN filtering policy of the forward proxy: who may use it, where to, decrypted or not.
+
+Pure: names and addresses in, a :class:`Verdict` out.  Matching rules (chosen to
+be what a network engineer expects, and written in docs/proxy.md):
+
+* a pattern is an exact name (``bank.example.com``) or ``*.domain``, which
+  matches every name *below* ``domain`` at any depth but not ``domain`` itself;
+* names compare case-insensitively, without a trailing dot;
+* the deny list is read before the allow list (a deny always wins), and a name
+  on neither gets the default action;
+* the do-not-decrypt list only matters for allowed names, and ``decrypt = false``
+  turns decryption off for everything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+ALLOW = "allow"
+DENY = "deny"
+
+# Never reachable through the proxy unless explicitly configured otherwise:
+# loopback, link-local, "this network", multicast and the unspecified address.
+DEFAULT_FORBIDDEN = ("127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32")
+
+
+class PolicyError(ValueError):
+    """The policy configuration is inconsistent; the message says which entry and why."""
+
+
+def normalize(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+def _valid_name(name: str) -> bool:
+    if not name or len(name) > 253:
+        return False
+    if name.rsplit(".", 1)[-1].isdigit():
+        return False  # an IPv4 literal (or a numeric TLD, which no real name has): not a name
+    for label in name.split("."):
+        if not label or len(label) > 63 or label.startswith("-") or label.endswith("-"):
+            return False
+        if not all(c.isalnum() and c.isascii() or c in "-_" for c in label):
+            return False
+    return True
+
+
+def valid_hostname(name: str) -> bool:
+    """True for a DNS host name a proxy may be asked for (not an IP literal)."""
+    return _valid_name(normalize(name))
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """``bank.example.com`` (exact) or ``*.example.com`` (anything below example.com)."""
+
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Pattern":
+        t = normalize(text)
+        base = t[2:] if t.startswith("*.") else t
+        if not _valid_name(base):
+            raise PolicyError(f"{text!r} is not a host name or '*.domain' pattern")
+        return cls(t)
+
+    def matches(self, name: str) -> bool:
+        if self.text.startswith("*."):
+            return name.endswith(self.text[1:])
+        return name == self.text
+
+
+def _patterns(items, what: str) -> tuple[Pattern, ...]:
+    if isinstance(items, str) or not isinstance(items, (list, tuple)):
+        raise PolicyError(f"{what} must be a list of names, got {items!r}")
+    return tuple(Pattern.parse(i) for i in items)
+
+
+def _nets(items, what: str) -> tuple:
+    try:
+        return tuple(ipaddress.ip_network(i, strict=False) for i in items)
+    except (ValueError, TypeError) as exc:
+        raise PolicyError(f"{what}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision for one connection: allow or deny, decrypt or not, and why."""
+
+    action: str
+    decrypt: bool
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.action == ALLOW
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The whole filtering policy, built from the ``[policy]`` table of proxy.toml."""
+
+    allow: tuple[Pattern, ...] = ()
+    deny: tuple[Pattern, ...] = ()
+    default: str = DENY
+    no_decrypt: tuple[Pattern, ...] = ()
+    decrypt: bool = True
+    connect_ports: frozenset[int] = frozenset({443})
+    http_ports: frozenset[int] = frozenset({80})
+    client_networks: tuple = ()
+    forbidden: tuple = field(default_factory=lambda: _nets(DEFAULT_FORBIDDEN, "forbidden"))
+    own_addresses: frozenset = frozenset()
+
+    @classmethod
+    def from_dict(cls, d: dict, *, own_addresses=()) -> "Policy":
+        known = {"allow", "deny", "default", "no_decrypt", "decrypt", "connect_ports", "http_ports",
+                 "client_networks", "forbidden_destinations", "allow_proxy_addresses"}
+        unknown = set(d) - known
+        if unknown:
+            raise PolicyError(f"unknown [policy] keys: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+        default = d.get("default", DENY)
+        if default not in (ALLOW, DENY):
+            raise PolicyError(f"[policy] default must be 'allow' or 'deny', not {default!r}")
+        ports = {}
+        for key, dflt in (("connect_ports", [443]), ("http_ports", [80])):
+            vals = d.get(key, dflt)
+            if not isinstance(vals, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in vals):
+                raise PolicyError(f"[policy] {key} must be a list of port numbers, got {vals!r}")
+            ports[key] = frozenset(vals)
+        if "client_networks" not in d:
+            raise PolicyError("[policy] client_networks is required: the proxy serves only the networks listed (no open proxy)")
+        own = frozenset() if d.get("allow_proxy_addresses") else frozenset(ipaddress.ip_address(a) for a in own_addresses)
+        return cls(
+            allow=_patterns(d.get("allow", []), "[policy] allow"),
+            deny=_patterns(d.get("deny", []), "[policy] deny"),
+            default=default,
+            no_decrypt=_patterns(d.get("no_decrypt", []), "[policy] no_decrypt"),
+            decrypt=bool(d.get("decrypt", True)),
+            connect_ports=ports["connect_ports"],
+            http_ports=ports["http_ports"],
+            client_networks=_nets(d["client_networks"], "[policy] client_networks"),
+            forbidden=_nets(list(DEFAULT_FORBIDDEN) + list(d.get("forbidden_destinations", [])), "[policy] forbidden_destinations"),
+            own_addresses=own,
+        )
+
+    # ---- decisions -----------------------------------------------------------
+    def client_allowed(self, ip: str) -> bool:
+        """Only configured client networks may use the proxy."""
+        try:
+            a = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(a in n for n in self.client_networks)
+
+    def destination_allowed(self, ip: str) -> tuple[bool, str]:
+        """Whether the proxy may open a connection to ``ip``, and if not why."""
+        try:
+            a = ipaddress.ip_address(ip)
+        except ValueError:
+            return False, f"{ip!r} is not an address"
+        if a in self.own_addresses:
+            return False, f"{ip} is the proxy's own address"
+        for n in self.forbidden:
+            if a in n:
+                return False, f"{ip} is in forbidden destination {n}"
+        return True, ""
+
+    def decide(self, name: str, port: int, *, kind: str = "connect") -> Verdict:
+        """The FQDN verdict for ``name:port``; ``kind`` is ``connect``/``tls`` (TLS ports) or ``http``."""
+        name = normalize(name)
+        ports = self.http_ports if kind == "http" else self.connect_ports
+        if port not in ports:
+            return Verdict(DENY, False, f"port {port} is not an allowed {'HTTP' if kind == 'http' else 'TLS'} port "
+                                        f"({', '.join(map(str, sorted(ports))) or 'none'})")
+        if not _valid_name(name):
+            return Verdict(DENY, False, f"{name[:80]!r} is not a host name (the policy filters names, not addresses)")
+        for p in self.deny:
+            if p.matches(name):
+                return Verdict(DENY, False, f"{name} matches deny {p.text}")
+        action, reason = self.default, f"{name} matches no rule; default {self.default}"
+        for p in self.allow:
+            if p.matches(name):
+                action, reason = ALLOW, f"{name} matches allow {p.text}"
+                break
+        if action == DENY:
+            return Verdict(DENY, False, reason)
+        return Verdict(ALLOW, self.wants_decrypt(name), reason)
+
+    def wants_decrypt(self, name: str) -> bool:
+        """Decrypt unless decryption is off or the name is a decryption exception."""
+        name = normalize(name)
+        return self.decrypt and not any(p.matches(name) for p in self.no_decrypt)
