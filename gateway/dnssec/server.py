@@ -50,7 +50,10 @@ class Resolver:
     def _dispatch(self, out, send, t0: float) -> None:
         if type(out) is Reply:
             send(out.data)
-            self._finish(out.log, t0)
+            if out.line is not None:
+                self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
+            else:
+                self._finish(out.log, t0)
         elif type(out) is Forward:
             waiters = self._inflight.get(out.key)
             if waiters is not None:
@@ -84,7 +87,9 @@ class Resolver:
                         sock.sendto(out.data, addr)
                     except OSError as exc:  # full send buffer or unreachable client: this answer is lost
                         log.debug("udp send to %s: %s", addr[0], exc)
-                    if out.log is not None:
+                    if out.line is not None:
+                        self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
+                    elif out.log is not None:
                         out.log["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
                         self.qlog.write(out.log)
                 else:
