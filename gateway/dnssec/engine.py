@@ -109,12 +109,8 @@ class Engine:
         self._memo: dict[tuple[str, bytes], _Memo] = {}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
-        self.counters: dict[str, int] = {}
 
     # ---- helpers ----------------------------------------------------------
-    def _count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
-
     def _select(self, source: str, device: str | None) -> Policy | None:
         key = (source, device)
         try:
@@ -124,6 +120,11 @@ class Engine:
                 self._selected.clear()
             p = self._selected[key] = self.policies.select(source, device)
             return p
+
+    def _remember_block(self, source: str, name: str, info: dict) -> None:
+        if len(self.recent_blocks) > 10_000:
+            self.recent_blocks.clear()
+        self.recent_blocks[(source, name)] = info
 
     def verdict(self, policy: Policy, name: str, tunnel_parent: str | None) -> Verdict:
         key = (policy.name, name, tunnel_parent)
@@ -141,6 +142,8 @@ class Engine:
             rec.update(identity=q.device or source, name=q.qname, type=type_name(q.qtype))
             if q.device:
                 rec["device"] = q.device
+            elif q.bad_device:
+                rec["note"] = "malformed device-id option ignored"
         else:
             rec["identity"] = source
         rec["decision"] = decision
@@ -163,10 +166,11 @@ class Engine:
         if tcp:
             return self._decide(data, source, now, True, None, _UNSET)
         if not self.limiter.allow(source, now):
-            self._count("rate-limited")
             return Drop(None)  # reported in bulk by drop_reports(), not one line per packet
         pol = self._select(source, None)
-        key = (pol.name if pol is not None else None, bytes(data[2:]))
+        if pol is None:  # not served: nothing worth remembering (the refusal names the source)
+            return self._decide(data, source, now, False, None, _UNSET)
+        key = (pol.name, bytes(data[2:]))
         m = self._memo.get(key)
         tunnel = _UNSET
         if m is not None and m.expires > now:
@@ -178,7 +182,7 @@ class Engine:
                 else:
                     out = wire.cached_answer(q, m.up, int(now - m.stored), ident=data[:2])
                 if m.block is not None:
-                    self.recent_blocks[(source, q.qname)] = m.block
+                    self._remember_block(source, q.qname, m.block)
                 ident = m.ident or f'"{source}"'
                 return Reply(out, None, line=f'{{"time":{now:.3f},"client":"{source}","identity":{ident}{m.rest}')
         out = self._decide(data, source, now, False, key, tunnel)
@@ -212,15 +216,12 @@ class Engine:
             q = wire.parse_query_untrusted(data)
         except BadMessage as exc:
             return self._bad(data, source, now, exc)
-        if q.bad_device:
-            self._count("bad-device-id")
         if q.qclass != wire.CLASS_IN:
             return self._refuse(q, source, now, "bad-query", wire.REFUSED, note=f"class {q.qclass} not served")
         if q.qtype == wire.T_OPT:
             return self._refuse(q, source, now, "bad-query", wire.FORMERR, note="OPT as a question type")
         policy = self._select(source, q.device)
         if policy is None:
-            self._count("not-served")
             return self._refuse(q, source, now, "not-served", wire.REFUSED,
                                 ede=(wire.EDE_PROHIBITED, f"this resolver does not serve {source}"))
         if q.qtype in ZONE_TRANSFER:
@@ -242,7 +243,6 @@ class Engine:
         """The upstream's reply (None: every upstream failed) becomes the client's answer."""
         q = fwd.query
         if up is None:
-            self._count("upstream-failed")
             log = dict(fwd.log, decision="upstream-failed", rcode="SERVFAIL")
             return Reply(wire.refusal(q, wire.SERVFAIL, (wire.EDE_NETWORK_ERROR, "no upstream answered")), log)
         self.cache.put(fwd.key, up, now)
@@ -277,7 +277,6 @@ class Engine:
             log["cached"] = True
         if v.allowed_by:
             log["allowed_by"] = v.allowed_by
-        self._count("allowed")
         return Reply(data, log, q, served, stored)
 
     def _block(self, q: Query, source: str, now: float, v: Verdict, act: Action, tcp: bool, *, link: str = "") -> Reply:
@@ -287,15 +286,12 @@ class Engine:
             v4, v6 = self.cfg.blockpage.addresses(v.reason, v.column)
             data = wire.address_answer(q, [v4 if q.qtype == wire.T_A else v6], self.cfg.block_ttl, ede)
             rcode = "NOERROR"
-            if len(self.recent_blocks) > 10_000:
-                self.recent_blocks.clear()
-            self.recent_blocks[(source, q.qname)] = {
+            self._remember_block(source, q.qname, {
                 "name": q.qname, "reason": v.reason, "column": v.column.value, "matched": v.matched,
-                "policy": v.policy, "link": link, "time": now}
+                "policy": v.policy, "link": link, "time": now})
         else:
             data = wire.refusal(q, wire.REFUSED, ede)
             rcode = "REFUSED"
-        self._count("blocked")
         log = self._log(now, source, q, "blocked", policy=v.policy, category=v.reason, column=v.column.value,
                         matched=v.matched, action=act.value, rcode=rcode)
         if link:
@@ -312,7 +308,6 @@ class Engine:
         return Reply(wire.refusal(q, rcode, ede), log, q)
 
     def _bad(self, data: bytes, source: str, now: float, exc: BadMessage) -> Reply | Drop:
-        self._count("bad-query")
         if exc.rcode is None:
             return Drop(self._log(now, source, None, "bad-query", rcode="DROP", note=str(exc)))
         ident, flags, question = wire.question_of_untrusted(data)

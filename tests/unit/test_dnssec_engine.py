@@ -247,3 +247,22 @@ def test_memo_of_blocks_keeps_the_block_page_informed_and_device_identity():
     eng.complete(first, upstream_reply(first, RR("gambling.bad.example", rdata=A("203.0.113.105"), ttl=60)), 2001.0)
     rec = line_of(eng.handle(dev.pack(), CLIENT, 2001.5))
     assert rec["identity"] == 'lap"top-1' and rec["policy"] == "roaming"
+
+
+def test_refusals_to_unserved_sources_name_each_source():
+    eng = engine()
+    q = DNSRecord.question("www.good.example")
+    q.add_ar(EDNS0(udp_len=1232))
+    for src in ("203.0.113.1", "203.0.113.2", "203.0.113.1"):
+        out = eng.handle(q.pack(), src, 1000.0)
+        ede = [o for rr in parsed(out).ar if rr.rtype == 41 for o in rr.rdata if o.code == 15]
+        assert src.encode() in ede[0].data and out.log["decision"] == "not-served"
+
+
+def test_malformed_device_id_is_ignored_and_logged():
+    from dnslib import EDNSOption
+
+    q = DNSRecord.question("gambling.bad.example")
+    q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(65001, b"\x00bad")]))
+    out = engine().handle(q.pack(), CLIENT, 1000.0)
+    assert out.log["policy"] == "office" and out.log["note"] == "malformed device-id option ignored"
