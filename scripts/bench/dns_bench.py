@@ -17,11 +17,10 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from netns.lab import Lab
-from netns.procs import wait_listening, wait_until, ztna_argv
+from netns.procs import wait_listening, ztna_argv
 from netns.topology import Topology
 
 RESOLVER = "208.67.222.222"

@@ -1,5 +1,4 @@
 import re
-import tomllib
 from pathlib import Path
 
 import pytest

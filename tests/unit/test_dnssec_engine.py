@@ -1,7 +1,6 @@
 """Playbooks for the resolver's core: bytes in, decisions out, time passed in."""
 
-import pytest
-from dnslib import EDNS0, QTYPE, RR, A, AAAA, CNAME, MX, TXT, DNSRecord
+from dnslib import EDNS0, QTYPE, RR, A, CNAME, MX, TXT, DNSRecord
 
 from gateway.dnssec import wire
 from gateway.dnssec.config import from_dict
