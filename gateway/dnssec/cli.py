@@ -69,7 +69,7 @@ def explain_cmd(config_path: Path, source: str, device: str | None, qtype: str, 
     """Say which policy applies to NAME from SOURCE and what a query gets (no network)."""
     from dnslib import QTYPE
 
-    from .answers import action, row_of
+    from .answers import Action, action, row_of
     from .names import BadName, normalize
 
     cfg = _config(config_path)
@@ -91,7 +91,14 @@ def explain_cmd(config_path: Path, source: str, device: str | None, qtype: str, 
     else:
         click.echo(f"verdict:  allowed{' by ' + v.allowed_by if v.allowed_by else ''}")
     click.echo(f"type:     {qtype.upper()} (row {row_of(t).value})")
-    click.echo(f"answer:   {action(t, v.column).value}")
+    act = action(t, v.column)
+    if act is Action.BLOCKPAGE:
+        v4, v6 = cfg.blockpage.addresses(v.reason, v.column)
+        click.echo(f"answer:   NOERROR with the block-page address {v4 if t == 1 else v6} (TTL {cfg.block_ttl})")
+    elif act is Action.REFUSED:
+        click.echo("answer:   REFUSED")
+    else:
+        click.echo("answer:   the real answer, from the cache or the upstreams")
 
 
 @dns.command("stats")

@@ -13,6 +13,7 @@ upstream -> CNAME inspection of the answer chain -> truncation to the client's b
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from dnslib import QTYPE
@@ -37,6 +38,9 @@ class Reply:
     data: bytes
     log: dict | None
     query: Query | None = None
+    up: Upstream | None = None      # set when ``data`` is a cached upstream answer (TTLs age from ``stored``)
+    stored: float = 0.0
+    line: str | None = None         # instead of ``log``: the JSON line so far, the shell appends latency_ms
 
 
 @dataclass(slots=True)
@@ -62,22 +66,26 @@ class Forward:
 
 @dataclass(slots=True)
 class _Memo:
-    """A finished answer to one exact query from one client, reusable for a second.
+    """A finished answer to one exact query (all but the ID) under one network policy.
 
-    Why: a busy client repeats the very same bytes (all but the ID); replaying
-    the answer skips parsing, policy and packing.  Within that second the
-    answer is what the slow path gave (TTLs count down in whole seconds anyway).
+    Why: clients repeat the very same bytes; replaying the answer skips
+    parsing, policy, packing and JSON encoding.  A block, refusal or
+    not-served answer stays valid while the policy does; an upstream answer
+    while its cache entry would, with TTLs counted down on every hit.  The
+    tunnelling detector and the rate limit still see every query.
     """
 
-    body: bytes            # the answer without its ID
-    log: dict
-    qname: str
-    qtype: int
+    body: bytes            # the answer without its ID (blocked/refused), or b"" for an upstream answer
+    q: Query
+    up: Upstream | None
+    stored: float
     expires: float
     block: dict | None     # what the block page should say, refreshed on every hit
+    ident: str | None      # JSON of the identity when it is a device (else the client's address)
+    rest: str              # the log line's other fields, JSON, starting with ","
 
 
-MEMO_SECONDS = 1.0
+MEMO_FIXED_SECONDS = 60.0
 MEMO_SIZE = 100_000
 
 
@@ -101,12 +109,8 @@ class Engine:
         self._memo: dict[tuple[str, bytes], _Memo] = {}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
-        self.counters: dict[str, int] = {}
 
     # ---- helpers ----------------------------------------------------------
-    def _count(self, what: str) -> None:
-        self.counters[what] = self.counters.get(what, 0) + 1
-
     def _select(self, source: str, device: str | None) -> Policy | None:
         key = (source, device)
         try:
@@ -116,6 +120,11 @@ class Engine:
                 self._selected.clear()
             p = self._selected[key] = self.policies.select(source, device)
             return p
+
+    def _remember_block(self, source: str, name: str, info: dict) -> None:
+        if len(self.recent_blocks) > 10_000:
+            self.recent_blocks.clear()
+        self.recent_blocks[(source, name)] = info
 
     def verdict(self, policy: Policy, name: str, tunnel_parent: str | None) -> Verdict:
         key = (policy.name, name, tunnel_parent)
@@ -133,6 +142,8 @@ class Engine:
             rec.update(identity=q.device or source, name=q.qname, type=type_name(q.qtype))
             if q.device:
                 rec["device"] = q.device
+            elif q.bad_device:
+                rec["note"] = "malformed device-id option ignored"
         else:
             rec["identity"] = source
         rec["decision"] = decision
@@ -155,49 +166,62 @@ class Engine:
         if tcp:
             return self._decide(data, source, now, True, None, _UNSET)
         if not self.limiter.allow(source, now):
-            self._count("rate-limited")
             return Drop(None)  # reported in bulk by drop_reports(), not one line per packet
-        key = (source, bytes(data[2:]))
+        pol = self._select(source, None)
+        if pol is None:  # not served: nothing worth remembering (the refusal names the source)
+            return self._decide(data, source, now, False, None, _UNSET)
+        key = (pol.name, bytes(data[2:]))
         m = self._memo.get(key)
         tunnel = _UNSET
         if m is not None and m.expires > now:
-            tunnel = self.detector.observe(m.qname, m.qtype, now)
+            q = m.q
+            tunnel = self.detector.observe(q.qname, q.qtype, now)
             if tunnel is None:
+                if m.up is None:
+                    out = data[:2] + m.body
+                else:
+                    out = wire.cached_answer(q, m.up, int(now - m.stored), ident=data[:2])
                 if m.block is not None:
-                    self.recent_blocks[(source, m.qname)] = m.block
-                rec = dict(m.log)
-                rec["time"] = round(now, 3)
-                self._count(rec["decision"])
-                return Reply(data[:2] + m.body, rec)
+                    self._remember_block(source, q.qname, m.block)
+                ident = m.ident or f'"{source}"'
+                return Reply(out, None, line=f'{{"time":{now:.3f},"client":"{source}","identity":{ident}{m.rest}')
         out = self._decide(data, source, now, False, key, tunnel)
         if type(out) is Reply and out.query is not None:
-            self._memoize(key, out, source, now)
+            self._memoize(key, out, now)
         return out
 
-    def _memoize(self, key: tuple, out: Reply, source: str, now: float) -> None:
+    def _memoize(self, key: tuple, out: Reply, now: float) -> None:
         if len(self._memo) >= MEMO_SIZE:
             self._memo.clear()
         q = out.query
         log = dict(out.log)
+        source = log.pop("client")
+        log.pop("time", None)
+        ident = log.pop("identity")
         if log["decision"] == "allowed":
+            if out.up is None:
+                return  # truncated or otherwise special: decide again next time
             log["cached"] = True
-        self._memo[key] = _Memo(out.data[2:], log, q.qname, q.qtype, now + MEMO_SECONDS,
-                                self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None)
+            expires = out.stored + min(out.up.ttl, self.cache.max_ttl)
+        else:
+            expires = now + MEMO_FIXED_SECONDS
+        rest = json.dumps(log, separators=(",", ":"))[1:-1]
+        self._memo[key] = _Memo(
+            out.data[2:] if out.up is None else b"", q, out.up, out.stored, expires,
+            self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None,
+            json.dumps(ident) if q.device else None, ("," + rest) if rest else "")
 
     def _decide(self, data: bytes, source: str, now: float, tcp: bool, memo_key, tunnel) -> Reply | Drop | Forward:
         try:
             q = wire.parse_query_untrusted(data)
         except BadMessage as exc:
             return self._bad(data, source, now, exc)
-        if q.bad_device:
-            self._count("bad-device-id")
         if q.qclass != wire.CLASS_IN:
             return self._refuse(q, source, now, "bad-query", wire.REFUSED, note=f"class {q.qclass} not served")
         if q.qtype == wire.T_OPT:
             return self._refuse(q, source, now, "bad-query", wire.FORMERR, note="OPT as a question type")
         policy = self._select(source, q.device)
         if policy is None:
-            self._count("not-served")
             return self._refuse(q, source, now, "not-served", wire.REFUSED,
                                 ede=(wire.EDE_PROHIBITED, f"this resolver does not serve {source}"))
         if q.qtype in ZONE_TRANSFER:
@@ -210,7 +234,7 @@ class Engine:
         key = (q.qname, q.qtype, q.qclass)
         e = self.cache.get(key, now)
         if e is not None:
-            return self._answer(q, source, now, policy, v, e.reply, e.age(now), tcp, cached=True)
+            return self._answer(q, source, now, policy, v, e.reply, e.stored, tcp, cached=True)
         question = q.question[:-4].lower() + q.question[-4:]
         return Forward(q, policy, v, key, question,
                        self._log(now, source, q, "allowed", policy=policy.name), tcp, memo_key)
@@ -219,17 +243,16 @@ class Engine:
         """The upstream's reply (None: every upstream failed) becomes the client's answer."""
         q = fwd.query
         if up is None:
-            self._count("upstream-failed")
             log = dict(fwd.log, decision="upstream-failed", rcode="SERVFAIL")
             return Reply(wire.refusal(q, wire.SERVFAIL, (wire.EDE_NETWORK_ERROR, "no upstream answered")), log)
         self.cache.put(fwd.key, up, now)
-        out = self._answer(q, fwd.log["client"], now, fwd.policy, fwd.verdict, up, 0, fwd.tcp, log=fwd.log)
+        out = self._answer(q, fwd.log["client"], now, fwd.policy, fwd.verdict, up, now, fwd.tcp, log=fwd.log)
         if fwd.memo_key is not None and up.ttl > 0:
-            self._memoize(fwd.memo_key, out, fwd.log["client"], now)
+            self._memoize(fwd.memo_key, out, now)
         return out
 
     # ---- answers --------------------------------------------------------------
-    def _answer(self, q: Query, source: str, now: float, policy: Policy, v: Verdict, up: Upstream, age: int,
+    def _answer(self, q: Query, source: str, now: float, policy: Policy, v: Verdict, up: Upstream, stored: float,
                 tcp: bool, *, cached: bool = False, log: dict | None = None) -> Reply:
         if up.cnames and not v.allowed_by:
             # The strictest blocked link of the chain decides, as if the name itself were bad.
@@ -242,9 +265,11 @@ class Engine:
                 act = action(q.qtype, worst[0].column)
                 if act is not Action.PASS:
                     return self._block(q, source, now, worst[0], act, tcp, link=worst[1])
-        data = wire.cached_answer(q, up, age)
+        data = wire.cached_answer(q, up, int(now - stored))
+        served: Upstream | None = up
         if len(data) > q.limit(tcp):
             data = wire.truncated(q)
+            served = None
         if log is None:
             log = self._log(now, source, q, "allowed", policy=policy.name)
         log["rcode"] = wire.RCODE_NAMES.get(up.rcode, str(up.rcode))
@@ -252,8 +277,7 @@ class Engine:
             log["cached"] = True
         if v.allowed_by:
             log["allowed_by"] = v.allowed_by
-        self._count("allowed")
-        return Reply(data, log, q)
+        return Reply(data, log, q, served, stored)
 
     def _block(self, q: Query, source: str, now: float, v: Verdict, act: Action, tcp: bool, *, link: str = "") -> Reply:
         why = f"{v.reason} ({v.matched})" + (f" via CNAME {link}" if link else "")
@@ -262,15 +286,12 @@ class Engine:
             v4, v6 = self.cfg.blockpage.addresses(v.reason, v.column)
             data = wire.address_answer(q, [v4 if q.qtype == wire.T_A else v6], self.cfg.block_ttl, ede)
             rcode = "NOERROR"
-            if len(self.recent_blocks) > 10_000:
-                self.recent_blocks.clear()
-            self.recent_blocks[(source, q.qname)] = {
+            self._remember_block(source, q.qname, {
                 "name": q.qname, "reason": v.reason, "column": v.column.value, "matched": v.matched,
-                "policy": v.policy, "link": link, "time": now}
+                "policy": v.policy, "link": link, "time": now})
         else:
             data = wire.refusal(q, wire.REFUSED, ede)
             rcode = "REFUSED"
-        self._count("blocked")
         log = self._log(now, source, q, "blocked", policy=v.policy, category=v.reason, column=v.column.value,
                         matched=v.matched, action=act.value, rcode=rcode)
         if link:
@@ -287,7 +308,6 @@ class Engine:
         return Reply(wire.refusal(q, rcode, ede), log, q)
 
     def _bad(self, data: bytes, source: str, now: float, exc: BadMessage) -> Reply | Drop:
-        self._count("bad-query")
         if exc.rcode is None:
             return Drop(self._log(now, source, None, "bad-query", rcode="DROP", note=str(exc)))
         ident, flags, question = wire.question_of_untrusted(data)

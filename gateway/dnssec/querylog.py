@@ -28,6 +28,11 @@ class QueryLog:
         if self._f is not None:
             self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
 
+    def write_line(self, line: str) -> None:
+        """A record already rendered as one JSON line (the memo's fast path)."""
+        if self._f is not None:
+            self._f.write(line)
+
     def flush(self) -> None:
         if self._f is not None:
             self._f.flush()

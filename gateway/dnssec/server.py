@@ -15,7 +15,7 @@ import time
 
 from . import upstream
 from .config import Config
-from .engine import Drop, Engine, Forward, Reply
+from .engine import Engine, Forward, Reply
 from .querylog import QueryLog
 
 log = logging.getLogger("ztna.dns")
@@ -50,7 +50,10 @@ class Resolver:
     def _dispatch(self, out, send, t0: float) -> None:
         if type(out) is Reply:
             send(out.data)
-            self._finish(out.log, t0)
+            if out.line is not None:
+                self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
+            else:
+                self._finish(out.log, t0)
         elif type(out) is Forward:
             waiters = self._inflight.get(out.key)
             if waiters is not None:
@@ -84,7 +87,9 @@ class Resolver:
                         sock.sendto(out.data, addr)
                     except OSError as exc:  # full send buffer or unreachable client: this answer is lost
                         log.debug("udp send to %s: %s", addr[0], exc)
-                    if out.log is not None:
+                    if out.line is not None:
+                        self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
+                    elif out.log is not None:
                         out.log["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
                         self.qlog.write(out.log)
                 else:
@@ -126,7 +131,8 @@ class Resolver:
             servers.append(await asyncio.start_server(self._tcp, addr, self.cfg.port))
             log.info("resolver listening on %s:%d (udp, tcp), upstreams %s", addr, self.cfg.port,
                      ", ".join(f"{h}:{p}" for h, p in self.cfg.upstreams))
-        loop.create_task(self._housekeeping())
+        self._housekeeper = loop.create_task(self._housekeeping())
+        self._servers = servers
         return servers
 
     async def _housekeeping(self) -> None:
@@ -135,11 +141,12 @@ class Resolver:
             for rec in self.engine.drop_reports(time.time()):
                 self.qlog.write(rec)
             self.qlog.flush()
-            det = self.engine.detector.detections
-            for when, parent, why in det[self._reported:]:
+            det = self.engine.detector
+            new = min(det.detected - self._reported, len(det.detections))
+            for when, parent, why in list(det.detections)[len(det.detections) - new:]:
                 log.warning("tunnelling detected under %s (%s): classified dns-tunneling-vpn for %.0f s",
                             parent, why, self.cfg.tunnel.hold)
-            self._reported = len(det)
+            self._reported = det.detected
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -183,14 +190,3 @@ class Resolver:
 def _sendto(sock: socket.socket, addr, data: bytes) -> None:
     sock.sendto(data, addr)
 
-
-async def serve(cfg: Config, *, extra=None) -> None:
-    """Run the resolver (and ``extra`` coroutines, e.g. the block page) until cancelled."""
-    r = Resolver(cfg)
-    await r.start()
-    if extra is not None:
-        await extra(r.engine)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        r.close()

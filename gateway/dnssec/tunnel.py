@@ -21,7 +21,7 @@ alone never classifies: a busy resolver sees many distinct CDN names.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from .names import parent_of
@@ -77,7 +77,8 @@ class TunnelDetector:
         self.cfg = cfg or TunnelConfig()
         self._w: dict[str, _Window] = {}
         self._until: dict[str, float] = {}
-        self.detections: list[tuple[float, str, str]] = []  # (time, parent, why)
+        self.detections: deque[tuple[float, str, str]] = deque(maxlen=1000)  # (time, parent, why), newest last
+        self.detected = 0  # how many detections ever
 
     def classified(self, name: str, now: float) -> str | None:
         """The classified parent covering ``name``, or None."""
@@ -120,6 +121,7 @@ class TunnelDetector:
             return None
         self._until[parent] = now + cfg.hold
         self.detections.append((now, parent, why))
+        self.detected += 1
         del self._w[parent]
         return parent
 

@@ -375,15 +375,21 @@ def _parse_reply(data: bytes, qid: int, question: bytes, negative_ttl: int) -> U
     return Upstream(rcode, bool(flags & 0x0400), (an, ns, kept_ar), data[qend:kept_end], ttl_offsets, ttls, cnames, cache_ttl, tc)
 
 
-def cached_answer(q: Query, up: Upstream, age: int, *, ede: tuple[int, str] | None = None) -> bytes:
-    """The client's answer from an upstream reply ``age`` seconds old (TTLs counted down)."""
+def cached_answer(q: Query, up: Upstream, age: int, *, ede: tuple[int, str] | None = None, ident: bytes | None = None) -> bytes:
+    """The client's answer from an upstream reply ``age`` seconds old (TTLs counted down).
+
+    ``ident``: the two ID bytes to use instead of ``q.id`` (a replayed query).
+    """
     body = bytearray(up.sections)
     if age > 0:
         for o, t in zip(up.ttl_offsets, up.ttls):
             struct.pack_into("!I", body, o, t - age if t > age else 0)
     opt = opt_record(do=q.do, ede=ede) if q.edns else b""
     an, ns, ar = up.counts
-    return _H.pack(q.id, _flags(q.flags, up.rcode), 1, an, ns, ar + (1 if opt else 0)) + q.question + bytes(body) + opt
+    head = _H.pack(q.id, _flags(q.flags, up.rcode), 1, an, ns, ar + (1 if opt else 0))
+    if ident is not None:
+        head = ident + head[2:]
+    return head + q.question + bytes(body) + opt
 
 
 def query_bytes(ident: int, question: bytes, *, rd: bool = True, udp_size: int = OUR_UDP_SIZE, do: bool = False) -> bytes:

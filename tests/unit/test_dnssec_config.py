@@ -1,5 +1,4 @@
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -70,3 +69,22 @@ def test_bad_toml_and_missing_files(tmp_path):
     with pytest.raises(ConfigError, match="cats.txt:1"):
         from_dict({"server": {"upstreams": ["203.0.113.53"]}, "blockpage": {"https_port": 0},
                    "categories": {"files": ["cats.txt"]}, "policy": [{"networks": ["10.0.0.0/8"]}]}, tmp_path)
+
+
+def test_explain_says_policy_verdict_and_answer(tmp_path):
+    from click.testing import CliRunner
+
+    from gateway.dnssec.cli import dns
+
+    (tmp_path / "categories.txt").write_text("ddns.bad.example dynamic-dns\n")
+    (tmp_path / "block.txt").write_text("evil.example\n")
+    (tmp_path / "dns.toml").write_text(docs_example())
+    run = lambda *a: CliRunner().invoke(dns, ["explain", "--config", str(tmp_path / "dns.toml"), *a])
+    out = run("--source", "198.51.100.10", "--type", "TXT", "Malware.Bad.Example.")
+    assert out.exit_code == 0 and "policy:   office" in out.output and "answer:   REFUSED" in out.output
+    out = run("--source", "198.51.100.10", "--type", "A", "x.evil.example")
+    assert "block-page address 192.0.2.82" in out.output
+    out = run("--source", "198.51.100.10", "--device", "laptop-1", "ddns.bad.example")
+    assert "roaming-laptops" in out.output and "real answer" in out.output
+    assert "no served network" in run("--source", "203.0.113.9", "www.example.com").output
+    assert run("--source", "nope", "x.example").exit_code != 0

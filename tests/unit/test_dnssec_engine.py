@@ -1,7 +1,6 @@
 """Playbooks for the resolver's core: bytes in, decisions out, time passed in."""
 
-import pytest
-from dnslib import EDNS0, QTYPE, RR, A, AAAA, CNAME, MX, TXT, DNSRecord
+from dnslib import EDNS0, QTYPE, RR, A, CNAME, MX, TXT, DNSRecord
 
 from gateway.dnssec import wire
 from gateway.dnssec.config import from_dict
@@ -199,6 +198,13 @@ def test_tunnelling_detected_then_refused_for_every_type():
     assert isinstance(ask(eng, "www.exfil.example", "MX", now=1000.0 + 700), Forward)
 
 
+def line_of(out):
+    """The log record of a memo hit: the shell appends latency_ms and the closing brace."""
+    assert out.log is None and out.line
+    import json
+    return json.loads(out.line + ',"latency_ms":0.1}')
+
+
 def test_memo_replays_the_same_bytes_but_never_hides_a_new_tunnel_verdict():
     eng = engine()
     mx = DNSRecord.question("www.exfil.example", "MX")
@@ -207,21 +213,55 @@ def test_memo_replays_the_same_bytes_but_never_hides_a_new_tunnel_verdict():
     mx.header.id = 4321
     again = eng.handle(mx.pack(), CLIENT, 1000.2)
     assert isinstance(again, Reply) and again.data[:2] == b"\x10\xe1" and again.data[2:] == first.data[2:]
-    assert again.log["cached"] and again.log["time"] == 1000.2
-    # the same client, other bytes (EDNS): not the memo, but the cache
-    other = ask(eng, "www.exfil.example", "MX", now=1000.3, edns=True)
-    assert isinstance(other, Reply) and other.log["cached"]
+    rec = line_of(again)
+    assert rec["cached"] and rec["time"] == 1000.2 and rec["client"] == CLIENT and rec["name"] == "www.exfil.example"
+    # another client of the same network policy shares it, and TTLs keep counting down
+    later = eng.handle(mx.pack(), "198.51.100.99", 1010.0)
+    assert DNSRecord.parse(later.data).rr[0].ttl == 50 and line_of(later)["client"] == "198.51.100.99"
     import random
     rng = random.Random(9)
     for i in range(12):
-        ask(eng, "".join(rng.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(55)) + ".exfil.example", "TXT", now=1000.4)
-    blocked = eng.handle(mx.pack(), CLIENT, 1000.5)
+        ask(eng, "".join(rng.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(55)) + ".exfil.example", "TXT", now=1010.4)
+    blocked = eng.handle(mx.pack(), CLIENT, 1010.5)
     assert parsed(blocked).header.rcode == wire.REFUSED and blocked.log["category"] == "dns-tunneling-vpn"
-    # and a memo is only good for a second
+
+
+def test_memo_of_blocks_keeps_the_block_page_informed_and_device_identity():
+    eng = engine()
     bad = DNSRecord.question("malware.bad.example")
-    key = (CLIENT, bytes(bad.pack()[2:]))
+    key = ("office", bytes(bad.pack()[2:]))
     eng.handle(bad.pack(), CLIENT, 2000.0)
-    eng.handle(bad.pack(), CLIENT, 2000.5)
-    assert eng._memo[key].expires == 2001.0          # a hit does not extend it
-    eng.handle(bad.pack(), CLIENT, 2001.5)
-    assert eng._memo[key].expires == 2002.5          # decided again after a second
+    assert eng._memo[key].expires == 2060.0
+    hit = eng.handle(bad.pack(), "198.51.100.77", 2000.5)
+    assert DNSRecord.parse(hit.data).rr[0].rdata.__str__() == "192.0.2.81"
+    assert eng.recent_blocks[("198.51.100.77", "malware.bad.example")]["reason"] == "malware"
+    rec = line_of(hit)
+    assert rec["decision"] == "blocked" and rec["category"] == "malware" and rec["identity"] == "198.51.100.77"
+    # a device id is part of the bytes: its own memo entry, its own policy, its identity in the log
+    dev = DNSRecord.question("gambling.bad.example")
+    add_device_id(dev, 'lap"top-1')
+    eng.policies._by_device['lap"top-1'] = eng.policies._by_device["laptop-1"]
+    first = eng.handle(dev.pack(), CLIENT, 2001.0)
+    assert isinstance(first, Forward)
+    eng.complete(first, upstream_reply(first, RR("gambling.bad.example", rdata=A("203.0.113.105"), ttl=60)), 2001.0)
+    rec = line_of(eng.handle(dev.pack(), CLIENT, 2001.5))
+    assert rec["identity"] == 'lap"top-1' and rec["policy"] == "roaming"
+
+
+def test_refusals_to_unserved_sources_name_each_source():
+    eng = engine()
+    q = DNSRecord.question("www.good.example")
+    q.add_ar(EDNS0(udp_len=1232))
+    for src in ("203.0.113.1", "203.0.113.2", "203.0.113.1"):
+        out = eng.handle(q.pack(), src, 1000.0)
+        ede = [o for rr in parsed(out).ar if rr.rtype == 41 for o in rr.rdata if o.code == 15]
+        assert src.encode() in ede[0].data and out.log["decision"] == "not-served"
+
+
+def test_malformed_device_id_is_ignored_and_logged():
+    from dnslib import EDNSOption
+
+    q = DNSRecord.question("gambling.bad.example")
+    q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(65001, b"\x00bad")]))
+    out = engine().handle(q.pack(), CLIENT, 1000.0)
+    assert out.log["policy"] == "office" and out.log["note"] == "malformed device-id option ignored"
