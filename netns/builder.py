@@ -110,6 +110,26 @@ def destroy(names: list[str]) -> list[str]:
     return removed
 
 
+def stop_ns_processes(names: list[str], grace: float = 3.0) -> None:
+    """Stop whatever still runs inside these lab namespaces (started there by the
+    lab or by a person through ``ztna lab exec``): SIGTERM, then SIGKILL."""
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [pid for ns in names for pid in ns_pids(ns)]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(ns_pids(ns) for ns in names):
+            time.sleep(0.05)
+
+
 def ns_pids(ns: str) -> list[int]:
     """PIDs of processes living in a lab namespace (the ones this lab started)."""
     out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)

@@ -83,7 +83,12 @@ def up_cmd(name: str) -> None:
         raise
     click.echo(f"lab {name} is up: namespaces {', '.join(lab_.topo.namespaces())}")
     click.echo(f"state, logs and captures in {lab_.root}")
-    click.echo("try:  sudo ztna lab exec client -- dig app.mycompany.net    then: sudo ztna lab down")
+    hosts = ", ".join(lab_.topo.hosts)
+    click.echo(f"hosts: {hosts}; run a command on one with: sudo ztna lab exec HOST -- CMD")
+    me = os.path.abspath(sys.argv[0]) if os.path.basename(sys.argv[0]) == "ztna" else "ztna"
+    for line in sc.try_this:
+        click.echo("  try: " + line.format(ztna=me, run=lab_.root))
+    click.echo("remove it with: sudo ztna lab down")
 
 
 @lab.command("down")

@@ -75,13 +75,8 @@ class Lab:
                 procs.stop(p)
             except Exception as exc:  # keep tearing down whatever happens
                 log.warning("stopping %s (pid %s): %s", p.name, p.pid, exc)
-        # Anything still inside our namespaces was started there by this lab.
-        for ns in self.topo.namespaces():
-            for pid in builder.ns_pids(ns):
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
+        # Anything still inside our namespaces was started there, by the lab or by hand.
+        builder.stop_ns_processes(self.topo.namespaces())
         removed = builder.destroy(self.topo.namespaces())
         try:
             (self.root / "state.json").unlink()
@@ -181,12 +176,7 @@ def down_from_state(root: Path | None = None) -> list[str]:
         names = state.get("namespaces", [])
     # Namespaces carrying our prefix are the lab's even if the state was lost.
     names += [n for n in builder.existing() if n.startswith(prefix()) and n not in names]
-    for ns in names:
-        for pid in builder.ns_pids(ns):
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
+    builder.stop_ns_processes(names)
     removed = builder.destroy(names)
     if state_path.exists():
         state_path.unlink()

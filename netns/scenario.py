@@ -26,6 +26,9 @@ class Scenario:
     summary: str = ""
     # (host, iface) pairs captured besides every link endpoint (loopback, TUNs...).
     capture_extra: list[tuple[str, str]] = []
+    # Commands a person may try once ``ztna lab up NAME`` has built it;
+    # ``{ztna}`` is the running ztna command, ``{run}`` the lab's state directory.
+    try_this: list[str] = []
 
     def topology(self) -> Topology:
         raise NotImplementedError

@@ -42,6 +42,12 @@ class AgentScenario(Scenario):
     clients = [("client", "198.51.100.10", "alice")]
     policy = {"alice": [APP], "bob": [HR]}
     apps = [APP, HR]
+    try_this = [
+        f"sudo {{ztna}} lab exec client -- dig {APP}",
+        f"sudo {{ztna}} lab exec client -- curl --cacert {{run}}/pki/ca.pem https://{APP}/",
+        f"sudo {{ztna}} lab exec client -- curl --cacert {{run}}/pki/ca.pem https://{HR}/   (alice may not: refused)",
+        "sudo {ztna} lab exec client -- {ztna} agent status --state-dir {run}/agent-client",
+    ]
 
     @property
     def capture_extra(self):

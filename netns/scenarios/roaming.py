@@ -222,6 +222,12 @@ class Roaming(Scenario):
     name = "roaming"
     summary = "Roaming DNS client: loopback takeover, split DNS to LAN server and cloud resolver, restore after stop and kill -9"
     capture_extra = [("laptop", "lo")]
+    try_this = [
+        "sudo {ztna} lab exec laptop -- {ztna} roaming run --config {run}/conf/roaming.toml &",
+        "sudo {ztna} lab exec laptop -- dig intranet.corp.example     (to the LAN server)",
+        "sudo {ztna} lab exec laptop -- dig malware.bad.example       (blocked by the cloud resolver)",
+        "sudo {ztna} lab exec laptop -- {ztna} roaming status --config {run}/conf/roaming.toml",
+    ]
 
     def topology(self) -> Topology:
         return lan_topology(self.name)
