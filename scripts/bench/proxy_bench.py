@@ -1,10 +1,15 @@
 """Forward-proxy benchmark in the sealed lab (run by scripts/bench/proxy.sh, as root).
 
 The proxy-explicit topology (client -- proxy -- web/dns), real curl as the
-client, the lab web server (netns/tlswire) as origin.  For each proxy, once:
-a 100 MB HTTPS download, and 500 small HTTPS requests each on a new
-connection (``Connection: close``, 8 in parallel), so every request costs a
-CONNECT and a TLS handshake (two when the proxy decrypts).
+client, the lab web server (netns/tlsweb) as origin.  Every proxy runs at the
+same time on its own port (an idle one costs nothing), is warmed up (DNS and
+certificate caches filled, 20 requests and a 10 MB download), and then the
+contenders take turns, round after round (``BENCH_REPEATS``, default 3), so a
+change in the machine's load hits them all alike.  Each turn: a 100 MB HTTPS
+download, and 500 small HTTPS requests each on a new connection
+(``Connection: close``, 8 in parallel, the same for everyone), so every request
+costs a CONNECT and a TLS handshake (two when the proxy decrypts).  The table
+shows the median of the rounds and the proxy process's CPU time per request.
 
 Contenders: no proxy (routed through the proxy host), ztna splice and decrypt,
 Squid (CONNECT tunnel: bytes copied untouched, no bumping), mitmproxy splice
@@ -29,8 +34,9 @@ from netns.scenarios import proxy as sc  # noqa: E402
 
 SIZE = 100 * 1024 * 1024
 SMALL = int(os.environ.get("BENCH_REQUESTS", "500"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 PARALLEL = 8
-PROXY_URL = f"http://{sc.PROXY_IN}:{sc.EXPLICIT_PORT}"
+PORTS = {"ztna": sc.EXPLICIT_PORT, "squid": 3129, "mitm-splice": 3130, "mitm-decrypt": 3131}
 SPLICED, DECRYPTED = sc.BANK, sc.DECRYPT
 
 
@@ -40,42 +46,67 @@ def bundle(lab: Lab, extra: list[Path]) -> Path:
     return path
 
 
-def download(lab: Lab, name: str, proxy: bool, trust: Path) -> dict:
+def proxy_url(port: int) -> str:
+    return f"http://{sc.PROXY_IN}:{port}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def download(lab: Lab, name: str, proxy: int | None, trust: Path, size: int = SIZE) -> dict:
     argv = ["curl", "-s", "-o", "/dev/null", "--max-time", "120", "--cacert", str(trust),
             "-w", "%{http_code} %{size_download} %{time_total}"]
     if proxy:
-        argv += ["--proxy", PROXY_URL]
-    out = lab.exec("client", argv + [f"https://{name}/bytes/{SIZE}"], timeout=150)
-    code, size, secs = out.stdout.decode().split()
-    ok = code == "200" and int(size) == SIZE
-    return {"ok": ok, "seconds": float(secs), "MB/s": round(SIZE / float(secs) / 1e6, 1) if ok else 0.0}
+        argv += ["--proxy", proxy_url(proxy)]
+    out = lab.exec("client", argv + [f"https://{name}/bytes/{size}"], timeout=150)
+    code, got, secs = out.stdout.decode().split()
+    ok = code == "200" and int(got) == size
+    return {"ok": ok, "seconds": float(secs), "MB/s": round(size / float(secs) / 1e6, 1) if ok else 0.0}
 
 
-def requests(lab: Lab, name: str, proxy: bool, trust: Path) -> dict:
-    cfg = lab.conf_dir / f"urls-{name}.txt"
-    cfg.write_text("".join(f'url = "https://{name}/"\noutput = "/dev/null"\n' for _ in range(SMALL)))
+def requests(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = SMALL, pid: int | None = None) -> dict:
+    cfg = lab.conf_dir / f"urls-{name}-{count}.txt"
+    cfg.write_text("".join(f'url = "https://{name}/"\noutput = "/dev/null"\n' for _ in range(count)))
     argv = ["curl", "-s", "-Z", "--parallel-max", str(PARALLEL), "--max-time", "30", "--cacert", str(trust),
             "-H", "Connection: close", "-w", "%{http_code} %{exitcode} %{errormsg}\n", "-K", str(cfg)]
     if proxy:
-        argv += ["--proxy", PROXY_URL]
+        argv += ["--proxy", proxy_url(proxy)]
+    c0 = cpu_seconds(pid) if pid else 0.0
     t0 = time.monotonic()
     out = lab.exec("client", argv, timeout=300)
     secs = time.monotonic() - t0
+    cpu = cpu_seconds(pid) - c0 if pid else None
     lines = out.stdout.decode().splitlines()
     good = sum(1 for l in lines if l.startswith("200 "))
     errors = sorted({l for l in lines if not l.startswith("200 ")})[:5]
-    return {"ok": good == SMALL, "done": good, "seconds": round(secs, 2), "req/s": round(good / secs, 1), "errors": errors}
+    return {"ok": good == count, "done": good, "seconds": round(secs, 2), "req/s": round(good / secs, 1),
+            "cpu_ms_per_request": round(cpu * 1000 / max(good, 1), 2) if cpu is not None else None, "errors": errors}
 
 
-def measure(lab: Lab, label: str, name: str, proxy: bool, trust: Path, results: list) -> None:
-    print(f"  {label}: 100 MB download ...", flush=True)
-    d = download(lab, name, proxy, trust)
-    print(f"  {label}: {SMALL} new-connection requests ...", flush=True)
-    r = requests(lab, name, proxy, trust)
-    results.append({"proxy": label, "download": d, "requests": r})
-    print(f"  {label}: {d['MB/s']} MB/s, {r['req/s']} req/s ({r['done']}/{SMALL} ok)", flush=True)
+def measure(lab: Lab, c: dict, trust: Path, runs: dict) -> None:
+    label = c["label"]
+    d = download(lab, c["name"], c["port"], trust)
+    r = requests(lab, c["name"], c["port"], trust, pid=c["pid"])
+    runs.setdefault(label, []).append({"download": d, "requests": r})
+    cpu = f", proxy CPU {r['cpu_ms_per_request']} ms/request" if r["cpu_ms_per_request"] is not None else ""
+    print(f"  {label}: {d['MB/s']} MB/s, {r['req/s']} req/s ({r['done']}/{SMALL} ok){cpu}", flush=True)
     for e in r["errors"]:
         print(f"    curl: {e}", flush=True)
+
+
+def median_of(runs: list) -> dict:
+    """The median run of each measurement (all runs are kept in the JSON report)."""
+    def pick(key, field):
+        vals = [r[key] for r in runs]
+        ok = all(v["ok"] for v in vals)
+        out = dict(sorted(vals, key=lambda v: v[field])[len(vals) // 2])
+        out["ok"] = ok
+        out["runs"] = [v[field] for v in vals]
+        return out
+    return {"download": pick("download", "MB/s"), "requests": pick("requests", "req/s")}
 
 
 def start_ztna(lab: Lab, decrypt: bool) -> procs.Proc:
@@ -91,7 +122,7 @@ def start_squid(lab: Lab) -> procs.Proc:
     d.mkdir(exist_ok=True)
     os.chmod(d, 0o777)
     conf = lab.write_conf("squid.conf", f"""
-http_port {sc.PROXY_IN}:{sc.EXPLICIT_PORT}
+http_port {sc.PROXY_IN}:{PORTS["squid"]}
 acl clients src 198.51.100.0/24
 acl SSL_ports port 443
 acl CONNECT method CONNECT
@@ -109,59 +140,62 @@ coredump_dir {d}
 shutdown_lifetime 1 seconds
 """)
     p = lab.start("proxy", ["squid", "-N", "-f", str(conf)], name="squid")
-    procs.wait_listening(p, sc.PROXY_IN, sc.EXPLICIT_PORT, timeout=30)
+    procs.wait_listening(p, sc.PROXY_IN, PORTS["squid"], timeout=30)
     return p
 
 
 def start_mitm(lab: Lab, decrypt: bool) -> tuple[procs.Proc, Path]:
     confdir = lab.root / "mitm"
     confdir.mkdir(exist_ok=True)
+    port = PORTS["mitm-decrypt" if decrypt else "mitm-splice"]
     argv = [str(ROOT / ".venv-bench/bin/mitmdump"), "-q", "--mode", "regular", "--listen-host", sc.PROXY_IN,
-            "--listen-port", str(sc.EXPLICIT_PORT), "--set", f"confdir={confdir}",
+            "--listen-port", str(port), "--set", f"confdir={confdir}",
             "--set", f"ssl_verify_upstream_trusted_ca={lab.pki_dir / 'ca.pem'}",
             "--set", "stream_large_bodies=1m", "--set", "connection_strategy=lazy"]
     if not decrypt:
         argv += ["--ignore-hosts", ".*"]
     p = lab.start("proxy", argv, name="mitm-decrypt" if decrypt else "mitm-splice")
-    procs.wait_listening(p, sc.PROXY_IN, sc.EXPLICIT_PORT, timeout=60)
+    procs.wait_listening(p, sc.PROXY_IN, port, timeout=60)
     return p, confdir / "mitmproxy-ca-cert.pem"
 
 
 def main() -> int:
     lab = Lab("proxy-bench", sc.topology("proxy-bench", transparent=True))
-    results: list = []
+    runs: dict = {}
     lab.up()
     try:
         sc.start_services(lab, mode="explicit")
         lab.stop("proxy")
-        trust = bundle(lab, [])
-        print("no proxy (routed through the proxy host)", flush=True)
-        measure(lab, "direct (no proxy)", SPLICED, False, trust, results)
-        print("ztna", flush=True)
-        start_ztna(lab, decrypt=True)
-        measure(lab, "ztna splice", SPLICED, True, trust, results)
-        measure(lab, "ztna decrypt", DECRYPTED, True, trust, results)
-        lab.stop("ztna")
+        contenders = [{"label": "direct (no proxy)", "name": SPLICED, "port": None, "pid": None}]
+        ztna = start_ztna(lab, decrypt=True)
+        contenders += [{"label": "ztna splice", "name": SPLICED, "port": PORTS["ztna"], "pid": ztna.pid},
+                       {"label": "ztna decrypt", "name": DECRYPTED, "port": PORTS["ztna"], "pid": ztna.pid}]
         if shutil.which("squid"):
-            print("squid", flush=True)
-            start_squid(lab)
-            measure(lab, "squid splice", SPLICED, True, trust, results)
-            lab.stop("squid")
+            squid = start_squid(lab)
+            contenders.append({"label": "squid splice", "name": SPLICED, "port": PORTS["squid"], "pid": squid.pid})
         else:
             print("squid is not installed (scripts/install.sh --bench): skipped", flush=True)
+        extra = []
         if (ROOT / ".venv-bench/bin/mitmdump").exists():
-            print("mitmproxy", flush=True)
-            start_mitm(lab, decrypt=False)
-            measure(lab, "mitmproxy splice", SPLICED, True, trust, results)
-            lab.stop("mitm-splice")
-            _, mitm_ca = start_mitm(lab, decrypt=True)
-            trust = bundle(lab, [mitm_ca])
-            measure(lab, "mitmproxy decrypt", DECRYPTED, True, trust, results)
-            lab.stop("mitm-decrypt")
+            ms, _ = start_mitm(lab, decrypt=False)
+            md, mitm_ca = start_mitm(lab, decrypt=True)
+            extra = [mitm_ca]
+            contenders += [{"label": "mitmproxy splice", "name": SPLICED, "port": PORTS["mitm-splice"], "pid": ms.pid},
+                           {"label": "mitmproxy decrypt", "name": DECRYPTED, "port": PORTS["mitm-decrypt"], "pid": md.pid}]
         else:
             print("mitmproxy is not installed in .venv-bench: skipped", flush=True)
+        trust = bundle(lab, extra)
+        print("warm-up (caches filled, same for everyone)", flush=True)
+        for c in contenders:
+            requests(lab, c["name"], c["port"], trust, count=20)
+            download(lab, c["name"], c["port"], trust, size=10 * 1024 * 1024)
+        for i in range(REPEATS):
+            print(f"round {i + 1} of {REPEATS}", flush=True)
+            for c in contenders:
+                measure(lab, c, trust, runs)
     finally:
         lab.down()
+    results = [{"proxy": label, **median_of(rs)} for label, rs in runs.items()]
     report(results)
     return 0 if all(r["download"]["ok"] and r["requests"]["ok"] for r in results) else 1
 
@@ -169,12 +203,14 @@ def main() -> int:
 def report(results: list) -> None:
     by = {r["proxy"]: r for r in results}
     print()
-    print(f"{'proxy':<22} {'100 MB download':>16} {str(SMALL) + ' new-conn requests':>24}")
+    print(f"median of {REPEATS} rounds")
+    print(f"{'proxy':<22} {'100 MB download':>16} {str(SMALL) + ' new-conn requests':>24} {'proxy CPU/request':>18}")
     for r in results:
         d, q = r["download"], r["requests"]
         dl = f"{d['MB/s']:.1f} MB/s" if d["ok"] else "FAILED"
         rq = f"{q['req/s']:.1f} req/s" + ("" if q["ok"] else f" ({q['done']} ok)")
-        print(f"{r['proxy']:<22} {dl:>16} {rq:>24}")
+        cpu = f"{q['cpu_ms_per_request']:.2f} ms" if q.get("cpu_ms_per_request") is not None else "-"
+        print(f"{r['proxy']:<22} {dl:>16} {rq:>24} {cpu:>18}")
     print()
 
     def ratio(a, b, key, field):
@@ -197,7 +233,8 @@ def report(results: list) -> None:
     out = ROOT / "reports"
     out.mkdir(exist_ok=True)
     (out / "bench-proxy.json").write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "size": SIZE,
-                                                      "requests": SMALL, "parallel": PARALLEL, "results": results}, indent=2))
+                                                      "requests": SMALL, "parallel": PARALLEL, "repeats": REPEATS,
+                                                      "results": results}, indent=2))
     print(f"\nwritten: {out / 'bench-proxy.json'}")
 
 

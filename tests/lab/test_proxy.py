@@ -94,6 +94,17 @@ def test_plain_http_and_log_fields(lab):
     assert rec["decision"] == "allow" and rec["bytes_down"] > 0 and rec["mode"] == "explicit"
 
 
+def test_upstream_session_resumed_only_for_the_same_name(lab):
+    # Two separate curl runs: the client leg starts afresh, the proxy's leg to the server resumes.
+    for _ in range(2):
+        good_explicit(lab)
+    rec = wait_log(lab, lambda r: r.get("name") == "decrypt.example.com" and r.get("resumed_server") is True)
+    assert rec["decision"] == "allow" and rec["tls_server"] == "TLSv1.3", rec
+    # A session for one name never stands in for another: the untrusted name is still verified and refused.
+    out = sc.curl(lab, "https://untrusted.example.com/", explicit=True)
+    assert "failed verification" in out["stdout"] and "502" in out["stderr"]
+
+
 def test_untrusted_server_certificate_gets_a_refusal_page(lab):
     out = sc.curl(lab, "https://untrusted.example.com/", explicit=True)
     assert "failed verification" in out["stdout"] and "502" in out["stderr"]
