@@ -57,12 +57,13 @@ class Seg:
     dst: str
     dport: int
     flags: str
+    seq: int
     payload: bytes
 
 
 def tcp(pkts) -> list[Seg]:
-    return [Seg(float(p.time), p[IP].src, p[TCP].sport, p[IP].dst, p[TCP].dport, str(p[TCP].flags),
-                bytes(p[TCP].payload)) for p in pkts if p.haslayer(IP) and p.haslayer(TCP)]
+    return [Seg(float(p.time), p[IP].src, int(p[TCP].sport), p[IP].dst, int(p[TCP].dport), str(p[TCP].flags),
+                int(p[TCP].seq), bytes(p[TCP].payload)) for p in pkts if p.haslayer(IP) and p.haslayer(TCP)]
 
 
 def syns(pkts, dst: str | None = None, dport: int | None = None) -> list[Seg]:
@@ -112,14 +113,46 @@ def tls(stream: bytes) -> dict:
     return out
 
 
+def reassemble(segs: list[Seg], src: str, sport: int | None, dst: str, dport: int | None) -> tuple[bytes, list[tuple[float, int]]]:
+    """One direction's payload put together by sequence number, and (time, offset) of each new segment.
+
+    Retransmissions add nothing; a hole (a segment the capture missed) ends the stream there.
+    """
+    chosen = [s for s in segs if s.src == src and s.dst == dst and (sport is None or s.sport == sport)
+              and (dport is None or s.dport == dport)]
+    syn = next((s for s in chosen if "S" in s.flags), None)
+    base = syn.seq + 1 if syn is not None else min((s.seq for s in chosen if s.payload), default=0)
+    data = bytearray()
+    times = []
+    for s in sorted((s for s in chosen if s.payload), key=lambda s: (s.seq - base) % 2**32):
+        off = (s.seq - base) % 2**32
+        if off > len(data):
+            break
+        if off + len(s.payload) > len(data):
+            times.append((s.time, len(data)))
+            data += s.payload[len(data) - off:]
+    return bytes(data), times
+
+
 def stream(segs: list[Seg], src: str, dst: str, *, dport: int | None = None, sport: int | None = None) -> bytes:
-    """The bytes one side sent, in capture order, retransmissions skipped (enough for handshakes)."""
-    seen, out = set(), b""
+    """The bytes one side of one connection sent (see ``reassemble``)."""
+    return reassemble(segs, src, sport, dst, dport)[0]
+
+
+def time_at(times: list[tuple[float, int]], offset: int) -> float:
+    """When the byte at ``offset`` of a reassembled stream was captured."""
+    best = times[0][0] if times else 0.0
+    for t, off in times:
+        if off <= offset:
+            best = t
+    return best
+
+
+def first_syn(segs: list[Seg], *, src: str | None = None, dst: str, dport: int, after: float = 0.0,
+              synack: bool = False) -> Seg | None:
+    """The first SYN (or SYN-ACK) to dst:dport at or after ``after``."""
     for s in segs:
-        if s.src == src and s.dst == dst and (dport is None or s.dport == dport) \
-                and (sport is None or s.sport == sport) and s.payload:
-            key = (s.sport, s.dport, s.payload)
-            if key not in seen:
-                seen.add(key)
-                out += s.payload
-    return out
+        is_syn = "S" in s.flags and (("A" in s.flags) == synack)
+        if is_syn and s.dst == dst and s.dport == dport and s.time >= after and (src is None or s.src == src):
+            return s
+    return None

@@ -190,9 +190,10 @@ class AgentScenario(Scenario):
             steps[3].passed(f"{at(ga[0].time)} {host}:eth0  {PUBLIC_DNS} -> {ga[0].dst}  answer {GW_NAME} A {GW_PUBLIC}")
         # 5. TLS 1.3 to the gateway; mutual authentication shown by the gateway's log
         segs = evidence.tcp(up)
-        ch = evidence.tls(evidence.stream(segs, client_ip, GW_PUBLIC, dport=443))
-        sh = evidence.tls(evidence.stream(segs, GW_PUBLIC, client_ip, sport=443))
         syn_gw = evidence.syns(up, dst=GW_PUBLIC, dport=443)
+        port = syn_gw[0].sport if syn_gw else None
+        ch = evidence.tls(evidence.stream(segs, client_ip, GW_PUBLIC, sport=port, dport=443))
+        sh = evidence.tls(evidence.stream(segs, GW_PUBLIC, client_ip, sport=443, dport=port))
         gwlog = Path(lab.procs["gateway"].log).read_text(errors="replace")
         ident = self.clients[0][2]
         auth = [l for l in gwlog.splitlines() if f"identity {ident} (certificate CN={ident}" in l]
@@ -222,7 +223,8 @@ class AgentScenario(Scenario):
         # 9. the page, and its TLS on the app's link
         app_segs = evidence.tcp(app)
         app_syn = evidence.syns(app, dst=APP_IP, dport=443)
-        app_ch = evidence.tls(evidence.stream(app_segs, app_syn[0].src, APP_IP, dport=443)) if app_syn else {"sni": None}
+        app_ch = (evidence.tls(evidence.stream(app_segs, app_syn[0].src, APP_IP, sport=app_syn[0].sport, dport=443))
+                  if app_syn else {"sni": None})
         if seen.get("curl_app_rc") == 0 and f"<h1>{APP}</h1>" in seen.get("curl_app", "") and app_ch["sni"] == APP:
             line = [l for l in seen["curl_app"].splitlines() if "served by" in l]
             steps[8].see(f"app:eth0  ClientHello SNI {app_ch['sni']} from {app_syn[0].src}")

@@ -21,7 +21,6 @@ the proxy CA.  curl's own ``-v`` output (issuer line) is recorded as well.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztna import tlswire
 
-from .. import capture, procs
+from .. import capture, evidence, procs
 from ..lab import Lab
 from ..report import Step
 from ..scenario import Scenario
@@ -151,80 +150,16 @@ def proxy_log(lab: Lab) -> list[dict]:
     return out
 
 
-# ---- reading captures ----------------------------------------------------------------------------
-@dataclass
-class Segment:
-    time: float
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    flags: str
-    seq: int
-    payload: bytes
+# ---- reading captures (netns.evidence) -------------------------------------------------------------
+def segments(pcap: Path) -> list[evidence.Seg]:
+    return evidence.tcp(capture.read(pcap))
 
 
-def segments(pcap: Path) -> list[Segment]:
-    from scapy.layers.inet import IP, TCP
-
-    out = []
-    for p in capture.read(pcap):
-        if p.haslayer(TCP) and p.haslayer(IP):
-            t = p[TCP]
-            out.append(Segment(float(p.time), p[IP].src, int(t.sport), p[IP].dst, int(t.dport), str(t.flags),
-                               int(t.seq), bytes(t.payload)))
-    return out
-
-
-def stream(segs: list[Segment], src: str, sport: int | None, dst: str, dport: int | None) -> tuple[bytes, list[tuple[float, int]]]:
-    """Reassembled payload of one direction, and (time, offset) of each new segment."""
-    chosen = [s for s in segs if s.src == src and s.dst == dst and (sport is None or s.sport == sport)
-              and (dport is None or s.dport == dport)]
-    syn = next((s for s in chosen if "S" in s.flags), None)
-    if syn is None:
-        base = min((s.seq for s in chosen if s.payload), default=0)
-    else:
-        base = syn.seq + 1
-    data = bytearray()
-    times = []
-    for s in sorted((s for s in chosen if s.payload), key=lambda s: (s.seq - base) % 2**32):
-        off = (s.seq - base) % 2**32
-        if off > len(data):
-            break  # a hole: the capture missed a segment
-        if off + len(s.payload) > len(data):
-            times.append((s.time, len(data)))
-            data += s.payload[len(data) - off:]
-    return bytes(data), times
-
-
-def time_at(times: list[tuple[float, int]], offset: int) -> float:
-    """When the byte at ``offset`` of a stream was captured."""
-    best = times[0][0] if times else 0.0
-    for t, off in times:
-        if off <= offset:
-            best = t
-    return best
-
-
-def first_syn(segs: list[Segment], *, src: str | None = None, dst: str, dport: int, after: float = 0.0, synack=False) -> Segment | None:
-    for s in segs:
-        is_syn = "S" in s.flags and (("A" in s.flags) == synack)
-        if is_syn and s.dst == dst and s.dport == dport and s.time >= after and (src is None or s.src == src):
-            return s
-    return None
+stream, time_at, first_syn = evidence.reassemble, evidence.time_at, evidence.first_syn
 
 
 def dns_queries(pcap: Path, src: str) -> list[tuple[float, str]]:
-    from scapy.layers.dns import DNS
-    from scapy.layers.inet import IP
-
-    out = []
-    for p in capture.read(pcap):
-        if p.haslayer(DNS) and p.haslayer(IP) and p[IP].src == src and p[DNS].qr == 0 and p[DNS].qd:
-            qd = p[DNS].qd
-            qd = qd[0] if isinstance(qd, list) or hasattr(qd, "__getitem__") and not hasattr(qd, "qname") else qd
-            out.append((float(p.time), qd.qname.decode().rstrip(".")))
-    return out
+    return [(m.time, m.name) for m in evidence.dns(capture.read(pcap)) if m.src == src and not m.response]
 
 
 def client_hello_in(data: bytes) -> tlswire.ClientHello | None:

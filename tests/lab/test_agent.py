@@ -113,7 +113,7 @@ def test_captures_show_only_the_tunnel_on_the_uplink_and_the_private_lookup_in_t
     segs = evidence.tcp(up)
     syn = evidence.syns(up, dst=GW_PUBLIC, dport=443)
     assert syn and syn[0].time >= gw_q[0].time
-    server = evidence.tls(evidence.stream(segs, GW_PUBLIC, "198.51.100.10", sport=443))
+    server = evidence.tls(evidence.stream(segs, GW_PUBLIC, "198.51.100.10", sport=443, dport=syn[0].sport))
     assert server["selected"] == "TLSv1.3"
     assert evidence.touching(up, LAN) == [] and evidence.touching(up, "100.64.0.0/10") == []
     q = [m for m in evidence.dns(lan) if m.name == APP and not m.response and m.dst == PRIV_DNS]
