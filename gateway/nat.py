@@ -14,7 +14,7 @@ counted: an agent can reach only what it announced and was allowed.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ztna.ippacket import BadPacket, parse_untrusted, rewrite
 

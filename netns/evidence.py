@@ -156,3 +156,19 @@ def first_syn(segs: list[Seg], *, src: str | None = None, dst: str, dport: int, 
         if is_syn and s.dst == dst and s.dport == dport and s.time >= after and (src is None or s.src == src):
             return s
     return None
+
+
+def json_lines(path) -> list[dict]:
+    """The JSON objects of a log file that holds one per line (other lines, and a torn last line, skipped)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    out = []
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from dnslib import QTYPE, RCODE, RR, DNSLabel, DNSRecord
+from dnslib import QTYPE, RCODE, RR, DNSRecord
 
 from .dnswire import BadPacket, parse_untrusted
 

@@ -17,7 +17,7 @@ from . import __version__
 # name -> (module, attribute, one-line help).  A role is listed only when its
 # module is present in this installation.
 ROLES: dict[str, tuple[str, str, str]] = {
-    "pki": ("ztna.pki_cli", "pki", "Certificate authority and certificates (ECDSA P-256)."),
+    "pki": ("ztna.pki_cli", "pki_group", "Certificate authority and certificates (ECDSA P-256)."),
     "agent": ("agent.cli", "agent", "ZTNA agent: TUN, leased 100.64/10 addresses, DNS interception, mTLS tunnel."),
     "gateway": ("gateway.cli", "gateway", "ZTNA gateway: tunnel server, per-client NAT, private DNS."),
     "authdns": ("ztna.authdns", "authdns", "Small authoritative DNS server for zone files (lab public/private DNS)."),

@@ -14,9 +14,6 @@ def pki_group() -> None:
     """Certificate authority and certificates (ECDSA P-256, keys 0600)."""
 
 
-pki = pki_group  # the name ztna.cli looks up
-
-
 @pki_group.command("init")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), required=True, help="Where ca.pem and ca.key go.")
 @click.option("--cn", default="ztna CA", show_default=True, help="CA common name.")

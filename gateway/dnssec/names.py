@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
+from ztna.names import BadName
+from ztna.names import normalize as _normalize
 
-class BadName(ValueError):
-    """A name that cannot be a DNS name (empty label, too long, not encodable)."""
+__all__ = ["BadName", "normalize", "suffixes", "parent_of"]
 
 
 def normalize(name: str) -> str:
-    """``WWW.Example.COM.`` -> ``www.example.com``; ``bücher.example`` -> ``xn--bcher-kva.example``.
+    """``WWW.Example.COM.`` -> ``www.example.com``; the root (``.`` or empty) -> ``""``.
 
-    Wire names are already ASCII; names from config files may be Unicode.
+    The resolver sees root queries (``. NS``), which ``ztna.names.normalize``
+    rightly refuses as a policy name; every other name is normalized by it.
     """
     name = name.strip().rstrip(".")
-    if not name:
-        return ""
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise BadName(f"{name!r} is not a valid internationalised domain name: {exc}") from exc
-    name = name.lower()
-    if len(name) > 253 or any(not label or len(label) > 63 for label in name.split(".")):
-        raise BadName(f"{name!r} is not a valid domain name (empty or over-long label)")
-    return name
+    return _normalize(name) if name else ""
 
 
 def suffixes(name: str) -> list[str]:

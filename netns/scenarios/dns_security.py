@@ -18,6 +18,7 @@ import re
 import time
 from pathlib import Path
 
+from .. import evidence
 from ..capture import read
 from ..lab import Lab
 from ..procs import wait_listening, ztna_argv
@@ -413,15 +414,7 @@ def _qtype(n: int) -> str:
 
 
 def _log_records(lab: Lab) -> list[dict]:
-    path = lab.log_dir / "dns-queries.jsonl"
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
+    return evidence.json_lines(lab.log_dir / "dns-queries.jsonl")
 
 
 def _tcp_to(path: Path, addr: str, port: int, needle: bytes) -> bool:

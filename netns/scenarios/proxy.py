@@ -20,7 +20,6 @@ the proxy CA.  curl's own ``-v`` output (issuer line) is recorded as well.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cryptography import x509
@@ -92,7 +91,7 @@ def start_services(lab: Lab, *, mode: str, web_extra: list[str] = (), **toml) ->
     """PKI, DNS, web and proxy; returns the proxy process."""
     from ztna import pki
 
-    ca = lab.ca()
+    lab.ca()  # the lab CA signs the web servers; the proxy gets its own
     proxy_ca = pki.new_ca("ztna proxy CA", now=pki.utcnow())
     pki.save(proxy_ca, lab.pki_dir, "proxy-ca")
     certs = []
@@ -139,15 +138,7 @@ def curl(lab: Lab, url: str, *, explicit: bool, port: int | None = None, tls12: 
 
 def proxy_log(lab: Lab) -> list[dict]:
     """The proxy's per-connection JSON lines."""
-    path = lab.log_dir / "proxy.log"
-    out = []
-    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
+    return evidence.json_lines(lab.log_dir / "proxy.log")
 
 
 # ---- reading captures (netns.evidence) -------------------------------------------------------------

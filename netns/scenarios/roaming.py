@@ -15,7 +15,6 @@ which server it went to, and what came back.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -445,7 +444,7 @@ class RoamingVpnConflict(Scenario):
         st2 = seen["status_still"]
         if seen["writes_during_quiet"] == 0 and "vpn-standin" in seen["file_backed_off"] \
                 and st2.get("reason") == "conflict":
-            s.passed(f"the VPN wrote resolv.conf 0 times in 2s after the back-off; file: "
+            s.passed("the VPN wrote resolv.conf 0 times in 2s after the back-off; file: "
                      + " | ".join(seen["file_backed_off"].splitlines()))
         else:
             s.see(f"writes in the quiet 2s: {seen['writes_during_quiet']}; file {seen['file_backed_off']!r}; status {st2}")
@@ -596,7 +595,7 @@ class RoamingMetric(Scenario):
             s.see(f"dig {seen['intranet_learned']}; vpn0 queries {len(out)}, answers {len(ans)}; eth0 {len(on_eth)}; {srv}")
         steps.append(s)
 
-        s = Step("4", f"external names keep going to the cloud resolver by eth0 in both settings")
+        s = Step("4", "external names keep going to the cloud resolver by eth0 in both settings")
         ext = [p for p in between(eth0, seen["t_a"], seen["t_c"]) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
         ext_vpn = [p for p in between(vpn0, seen["t_a"], seen["t_c"]) if p["qname"] == GOOD]
         if len(ext) >= 2 and not ext_vpn and seen["good_route"][0] == seen["good_learned"][0] == ["198.51.100.80"]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import procs
+from .. import evidence, procs
 from ..lab import Lab
 
 BLOCK_PAGE = "192.0.2.80"
@@ -48,15 +48,4 @@ def start(lab: Lab, zones: dict[str, Path], upstream: str = "198.51.100.53") -> 
 
 
 def query_log(lab: Lab) -> list[dict]:
-    import json
-
-    path = lab.log_dir / "cloud-queries.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+    return evidence.json_lines(lab.log_dir / "cloud-queries.jsonl")

@@ -6,11 +6,9 @@ Run by scripts/bench/roaming.sh (root).  Bounded: N queries per path.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 
-from netns import procs
 from netns.lab import Lab
 from netns.scenarios import roaming as R
 

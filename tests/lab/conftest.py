@@ -1,6 +1,5 @@
 """Lab fixtures: each test module builds its own sealed lab and removes it."""
 
-import os
 
 import pytest
 

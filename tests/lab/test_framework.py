@@ -1,6 +1,5 @@
 """The lab framework itself: build, serve, capture, read back, tear down."""
 
-from pathlib import Path
 
 import pytest
 

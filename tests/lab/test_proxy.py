@@ -9,7 +9,6 @@ that a good client is served at the same time.
 import json
 import sys
 import textwrap
-import time
 
 import pytest
 

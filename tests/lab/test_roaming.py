@@ -2,7 +2,6 @@
 the issue against a real client in a real namespace, asked with dig."""
 
 import json
-import signal
 import sys
 import time
 

@@ -1,4 +1,4 @@
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import RCODE, DNSRecord
 
 from agent.dnsdecide import decide
 from agent.leases import LeasePool

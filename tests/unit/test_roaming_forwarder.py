@@ -171,7 +171,6 @@ def test_stub_serves_udp_and_tcp_and_refuses_a_taken_port():
         stub = Stub(fwd, "127.0.0.4", port)
         await stub.start()
         try:
-            loop = asyncio.get_running_loop()
             from ztna.dnswire import ask, ask_tcp
             r = await asyncio.to_thread(ask, "127.0.0.4", "intranet.corp.example", port=port, timeout=1)
             rt = await asyncio.to_thread(ask_tcp, "127.0.0.4", _q("www.good.example"), port=port, timeout=1)
