@@ -83,6 +83,8 @@ class _Memo:
     block: dict | None     # what the block page should say, refreshed on every hit
     ident: str | None      # JSON of the identity when it is a device (else the client's address)
     rest: str              # the log line's other fields, JSON, starting with ","
+    age: int = -1          # the age (whole seconds) ``aged`` was built for
+    aged: bytes = b""      # an upstream answer without its ID, TTLs counted down by ``age``
 
 
 MEMO_FIXED_SECONDS = 60.0
@@ -180,7 +182,12 @@ class Engine:
                 if m.up is None:
                     out = data[:2] + m.body
                 else:
-                    out = wire.cached_answer(q, m.up, int(now - m.stored), ident=data[:2])
+                    # TTLs only change once a second: rebuild the aged answer then, not per query.
+                    age = int(now - m.stored)
+                    if age != m.age:
+                        m.aged = wire.cached_answer(q, m.up, age)[2:]
+                        m.age = age
+                    out = data[:2] + m.aged
                 if m.block is not None:
                     self._remember_block(source, q.qname, m.block)
                 ident = m.ident or f'"{source}"'

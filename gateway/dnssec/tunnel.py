@@ -79,12 +79,22 @@ class TunnelDetector:
         self._until: dict[str, float] = {}
         self.detections: deque[tuple[float, str, str]] = deque(maxlen=1000)  # (time, parent, why), newest last
         self.detected = 0  # how many detections ever
+        self._parents: dict[str, str] = {}
+
+    def _parent(self, name: str) -> str:
+        # Memoised: the same names come back all the time, and splitting costs more than a lookup.
+        p = self._parents.get(name)
+        if p is None:
+            if len(self._parents) >= 100_000:
+                self._parents.clear()
+            p = self._parents[name] = parent_of(name, self.cfg.parent_labels)
+        return p
 
     def classified(self, name: str, now: float) -> str | None:
         """The classified parent covering ``name``, or None."""
         if not self._until:
             return None
-        parent = parent_of(name, self.cfg.parent_labels)
+        parent = self._parent(name)
         until = self._until.get(parent)
         if until is None:
             return None
@@ -101,7 +111,7 @@ class TunnelDetector:
         hit = self.classified(name, now)
         if hit is not None:
             return hit
-        parent = parent_of(name, cfg.parent_labels)
+        parent = self._parent(name)
         if parent == name:
             return None
         w = self._w.get(parent)
@@ -129,6 +139,11 @@ class TunnelDetector:
         cfg = self.cfg
         if w.random >= cfg.strong_random:
             return f"{w.random} long random names"
+        # Count first, word later: this runs on every query, and a busy parent
+        # (one signal, the burst) must not pay for the text.
+        if (w.random >= cfg.random_names) + (len(w.names) >= cfg.unique_names) + (
+                w.queries >= cfg.min_queries and w.txt / w.queries >= cfg.txt_share) < 2:
+            return None
         signals = []
         if w.random >= cfg.random_names:
             signals.append(f"{w.random} long random names")
