@@ -109,6 +109,8 @@ class Engine:
         self._selected: dict[tuple[str, str | None], Policy | None] = {}
         self._drops_reported: dict[str, int] = {}
         self._memo: dict[tuple[str, bytes], _Memo] = {}
+        self._head_now = -1.0
+        self._heads: dict[str, str] = {}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
 
@@ -169,7 +171,9 @@ class Engine:
             return self._decide(data, source, now, True, None, _UNSET)
         if not self.limiter.allow(source, now):
             return Drop(None)  # reported in bulk by drop_reports(), not one line per packet
-        pol = self._select(source, None)
+        pol = self._selected.get((source, None), _UNSET)
+        if pol is _UNSET:
+            pol = self._select(source, None)
         if pol is None:  # not served: nothing worth remembering (the refusal names the source)
             return self._decide(data, source, now, False, None, _UNSET)
         key = (pol.name, bytes(data[2:]))
@@ -190,8 +194,16 @@ class Engine:
                     out = data[:2] + m.aged
                 if m.block is not None:
                     self._remember_block(source, q.qname, m.block)
-                ident = m.ident or f'"{source}"'
-                return Reply(out, None, line=f'{{"time":{now:.3f},"client":"{source}","identity":{ident}{m.rest}')
+                # The line's head only changes with the time and the client: a batch of
+                # datagrams shares one time, so format it once per client per batch.
+                if now != self._head_now:
+                    self._head_now = now
+                    self._heads = {}
+                head = self._heads.get(source)
+                if head is None:
+                    head = self._heads[source] = f'{{"time":{now:.3f},"client":"{source}","identity":'
+                line = head + (m.ident or f'"{source}"') + m.rest
+                return Reply(out, None, None, None, 0.0, line)
         out = self._decide(data, source, now, False, key, tunnel)
         if type(out) is Reply and out.query is not None:
             self._memoize(key, out, now)

@@ -111,7 +111,7 @@ class TunnelDetector:
         hit = self.classified(name, now)
         if hit is not None:
             return hit
-        parent = self._parent(name)
+        parent = self._parents.get(name) or self._parent(name)
         if parent == name:
             return None
         w = self._w.get(parent)
@@ -126,6 +126,8 @@ class TunnelDetector:
             w.names.add(name)
             if looks_random(name, parent, cfg):
                 w.random += 1
+        if w.random < cfg.random_names and w.random < cfg.strong_random and len(w.names) < cfg.unique_names:
+            return None  # at most one signal (the TXT share): the common case, decided without a call
         why = self._judge(w)
         if why is None:
             return None

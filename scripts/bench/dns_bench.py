@@ -96,9 +96,9 @@ block_lists = ["bench-block"]
     return files
 
 
-def dnsperf(lab: Lab, queries: Path, seconds: int, clients: int, *extra: str) -> dict:
+def dnsperf(lab: Lab, queries: Path, seconds: int, clients: int, outstanding: int, *extra: str) -> dict:
     r = lab.exec("bclient", ["dnsperf", "-s", RESOLVER, "-d", str(queries), "-l", str(seconds), "-c", str(clients),
-                             "-q", "200", "-t", "2", *extra], timeout=seconds + 30)
+                             "-q", str(outstanding), "-t", "2", *extra], timeout=seconds + 30)
     text = r.stdout.decode(errors="replace")
 
     def num(pattern: str) -> float:
@@ -124,6 +124,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10, help="measured dnsperf run per server")
     ap.add_argument("--warmup-qps", type=int, default=4000, help="rate of the warm-up pass through the query file")
     ap.add_argument("--clients", type=int, default=4, help="dnsperf -c")
+    ap.add_argument("--outstanding", type=int, default=200, help="dnsperf -q (queries in flight)")
     ap.add_argument("--only", default="", help="comma-separated subset of: ztna,ztna-nolog,dnsmasq,unbound")
     args = ap.parse_args()
     for tool in ("dnsperf", "dnsmasq", "unbound", "dig"):
@@ -154,8 +155,8 @@ def main() -> int:
                 answers = check_answers(lab)
                 # Warm-up: the whole file once at a rate the upstream keeps up with, so every
                 # allowed name is cached before the measured run (as on a busy resolver).
-                dnsperf(lab, files["queries"], 30, args.clients, "-n", "1", "-Q", str(args.warmup_qps))
-                res = dnsperf(lab, files["queries"], args.seconds, args.clients)
+                dnsperf(lab, files["queries"], 30, args.clients, args.outstanding, "-n", "1", "-Q", str(args.warmup_qps))
+                res = dnsperf(lab, files["queries"], args.seconds, args.clients, args.outstanding)
                 res["answers"] = answers
                 results[name] = res
                 print(f"  {name:<11} {res['qps']:>9.0f} q/s  latency {res['lat']:.2f} ms (sd {res['lat_sd']:.2f})  "
@@ -173,7 +174,7 @@ def main() -> int:
         vm = f"{r['qps'] / base_m:.2f}x" if base_m else "-"
         vu = f"{r['qps'] / base_u:.2f}x" if base_u else "-"
         print(f"{name:<11} {r['qps']:>9.0f} {r['lat']:>8.2f} {vm:>11} {vu:>11}")
-    print(f"\n{N} blocked + {N} allowed names, A queries alternating; dnsperf -c {args.clients} -q 200, "
+    print(f"\n{N} blocked + {N} allowed names, A queries alternating; dnsperf -c {args.clients} -q {args.outstanding}, "
           f"one warm-up pass at {args.warmup_qps} q/s + {args.seconds} s measured per server; one core each server (2-core machine shared with dnsperf).")
     return 0
 
