@@ -127,59 +127,75 @@ class BatchSocket:
         self._siv = memoryview(self._siov).cast("B")
         self._shv = memoryview(self._shdr).cast("B")
         self._pending = 0
-        self._sources: dict[bytes, tuple[str, tuple]] = {}
+        self._hosts: dict[bytes, str] = {}
         self.send_errors = 0
 
-    def receive(self) -> list[tuple[bytes, str, tuple]]:
-        """Up to ``batch`` waiting datagrams as (data, source address, address tuple); [] when none waits."""
+    def receive(self) -> tuple[list[bytes], list[str]]:
+        """Up to ``batch`` waiting datagrams and their senders' addresses (as text); empty lists when none waits."""
         n = _libc.recvmmsg(self.fd, self._rhdr, self.batch, MSG_DONTWAIT, None)
         if n <= 0:
             if n < 0:
                 err = ctypes.get_errno()
                 if err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                     raise OSError(err, os.strerror(err))
-            return []
+            return [], []
+        self._n = n
         lens = self._lens[n].unpack_from(self._rhv)
-        dv, nv, nl, sources = self._rdv, self._rnv, self.namelen, self._sources
-        out = []
-        for i in range(n):
-            raw = bytes(nv[i * nl:i * nl + nl])
-            src = sources.get(raw)
-            if src is None:
-                src = self._source(raw)
-            off = i * SLOT
-            out.append((bytes(dv[off:off + lens[i]]), src[0], src[1]))
-        return out
+        nl = self.namelen
+        names = bytes(self._rnv[:n * nl])
+        a, b = (8, 24) if self.v6 else (4, 8)  # where the host address lies in a sockaddr_in(6)
+        hosts, sources, dv = [], self._hosts, self._rdv
+        datas = [bytes(dv[i * SLOT:i * SLOT + ln]) for i, ln in enumerate(lens)]
+        for o in range(0, n * nl, nl):
+            raw = names[o + a:o + b]
+            host = sources.get(raw)
+            if host is None:
+                host = self._host(raw)
+            hosts.append(host)
+        return datas, hosts
 
-    def _source(self, raw: bytes) -> tuple[str, tuple]:
+    def _host(self, raw: bytes) -> str:
+        host = socket.inet_ntop(socket.AF_INET6 if self.v6 else socket.AF_INET, raw)
+        if len(self._hosts) >= 65_536:
+            self._hosts.clear()
+        self._hosts[raw] = host
+        return host
+
+    def address(self, i: int) -> tuple:
+        """The sender of datagram ``i`` of the last ``receive()`` as a socket address tuple (for ``sendto``)."""
+        raw = bytes(self._rnv[i * self.namelen:(i + 1) * self.namelen])
         port = int.from_bytes(raw[2:4], "big")
         if self.v6:
-            host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-            addr = (host, port, 0, int.from_bytes(raw[24:28], "little"))
-        else:
-            host = socket.inet_ntoa(raw[4:8])
-            addr = (host, port)
-        if len(self._sources) >= 65_536:
-            self._sources.clear()
-        self._sources[raw] = src = (host, addr)
-        return src
+            return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, 0, int.from_bytes(raw[24:28], "little"))
+        return (socket.inet_ntoa(raw[4:8]), port)
+
+    def answer(self, which: list[int], datas: list[bytes]) -> None:
+        """Queue ``datas[k]`` as the answer to datagram ``which[k]`` of the last ``receive()``."""
+        sdv, siv, shv, names, nl = self._sdv, self._siv, self._shv, self._rnames_addr, self.namelen
+        pack = struct.pack_into
+        j = self._pending
+        for i, data in zip(which, datas):
+            ln = len(data)
+            if ln > SEND_SLOT:  # never for a UDP answer the engine built; kept correct anyway
+                self._pending = j
+                self.flush()
+                j = 0
+                self.sock.sendto(data, self.address(i))
+                continue
+            if j == self.batch:
+                self._pending = j
+                self.flush()
+                j = 0
+            off = j * SEND_SLOT
+            sdv[off:off + ln] = data
+            pack(_SIZE, siv, j * _IOV + _IOVLEN_OFF, ln)
+            pack(_PTR, shv, j * _HDR + _NAME_OFF, names + i * nl)
+            j += 1
+        self._pending = j
 
     def queue(self, i: int, data: bytes) -> None:
         """Queue ``data`` as the answer to datagram ``i`` of the last ``receive()``."""
-        ln = len(data)
-        if ln > SEND_SLOT:  # never for a UDP answer the engine built; kept correct anyway
-            self.flush()
-            self.sock.sendto(data, self._source(bytes(self._rnv[i * self.namelen:(i + 1) * self.namelen]))[1])
-            return
-        j = self._pending
-        if j == self.batch:
-            self.flush()
-            j = 0
-        off = j * SEND_SLOT
-        self._sdv[off:off + ln] = data
-        struct.pack_into(_SIZE, self._siv, j * _IOV + _IOVLEN_OFF, ln)
-        struct.pack_into(_PTR, self._shv, j * _HDR + _NAME_OFF, self._rnames_addr + i * self.namelen)
-        self._pending = j + 1
+        self.answer([i], [data])
 
     def flush(self) -> int:
         """Send every queued answer; returns how many could not be sent (each is lost, as a failed sendto)."""

@@ -108,29 +108,33 @@ class Resolver:
         qlog = self.qlog
         for _ in range(max(1, UDP_BATCH // bs.batch)):
             try:
-                msgs = bs.receive()
+                datas, hosts = bs.receive()
             except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
                 log.debug("udp receive: %s", exc)
                 continue
-            if not msgs:
+            if not datas:
                 return
             t0 = time.perf_counter()
             now = time.time()
+            which: list[int] = []
+            answers: list[bytes] = []
             lines: list[str] = []
             recs: list[dict] = []
-            for i, (data, host, addr) in enumerate(msgs):
+            for i, data in enumerate(datas):
                 try:
-                    out = handle(data, host, now)
+                    out = handle(data, hosts[i], now)
                     if type(out) is Reply:
-                        bs.queue(i, out.data)
+                        which.append(i)
+                        answers.append(out.data)
                         if out.line is not None:
                             lines.append(out.line)
                         elif out.log is not None:
                             recs.append(out.log)
                     else:
-                        self._dispatch(out, functools.partial(_sendto, bs.sock, addr), t0)
+                        self._dispatch(out, functools.partial(_sendto, bs.sock, bs.address(i)), t0)
                 except Exception:  # a bug on one query must not stop the listener
-                    log.exception("query from %s failed", host)
+                    log.exception("query from %s failed", hosts[i])
+            bs.answer(which, answers)
             if bs.flush():
                 log.debug("udp send: %d answers could not be sent", bs.send_errors)
             ms = (time.perf_counter() - t0) * 1000
@@ -140,7 +144,7 @@ class Resolver:
             for rec in recs:
                 rec["latency_ms"] = round(ms, 3)
                 qlog.write(rec)
-            if len(msgs) < bs.batch:
+            if len(datas) < bs.batch:
                 return
 
     async def _forward(self, key, question: bytes) -> None:
