@@ -85,6 +85,7 @@ class _Memo:
     rest: str              # the log line's other fields, JSON, starting with ","
     age: int = -1          # the age (whole seconds) ``aged`` was built for
     aged: bytes = b""      # an upstream answer without its ID, TTLs counted down by ``age``
+    ager: wire.AgedAnswer | None = None
 
 
 MEMO_FIXED_SECONDS = 60.0
@@ -189,7 +190,9 @@ class Engine:
                     # TTLs only change once a second: rebuild the aged answer then, not per query.
                     age = int(now - m.stored)
                     if age != m.age:
-                        m.aged = wire.cached_answer(q, m.up, age)[2:]
+                        if m.ager is None:
+                            m.ager = wire.AgedAnswer(q, m.up)
+                        m.aged = m.ager.at(age)
                         m.age = age
                     out = data[:2] + m.aged
                 if m.block is not None:
