@@ -86,6 +86,7 @@ class _Memo:
     age: int = -1          # the age (whole seconds) ``aged`` was built for
     aged: bytes = b""      # an upstream answer without its ID, TTLs counted down by ``age``
     ager: wire.AgedAnswer | None = None
+    parent: str | None = None  # the tunnelling detector's unit for this name
 
 
 MEMO_FIXED_SECONDS = 60.0
@@ -182,7 +183,7 @@ class Engine:
         tunnel = _UNSET
         if m is not None and m.expires > now:
             q = m.q
-            tunnel = self.detector.observe(q.qname, q.qtype, now)
+            tunnel = self.detector.observe(q.qname, q.qtype, now, m.parent)
             if tunnel is None:
                 if m.up is None:
                     out = data[:2] + m.body
@@ -231,7 +232,8 @@ class Engine:
         self._memo[key] = _Memo(
             out.data[2:] if out.up is None else b"", q, out.up, out.stored, expires,
             self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None,
-            json.dumps(ident) if q.device else None, ("," + rest) if rest else "")
+            json.dumps(ident) if q.device else None, ("," + rest) if rest else "",
+            parent=self.detector.parent(q.qname))
 
     def _decide(self, data: bytes, source: str, now: float, tcp: bool, memo_key, tunnel) -> Reply | Drop | Forward:
         try:

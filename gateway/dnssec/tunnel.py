@@ -81,8 +81,8 @@ class TunnelDetector:
         self.detected = 0  # how many detections ever
         self._parents: dict[str, str] = {}
 
-    def _parent(self, name: str) -> str:
-        # Memoised: the same names come back all the time, and splitting costs more than a lookup.
+    def parent(self, name: str) -> str:
+        """The unit ``name`` is counted under (memoised: the same names come back all the time)."""
         p = self._parents.get(name)
         if p is None:
             if len(self._parents) >= 100_000:
@@ -94,7 +94,7 @@ class TunnelDetector:
         """The classified parent covering ``name``, or None."""
         if not self._until:
             return None
-        parent = self._parent(name)
+        parent = self.parent(name)
         until = self._until.get(parent)
         if until is None:
             return None
@@ -103,15 +103,22 @@ class TunnelDetector:
             return None
         return parent
 
-    def observe(self, name: str, qtype: int, now: float) -> str | None:
-        """Count one query for ``name``; the classified parent (now or earlier), or None."""
+    def observe(self, name: str, qtype: int, now: float, parent: str | None = None) -> str | None:
+        """Count one query for ``name``; the classified parent (now or earlier), or None.
+
+        ``parent``: ``self.parent(name)``, when the caller kept it (the engine's memo does).
+        """
         cfg = self.cfg
         if not cfg.enabled or "." not in name:
             return None
-        hit = self.classified(name, now)
-        if hit is not None:
-            return hit
-        parent = self._parents.get(name) or self._parent(name)
+        if parent is None:
+            parent = self._parents.get(name) or self.parent(name)
+        if self._until:
+            until = self._until.get(parent)
+            if until is not None:
+                if until > now:
+                    return parent
+                del self._until[parent]
         if parent == name:
             return None
         w = self._w.get(parent)
@@ -126,8 +133,10 @@ class TunnelDetector:
             w.names.add(name)
             if looks_random(name, parent, cfg):
                 w.random += 1
-        if w.random < cfg.random_names and w.random < cfg.strong_random and len(w.names) < cfg.unique_names:
-            return None  # at most one signal (the TXT share): the common case, decided without a call
+        r = w.random
+        if r < cfg.strong_random and (r >= cfg.random_names) + (len(w.names) >= cfg.unique_names) + (
+                w.queries >= cfg.min_queries and w.txt / w.queries >= cfg.txt_share) < 2:
+            return None  # fewer than two signals: the common case, decided without a call (see _judge)
         why = self._judge(w)
         if why is None:
             return None
