@@ -188,7 +188,10 @@ class BatchSocket:
                 self._pending = j
                 self.flush()
                 j = 0
-                self.sock.sendto(data, self.address(i))
+                try:
+                    self.sock.sendto(data, self.address(i))
+                except OSError:  # lost, as a failed sendmmsg entry
+                    self.send_errors += 1
                 continue
             if j == self.batch:
                 self._pending = j

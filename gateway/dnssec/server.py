@@ -15,7 +15,7 @@ import time
 
 from . import mmsg, upstream
 from .config import Config
-from .engine import Engine, Forward, Reply
+from .engine import Drop, Engine, Forward, Reply
 from .querylog import QueryLog
 
 log = logging.getLogger("ztna.dns")
@@ -129,6 +129,9 @@ class Resolver:
                         if out.line is not None:
                             lines.append(out.line)
                         elif out.log is not None:
+                            recs.append(out.log)
+                    elif type(out) is Drop:  # no address to decode: a flood stays cheap
+                        if out.log is not None:
                             recs.append(out.log)
                     else:
                         self._dispatch(out, functools.partial(_sendto, bs.sock, bs.address(i)), t0)
