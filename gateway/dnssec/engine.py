@@ -83,6 +83,10 @@ class _Memo:
     block: dict | None     # what the block page should say, refreshed on every hit
     ident: str | None      # JSON of the identity when it is a device (else the client's address)
     rest: str              # the log line's other fields, JSON, starting with ","
+    age: int = -1          # the age (whole seconds) ``aged`` was built for
+    aged: bytes = b""      # an upstream answer without its ID, TTLs counted down by ``age``
+    ager: wire.AgedAnswer | None = None
+    parent: str | None = None  # the tunnelling detector's unit for this name
 
 
 MEMO_FIXED_SECONDS = 60.0
@@ -107,6 +111,8 @@ class Engine:
         self._selected: dict[tuple[str, str | None], Policy | None] = {}
         self._drops_reported: dict[str, int] = {}
         self._memo: dict[tuple[str, bytes], _Memo] = {}
+        self._head_now = -1.0
+        self._heads: dict[str, str] = {}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
 
@@ -167,7 +173,9 @@ class Engine:
             return self._decide(data, source, now, True, None, _UNSET)
         if not self.limiter.allow(source, now):
             return Drop(None)  # reported in bulk by drop_reports(), not one line per packet
-        pol = self._select(source, None)
+        pol = self._selected.get((source, None), _UNSET)
+        if pol is _UNSET:
+            pol = self._select(source, None)
         if pol is None:  # not served: nothing worth remembering (the refusal names the source)
             return self._decide(data, source, now, False, None, _UNSET)
         key = (pol.name, bytes(data[2:]))
@@ -175,16 +183,31 @@ class Engine:
         tunnel = _UNSET
         if m is not None and m.expires > now:
             q = m.q
-            tunnel = self.detector.observe(q.qname, q.qtype, now)
+            tunnel = self.detector.observe(q.qname, q.qtype, now, m.parent)
             if tunnel is None:
                 if m.up is None:
                     out = data[:2] + m.body
                 else:
-                    out = wire.cached_answer(q, m.up, int(now - m.stored), ident=data[:2])
+                    # TTLs only change once a second: rebuild the aged answer then, not per query.
+                    age = int(now - m.stored)
+                    if age != m.age:
+                        if m.ager is None:
+                            m.ager = wire.AgedAnswer(q, m.up)
+                        m.aged = m.ager.at(age)
+                        m.age = age
+                    out = data[:2] + m.aged
                 if m.block is not None:
                     self._remember_block(source, q.qname, m.block)
-                ident = m.ident or f'"{source}"'
-                return Reply(out, None, line=f'{{"time":{now:.3f},"client":"{source}","identity":{ident}{m.rest}')
+                # The line's head only changes with the time and the client: a batch of
+                # datagrams shares one time, so format it once per client per batch.
+                if now != self._head_now:
+                    self._head_now = now
+                    self._heads = {}
+                head = self._heads.get(source)
+                if head is None:
+                    head = self._heads[source] = f'{{"time":{now:.3f},"client":"{source}","identity":'
+                line = head + (m.ident or f'"{source}"') + m.rest
+                return Reply(out, None, None, None, 0.0, line)
         out = self._decide(data, source, now, False, key, tunnel)
         if type(out) is Reply and out.query is not None:
             self._memoize(key, out, now)
@@ -209,7 +232,8 @@ class Engine:
         self._memo[key] = _Memo(
             out.data[2:] if out.up is None else b"", q, out.up, out.stored, expires,
             self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None,
-            json.dumps(ident) if q.device else None, ("," + rest) if rest else "")
+            json.dumps(ident) if q.device else None, ("," + rest) if rest else "",
+            parent=self.detector.parent(q.qname))
 
     def _decide(self, data: bytes, source: str, now: float, tcp: bool, memo_key, tunnel) -> Reply | Drop | Forward:
         try:

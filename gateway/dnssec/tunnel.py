@@ -79,12 +79,22 @@ class TunnelDetector:
         self._until: dict[str, float] = {}
         self.detections: deque[tuple[float, str, str]] = deque(maxlen=1000)  # (time, parent, why), newest last
         self.detected = 0  # how many detections ever
+        self._parents: dict[str, str] = {}
+
+    def parent(self, name: str) -> str:
+        """The unit ``name`` is counted under (memoised: the same names come back all the time)."""
+        p = self._parents.get(name)
+        if p is None:
+            if len(self._parents) >= 100_000:
+                self._parents.clear()
+            p = self._parents[name] = parent_of(name, self.cfg.parent_labels)
+        return p
 
     def classified(self, name: str, now: float) -> str | None:
         """The classified parent covering ``name``, or None."""
         if not self._until:
             return None
-        parent = parent_of(name, self.cfg.parent_labels)
+        parent = self.parent(name)
         until = self._until.get(parent)
         if until is None:
             return None
@@ -93,15 +103,22 @@ class TunnelDetector:
             return None
         return parent
 
-    def observe(self, name: str, qtype: int, now: float) -> str | None:
-        """Count one query for ``name``; the classified parent (now or earlier), or None."""
+    def observe(self, name: str, qtype: int, now: float, parent: str | None = None) -> str | None:
+        """Count one query for ``name``; the classified parent (now or earlier), or None.
+
+        ``parent``: ``self.parent(name)``, when the caller kept it (the engine's memo does).
+        """
         cfg = self.cfg
         if not cfg.enabled or "." not in name:
             return None
-        hit = self.classified(name, now)
-        if hit is not None:
-            return hit
-        parent = parent_of(name, cfg.parent_labels)
+        if parent is None:
+            parent = self._parents.get(name) or self.parent(name)
+        if self._until:
+            until = self._until.get(parent)
+            if until is not None:
+                if until > now:
+                    return parent
+                del self._until[parent]
         if parent == name:
             return None
         w = self._w.get(parent)
@@ -116,6 +133,10 @@ class TunnelDetector:
             w.names.add(name)
             if looks_random(name, parent, cfg):
                 w.random += 1
+        r = w.random
+        if r < cfg.strong_random and (r >= cfg.random_names) + (len(w.names) >= cfg.unique_names) + (
+                w.queries >= cfg.min_queries and w.txt / w.queries >= cfg.txt_share) < 2:
+            return None  # fewer than two signals: the common case, decided without a call (see _judge)
         why = self._judge(w)
         if why is None:
             return None
@@ -129,6 +150,11 @@ class TunnelDetector:
         cfg = self.cfg
         if w.random >= cfg.strong_random:
             return f"{w.random} long random names"
+        # Count first, word later: this runs on every query, and a busy parent
+        # (one signal, the burst) must not pay for the text.
+        if (w.random >= cfg.random_names) + (len(w.names) >= cfg.unique_names) + (
+                w.queries >= cfg.min_queries and w.txt / w.queries >= cfg.txt_share) < 2:
+            return None
         signals = []
         if w.random >= cfg.random_names:
             signals.append(f"{w.random} long random names")

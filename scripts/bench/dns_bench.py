@@ -96,9 +96,9 @@ block_lists = ["bench-block"]
     return files
 
 
-def dnsperf(lab: Lab, queries: Path, seconds: int, clients: int, *extra: str) -> dict:
+def dnsperf(lab: Lab, queries: Path, seconds: int, clients: int, outstanding: int, *extra: str) -> dict:
     r = lab.exec("bclient", ["dnsperf", "-s", RESOLVER, "-d", str(queries), "-l", str(seconds), "-c", str(clients),
-                             "-q", "200", "-t", "2", *extra], timeout=seconds + 30)
+                             "-q", str(outstanding), "-t", "2", *extra], timeout=seconds + 30)
     text = r.stdout.decode(errors="replace")
 
     def num(pattern: str) -> float:
@@ -107,7 +107,7 @@ def dnsperf(lab: Lab, queries: Path, seconds: int, clients: int, *extra: str) ->
 
     return {"qps": num(r"Queries per second:\s+([\d.]+)"), "lat": num(r"Average Latency \(s\):\s+([\d.]+)") * 1000,
             "lat_sd": num(r"Latency StdDev \(s\):\s+([\d.]+)") * 1000, "lost": num(r"Queries lost:\s+(\d+)"),
-            "sent": num(r"Queries sent:\s+(\d+)"), "raw": text}
+            "sent": num(r"Queries sent:\s+(\d+)"), "done": num(r"Queries completed:\s+(\d+)"), "raw": text}
 
 
 def check_answers(lab: Lab) -> str:
@@ -124,6 +124,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10, help="measured dnsperf run per server")
     ap.add_argument("--warmup-qps", type=int, default=4000, help="rate of the warm-up pass through the query file")
     ap.add_argument("--clients", type=int, default=4, help="dnsperf -c")
+    ap.add_argument("--outstanding", type=int, default=200, help="dnsperf -q (queries in flight)")
+    ap.add_argument("--rounds", type=int, default=2, help="measure every server this many times, in alternating order")
     ap.add_argument("--only", default="", help="comma-separated subset of: ztna,ztna-nolog,dnsmasq,unbound")
     args = ap.parse_args()
     for tool in ("dnsperf", "dnsmasq", "unbound", "dig"):
@@ -132,7 +134,7 @@ def main() -> int:
             return 2
     work = Path(tempfile.mkdtemp(prefix="ztna-bench-dns-"))
     lab = Lab("bench-dns", topology(), root=work / "run")
-    results: dict[str, dict] = {}
+    results: dict[str, list[dict]] = {}
     try:
         files = write_data(work)
         lab.up()
@@ -147,35 +149,63 @@ def main() -> int:
             "unbound": ["unbound", "-d", "-c", str(files["unbound"])],
         }
         only = [s for s in args.only.split(",") if s] or list(servers)
-        for name in only:
-            proc = lab.start("bcloud", servers[name], name=name)
-            try:
-                wait_listening(proc, RESOLVER, 53, "udp", timeout=60)
-                answers = check_answers(lab)
-                # Warm-up: the whole file once at a rate the upstream keeps up with, so every
-                # allowed name is cached before the measured run (as on a busy resolver).
-                dnsperf(lab, files["queries"], 30, args.clients, "-n", "1", "-Q", str(args.warmup_qps))
-                res = dnsperf(lab, files["queries"], args.seconds, args.clients)
-                res["answers"] = answers
-                results[name] = res
-                print(f"  {name:<11} {res['qps']:>9.0f} q/s  latency {res['lat']:.2f} ms (sd {res['lat_sd']:.2f})  "
-                      f"lost {res['lost']:.0f}/{res['sent']:.0f}   {answers}", flush=True)
-            finally:
-                lab.stop(name)
+        qlog = work / "queries.jsonl"
+        for rnd in range(args.rounds):
+            # Alternate the order so that a change in the machine's load hits every server alike.
+            for name in (only if rnd % 2 == 0 else only[::-1]):
+                lines_before = _lines(qlog)
+                proc = lab.start("bcloud", servers[name], name=f"{name}-{rnd}")
+                try:
+                    wait_listening(proc, RESOLVER, 53, "udp", timeout=60)
+                    answers = check_answers(lab)
+                    # Warm-up: the whole file once at a rate the upstream keeps up with, so every
+                    # allowed name is cached before the measured run (as on a busy resolver).
+                    warm = dnsperf(lab, files["queries"], 30, args.clients, args.outstanding, "-n", "1",
+                                   "-Q", str(args.warmup_qps))
+                    res = dnsperf(lab, files["queries"], args.seconds, args.clients, args.outstanding)
+                    res["answers"] = answers
+                    results.setdefault(name, []).append(res)
+                    print(f"  round {rnd + 1} {name:<11} {res['qps']:>9.0f} q/s  latency {res['lat']:.2f} ms "
+                          f"(sd {res['lat_sd']:.2f})  lost {res['lost']:.0f}/{res['sent']:.0f}   {answers}", flush=True)
+                finally:
+                    lab.stop(f"{name}-{rnd}")
+                if name == "ztna":
+                    # The query log is on and flushed on stop: one line per answered query.
+                    logged = _lines(qlog) - lines_before
+                    answered = warm["done"] + res["done"] + 2
+                    print(f"  round {rnd + 1} ztna query log: {logged} lines for {answered:.0f} answered queries "
+                          f"(warm-up + measured + 2 dig)", flush=True)
     finally:
         lab.down()
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print(f"{'server':<11} {'QPS':>9} {'avg ms':>8} {'vs dnsmasq':>11} {'vs unbound':>11}")
-    base_m = results.get("dnsmasq", {}).get("qps")
-    base_u = results.get("unbound", {}).get("qps")
-    for name, r in results.items():
-        vm = f"{r['qps'] / base_m:.2f}x" if base_m else "-"
-        vu = f"{r['qps'] / base_u:.2f}x" if base_u else "-"
-        print(f"{name:<11} {r['qps']:>9.0f} {r['lat']:>8.2f} {vm:>11} {vu:>11}")
-    print(f"\n{N} blocked + {N} allowed names, A queries alternating; dnsperf -c {args.clients} -q 200, "
-          f"one warm-up pass at {args.warmup_qps} q/s + {args.seconds} s measured per server; one core each server (2-core machine shared with dnsperf).")
+    rounds = " ".join(f"{'round ' + str(i + 1):>9}" for i in range(args.rounds))
+    print(f"{'server':<11} {rounds} {'mean QPS':>9} {'avg ms':>7} {'vs dnsmasq':>11} {'vs unbound':>11}")
+    for name, rs in results.items():
+        qps = [r["qps"] for r in rs]
+
+        def ratio(base: str) -> str:
+            # Per round, then averaged: the two servers of one round ran minutes apart at most.
+            b = results.get(base)
+            if not b:
+                return "-"
+            return f"{sum(q / x['qps'] for q, x in zip(qps, b)) / len(qps):.2f}x"
+
+        cols = " ".join(f"{q:>9.0f}" for q in qps)
+        print(f"{name:<11} {cols} {sum(qps) / len(qps):>9.0f} {sum(r['lat'] for r in rs) / len(rs):>7.2f} "
+              f"{ratio('dnsmasq'):>11} {ratio('unbound'):>11}")
+    print(f"\n{N} blocked + {N} allowed names, A queries alternating; dnsperf -c {args.clients} -q {args.outstanding}, "
+          f"one warm-up pass at {args.warmup_qps} q/s + {args.seconds} s measured per server and round, "
+          f"{args.rounds} rounds in alternating order; 2-core machine shared by dnsperf and the server.")
     return 0
+
+
+def _lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def _ztna_conf(files: dict[str, Path], work: Path, *, log: bool) -> Path:

@@ -265,3 +265,19 @@ def test_malformed_device_id_is_ignored_and_logged():
     q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(65001, b"\x00bad")]))
     out = engine().handle(q.pack(), CLIENT, 1000.0)
     assert out.log["policy"] == "office" and out.log["note"] == "malformed device-id option ignored"
+
+
+def test_memo_hits_in_one_batch_name_each_client_and_ttls_age_by_the_second():
+    eng = engine()
+    q = DNSRecord.question("www.good.example")
+    fwd = eng.handle(q.pack(), CLIENT, 3000.0)
+    eng.complete(fwd, upstream_reply(fwd, RR("www.good.example", rdata=A("203.0.113.7"), ttl=100)), 3000.0)
+    # one batch: the same time for every datagram, two clients
+    a = eng.handle(q.pack(), CLIENT, 3010.25)
+    b = eng.handle(q.pack(), "198.51.100.20", 3010.25)
+    assert (line_of(a)["client"], line_of(b)["client"]) == (CLIENT, "198.51.100.20")
+    assert line_of(a)["identity"] == CLIENT and line_of(b)["identity"] == "198.51.100.20"
+    assert line_of(a)["time"] == line_of(b)["time"] == 3010.25
+    ttls = [DNSRecord.parse(eng.handle(q.pack(), CLIENT, t).data).rr[0].ttl for t in (3010.25, 3010.9, 3011.0, 3050.0)]
+    assert ttls == [90, 90, 89, 50]
+    assert line_of(eng.handle(q.pack(), CLIENT, 3050.0))["time"] == 3050.0

@@ -175,3 +175,21 @@ def test_truncated_answer_has_tc_and_question():
     client = parse_query_untrusted(q("big.good.example", "TXT").pack())
     out = DNSRecord.parse(wire.truncated(client))
     assert out.header.tc == 1 and not out.rr and str(out.q.qname) == "big.good.example."
+
+
+def test_aged_answer_matches_a_rebuilt_answer_at_every_age():
+    from dnslib import RR, A, CNAME, EDNS0, DNSRecord
+    from gateway.dnssec.wire import AgedAnswer, cached_answer, parse_query_untrusted, parse_reply_untrusted, query_bytes
+    for edns in (False, True):
+        r = DNSRecord.question("WWW.Example.org", "A")
+        if edns:
+            r.add_ar(EDNS0(udp_len=1232))
+        q = parse_query_untrusted(r.pack())
+        question = q.question[:-4].lower() + q.question[-4:]
+        rep = DNSRecord.parse(query_bytes(9, question)).reply()
+        rep.add_answer(RR("www.example.org", 5, rdata=CNAME("cdn.example.net"), ttl=300))
+        rep.add_answer(RR("cdn.example.net", rdata=A("192.0.2.1"), ttl=20))
+        up = parse_reply_untrusted(rep.pack(), 9, question)
+        aged = AgedAnswer(q, up)
+        for age in (0, 1, 19, 20, 21, 299, 300, 1000):
+            assert aged.at(age) == cached_answer(q, up, age)[2:]
