@@ -215,7 +215,24 @@ def start_lan(lab: Lab, zones: dict[str, Path], host: str = "corpdns") -> None:
 ORIGINAL = f"# written by the lab's DHCP client\nnameserver {LAN_DNS}\nsearch corp.example\noptions edns0\n"
 
 
-class Roaming(Scenario):
+class _OnTheLan(Scenario):
+    """A laptop on a LAN with its DHCP-given resolver, the LAN's DNS server and the cloud resolver."""
+
+    conf_overrides: dict = {}
+
+    def topology(self) -> Topology:
+        return lan_topology(self.name)
+
+    def start(self, lab: Lab) -> None:
+        zones = write_zones(lab)
+        start_lan(lab, zones)
+        start_cloud(lab, zones)
+        lab.set_resolvers("laptop", [])
+        lab.resolv_conf_path("laptop").write_text(ORIGINAL)
+        self.conf = roaming_conf(lab, "roaming.toml", **self.conf_overrides)
+
+
+class Roaming(_OnTheLan):
     """Takeover, split DNS, cloud blocking, restore after stop and after kill -9."""
 
     name = "roaming"
@@ -228,16 +245,6 @@ class Roaming(Scenario):
         "sudo {ztna} lab exec laptop -- {ztna} roaming status --config {run}/conf/roaming.toml",
     ]
 
-    def topology(self) -> Topology:
-        return lan_topology(self.name)
-
-    def start(self, lab: Lab) -> None:
-        zones = write_zones(lab)
-        start_lan(lab, zones)
-        start_cloud(lab, zones)
-        lab.set_resolvers("laptop", [])
-        lab.resolv_conf_path("laptop").write_text(ORIGINAL)
-        self.conf = roaming_conf(lab, "roaming.toml")
 
     def drive(self, lab: Lab) -> dict:
         seen: dict = {}
@@ -368,23 +375,14 @@ def standin_writes(lab: Lab, name: str = "vpn") -> int:
     return Path(lab.log_dir / f"{name}.log").read_text().count("re-asserted")
 
 
-class RoamingVpnConflict(Scenario):
+class RoamingVpnConflict(_OnTheLan):
     """A VPN that keeps rewriting resolv.conf: detect the race, back off, say why, come back on network change."""
 
     name = "roaming-vpn-conflict"
     summary = "Roaming client vs a VPN that keeps rewriting resolv.conf: detects the race, backs off, reports why, returns on network change"
     capture_extra = [("laptop", "lo")]
 
-    def topology(self) -> Topology:
-        return lan_topology(self.name)
-
-    def start(self, lab: Lab) -> None:
-        zones = write_zones(lab)
-        start_lan(lab, zones)
-        start_cloud(lab, zones)
-        lab.set_resolvers("laptop", [])
-        lab.resolv_conf_path("laptop").write_text(ORIGINAL)
-        self.conf = roaming_conf(lab, "roaming.toml", conflict={"threshold": 3, "window": 10})
+    conf_overrides = {"conflict": {"threshold": 3, "window": 10}}
 
     def drive(self, lab: Lab) -> dict:
         seen: dict = {}
