@@ -399,9 +399,7 @@ class Agent:
         except dnswire.BadPacket as exc:
             self.counters["dns_malformed"] += 1
             log.info("malformed DNS query (%d bytes) answered FORMERR/dropped: %s", len(data), exc)
-            if len(data) >= 12:
-                return data[:2] + struct.pack("!HHHHH", 0x8001, 0, 0, 0, 0)
-            return b""
+            return dnswire.formerr_for(data) or b""
         d = decide(q, self.cfg.patterns, self.pool, time.monotonic(), ttl=self.cfg.dns_ttl)
         if d.forward:
             return None
@@ -429,21 +427,11 @@ class Agent:
         self.counters["dns_upstream_failed"] += 1
 
     async def _dns_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                hdr = await asyncio.wait_for(reader.readexactly(2), 10)
-                data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", hdr)[0]), 10)
-                reply = self._dns_answer(data, "tcp")
-                if reply is None:
-                    reply = await self._forward_tcp(data)
-                if not reply:
-                    break
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+        async def answer(data: bytes) -> bytes | None:
+            reply = self._dns_answer(data, "tcp")
+            return await self._forward_tcp(data) if reply is None else reply
+
+        await dnswire.serve_tcp_client(reader, writer, answer, log=log)
 
     async def _forward_tcp(self, data: bytes) -> bytes:
         for server in self.upstreams:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
-from .dnswire import BadPacket, parse_untrusted
+from .dnswire import BadPacket, formerr_for, parse_untrusted, serve_tcp_client
 
 log = logging.getLogger("ztna.authdns")
 
@@ -104,12 +103,9 @@ def respond_untrusted(zone: ZoneData, data: bytes) -> bytes | None:
     try:
         q = parse_untrusted(data)
     except BadPacket as exc:
-        if len(data) >= 12:
-            log.info("FORMERR for malformed query: %s", exc)
-            ident = struct.unpack("!H", data[:2])[0]
-            return struct.pack("!HHHHHH", ident, 0x8001, 0, 0, 0, 0)  # QR, rcode FORMERR
-        log.info("dropped %d-byte datagram: shorter than a DNS header", len(data))
-        return None
+        reply = formerr_for(data)
+        log.info("%s malformed query: %s", "FORMERR for" if reply else "dropped", exc)
+        return reply
     if q.header.qr:
         return None  # never answer answers
     return zone.answer(q).pack()
@@ -134,19 +130,10 @@ class _UDP(asyncio.DatagramProtocol):
 
 
 async def _tcp(zone: ZoneData, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            hdr = await asyncio.wait_for(reader.readexactly(2), 10)
-            data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", hdr)[0]), 10)
-            out = respond_untrusted(zone, data)
-            if out is None:
-                break
-            writer.write(struct.pack("!H", len(out)) + out)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-        pass
-    finally:
-        writer.close()
+    async def answer(data: bytes) -> bytes | None:
+        return respond_untrusted(zone, data)
+
+    await serve_tcp_client(reader, writer, answer)
 
 
 async def serve(zone: ZoneData, listen: list[str], port: int) -> None:

@@ -90,3 +90,34 @@ def addresses(rec: DNSRecord, qtype: str = "A") -> list[str]:
 
 def rcode_name(rec: DNSRecord) -> str:
     return RCODE.get(rec.header.rcode)
+
+
+def formerr_for(data: bytes) -> bytes | None:
+    """A FORMERR reply to bytes that are no DNS message, echoing their ID; None when there is no header to echo."""
+    if len(data) < 12:
+        return None
+    return data[:2] + struct.pack("!HHHHH", 0x8001, 0, 0, 0, 0)  # QR, opcode QUERY, rcode FORMERR
+
+
+async def serve_tcp_client(reader, writer, answer, *, idle: float = 10.0, log=None) -> None:
+    """Serve one DNS-over-TCP client (RFC 7766 framing): ``await answer(query bytes)`` gives the
+    reply bytes, or None to close.  Slow, short or vanished clients are simply dropped."""
+    import asyncio
+
+    try:
+        while True:
+            hdr = await asyncio.wait_for(reader.readexactly(2), idle)
+            data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", hdr)[0]), idle)
+            out = await answer(data)
+            if not out:
+                break
+            writer.write(struct.pack("!H", len(out)) + out)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        pass
+    except Exception:
+        if log is None:
+            raise
+        log.exception("internal error on a TCP query")
+    finally:
+        writer.close()

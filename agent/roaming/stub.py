@@ -22,7 +22,7 @@ from typing import Callable
 from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 
 from ztna import edns
-from ztna.dnswire import BadPacket, parse_untrusted
+from ztna.dnswire import BadPacket, formerr_for, parse_untrusted, serve_tcp_client
 
 from . import split
 from .state import Learned
@@ -72,11 +72,11 @@ class Forwarder:
         try:
             q = parse_untrusted(data)
         except BadPacket as exc:
-            if len(data) < 12:
-                return None
-            self.counters.formerr += 1
-            log.info("FORMERR to a local client: %s", exc)
-            return struct.pack("!HHHHHH", struct.unpack("!H", data[:2])[0], 0x8001, 0, 0, 0, 0)
+            reply = formerr_for(data)
+            if reply is not None:
+                self.counters.formerr += 1
+                log.info("FORMERR to a local client: %s", exc)
+            return reply
         if q.header.qr:
             return None
         if len(q.questions) != 1:
@@ -289,21 +289,10 @@ class Stub:
         self.tcp = await asyncio.start_server(self._tcp, sock=ts)
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                hdr = await asyncio.wait_for(reader.readexactly(2), 10)
-                data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", hdr)[0]), 10)
-                out = await self.fwd.answer_untrusted(data, tcp=True)
-                if out is None:
-                    break
-                writer.write(struct.pack("!H", len(out)) + out)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("internal error on a TCP query")
-        finally:
-            writer.close()
+        async def answer(data: bytes) -> bytes | None:
+            return await self.fwd.answer_untrusted(data, tcp=True)
+
+        await serve_tcp_client(reader, writer, answer, log=log)
 
     def close(self) -> None:
         if self.udp is not None:
