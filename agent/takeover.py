@@ -10,13 +10,13 @@ one the agent wrote, so a change made by somebody else is never undone.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import signal
-import tempfile
 from pathlib import Path
+
+from ztna import files
 
 log = logging.getLogger("ztna.agent")
 
@@ -44,30 +44,6 @@ def render(original: str, stub: str, state_path: Path, pid: int) -> str:
                       f"nameserver {stub}", *keep]) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` atomically; in place when it is a bind-mount target (rename gives EBUSY)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        try:
-            os.replace(tmp, path)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EBUSY, errno.EXDEV):
-                raise
-        with open(path, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def take_over(resolv: Path, stub: str, state_path: Path, pid: int) -> list[str]:
     """Record the resolver file and point it at ``stub``; return the original resolvers."""
     try:
@@ -82,11 +58,8 @@ def take_over(resolv: Path, stub: str, state_path: Path, pid: int) -> list[str]:
                             "ordinary names and to find the gateway")
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state = {"resolv_conf": str(resolv), "original": original, "pid": pid, "stub": stub}
-    tmp = state_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.chmod(tmp, 0o600)
-    tmp.replace(state_path)
-    write_atomic(resolv, render(original, stub, state_path, pid))
+    files.write_atomic(state_path, json.dumps(state), 0o600)
+    files.write_atomic(resolv, render(original, stub, state_path, pid))
     return servers
 
 
@@ -106,7 +79,7 @@ def restore(state_path: Path) -> str:
     if current and MARK not in current:
         state_path.unlink()
         return f"{resolv} was changed by something else since the agent wrote it; left as it is"
-    write_atomic(resolv, original)
+    files.write_atomic(resolv, original)
     state_path.unlink()
     return f"restored {resolv} ({', '.join(nameservers(original)) or 'no nameserver'})"
 

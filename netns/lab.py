@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ztna import pki
+from ztna import files, pki
 
 from . import builder, capture, procs
 from .topology import Topology, prefix
@@ -93,9 +93,7 @@ class Lab:
             "hosts": list(self.topo.hosts),
             "procs": [p.to_json() for p in self.procs.values()] + [c.proc.to_json() for c in self.captures],
         }
-        tmp = self.root / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.root / "state.json")
+        files.write_atomic(self.root / "state.json", json.dumps(state, indent=2))
 
     # ---- hosts and processes ---------------------------------------------
     def ns(self, host: str) -> str:

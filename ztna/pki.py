@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from . import files
 
 KINDS = ("agent", "gateway", "server", "client", "ca")
 
@@ -172,16 +172,7 @@ def write_pem(path: Path, data: bytes, *, private: bool) -> None:
     """Write atomically; private keys are created 0600 and never world-readable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600 if private else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    files.write_atomic(path, data, 0o600 if private else 0o644)
 
 
 def save(issued: Issued, directory: Path, name: str) -> tuple[Path, Path]:

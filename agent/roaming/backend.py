@@ -9,12 +9,12 @@ that meets EBUSY falls back to rewriting the file in place.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
-import os
 import socket
 from pathlib import Path
+
+from ztna import files
 
 from . import resolvconf
 
@@ -38,45 +38,11 @@ def read_text(path: Path) -> str | None:
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` so a reader sees the old file or the new one, never half.
-
-    Write a temporary file in the same directory, fsync it, rename it over.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.ztna-{os.getpid()}.tmp")
+    """``ztna.files.write_atomic``, its failures as BackendError."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        files.write_atomic(path, text, mode)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if exc.errno == errno.EBUSY:
-            # A bind mount target cannot be renamed over; rewrite in place, which
-            # a reader could see half-written, so say so once per write.
-            log.warning("%s is a mount point (EBUSY on rename); writing it in place, not atomically. "
-                        "Point resolv_conf at the file behind the mount (e.g. /etc/netns/NS/resolv.conf)", path)
-            with open(path, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            return
         raise BackendError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def machine_id(path: Path) -> str:
