@@ -2,8 +2,10 @@
 
     python -m netns.tlsweb --listen 203.0.113.80 --cert a.example=a.pem,a.key [--cert ...] [--http-port 80]
 
-``GET /`` answers ``hello from <Host>``; ``GET /bytes/N`` answers N bytes (for
-benchmarks).  ``--reset-port P`` opens a listener that reads the ClientHello and
+``GET /`` answers ``hello from <Host> over https: served by <address> to client
+<address>`` (the server and the client address it saw); ``GET /bytes/N`` answers
+N bytes (for benchmarks).  Without ``--cert`` it serves plain HTTP only
+(``--http-port``).  ``--reset-port P`` opens a listener that reads the ClientHello and
 resets the connection (a server dying mid-handshake).  The certificate is
 chosen by SNI; the first ``--cert`` is the default.
 """
@@ -52,7 +54,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(part)
                 n -= len(part)
             return
-        body = f"hello from {host} over {'https' if isinstance(self.connection, ssl.SSLSocket) else 'http'}\n".encode()
+        scheme = "https" if isinstance(self.connection, ssl.SSLSocket) else "http"
+        body = (f"hello from {host} over {scheme}: served by {self.server.server_address[0]} "
+                f"to client {self.client_address[0]}\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -116,7 +120,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=443)
     ap.add_argument("--http-port", type=int, default=0)
     ap.add_argument("--reset-port", type=int, default=0)
-    ap.add_argument("--cert", action="append", required=True, help="NAME=CERT.pem,KEY.pem")
+    ap.add_argument("--cert", action="append", default=[], help="NAME=CERT.pem,KEY.pem (none: plain HTTP only)")
     a = ap.parse_args()
     contexts = {}
     for spec in a.cert:
@@ -126,14 +130,18 @@ def main() -> None:
         ctx.load_cert_chain(cert, key)
         ctx.set_alpn_protocols(["http/1.1"])
         contexts[name.lower()] = ctx
-    default = next(iter(contexts.values()))
+    threads = []
+    if contexts:
+        default = next(iter(contexts.values()))
 
-    def pick(sslobj, server_name, _ctx):
-        if server_name and server_name.lower() in contexts:
-            sslobj.context = contexts[server_name.lower()]
+        def pick(sslobj, server_name, _ctx):
+            if server_name and server_name.lower() in contexts:
+                sslobj.context = contexts[server_name.lower()]
 
-    default.sni_callback = pick
-    threads = [threading.Thread(target=TLSServer((a.listen, a.port), default).serve_forever, daemon=True)]
+        default.sni_callback = pick
+        threads.append(threading.Thread(target=TLSServer((a.listen, a.port), default).serve_forever, daemon=True))
+    elif not a.http_port:
+        ap.error("give --cert (HTTPS) or --http-port (plain HTTP), or both")
     if a.http_port:
         plain = PlainServer((a.listen, a.http_port), Handler)
         threads.append(threading.Thread(target=plain.serve_forever, daemon=True))

@@ -89,10 +89,10 @@ class AgentScenario(Scenario):
              PUBLIC_DNS, 53, "udp"),
             (lab.start("privdns", procs.ztna_argv("authdns", "run", "--listen", PRIV_DNS, "--zone", str(private)),
                        name="private-dns"), PRIV_DNS, 53, "udp"),
-            (lab.start("inet", web_argv(WWW, 80, "www.example.com"), name="www"), WWW, 80, "tcp"),
+            (lab.start("inet", web_argv(WWW, http_port=80), name="www"), WWW, 80, "tcp"),
         ]
         for name, ip in ((APP, APP_IP), (HR, HR_IP)):
-            started.append((lab.start("app", web_argv(ip, 443, name, lab.pki_dir / f"{name}.pem", lab.pki_dir / f"{name}.key"),
+            started.append((lab.start("app", web_argv(ip, cert=(name, lab.pki_dir / f"{name}.pem", lab.pki_dir / f"{name}.key")),
                                       name=f"web-{name.split('.')[0]}"), ip, 443, "tcp"))
         self.start_gateway(lab)
         for p, ip, port, proto in started:
@@ -225,27 +225,29 @@ class AgentScenario(Scenario):
         app_syn = evidence.syns(app, dst=APP_IP, dport=443)
         app_ch = (evidence.tls(evidence.stream(app_segs, app_syn[0].src, APP_IP, sport=app_syn[0].sport, dport=443))
                   if app_syn else {"sni": None})
-        if seen.get("curl_app_rc") == 0 and f"<h1>{APP}</h1>" in seen.get("curl_app", "") and app_ch["sni"] == APP:
-            line = [l for l in seen["curl_app"].splitlines() if "served by" in l]
+        if seen.get("curl_app_rc") == 0 and f"hello from {APP} over https" in seen.get("curl_app", "") and app_ch["sni"] == APP:
             steps[8].see(f"app:eth0  ClientHello SNI {app_ch['sni']} from {app_syn[0].src}")
-            steps[8].passed(f"curl https://{APP}/ -> 200: {line[0].strip() if line else ''}")
+            steps[8].passed(f"curl https://{APP}/ -> 200: {seen['curl_app'].strip()}")
         else:
             steps[8].see(f"curl exit {seen.get('curl_app_rc')}: {seen.get('curl_app_err', '').strip()[:200]}")
         # Beyond the seed: ordinary names keep resolving and are reached directly.
         www = Step("+", "ordinary names still resolve through the original resolver and are reached directly")
         direct = evidence.syns(up, dst=WWW, dport=80)
-        if seen.get("dig_www") == WWW and seen.get("curl_www_rc") == 0 and "www.example.com" in seen.get("curl_www", "") and direct:
+        if seen.get("dig_www") == WWW and seen.get("curl_www_rc") == 0 and "hello from www.example.com over http" in seen.get("curl_www", "") and direct:
             www.passed(f"dig www.example.com -> {WWW} (forwarded to {PUBLIC_DNS}); {host}:eth0 SYN -> {WWW}:80 outside the tunnel")
         steps.append(www)
         return steps
 
 
-def web_argv(ip: str, port: int, name: str, cert: Path | None = None, key: Path | None = None) -> list[str]:
+def web_argv(ip: str, *, http_port: int = 0, cert: tuple[str, Path, Path] | None = None) -> list[str]:
+    """The lab web server (netns.tlsweb) on ``ip``: HTTPS on 443 with ``cert`` (name, pem, key), and/or plain HTTP."""
     import sys
 
-    argv = [sys.executable, "-m", "netns.web", "--listen", ip, "--port", str(port), "--name", name]
+    argv = [sys.executable, "-m", "netns.tlsweb", "--listen", ip]
     if cert:
-        argv += ["--cert", str(cert), "--key", str(key)]
+        argv += ["--cert", f"{cert[0]}={cert[1]},{cert[2]}"]
+    if http_port:
+        argv += ["--http-port", str(http_port)]
     return argv
 
 
