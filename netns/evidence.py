@@ -7,10 +7,10 @@ records, so a scenario's checks read like the steps they prove.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scapy.layers.dns import DNS
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.main import load_layer
 
 load_layer("tls")
@@ -18,7 +18,7 @@ load_layer("tls")
 
 @dataclass
 class DnsMsg:
-    """One DNS message seen on the wire."""
+    """One DNS message seen on the wire (port 53, UDP or TCP)."""
 
     time: float
     src: str
@@ -26,24 +26,43 @@ class DnsMsg:
     name: str
     qtype: int
     response: bool
-    answers: list[str]
+    answers: list[str]  # A and AAAA addresses of the answer section
     rcode: int
+    dport: int = 53
+    opts: list[tuple[int, bytes]] = field(default_factory=list)  # EDNS0 options (code, data)
 
 
 def dns(pkts) -> list[DnsMsg]:
+    """Every DNS message; a record scapy cannot dissect ends that message's answers, never the reading."""
     out = []
     for p in pkts:
-        if not (p.haslayer(IP) and p.haslayer(DNS)) or p[DNS].qd is None:
+        if not (p.haslayer(IP) and p.haslayer(DNS)):
+            continue
+        l4 = p[UDP] if p.haslayer(UDP) else p[TCP] if p.haslayer(TCP) else None
+        if l4 is None or 53 not in (l4.sport, l4.dport):
             continue
         d = p[DNS]
-        q = d.qd[0] if hasattr(d.qd, "__getitem__") else d.qd
+        try:
+            q = d.qd[0] if hasattr(d.qd, "__getitem__") else d.qd
+            name, qtype = q.qname.decode().rstrip(".").lower(), int(q.qtype)
+        except Exception:  # no question, or one scapy could not dissect
+            name, qtype = "", 0
         answers = []
         for i in range(d.ancount or 0):
-            rr = d.an[i]
+            try:
+                rr = d.an[i]
+            except Exception:
+                break
             if rr.type in (1, 28):
                 answers.append(str(rr.rdata))
-        out.append(DnsMsg(float(p.time), p[IP].src, p[IP].dst, q.qname.decode().rstrip(".").lower(), q.qtype,
-                          bool(d.qr), answers, d.rcode))
+        opts = []
+        for rr in (d.ar or []) if d.arcount else []:
+            if getattr(rr, "type", None) == 41:
+                # scapy gives some options (EDE) a class of their own without optdata
+                opts += [(o.optcode, bytes(getattr(o, "optdata", b"") or b"")) for o in getattr(rr, "rdata", [])
+                         if hasattr(o, "optcode")]
+        out.append(DnsMsg(float(p.time), p[IP].src, p[IP].dst, name, qtype, bool(d.qr), answers, d.rcode,
+                          int(l4.dport), opts))
     return out
 
 

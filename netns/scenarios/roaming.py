@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import capture, procs
+from .. import capture, evidence, procs
 from ..lab import Lab
 from ..report import Step
 from ..scenario import Scenario
@@ -49,39 +49,10 @@ LAN_DNS = "192.168.1.53"
 
 # ---- reading captures ---------------------------------------------------------
 def dns_packets(path: Path) -> list[dict]:
-    """Every DNS message in a capture, as plain dicts (time, addresses, name, answer, EDNS options)."""
-    from scapy.layers.dns import DNS
-    from scapy.layers.inet import IP, TCP, UDP
-
-    out = []
-    for p in capture.read(path):
-        if not p.haslayer(DNS) or not p.haslayer(IP):
-            continue
-        d = p[DNS]
-        l4 = p[UDP] if p.haslayer(UDP) else p[TCP] if p.haslayer(TCP) else None
-        if l4 is None or 53 not in (l4.sport, l4.dport):
-            continue
-        try:
-            qname = d.qd[0].qname.decode().rstrip(".").lower() if d.qdcount else ""
-        except Exception:
-            qname = ""
-        answers = []
-        for i in range(d.ancount or 0):
-            try:
-                rr = d.an[i]
-                if rr.type == 1:
-                    answers.append(str(rr.rdata))
-            except Exception:
-                break
-        opts = []
-        for rr in (d.ar or []) if d.arcount else []:
-            if getattr(rr, "type", None) == 41:
-                # scapy gives some options (EDE) their own class without optdata
-                opts += [(o.optcode, bytes(getattr(o, "optdata", b"") or b"")) for o in getattr(rr, "rdata", [])
-                         if hasattr(o, "optcode")]
-        out.append({"t": float(p.time), "src": p[IP].src, "dst": p[IP].dst, "qr": d.qr, "rcode": d.rcode,
-                    "qname": qname, "answers": answers, "opts": opts, "dport": l4.dport})
-    return out
+    """Every DNS message in a capture (netns.evidence.dns), as plain dicts; answers are A records only."""
+    return [{"t": m.time, "src": m.src, "dst": m.dst, "qr": int(m.response), "rcode": m.rcode, "qname": m.name,
+             "answers": [a for a in m.answers if ":" not in a], "opts": m.opts, "dport": m.dport}
+            for m in evidence.dns(capture.read(path))]
 
 
 def between(pkts: list[dict], t0: float, t1: float) -> list[dict]:
