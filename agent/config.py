@@ -31,7 +31,7 @@ class AgentConfig:
     keepalive: float = 15.0
     connect_timeout: float = 5.0
     log_level: str = "INFO"
-    patterns: PatternSet = field(default_factory=PatternSet, repr=False)
+    patterns: PatternSet = field(default_factory=PatternSet, repr=False, init=False)  # derived from apps
 
 
 def load(path: Path) -> AgentConfig:

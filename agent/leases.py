@@ -72,9 +72,8 @@ class LeasePool:
         return lease
 
     def _take(self, now: float) -> bytes:
-        while self._free:
-            a = self._free.pop()
-            return a.to_bytes(4, "big")
+        if self._free:
+            return self._free.pop().to_bytes(4, "big")
         while self._next <= self._last:
             a = self._next
             self._next += 1

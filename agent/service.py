@@ -175,14 +175,14 @@ class Agent:
         if len(buf) < 30 or buf[10] >> 4 != 4:
             c["dropped_not_ipv4"] += 1
             return
-        lease = self.pool.by_addr.get(buf[26:30])
-        if lease is None or lease.state == "denied":
-            self._refuse(buf, "not leased" if lease is None else "denied by the gateway")
-            return
         try:
             f = parse_untrusted(buf, 10)
         except BadPacket:
             c["dropped_malformed"] += 1
+            return
+        lease = self.pool.by_addr.get(f.dst)
+        if lease is None or lease.state == "denied":
+            self._refuse(buf, f, "not leased" if lease is None else "denied by the gateway")
             return
         if self.pool.note_packet(lease, (f.proto, f.sport, f.dport), now, closing=bool(f.flags & TCP_RST)):
             c["flows"] += 1
@@ -202,17 +202,13 @@ class Agent:
         else:
             self._ensure_tunnel()
 
-    def _refuse(self, buf: bytes, why: str) -> None:
-        try:
-            answer = refusal_for(buf, 10)
-        except BadPacket:
-            self.counters["dropped_malformed"] += 1
-            return
+    def _refuse(self, buf: bytes, f, why: str) -> None:
+        answer = refusal_for(buf, 10)
         self.counters["refused"] += 1
         if answer is not None:
             self._tun_write(NO_VNET + answer)
-        if buf[10 + 9] == 6 and buf[10 + ((buf[10] & 0xF) * 4) + 13] & TCP_SYN:
-            log.info("refused SYN to %s: %s", ip4_text(buf[26:30]), why)
+        if f.proto == 6 and f.flags & TCP_SYN:
+            log.info("refused SYN to %s: %s", ip4_text(f.dst), why)
 
     def _tun_write(self, data: bytes | bytearray) -> None:
         try:
@@ -369,7 +365,7 @@ class Agent:
             lease.state = "denied"
             log.warning("lease %s %s denied by the gateway: %s", lease.fqdn, lease.addr_text, fields.get("reason"))
             for buf in waiting:
-                self._refuse(buf, "denied by the gateway")
+                self._refuse(buf, parse_untrusted(buf, 10), "denied by the gateway")
 
     # ---- DNS stub ----------------------------------------------------------
     async def _start_dns(self) -> list:

@@ -33,7 +33,7 @@ def section(cls: type, data: dict, name: str, path: Path) -> typing.Any:
         raise ConfigError(f"{path}: missing [{name}] section")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: [{name}] must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # init=False: derived, never set by a file
     unknown = set(raw) - set(fields)
     if unknown:
         raise ConfigError(f"{path}: [{name}] has unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(fields)}")

@@ -95,9 +95,12 @@ class FramedTLS:
                 self.close(f"protocol error: {exc}")
                 return
         else:
-            # Bytes may be waiting inside OpenSSL where select() cannot see them.
+            # Read budget spent: come back after the others had their turn.
             self.loop.call_soon(self._on_readable)
+            self._deliver(frames)
+            return
         if self.sock.pending() and not self.closed:
+            # Bytes waiting inside OpenSSL, where epoll cannot see them.
             self.loop.call_soon(self._on_readable)
         self._deliver(frames)
 

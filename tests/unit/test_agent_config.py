@@ -1,0 +1,39 @@
+import pytest
+
+from agent.config import load
+from ztna.config import ConfigError
+
+
+def write(tmp_path, body):
+    for f in ("a.pem", "a.key", "ca.pem"):
+        (tmp_path / f).write_text("x")
+    p = tmp_path / "agent.toml"
+    p.write_text(f'[agent]\ncert = "{tmp_path}/a.pem"\nkey = "{tmp_path}/a.key"\nca = "{tmp_path}/ca.pem"\n'
+                 f'gateway = "gateway.mycompany.net"\n{body}')
+    return p
+
+
+def test_a_good_file_loads_and_derives_the_patterns(tmp_path):
+    cfg = load(write(tmp_path, 'apps = ["app.mycompany.net", "*.apps.mycompany.net"]\n'))
+    assert cfg.patterns.match("x.apps.mycompany.net") == "*.apps.mycompany.net"
+
+
+@pytest.mark.parametrize("body,msg", [
+    ('apps = ["app.mycompany.net"]\npatterns = 1\n', "unknown key"),  # derived fields are not settings
+    ('apps = ["app.mycompany.net"]\ndns_ttl = "ten"\n', "should be an integer"),
+    ('apps = ["*.mycompany.net"]\n', "gateway's own name"),
+    ('apps = []\n', "apps is empty"),
+    ('apps = ["app.mycompany.net"]\ndns_stub = "10.0.0.2"\n', "not inside network"),
+    ('apps = ["a*b.mycompany.net"]\n', "wildcard"),
+])
+def test_bad_settings_are_refused_by_name(tmp_path, body, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load(write(tmp_path, body))
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_text("[agent\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(tmp_path / "bad.toml")
