@@ -54,11 +54,34 @@ def test_missing_files_say_what_to_run(tmp_path):
         pki.load(tmp_path, "ca")
 
 
-def test_python_ssl_accepts_the_chain(tmp_path):
+def test_openssl_verifies_the_chain_and_the_name(tmp_path):
+    """A real TLS 1.3 handshake in memory: the client checks the leaf against the CA and the name."""
     now = pki.utcnow()
     ca = pki.new_ca("test CA", now=now)
-    leaf = pki.issue(ca, "srv", kind="server", now=now, dns_names=["srv.example"])
     pki.save(ca, tmp_path, "ca")
-    pki.save(leaf, tmp_path, "srv")
-    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
-    ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    pki.save(pki.issue(ca, "srv", kind="server", now=now, dns_names=["srv.example"]), tmp_path, "srv")
+
+    def handshake(server_name):
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+        cctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+        client = cctx.wrap_bio(c_in, c_out, server_hostname=server_name)
+        server = sctx.wrap_bio(s_in, s_out, server_side=True)
+        for _ in range(10):
+            for side in (client, server):
+                try:
+                    side.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+            s_in.write(c_out.read())
+            c_in.write(s_out.read())
+        return client.version()
+
+    assert handshake("srv.example") == "TLSv1.3"
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        handshake("other.example")
+    other = pki.new_ca("another CA", now=now)
+    pki.save(pki.issue(other, "srv", kind="server", now=now, dns_names=["srv.example"]), tmp_path, "srv")
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+        handshake("srv.example")

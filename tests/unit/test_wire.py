@@ -51,21 +51,32 @@ def test_truncated_frame_waits_for_more():
     assert len(d.feed_untrusted(f[-1:])) == 1
 
 
+def _valid(frames):
+    for f in frames:
+        assert f.type in wire.CONTROL or f.type == wire.DATA
+        if f.type == wire.DATA:
+            assert wire.VNET_HDR_LEN + 20 <= len(f.payload) <= wire.MAX_DATA
+        else:
+            assert isinstance(f.fields, dict)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.integers(min_value=0, max_value=80))
-def test_fuzz_only_badframe_escapes(noise, cut):
+def test_fuzz_only_badframe_escapes_and_frames_are_sound(noise, cut):
     data = b"".join(stream())[:cut] + noise
     d = wire.Decoder()
     try:
         for i in range(0, len(data), 7):
-            d.feed_untrusted(data[i:i + 7])
+            _valid(d.feed_untrusted(data[i:i + 7]))
     except wire.BadFrame:
         pass
 
 
-def test_random_garbage_only_badframe():
-    rnd = os.urandom(4096)
-    try:
-        wire.Decoder().feed_untrusted(rnd)
-    except wire.BadFrame:
-        pass
+def test_a_valid_prefix_survives_garbage_after_it():
+    good = b"".join(stream())
+    d = wire.Decoder()
+    frames = d.feed_untrusted(good)
+    _valid(frames)
+    assert len(frames) == 4
+    with pytest.raises(wire.BadFrame):
+        d.feed_untrusted(bytes([0x7F]) + os.urandom(64))
