@@ -14,6 +14,7 @@ upstream -> CNAME inspection of the answer chain -> truncation to the client's b
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 from dnslib import QTYPE
@@ -24,8 +25,10 @@ from .cache import AnswerCache
 from .config import Config
 from .policy import Policy, Verdict
 from .ratelimit import RateLimiter
-from .tunnel import TunnelDetector
+from .tunnel import T_NULL, T_TXT, TunnelDetector
 from .wire import BadMessage, Query, Upstream
+
+log = logging.getLogger("ztna.dns")
 
 ZONE_TRANSFER = (251, 252)
 _UNSET = object()
@@ -65,6 +68,22 @@ class Forward:
 
 
 @dataclass(slots=True)
+class Batch:
+    """What ``Engine.handle_batch`` decided for datagrams that arrived together.
+
+    Memo hits: ``answers[k]`` goes to datagram ``which[k]`` and ``lines[k]``
+    is its log line without ``latency_ms`` and the closing brace (the shell
+    appends them).  Everything else: ``slow`` holds (datagram index, Reply,
+    Drop or Forward), to be handled as ``handle()``'s result would be.
+    """
+
+    which: list[int]
+    answers: list[bytes]
+    lines: list[str]
+    slow: list[tuple[int, "Reply | Drop | Forward"]]
+
+
+@dataclass(slots=True)
 class _Memo:
     """A finished answer to one exact query (all but the ID) under one network policy.
 
@@ -86,7 +105,10 @@ class _Memo:
     age: int = -1          # the age (whole seconds) ``aged`` was built for
     aged: bytes = b""      # an upstream answer without its ID, TTLs counted down by ``age``
     ager: wire.AgedAnswer | None = None
-    parent: str | None = None  # the tunnelling detector's unit for this name
+    parent: str | None = None  # the tunnelling detector's unit for this name, None when it watches nothing
+    counts: bool = False       # the detector counts this name in its parent's window (it is not the parent)
+    txt: bool = False          # a TXT/NULL query (the detector counts those)
+    block_key: tuple | None = None  # (client, name) of the last ``recent_blocks`` entry this hit refreshed
 
 
 MEMO_FIXED_SECONDS = 60.0
@@ -110,9 +132,10 @@ class Engine:
         self._verdicts: dict[tuple[str, str, str | None], Verdict] = {}
         self._selected: dict[tuple[str, str | None], Policy | None] = {}
         self._drops_reported: dict[str, int] = {}
-        self._memo: dict[tuple[str, bytes], _Memo] = {}
-        self._head_now = -1.0
-        self._heads: dict[str, str] = {}
+        # policy name -> query bytes without the ID -> finished answer (see _Memo)
+        self._memo: dict[str, dict[bytes, _Memo]] = {p.name: {} for p in cfg.policies.policies}
+        # source address -> its network policy's memo (None: not served), so a hit costs two dict look-ups
+        self._host_memo: dict[str, dict[bytes, _Memo] | None] = {}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
 
@@ -171,51 +194,122 @@ class Engine:
         """Decide what to do with one message from ``source``."""
         if tcp:
             return self._decide(data, source, now, True, None, _UNSET)
-        if not self.limiter.allow(source, now):
-            return Drop(None)  # reported in bulk by drop_reports(), not one line per packet
-        pol = self._selected.get((source, None), _UNSET)
-        if pol is _UNSET:
-            pol = self._select(source, None)
-        if pol is None:  # not served: nothing worth remembering (the refusal names the source)
-            return self._decide(data, source, now, False, None, _UNSET)
-        key = (pol.name, bytes(data[2:]))
-        m = self._memo.get(key)
-        tunnel = _UNSET
-        if m is not None and m.expires > now:
-            q = m.q
-            tunnel = self.detector.observe(q.qname, q.qtype, now, m.parent)
-            if tunnel is None:
-                if m.up is None:
-                    out = data[:2] + m.body
-                else:
-                    # TTLs only change once a second: rebuild the aged answer then, not per query.
-                    age = int(now - m.stored)
-                    if age != m.age:
-                        if m.ager is None:
-                            m.ager = wire.AgedAnswer(q, m.up)
-                        m.aged = m.ager.at(age)
-                        m.age = age
-                    out = data[:2] + m.aged
-                if m.block is not None:
-                    self._remember_block(source, q.qname, m.block)
-                # The line's head only changes with the time and the client: a batch of
-                # datagrams shares one time, so format it once per client per batch.
-                if now != self._head_now:
-                    self._head_now = now
-                    self._heads = {}
-                head = self._heads.get(source)
-                if head is None:
-                    head = self._heads[source] = f'{{"time":{now:.3f},"client":"{source}","identity":'
-                line = head + (m.ident or f'"{source}"') + m.rest
-                return Reply(out, None, None, None, 0.0, line)
-        out = self._decide(data, source, now, False, key, tunnel)
+        b = self.handle_batch([bytes(data)], [source], now)
+        if b.answers:  # a memo hit
+            return Reply(b.answers[0], None, None, None, 0.0, b.lines[0])
+        if b.slow:
+            return b.slow[0][1]
+        return Drop(None)  # the query failed on a bug, logged by handle_batch
+
+    def handle_batch(self, datas: list[bytes], sources: list[str], now: float) -> Batch:
+        """Decide for datagrams that arrived together over UDP (one ``now`` for all).
+
+        Why a batch: most queries repeat one that was answered a moment ago
+        (the memo), and for those this loop is the whole of the resolver's
+        work; a call, a result object and attribute look-ups per query would
+        cost as much again.  What each hit does is exactly what the single
+        path would do: the rate limit and the tunnelling detector see the
+        query, the block page's record is refreshed, the log line is written.
+        Everything else goes through ``_decide`` one by one (``Batch.slow``).
+        """
+        out = Batch([], [], [], [])
+        which, answers, lines, slow = out.which, out.answers, out.lines, out.slow
+        limiter = self.limiter if self.limiter.qps > 0 else None
+        host_memo = self._host_memo
+        det = self.detector
+        dcfg = det.cfg
+        until, wins = det._until, det._w
+        window, cap = dcfg.window, 4 * dcfg.unique_names
+        strong, rnd, uniq, minq, share = (dcfg.strong_random, dcfg.random_names, dcfg.unique_names,
+                                          dcfg.min_queries, dcfg.txt_share)
+        recent = self.recent_blocks
+        heads: dict[str, tuple[str, str]] = {}
+        stamp = f'{{"time":{now:.3f},"client":"'
+        for i, data in enumerate(datas):
+            source = sources[i]
+            try:
+                if limiter is not None and not limiter.allow(source, now):
+                    slow.append((i, Drop(None)))  # reported in bulk by drop_reports(), not one line per packet
+                    continue
+                memo = host_memo.get(source, _UNSET)
+                if memo is _UNSET:
+                    memo = self._memo_of(source)
+                if memo is None:  # not served: nothing worth remembering (the refusal names the source)
+                    slow.append((i, self._decide(data, source, now, False, None, _UNSET)))
+                    continue
+                body = data[2:]
+                m = memo.get(body)
+                tunnel = _UNSET
+                if m is not None and m.expires > now:
+                    q = m.q
+                    parent = m.parent
+                    if parent is not None:
+                        # TunnelDetector.observe inlined for the common case, a parent not classified
+                        # whose window is open and already holds this name (or is full): only the
+                        # counts move.  Anything else is observe's (tests check the two agree).
+                        w = wins.get(parent) if m.counts and not (until and parent in until) else None
+                        if w is not None and now - w.start <= window and (q.qname in w.names or len(w.names) >= cap):
+                            w.queries += 1
+                            if m.txt:
+                                w.txt += 1
+                            r = w.random
+                            if r >= strong or (r >= rnd) + (len(w.names) >= uniq) + (
+                                    w.queries >= minq and w.txt / w.queries >= share) >= 2:
+                                tunnel = det.conclude(parent, w, now)
+                            else:
+                                tunnel = None
+                        else:
+                            tunnel = det.observe(q.qname, q.qtype, now, parent)
+                        if tunnel is not None:
+                            slow.append((i, self._decide_and_memoize(data, source, now, body, memo, tunnel)))
+                            continue
+                    if m.up is None:
+                        answers.append(data[:2] + m.body)
+                    else:
+                        # TTLs only change once a second: rebuild the aged answer then, not per query.
+                        age = int(now - m.stored)
+                        if age != m.age:
+                            if m.ager is None:
+                                m.ager = wire.AgedAnswer(q, m.up)
+                            m.aged = m.ager.at(age)
+                            m.age = age
+                        answers.append(data[:2] + m.aged)
+                    which.append(i)
+                    if m.block is not None:
+                        key = m.block_key
+                        if key is None or key[0] != source:
+                            key = m.block_key = (source, q.qname)
+                        if len(recent) > 10_000:
+                            recent.clear()
+                        recent[key] = m.block
+                    # The line's head only changes with the time and the client.
+                    h = heads.get(source)
+                    if h is None:
+                        h = heads[source] = (stamp + source + '","identity":', stamp + source + f'","identity":"{source}"')
+                    lines.append(h[0] + m.ident + m.rest if m.ident is not None else h[1] + m.rest)
+                    continue
+                slow.append((i, self._decide_and_memoize(data, source, now, body, memo, tunnel)))
+            except Exception:  # a bug on one query must not cost the others their answers
+                log.exception("query from %s failed", source)
+        return out
+
+    def _memo_of(self, source: str) -> dict[bytes, _Memo] | None:
+        if len(self._host_memo) > 65_536:
+            self._host_memo.clear()
+        pol = self._select(source, None)
+        memo = self._host_memo[source] = None if pol is None else self._memo.setdefault(pol.name, {})
+        return memo
+
+    def _decide_and_memoize(self, data: bytes, source: str, now: float, body: bytes, memo: dict, tunnel):
+        out = self._decide(data, source, now, False, (memo, body), tunnel)
         if type(out) is Reply and out.query is not None:
-            self._memoize(key, out, now)
+            self._memoize((memo, body), out, now)
         return out
 
     def _memoize(self, key: tuple, out: Reply, now: float) -> None:
-        if len(self._memo) >= MEMO_SIZE:
-            self._memo.clear()
+        memo, body = key
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
         q = out.query
         log = dict(out.log)
         source = log.pop("client")
@@ -229,11 +323,13 @@ class Engine:
         else:
             expires = now + MEMO_FIXED_SECONDS
         rest = json.dumps(log, separators=(",", ":"))[1:-1]
-        self._memo[key] = _Memo(
+        watched = self.detector.cfg.enabled and "." in q.qname
+        parent = self.detector.parent(q.qname) if watched else None
+        memo[body] = _Memo(
             out.data[2:] if out.up is None else b"", q, out.up, out.stored, expires,
             self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None,
             json.dumps(ident) if q.device else None, ("," + rest) if rest else "",
-            parent=self.detector.parent(q.qname))
+            parent=parent, counts=parent != q.qname, txt=q.qtype in (T_TXT, T_NULL))
 
     def _decide(self, data: bytes, source: str, now: float, tcp: bool, memo_key, tunnel) -> Reply | Drop | Forward:
         try:

@@ -102,9 +102,10 @@ class Resolver:
 
         A batch shares one ``now`` (its datagrams arrived together) and one
         latency: from its arrival to the moment its answers went out, which
-        bounds every query's own time in the resolver.
+        bounds every query's own time in the resolver.  The engine decides
+        for the whole batch in one call (``Engine.handle_batch``).
         """
-        handle = self.engine.handle
+        handle_batch = self.engine.handle_batch
         qlog = self.qlog
         for _ in range(max(1, UDP_BATCH // bs.batch)):
             try:
@@ -115,14 +116,11 @@ class Resolver:
             if not datas:
                 return
             t0 = time.perf_counter()
-            now = time.time()
-            which: list[int] = []
-            answers: list[bytes] = []
-            lines: list[str] = []
+            b = handle_batch(datas, hosts, time.time())
+            which, answers, lines = b.which, b.answers, b.lines
             recs: list[dict] = []
-            for i, data in enumerate(datas):
+            for i, out in b.slow:
                 try:
-                    out = handle(data, hosts[i], now)
                     if type(out) is Reply:
                         which.append(i)
                         answers.append(out.data)

@@ -137,10 +137,18 @@ class TunnelDetector:
         if r < cfg.strong_random and (r >= cfg.random_names) + (len(w.names) >= cfg.unique_names) + (
                 w.queries >= cfg.min_queries and w.txt / w.queries >= cfg.txt_share) < 2:
             return None  # fewer than two signals: the common case, decided without a call (see _judge)
+        return self.conclude(parent, w, now)
+
+    def conclude(self, parent: str, w: _Window, now: float) -> str | None:
+        """``parent``'s window may show a tunnel: classify it (returns ``parent``) or not (None).
+
+        The resolver's batch loop counts a repeated name itself and calls this
+        when the counts reach two signals, as ``observe`` does.
+        """
         why = self._judge(w)
         if why is None:
             return None
-        self._until[parent] = now + cfg.hold
+        self._until[parent] = now + self.cfg.hold
         self.detections.append((now, parent, why))
         self.detected += 1
         del self._w[parent]

@@ -229,9 +229,8 @@ def test_memo_replays_the_same_bytes_but_never_hides_a_new_tunnel_verdict():
 def test_memo_of_blocks_keeps_the_block_page_informed_and_device_identity():
     eng = engine()
     bad = DNSRecord.question("malware.bad.example")
-    key = ("office", bytes(bad.pack()[2:]))
     eng.handle(bad.pack(), CLIENT, 2000.0)
-    assert eng._memo[key].expires == 2060.0
+    assert eng._memo["office"][bytes(bad.pack()[2:])].expires == 2060.0
     hit = eng.handle(bad.pack(), "198.51.100.77", 2000.5)
     assert DNSRecord.parse(hit.data).rr[0].rdata.__str__() == "192.0.2.81"
     assert eng.recent_blocks[("198.51.100.77", "malware.bad.example")]["reason"] == "malware"
@@ -281,3 +280,79 @@ def test_memo_hits_in_one_batch_name_each_client_and_ttls_age_by_the_second():
     ttls = [DNSRecord.parse(eng.handle(q.pack(), CLIENT, t).data).rr[0].ttl for t in (3010.25, 3010.9, 3011.0, 3050.0)]
     assert ttls == [90, 90, 89, 50]
     assert line_of(eng.handle(q.pack(), CLIENT, 3050.0))["time"] == 3050.0
+
+
+def _mixed_traffic(seed: int, n: int):
+    """Queries as a busy resolver sees them: repeats, random long names, TXT, several parents."""
+    import random
+    rng = random.Random(seed)
+    fixed = ["www.good.example", "malware.bad.example", "cdn.good.example", "a.exfil.example", "exfil.example",
+             "listed.bad.example", "ddns.bad.example"]
+    out = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.6:
+            name = rng.choice(fixed)
+        elif r < 0.8:
+            name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(55)) + ".exfil.example"
+        else:
+            name = f"n{rng.randrange(30)}.busy.example"
+        out.append((name, rng.choice(["A", "A", "AAAA", "TXT", "MX"])))
+    return out
+
+
+def test_batch_path_counts_and_answers_as_one_query_at_a_time():
+    """handle_batch inlines the detector's count for memo hits: same detections, windows and answers as observe()."""
+    from gateway.dnssec.tunnel import TunnelDetector
+    traffic = _mixed_traffic(5, 600)
+    eng = engine(ratelimit={"qps": 0})
+    ref = TunnelDetector(eng.detector.cfg)
+    now, answers = 3000.0, []
+    for k in range(0, len(traffic), 20):
+        now += 1.0
+        datas = []
+        for j, (name, qtype) in enumerate(traffic[k:k + 20]):
+            r = DNSRecord.question(name, qtype)
+            r.header.id = (k + j) & 0xFFFF
+            datas.append(bytes(r.pack()))
+            ref.observe(name, getattr(QTYPE, qtype), now)
+        b = eng.handle_batch(datas, [CLIENT] * len(datas), now)
+        got = dict(zip(b.which, b.answers))
+        for i, out in b.slow:
+            if isinstance(out, Forward):
+                reply = eng.complete(out, upstream_reply(out, RR(out.query.qname, rdata=A("203.0.113.7"), ttl=300)), now)
+                got[i] = reply.data
+            elif isinstance(out, Reply):
+                got[i] = out.data
+        assert sorted(got) == list(range(len(datas)))  # every query answered
+        answers += [DNSRecord.parse(got[i]) for i in range(len(datas))]
+    assert len(eng._memo["office"]) > 0 and any(True for _ in answers)
+    assert eng.detector.detected == ref.detected and eng.detector.detected > 0
+    assert [(p, why) for _, p, why in eng.detector.detections] == [(p, why) for _, p, why in ref.detections]
+    assert eng.detector._until.keys() == ref._until.keys()
+    for parent, w in ref._w.items():
+        mine = eng.detector._w[parent]
+        assert (mine.queries, mine.txt, mine.random, mine.names, mine.start) == (w.queries, w.txt, w.random, w.names, w.start)
+    assert eng.detector._w.keys() == ref._w.keys()
+
+
+def test_batch_memo_hits_give_the_same_bytes_and_lines_as_single_queries():
+    one, many = engine(), engine()
+    names = [("www.good.example", "A"), ("malware.bad.example", "A"), ("listed.bad.example", "TXT"),
+             ("gambling.bad.example", "AAAA")]
+    datas = []
+    for i, (name, qtype) in enumerate(names):
+        r = DNSRecord.question(name, qtype)
+        r.header.id = 100 + i
+        datas.append(bytes(r.pack()))
+    for eng in (one, many):  # the first round fills the memo (www.good.example via an upstream)
+        for d in datas:
+            out = eng.handle(d, CLIENT, 4000.0)
+            if isinstance(out, Forward):
+                eng.complete(out, upstream_reply(out, RR(out.query.qname, rdata=A("203.0.113.7"), ttl=300)), 4000.0)
+    singles = [one.handle(d, "198.51.100.20", 4002.0) for d in datas]
+    b = many.handle_batch(datas, ["198.51.100.20"] * len(datas), 4002.0)
+    assert b.which == [0, 1, 2, 3] and not b.slow
+    assert b.answers == [s.data for s in singles] and b.lines == [s.line for s in singles]
+    assert DNSRecord.parse(b.answers[0]).rr[0].ttl == 298 and DNSRecord.parse(b.answers[0]).header.id == 100
+    assert many.recent_blocks[("198.51.100.20", "malware.bad.example")]["reason"] == "malware"
