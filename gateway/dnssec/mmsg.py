@@ -19,6 +19,7 @@ import errno
 import os
 import socket
 import struct
+from itertools import accumulate, chain
 
 BATCH = 64
 SLOT = 65536          # a whole UDP datagram always fits: nothing is ever cut short
@@ -115,13 +116,18 @@ class BatchSocket:
         self._sdata = bytearray(batch * SEND_SLOT)
         self._siov = (_IOVec * batch)()
         self._shdr = (_MMsgHdr * batch)()
-        sdata = _addr(self._sdata)
+        sdata = self._sbase = _addr(self._sdata)
         for i in range(batch):
             self._siov[i].iov_base = sdata + i * SEND_SLOT
             h = self._shdr[i].msg_hdr
+            h.msg_name = rnames + i * self.namelen  # answer i to datagram i, until answer() says otherwise
             h.msg_namelen = self.namelen
             h.msg_iov = ctypes.addressof(self._siov[i])
             h.msg_iovlen = 1
+        self._wired = True    # header j's address is datagram j's sender
+        self._spread = True   # each iovec points at its own SEND_SLOT (answer() may lay a batch back to back)
+        self._iov_fmts: dict[int, struct.Struct] = {}
+        self._inorder = [list(range(n)) for n in range(batch + 1)]
         self._sdv = memoryview(self._sdata)
         self._siv = memoryview(self._siov).cast("B")
         self._shv = memoryview(self._shdr).cast("B")
@@ -179,6 +185,33 @@ class BatchSocket:
 
     def answer(self, which: list[int], datas: list[bytes]) -> None:
         """Queue ``datas[k]`` as the answer to datagram ``which[k]`` of the last ``receive()``."""
+        n = len(datas)
+        if 0 < n <= self.batch and self._pending == 0:
+            blob = b"".join(datas)
+            if len(blob) <= len(self._sdata):
+                # The usual case, a batch's answers at once: laid out back to back with one copy,
+                # the iovecs written by one pack, and the headers' addresses left as they are
+                # when answer j goes to datagram j (no Python work per answer).
+                lens = list(map(len, datas))
+                self._sdv[:len(blob)] = blob
+                bases = map(self._sbase.__add__, accumulate(lens, initial=0))
+                self._iov_fmt(n).pack_into(self._siv, 0, *chain.from_iterable(zip(bases, lens)))
+                if which == self._inorder[n]:
+                    # Answer j goes to datagram j: the headers' addresses point there already.
+                    if not self._wired:
+                        for j in range(self.batch):
+                            self._shdr[j].msg_hdr.msg_name = self._rnames_addr + j * self.namelen
+                        self._wired = True
+                else:
+                    pack, shv, names, nl = struct.pack_into, self._shv, self._rnames_addr, self.namelen
+                    for j, i in enumerate(which):
+                        pack(_PTR, shv, j * _HDR + _NAME_OFF, names + i * nl)
+                    self._wired = False
+                self._pending = n
+                self._spread = False
+                return
+        self._unspread()
+        self._wired = False
         sdv, siv, shv, names, nl = self._sdv, self._siv, self._shv, self._rnames_addr, self.namelen
         pack = struct.pack_into
         j = self._pending
@@ -203,6 +236,20 @@ class BatchSocket:
             pack(_PTR, shv, j * _HDR + _NAME_OFF, names + i * nl)
             j += 1
         self._pending = j
+
+    def _iov_fmt(self, n: int) -> struct.Struct:
+        f = self._iov_fmts.get(n)
+        if f is None:
+            f = self._iov_fmts[n] = struct.Struct("@" + "PN" * n)  # _IOVec is (void *, size_t)
+        return f
+
+    def _unspread(self) -> None:
+        """Point every iovec back at its own slot (after a back-to-back batch moved them)."""
+        if not self._spread:
+            sdata = self._sbase
+            for j in range(self.batch):
+                self._siov[j].iov_base = sdata + j * SEND_SLOT
+            self._spread = True
 
     def queue(self, i: int, data: bytes) -> None:
         """Queue ``data`` as the answer to datagram ``i`` of the last ``receive()``."""

@@ -26,6 +26,40 @@ def _wait_readable(s):
     assert select.select([s], [], [], 2)[0], "nothing arrived"
 
 
+def test_answers_in_any_order_reach_their_own_senders_batch_after_batch():
+    """answer() lays a batch back to back; out of order, a partial batch and a queued answer must not mix senders up."""
+    s, bs = _pair()
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    for c in clients:
+        c.bind(("127.0.0.1", 0))
+        c.settimeout(2)
+    plans = [[0, 1, 2, 3], [3, 1], [2, 0, 1, 3], [1], [0, 1, 2, 3]]  # which datagrams get an answer, in that order
+    for k, which in enumerate(plans):
+        for i, c in enumerate(clients):
+            c.sendto(b"r%d-%d" % (k, i), s.getsockname())
+        import time
+        deadline = time.monotonic() + 2
+        datas = []
+        while len(datas) < 4 and time.monotonic() < deadline:
+            _wait_readable(s)
+            datas += bs.receive()[0]
+        assert sorted(datas) == sorted(b"r%d-%d" % (k, i) for i in range(4))
+        sender = {d: clients[int(d.split(b"-")[1])] for d in datas}
+        order = [datas.index(b"r%d-%d" % (k, i)) for i in which]  # datagram index of each client's query
+        if k == 3:
+            bs.queue(order[0], b"A:" + datas[order[0]] + b"x" * 3000)  # one by one, then flushed
+        else:
+            bs.answer(order, [b"A:" + datas[j] + b"x" * (100 * j + 1) for j in order])
+        assert bs.flush() == 0
+        for j in order:
+            got = sender[datas[j]].recv(5000)
+            assert got.startswith(b"A:" + datas[j] + b"x"), (k, got[:20])
+    for c in clients:  # nobody got an answer meant for someone else, or one too many
+        c.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            c.recv(100)
+
+
 def test_nothing_waiting_gives_an_empty_batch():
     s, bs = _pair()
     assert bs.receive() == ([], [])
