@@ -223,17 +223,22 @@ class Engine:
         strong, rnd, uniq, minq, share = (dcfg.strong_random, dcfg.random_names, dcfg.unique_names,
                                           dcfg.min_queries, dcfg.txt_share)
         recent = self.recent_blocks
-        heads: dict[str, tuple[str, str]] = {}
         stamp = f'{{"time":{now:.3f},"client":"'
+        last = memo = head = head_ident = None  # the previous datagram's sender and what was found for it
         for i, data in enumerate(datas):
             source = sources[i]
             try:
                 if limiter is not None and not limiter.allow(source, now):
                     slow.append((i, Drop(None)))  # reported in bulk by drop_reports(), not one line per packet
                     continue
-                memo = host_memo.get(source, _UNSET)
-                if memo is _UNSET:
-                    memo = self._memo_of(source)
+                if source is not last:  # datagrams come in runs from one sender: look it up once a run
+                    memo = host_memo.get(source, _UNSET)
+                    if memo is _UNSET:
+                        memo = self._memo_of(source)
+                    # The log line's head only changes with the time and the client.
+                    head = stamp + source + '","identity":'
+                    head_ident = f'{head}"{source}"'
+                    last = source
                 if memo is None:  # not served: nothing worth remembering (the refusal names the source)
                     slow.append((i, self._decide(data, source, now, False, None, _UNSET)))
                     continue
@@ -264,7 +269,7 @@ class Engine:
                             slow.append((i, self._decide_and_memoize(data, source, now, body, memo, tunnel)))
                             continue
                     if m.up is None:
-                        answers.append(data[:2] + m.body)
+                        answer = data[:2] + m.body
                     else:
                         # TTLs only change once a second: rebuild the aged answer then, not per query.
                         age = int(now - m.stored)
@@ -273,8 +278,7 @@ class Engine:
                                 m.ager = wire.AgedAnswer(q, m.up)
                             m.aged = m.ager.at(age)
                             m.age = age
-                        answers.append(data[:2] + m.aged)
-                    which.append(i)
+                        answer = data[:2] + m.aged
                     if m.block is not None:
                         key = m.block_key
                         if key is None or key[0] != source:
@@ -282,11 +286,10 @@ class Engine:
                         if len(recent) > 10_000:
                             recent.clear()
                         recent[key] = m.block
-                    # The line's head only changes with the time and the client.
-                    h = heads.get(source)
-                    if h is None:
-                        h = heads[source] = (stamp + source + '","identity":', stamp + source + f'","identity":"{source}"')
-                    lines.append(h[0] + m.ident + m.rest if m.ident is not None else h[1] + m.rest)
+                    # The three lists grow together, after everything that could fail.
+                    lines.append(head + m.ident + m.rest if m.ident is not None else head_ident + m.rest)
+                    answers.append(answer)
+                    which.append(i)
                     continue
                 slow.append((i, self._decide_and_memoize(data, source, now, body, memo, tunnel)))
             except Exception:  # a bug on one query must not cost the others their answers
