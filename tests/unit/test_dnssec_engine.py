@@ -356,3 +356,24 @@ def test_batch_memo_hits_give_the_same_bytes_and_lines_as_single_queries():
     assert b.answers == [s.data for s in singles] and b.lines == [s.line for s in singles]
     assert DNSRecord.parse(b.answers[0]).rr[0].ttl == 298 and DNSRecord.parse(b.answers[0]).header.id == 100
     assert many.recent_blocks[("198.51.100.20", "malware.bad.example")]["reason"] == "malware"
+
+
+def test_a_bug_on_one_query_of_a_batch_costs_only_that_query(monkeypatch, caplog):
+    eng = engine()
+    datas = []
+    for i, name in enumerate(["malware.bad.example", "boom.good.example", "listed.bad.example"]):
+        r = DNSRecord.question(name)
+        r.header.id = 7 + i
+        datas.append(bytes(r.pack()))
+    eng.handle_batch([datas[0], datas[2]], [CLIENT] * 2, 5000.0)  # both memoised
+    real = eng._decide
+
+    def flaky(data, *args):
+        if b"boom" in data:
+            raise RuntimeError("bug")
+        return real(data, *args)
+    monkeypatch.setattr(eng, "_decide", flaky)
+    b = eng.handle_batch(datas, [CLIENT] * 3, 5001.0)
+    assert b.which == [0, 2] and not b.slow and "query from 198.51.100.10 failed" in caplog.text
+    assert [DNSRecord.parse(a).header.id for a in b.answers] == [7, 9]
+    assert [DNSRecord.parse(a).q.qname for a in b.answers] == ["malware.bad.example.", "listed.bad.example."]
