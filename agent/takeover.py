@@ -2,7 +2,8 @@
 
 At start the agent records the resolver file as it was, then points it at the
 DNS stub on its adapter.  It gives the file back on stop; after a crash a
-guardian process (forked at start, woken when the agent's end of a pipe closes)
+guardian process (forked at start, woken when the agent's end of a pipe closes
+or when it finds itself re-parented)
 gives it back at once, and the next start or ``ztna agent restore`` does it if
 the guardian was killed too.  The file is given back only if it is still the
 one the agent wrote, so a change made by somebody else is never undone.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 from pathlib import Path
 
@@ -117,8 +119,13 @@ def start_guardian(state_path: Path) -> int:
             os.close(w)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            while os.read(r, 1):
-                pass  # EOF: the agent is gone, however it ended
+            # EOF: the agent is gone, however it ended.  A child the agent forked later
+            # (pyroute2 forks helpers) holds a copy of the write end, so EOF can come
+            # late: being re-parented says the agent is gone just as surely.
+            while os.getppid() == parent:
+                ready, _, _ = select.select([r], [], [], 0.2)
+                if ready and not os.read(r, 1):
+                    break
             try:
                 state = json.loads(state_path.read_text())
                 if state.get("pid") == parent:
