@@ -18,6 +18,7 @@ import concurrent.futures
 import datetime as dt
 import errno
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ log = logging.getLogger("ztna.proxy")
 SO_ORIGINAL_DST = 80
 F_SETPIPE_SZ = 1031
 READ_SIZE = 256 * 1024
+LOG_DELAY = 0.05  # seconds a finished connection's log line may wait to share a write with others
 PIPE_SIZE = 1024 * 1024
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
@@ -202,6 +204,8 @@ class Proxy:
                     ctx.set_alpn_protocols(["http/1.1"])
                 self.upstream[alpn] = ctx
         self.logf = sys.stdout if cfg.log == "-" else open(cfg.log, "a", buffering=1)
+        self._log_lines: list[str] = []
+        self._log_timer: asyncio.TimerHandle | None = None
 
     # ---- certificates -----------------------------------------------------------
     def client_context(self, name: str) -> ssl.SSLContext:
@@ -229,18 +233,42 @@ class Proxy:
 
     # ---- logging ------------------------------------------------------------------
     def write_log(self, record: dict) -> None:
-        self.logf.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.logf.flush()
+        """Queue one JSON line; lines go out together within LOG_DELAY (one write instead of one per connection)."""
+        self._log_lines.append(json.dumps(record, separators=(",", ":")))
+        if self._log_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush_log()
+                return
+            self._log_timer = loop.call_later(LOG_DELAY, self.flush_log)
+
+    def flush_log(self) -> None:
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
+        if self._log_lines:
+            lines, self._log_lines = self._log_lines, []
+            self.logf.write("\n".join(lines) + "\n")
+            self.logf.flush()
 
     # ---- accept loop ----------------------------------------------------------------
     async def serve(self, stop: asyncio.Event, ready=None) -> None:
         loop = asyncio.get_running_loop()
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit these (two setsockopt calls fewer per connection): no Nagle
+        # delay for the proxy's answers, and keepalive, which spliced tunnels rely on (probes
+        # start after two idle hours, so for other connections it changes nothing).
+        lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         lsock.bind(self.cfg.listen)
         lsock.listen(1024)
         lsock.setblocking(False)
         log.info("%s proxy listening on %s:%d", self.cfg.mode, *self.cfg.listen)
+        # Everything loaded so far (modules, caches, contexts) lives as long as the proxy: keep it
+        # out of the collector's full passes, which otherwise walk it again and again.
+        gc.freeze()
         if ready:
             ready()
         tasks: set[asyncio.Task] = set()
@@ -283,14 +311,14 @@ class Proxy:
             lsock.close()
             for t in list(tasks):
                 t.cancel()
+            self.flush_log()
 
     # ---- one connection -----------------------------------------------------------------
     async def handle(self, csock: socket.socket, addr) -> None:
         loop = asyncio.get_running_loop()
         self.active += 1
         t0 = time.monotonic()
-        csock.setblocking(False)
-        csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        csock.setblocking(False)  # TCP_NODELAY and SO_KEEPALIVE come from the listening socket
         orig = original_dst(csock) if self.cfg.mode == machine.TRANSPARENT else None
         flow = Flow(self.policy, self.cfg.mode, (addr[0], addr[1]), now=t0, original_dst=orig, limits=self.cfg.limits)
         ssock: socket.socket | None = None
@@ -383,8 +411,7 @@ class Proxy:
         reactor = self._reactor(asyncio.get_running_loop())
         errors = []
         for a in addresses:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
                 async with asyncio.timeout(self.cfg.connect_timeout):
                     err = s.connect_ex((a, port))
@@ -411,8 +438,7 @@ class Proxy:
 
     async def splice(self, csock: socket.socket, ssock: socket.socket, c: Counters) -> None:
         loop = asyncio.get_running_loop()
-        for s in (csock, ssock):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        ssock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # csock has it from the listener
         tunnel = _Tunnel(loop, self._reactor(loop), csock, ssock)
         try:
             tunnel.start()
@@ -543,6 +569,7 @@ class Proxy:
             self.sessions.put(key, sess, sess.ticket_lifetime_hint, time.monotonic())
 
     def close(self) -> None:
+        self.flush_log()  # connections cancelled at exit logged after serve returned
         if self.reactor is not None:
             self.reactor.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
