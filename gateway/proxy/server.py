@@ -21,8 +21,10 @@ import fcntl
 import gc
 import json
 import logging
+import math
 import os
 import select
+import selectors
 import signal
 import socket
 import ssl
@@ -632,24 +634,85 @@ class PipePool:
 PIPES = PipePool()
 
 
+class SpliceSelector(selectors.EpollSelector):
+    """asyncio's epoll selector that also hands a :class:`SpliceReactor` its own fds' events.
+
+    The reactor's fds sit in this very epoll, so one ``epoll_wait`` per pass of the
+    loop serves both; events for fds asyncio does not know go to the reactor,
+    whose callbacks run right there (they only touch sockets, pipes and futures).
+    The code follows ``selectors.EpollSelector.select`` of Python 3.11.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reactor: "SpliceReactor | None" = None
+
+    def select(self, timeout=None):
+        reactor = self.reactor
+        if reactor is None:
+            return super().select(timeout)
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:
+            timeout = math.ceil(timeout * 1e3) * 1e-3  # epoll's resolution: wait at least timeout
+        ready = []
+        try:
+            fd_event_list = self._selector.poll(timeout, max(len(self._fd_to_key) + len(reactor.fds), 1))
+        except InterruptedError:
+            return ready
+        fd_to_key = self._fd_to_key
+        theirs = []
+        for fd, event in fd_event_list:
+            key = fd_to_key.get(fd)
+            if key is None:
+                theirs.append((fd, event))
+                continue
+            events = 0
+            if event & ~select.EPOLLIN:
+                events |= selectors.EVENT_WRITE
+            if event & ~select.EPOLLOUT:
+                events |= selectors.EVENT_READ
+            ready.append((key, events & key.events))
+        if theirs:
+            reactor.dispatch(theirs)
+        return ready
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The proxy's event loop: asyncio's, with a :class:`SpliceSelector`."""
+    return asyncio.SelectorEventLoop(SpliceSelector())
+
+
 class SpliceReactor:
-    """Readiness of spliced sockets from an epoll of the proxy's own, watched by the loop as one fd.
+    """Readiness of spliced sockets without asyncio's per-event machinery.
 
     A spliced connection wakes up about ten times (handshake flights, request,
     answer, two FINs) and registers and unregisters its sockets a few times;
-    through asyncio's selector each of those costs a Handle, a SelectorKey and a
-    pass through ``_run_once`` in Python.  Here the loop sees one readable fd; the
-    callbacks run from one tight loop over ``epoll.poll`` and (un)registering is
-    one ``epoll_ctl``.  Same semantics as ``loop.add_reader``/``add_writer``:
-    level-triggered, an error or hang-up counts as both readable and writable.
-    Callbacks run on the loop thread, like the loop's own.
+    through ``loop.add_reader`` each of those costs a Handle, a SelectorKey and a
+    pass through ``_run_once`` in Python.  Here a callback runs straight from the
+    epoll events and (un)registering is one ``epoll_ctl``.  On the proxy's own loop
+    (:func:`new_loop`) the fds share the loop's epoll; on any other loop they sit in
+    an epoll of their own that the loop watches as one fd.  Same semantics as
+    ``loop.add_reader``/``add_writer``: level-triggered, an error or hang-up counts as
+    both readable and writable.  Callbacks run on the loop thread, like the loop's own.
+    An fd must not be registered here and with the loop at the same time.
     """
 
     def __init__(self, loop):
         self.loop = loop
-        self.ep = select.epoll()
         self.fds: dict[int, list] = {}  # fd -> [reader or None, writer or None]
-        loop.add_reader(self.ep.fileno(), self._run)
+        sel = getattr(loop, "_selector", None)
+        if isinstance(sel, SpliceSelector) and sel.reactor is None:
+            self.selector: SpliceSelector | None = sel
+            self.ep = sel._selector  # the loop's epoll: one epoll_wait per pass serves both
+            sel.reactor = self
+        else:
+            self.selector = None
+            self.ep = select.epoll()
+            loop.add_reader(self.ep.fileno(), self._run)
+        self.closed = False
 
     def _set(self, fd: int, entry: list, new: bool) -> None:
         mask = (select.EPOLLIN if entry[0] else 0) | (select.EPOLLOUT if entry[1] else 0)
@@ -663,6 +726,9 @@ class SpliceReactor:
             try:
                 self.ep.register(fd, mask)
             except FileExistsError:  # a closed fd's number came back: it is a new file, same number
+                if self.selector is not None and fd in self.selector._fd_to_key:
+                    del self.fds[fd]
+                    raise  # the loop watches it: taking it over would break the loop's own wait
                 self.ep.modify(fd, mask)
         else:
             try:
@@ -729,6 +795,9 @@ class SpliceReactor:
             events = self.ep.poll(0, 256)  # the rest, if any, comes on the loop's next pass
         except InterruptedError:
             return
+        self.dispatch(events)
+
+    def dispatch(self, events) -> None:
         fds = self.fds
         for fd, ev in events:
             e = fds.get(fd)
@@ -746,11 +815,20 @@ class SpliceReactor:
                 log.exception("splice callback for fd %d failed", fd)
 
     def close(self) -> None:
-        if self.ep.closed:
+        if self.closed:
             return
-        if not self.loop.is_closed():
-            self.loop.remove_reader(self.ep.fileno())
-        self.ep.close()
+        self.closed = True
+        if self.selector is not None:
+            for fd in list(self.fds):
+                try:
+                    self.ep.unregister(fd)
+                except (OSError, ValueError):
+                    pass
+            self.selector.reactor = None
+        else:
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self.ep.fileno())
+            self.ep.close()
         self.fds.clear()
 
 
@@ -900,7 +978,8 @@ def run(cfg: Config) -> None:
         await proxy.serve(stop)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(main())
     finally:
         if table:
             nft.remove(table)

@@ -4,10 +4,21 @@ import asyncio
 import os
 import socket
 
-from gateway.proxy.server import PipePool, SpliceReactor
+import pytest
+
+from gateway.proxy.server import PipePool, SpliceReactor, SpliceSelector, new_loop
+
+# The proxy's own loop (fds share its epoll) and a plain asyncio loop (an epoll of the reactor's own).
+LOOPS = pytest.mark.parametrize("factory", [new_loop, None], ids=["shared-epoll", "own-epoll"])
 
 
-def test_reactor_reads_writes_and_unregisters():
+def run(factory, coro):
+    with asyncio.Runner(loop_factory=factory) as r:
+        return r.run(coro)
+
+
+@LOOPS
+def test_reactor_reads_writes_and_unregisters(factory):
     async def main():
         loop = asyncio.get_running_loop()
         r = SpliceReactor(loop)
@@ -36,11 +47,13 @@ def test_reactor_reads_writes_and_unregisters():
         await asyncio.wait_for(r.ready(a.fileno(), write=True), 1)
         a.close()
         r.close()
+        assert (r.selector is not None) == (factory is new_loop)
 
-    asyncio.run(main())
+    run(factory, main())
 
 
-def test_reactor_wait_cancelled_unregisters():
+@LOOPS
+def test_reactor_wait_cancelled_unregisters(factory):
     async def main():
         r = SpliceReactor(asyncio.get_running_loop())
         a, b = socket.socketpair()
@@ -52,8 +65,28 @@ def test_reactor_wait_cancelled_unregisters():
         a.close()
         b.close()
         r.close()
+        if factory is new_loop:
+            assert isinstance(asyncio.get_running_loop()._selector, SpliceSelector)
+            assert asyncio.get_running_loop()._selector.reactor is None  # a new reactor may take its place
 
-    asyncio.run(main())
+    run(factory, main())
+
+
+def test_shared_epoll_refuses_an_fd_the_loop_watches():
+    async def main():
+        loop = asyncio.get_running_loop()
+        r = SpliceReactor(loop)
+        a, b = socket.socketpair()
+        loop.add_reader(a.fileno(), lambda: None)
+        with pytest.raises(FileExistsError):
+            r.add_reader(a.fileno(), lambda: None)
+        assert r.fds == {}
+        loop.remove_reader(a.fileno())
+        a.close()
+        b.close()
+        r.close()
+
+    run(new_loop, main())
 
 
 def test_pipe_pool_reuses_only_empty_pipes():
