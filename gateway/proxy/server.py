@@ -331,9 +331,9 @@ class Proxy:
                 while cmds:
                     cmd = cmds.popleft()
                     if isinstance(cmd, machine.SendClient):
-                        await loop.sock_sendall(csock, cmd.data)
+                        await _sendall(loop, csock, cmd.data)
                     elif isinstance(cmd, machine.SendServer):
-                        await loop.sock_sendall(ssock, cmd.data)
+                        await _sendall(loop, ssock, cmd.data)
                         c.up += len(cmd.data)
                     elif isinstance(cmd, machine.Resolve):
                         try:
@@ -365,8 +365,7 @@ class Proxy:
                 except BlockingIOError:
                     wait = max(0.0, flow.deadline - time.monotonic())
                     try:
-                        async with asyncio.timeout(wait):
-                            await self._reactor(loop).ready(csock.fileno())
+                        await self._reactor(loop).ready(csock.fileno(), timeout=wait)
                         data = csock.recv(65536)
                     except BlockingIOError:
                         continue  # woken without data after all: wait again
@@ -415,13 +414,12 @@ class Proxy:
         for a in addresses:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
-                async with asyncio.timeout(self.cfg.connect_timeout):
-                    err = s.connect_ex((a, port))
-                    if err == errno.EINPROGRESS:
-                        await reactor.ready(s.fileno(), write=True)
-                        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
-                        raise OSError(err, f"Connect call failed {(a, port)}")  # asyncio's wording
+                err = s.connect_ex((a, port))
+                if err == errno.EINPROGRESS:
+                    await reactor.ready(s.fileno(), write=True, timeout=self.cfg.connect_timeout)
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, f"Connect call failed {(a, port)}")  # asyncio's wording
             except (OSError, asyncio.TimeoutError) as exc:
                 s.close()
                 errors.append(f"{a}: {exc or 'timed out'}")
@@ -579,6 +577,16 @@ class Proxy:
             os.rmdir(self._keydir)
         except OSError:
             pass
+
+
+async def _sendall(loop, sock: socket.socket, data: bytes) -> None:
+    """``loop.sock_sendall``, but a send that fits the socket buffer (nearly all) costs one call."""
+    try:
+        n = sock.send(data)
+    except BlockingIOError:
+        n = 0
+    if n < len(data):
+        await loop.sock_sendall(sock, data[n:])
 
 
 async def _linger(sock: socket.socket, seconds: float = 1.0, limit: int = 1 << 20) -> None:
@@ -770,21 +778,32 @@ class SpliceReactor:
             e[1] = None
             self._set(fd, e, False)
 
-    async def ready(self, fd: int, *, write: bool = False) -> None:
-        """Wait until ``fd`` is readable (or writable); cancellable like any await."""
+    async def ready(self, fd: int, *, write: bool = False, timeout: float | None = None) -> None:
+        """Wait until ``fd`` is readable (or writable); TimeoutError after ``timeout`` seconds.
+
+        The timeout is a plain timer on the future (no ``asyncio.timeout`` context, which
+        costs a task look-up, a reschedule and a cancellation per use); cancellable like any await.
+        """
         fut = self.loop.create_future()
 
         def woken() -> None:
             if not fut.done():
                 fut.set_result(None)
 
+        def expired() -> None:
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+
         if write:
             self.add_writer(fd, woken)
         else:
             self.add_reader(fd, woken)
+        timer = self.loop.call_later(timeout, expired) if timeout is not None else None
         try:
             await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             if write:
                 self.remove_writer(fd)
             else:

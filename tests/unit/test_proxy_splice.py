@@ -62,6 +62,12 @@ def test_reactor_wait_cancelled_unregisters(factory):
         except TimeoutError:
             pass
         assert r.fds == {}
+        with pytest.raises(TimeoutError):  # its own timer, too
+            await r.ready(a.fileno(), timeout=0.05)
+        assert r.fds == {}
+        b.send(b"x")
+        await r.ready(a.fileno(), timeout=0)  # ready already: readiness wins over a timer due now
+        assert r.fds == {}
         a.close()
         b.close()
         r.close()
