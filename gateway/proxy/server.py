@@ -6,7 +6,10 @@ plain HTTP after the rewritten head) are moved by ``os.splice`` socket -> pipe
 -> socket on the loop itself, from readiness callbacks on non-blocking sockets
 and pipes, so they never enter Python and no thread or GIL hand-off is paid
 per tunnel (two blocking splice threads per tunnel cost about twice the CPU
-per new connection, measured with scripts/bench/proxy.sh).  Decrypted
+per new connection, measured with scripts/bench/proxy.sh).  Those callbacks,
+and the waits for a request head and for a connect, go through a
+:class:`SpliceReactor` that shares the loop's epoll but skips asyncio's
+per-event Handle and selector bookkeeping (see docs/proxy.md "Speed").  Decrypted
 traffic runs on the loop through ``ssl.SSLObject`` over memory BIOs, one TLS
 object per side, used only from the loop thread.
 """
