@@ -111,6 +111,9 @@ class Policy:
     client_networks: tuple = ()
     forbidden: tuple = field(default_factory=lambda: _nets(DEFAULT_FORBIDDEN, "forbidden"))
     own_addresses: frozenset = frozenset()
+    # Verdicts on addresses, remembered: ipaddress parsing and network tests cost tens of
+    # microseconds per connection, and the same few client and server addresses recur.
+    _memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict, *, own_addresses=()) -> "Policy":
@@ -147,14 +150,34 @@ class Policy:
     # ---- decisions -----------------------------------------------------------
     def client_allowed(self, ip: str) -> bool:
         """Only configured client networks may use the proxy."""
+        key = ("client", ip)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._client_allowed(ip)
+            self._trim()
+        return hit
+
+    def destination_allowed(self, ip: str) -> tuple[bool, str]:
+        """Whether the proxy may open a connection to ``ip``, and if not why."""
+        key = ("dest", ip)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._destination_allowed(ip)
+            self._trim()
+        return hit
+
+    def _trim(self) -> None:
+        if len(self._memo) > 4096:  # bounded: a scan of many addresses cannot grow it without end
+            self._memo.clear()
+
+    def _client_allowed(self, ip: str) -> bool:
         try:
             a = ipaddress.ip_address(ip)
         except ValueError:
             return False
         return any(a in n for n in self.client_networks)
 
-    def destination_allowed(self, ip: str) -> tuple[bool, str]:
-        """Whether the proxy may open a connection to ``ip``, and if not why."""
+    def _destination_allowed(self, ip: str) -> tuple[bool, str]:
         try:
             a = ipaddress.ip_address(ip)
         except ValueError:
@@ -168,6 +191,16 @@ class Policy:
 
     def decide(self, name: str, port: int, *, kind: str = "connect") -> Verdict:
         """The FQDN verdict for ``name:port``; ``kind`` is ``connect``/``tls`` (TLS ports) or ``http``."""
+        if len(name) > 255:  # never a host name; not worth remembering (and keeps the memo small)
+            return self._decide(name, port, kind)
+        key = ("decide", name, port, kind)  # a Verdict is immutable and depends on these alone
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._decide(name, port, kind)
+            self._trim()
+        return hit
+
+    def _decide(self, name: str, port: int, kind: str) -> Verdict:
         name = normalize(name)
         ports = self.http_ports if kind == "http" else self.connect_ports
         if port not in ports:

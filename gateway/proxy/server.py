@@ -6,7 +6,10 @@ plain HTTP after the rewritten head) are moved by ``os.splice`` socket -> pipe
 -> socket on the loop itself, from readiness callbacks on non-blocking sockets
 and pipes, so they never enter Python and no thread or GIL hand-off is paid
 per tunnel (two blocking splice threads per tunnel cost about twice the CPU
-per new connection, measured with scripts/bench/proxy.sh).  Decrypted
+per new connection, measured with scripts/bench/proxy.sh).  Those callbacks,
+and the waits for a request head and for a connect, go through a
+:class:`SpliceReactor` that shares the loop's epoll but skips asyncio's
+per-event Handle and selector bookkeeping (see docs/proxy.md "Speed").  Decrypted
 traffic runs on the loop through ``ssl.SSLObject`` over memory BIOs, one TLS
 object per side, used only from the loop thread.
 """
@@ -16,10 +19,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import errno
 import fcntl
+import gc
 import json
 import logging
+import math
 import os
+import select
+import selectors
 import signal
 import socket
 import ssl
@@ -47,6 +55,7 @@ log = logging.getLogger("ztna.proxy")
 SO_ORIGINAL_DST = 80
 F_SETPIPE_SZ = 1031
 READ_SIZE = 256 * 1024
+LOG_DELAY = 0.05  # seconds a finished connection's log line may wait to share a write with others
 PIPE_SIZE = 1024 * 1024
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
@@ -185,6 +194,7 @@ class Proxy:
         # Only blocking DNS look-ups run here; splicing runs on the loop.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="resolve")
         self.active = 0
+        self.reactor: SpliceReactor | None = None  # made on the running loop by the first tunnel
         self.leaves: LeafCache | None = None
         self._ctx: dict[str, tuple[int, ssl.SSLContext]] = {}
         self._keydir = tempfile.mkdtemp(prefix="ztna-proxy-")  # 0700: leaf keys pass through here
@@ -199,6 +209,8 @@ class Proxy:
                     ctx.set_alpn_protocols(["http/1.1"])
                 self.upstream[alpn] = ctx
         self.logf = sys.stdout if cfg.log == "-" else open(cfg.log, "a", buffering=1)
+        self._log_lines: list[str] = []
+        self._log_timer: asyncio.TimerHandle | None = None
 
     # ---- certificates -----------------------------------------------------------
     def client_context(self, name: str) -> ssl.SSLContext:
@@ -226,58 +238,92 @@ class Proxy:
 
     # ---- logging ------------------------------------------------------------------
     def write_log(self, record: dict) -> None:
-        self.logf.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.logf.flush()
+        """Queue one JSON line; lines go out together within LOG_DELAY (one write instead of one per connection)."""
+        self._log_lines.append(json.dumps(record, separators=(",", ":")))
+        if self._log_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush_log()
+                return
+            self._log_timer = loop.call_later(LOG_DELAY, self.flush_log)
+
+    def flush_log(self) -> None:
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
+        if self._log_lines:
+            lines, self._log_lines = self._log_lines, []
+            self.logf.write("\n".join(lines) + "\n")
+            self.logf.flush()
 
     # ---- accept loop ----------------------------------------------------------------
     async def serve(self, stop: asyncio.Event, ready=None) -> None:
         loop = asyncio.get_running_loop()
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit these (two setsockopt calls fewer per connection): no Nagle
+        # delay for the proxy's answers, and keepalive, which spliced tunnels rely on (probes
+        # start after two idle hours, so for other connections it changes nothing).
+        lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         lsock.bind(self.cfg.listen)
         lsock.listen(1024)
         lsock.setblocking(False)
         log.info("%s proxy listening on %s:%d", self.cfg.mode, *self.cfg.listen)
+        # Everything loaded so far (modules, caches, contexts) lives as long as the proxy: keep it
+        # out of the collector's full passes, which otherwise walk it again and again.
+        gc.freeze()
         if ready:
             ready()
         tasks: set[asyncio.Task] = set()
-        accept = asyncio.ensure_future(loop.sock_accept(lsock))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            while True:
-                done, _ = await asyncio.wait({accept, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if stopper in done:
-                    break
+        lfd = lsock.fileno()
+        listening = True
+
+        def resume() -> None:
+            if listening:
+                loop.add_reader(lfd, on_acceptable)
+
+        def on_acceptable() -> None:
+            # Accept from a readiness callback, as many as are queued (bounded so a burst
+            # cannot starve the connections already running): no future and no
+            # asyncio.wait per connection, which cost about 0.1 ms of CPU each.
+            for _ in range(64):
                 try:
-                    csock, addr = accept.result()
-                except OSError as exc:
+                    csock, addr = lsock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # EMFILE and the like: pause, then try again
                     log.warning("accept failed: %s", exc)
-                    await asyncio.sleep(0.05)
-                    accept = asyncio.ensure_future(loop.sock_accept(lsock))
-                    continue
-                accept = asyncio.ensure_future(loop.sock_accept(lsock))
+                    loop.remove_reader(lfd)
+                    loop.call_later(0.05, resume)
+                    return
                 if self.active >= self.cfg.max_connections:
                     self.write_log({"ts": _ts(), "mode": self.cfg.mode, "client": f"{addr[0]}:{addr[1]}",
                                     "decision": "error", "reason": f"over max_connections ({self.cfg.max_connections})"})
                     csock.close()
                     continue
-                t = asyncio.create_task(self.handle(csock, addr))
+                t = loop.create_task(self.handle(csock, addr))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
+
+        loop.add_reader(lfd, on_acceptable)
+        try:
+            await stop.wait()
         finally:
-            accept.cancel()
-            stopper.cancel()
+            listening = False
+            loop.remove_reader(lfd)
             lsock.close()
             for t in list(tasks):
                 t.cancel()
+            self.flush_log()
 
     # ---- one connection -----------------------------------------------------------------
     async def handle(self, csock: socket.socket, addr) -> None:
         loop = asyncio.get_running_loop()
         self.active += 1
         t0 = time.monotonic()
-        csock.setblocking(False)
-        csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        csock.setblocking(False)  # TCP_NODELAY and SO_KEEPALIVE come from the listening socket
         orig = original_dst(csock) if self.cfg.mode == machine.TRANSPARENT else None
         flow = Flow(self.policy, self.cfg.mode, (addr[0], addr[1]), now=t0, original_dst=orig, limits=self.cfg.limits)
         ssock: socket.socket | None = None
@@ -288,9 +334,9 @@ class Proxy:
                 while cmds:
                     cmd = cmds.popleft()
                     if isinstance(cmd, machine.SendClient):
-                        await loop.sock_sendall(csock, cmd.data)
+                        await _sendall(loop, csock, cmd.data)
                     elif isinstance(cmd, machine.SendServer):
-                        await loop.sock_sendall(ssock, cmd.data)
+                        await _sendall(loop, ssock, cmd.data)
                         c.up += len(cmd.data)
                     elif isinstance(cmd, machine.Resolve):
                         try:
@@ -317,13 +363,18 @@ class Proxy:
                         return
                 if not flow.waiting_for_client:
                     raise RuntimeError(f"flow stalled in state {flow.state}")
-                wait = max(0.0, flow.deadline - time.monotonic())
                 try:
-                    async with asyncio.timeout(wait):
-                        data = await loop.sock_recv(csock, 65536)
-                except TimeoutError:
-                    cmds.extend(flow.timeout(time.monotonic()))
-                    continue
+                    data = csock.recv(65536)  # usually there already: no timer needed then
+                except BlockingIOError:
+                    wait = max(0.0, flow.deadline - time.monotonic())
+                    try:
+                        await self._reactor(loop).ready(csock.fileno(), timeout=wait)
+                        data = csock.recv(65536)
+                    except BlockingIOError:
+                        continue  # woken without data after all: wait again
+                    except TimeoutError:
+                        cmds.extend(flow.timeout(time.monotonic()))
+                        continue
                 if data:
                     cmds.extend(flow.client_data(data, time.monotonic()))
                 else:
@@ -361,14 +412,17 @@ class Proxy:
         return addrs
 
     async def connect(self, addresses, port: int) -> tuple[socket.socket | None, str]:
-        loop = asyncio.get_running_loop()
+        reactor = self._reactor(asyncio.get_running_loop())
         errors = []
         for a in addresses:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
-                async with asyncio.timeout(self.cfg.connect_timeout):
-                    await loop.sock_connect(s, (a, port))
+                err = s.connect_ex((a, port))
+                if err == errno.EINPROGRESS:
+                    await reactor.ready(s.fileno(), write=True, timeout=self.cfg.connect_timeout)
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, f"Connect call failed {(a, port)}")  # asyncio's wording
             except (OSError, asyncio.TimeoutError) as exc:
                 s.close()
                 errors.append(f"{a}: {exc or 'timed out'}")
@@ -378,11 +432,17 @@ class Proxy:
         return None, "; ".join(errors)
 
     # ---- untouched bytes ------------------------------------------------------------------
+    def _reactor(self, loop) -> "SpliceReactor":
+        if self.reactor is None or self.reactor.loop is not loop:
+            if self.reactor is not None:
+                self.reactor.close()
+            self.reactor = SpliceReactor(loop)
+        return self.reactor
+
     async def splice(self, csock: socket.socket, ssock: socket.socket, c: Counters) -> None:
         loop = asyncio.get_running_loop()
-        for s in (csock, ssock):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        tunnel = _Tunnel(loop, csock, ssock)
+        ssock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # csock has it from the listener
+        tunnel = _Tunnel(loop, self._reactor(loop), csock, ssock)
         try:
             tunnel.start()
             n_up, n_down = await tunnel.ended
@@ -512,11 +572,24 @@ class Proxy:
             self.sessions.put(key, sess, sess.ticket_lifetime_hint, time.monotonic())
 
     def close(self) -> None:
+        self.flush_log()  # connections cancelled at exit logged after serve returned
+        if self.reactor is not None:
+            self.reactor.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         try:
             os.rmdir(self._keydir)
         except OSError:
             pass
+
+
+async def _sendall(loop, sock: socket.socket, data: bytes) -> None:
+    """``loop.sock_sendall``, but a send that fits the socket buffer (nearly all) costs one call."""
+    try:
+        n = sock.send(data)
+    except BlockingIOError:
+        n = 0
+    if n < len(data):
+        await loop.sock_sendall(sock, data[n:])
 
 
 async def _linger(sock: socket.socket, seconds: float = 1.0, limit: int = 1 << 20) -> None:
@@ -538,6 +611,249 @@ async def _linger(sock: socket.socket, seconds: float = 1.0, limit: int = 1 << 2
         pass
 
 
+class PipePool:
+    """Empty splice pipes kept for the next tunnel.
+
+    A new pipe costs pipe2 and F_SETPIPE_SZ (and close twice later) per direction
+    per connection; a pipe that ends empty is as good as new, so up to ``keep`` of
+    them are kept.  A pipe that still holds bytes (the tunnel ended mid-transfer)
+    is closed, never reused: another tunnel must not receive its bytes.
+    """
+
+    def __init__(self, keep: int = 32):
+        self.keep = keep
+        self.free: list[tuple[int, int]] = []
+
+    def get(self) -> tuple[int, int]:
+        if self.free:
+            return self.free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)  # fewer wake-ups per megabyte
+        except OSError:
+            pass
+        return r, w
+
+    def put(self, r: int, w: int, *, empty: bool) -> None:
+        if empty and len(self.free) < self.keep:
+            self.free.append((r, w))
+        else:
+            os.close(r)
+            os.close(w)
+
+
+PIPES = PipePool()
+
+
+class SpliceSelector(selectors.EpollSelector):
+    """asyncio's epoll selector that also hands a :class:`SpliceReactor` its own fds' events.
+
+    The reactor's fds sit in this very epoll, so one ``epoll_wait`` per pass of the
+    loop serves both; events for fds asyncio does not know go to the reactor,
+    whose callbacks run right there (they only touch sockets, pipes and futures).
+    The code follows ``selectors.EpollSelector.select`` of Python 3.11.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reactor: "SpliceReactor | None" = None
+
+    def select(self, timeout=None):
+        reactor = self.reactor
+        if reactor is None:
+            return super().select(timeout)
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:
+            timeout = math.ceil(timeout * 1e3) * 1e-3  # epoll's resolution: wait at least timeout
+        ready = []
+        try:
+            fd_event_list = self._selector.poll(timeout, max(len(self._fd_to_key) + len(reactor.fds), 1))
+        except InterruptedError:
+            return ready
+        fd_to_key = self._fd_to_key
+        theirs = []
+        for fd, event in fd_event_list:
+            key = fd_to_key.get(fd)
+            if key is None:
+                theirs.append((fd, event))
+                continue
+            events = 0
+            if event & ~select.EPOLLIN:
+                events |= selectors.EVENT_WRITE
+            if event & ~select.EPOLLOUT:
+                events |= selectors.EVENT_READ
+            ready.append((key, events & key.events))
+        if theirs:
+            reactor.dispatch(theirs)
+        return ready
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The proxy's event loop: asyncio's, with a :class:`SpliceSelector`."""
+    return asyncio.SelectorEventLoop(SpliceSelector())
+
+
+class SpliceReactor:
+    """Readiness of spliced sockets without asyncio's per-event machinery.
+
+    A spliced connection wakes up about ten times (handshake flights, request,
+    answer, two FINs) and registers and unregisters its sockets a few times;
+    through ``loop.add_reader`` each of those costs a Handle, a SelectorKey and a
+    pass through ``_run_once`` in Python.  Here a callback runs straight from the
+    epoll events and (un)registering is one ``epoll_ctl``.  On the proxy's own loop
+    (:func:`new_loop`) the fds share the loop's epoll; on any other loop they sit in
+    an epoll of their own that the loop watches as one fd.  Same semantics as
+    ``loop.add_reader``/``add_writer``: level-triggered, an error or hang-up counts as
+    both readable and writable.  Callbacks run on the loop thread, like the loop's own.
+    An fd must not be registered here and with the loop at the same time.
+    """
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.fds: dict[int, list] = {}  # fd -> [reader or None, writer or None]
+        sel = getattr(loop, "_selector", None)
+        if isinstance(sel, SpliceSelector) and sel.reactor is None:
+            self.selector: SpliceSelector | None = sel
+            self.ep = sel._selector  # the loop's epoll: one epoll_wait per pass serves both
+            sel.reactor = self
+        else:
+            self.selector = None
+            self.ep = select.epoll()
+            loop.add_reader(self.ep.fileno(), self._run)
+        self.closed = False
+
+    def _set(self, fd: int, entry: list, new: bool) -> None:
+        mask = (select.EPOLLIN if entry[0] else 0) | (select.EPOLLOUT if entry[1] else 0)
+        if not mask:
+            del self.fds[fd]
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass  # already gone (the fd, or the reactor at exit, was closed)
+        elif new:
+            try:
+                self.ep.register(fd, mask)
+            except FileExistsError:  # a closed fd's number came back: it is a new file, same number
+                if self.selector is not None and fd in self.selector._fd_to_key:
+                    del self.fds[fd]
+                    raise  # the loop watches it: taking it over would break the loop's own wait
+                self.ep.modify(fd, mask)
+        else:
+            try:
+                self.ep.modify(fd, mask)
+            except FileNotFoundError:
+                self.ep.register(fd, mask)
+
+    def add_reader(self, fd: int, cb) -> None:
+        e = self.fds.get(fd)
+        if e is None:
+            e = self.fds[fd] = [cb, None]
+            self._set(fd, e, True)
+        elif e[0] is None:
+            e[0] = cb
+            self._set(fd, e, False)
+        else:
+            e[0] = cb
+
+    def add_writer(self, fd: int, cb) -> None:
+        e = self.fds.get(fd)
+        if e is None:
+            e = self.fds[fd] = [None, cb]
+            self._set(fd, e, True)
+        elif e[1] is None:
+            e[1] = cb
+            self._set(fd, e, False)
+        else:
+            e[1] = cb
+
+    def remove_reader(self, fd: int) -> None:
+        e = self.fds.get(fd)
+        if e is not None and e[0] is not None:
+            e[0] = None
+            self._set(fd, e, False)
+
+    def remove_writer(self, fd: int) -> None:
+        e = self.fds.get(fd)
+        if e is not None and e[1] is not None:
+            e[1] = None
+            self._set(fd, e, False)
+
+    async def ready(self, fd: int, *, write: bool = False, timeout: float | None = None) -> None:
+        """Wait until ``fd`` is readable (or writable); TimeoutError after ``timeout`` seconds.
+
+        The timeout is a plain timer on the future (no ``asyncio.timeout`` context, which
+        costs a task look-up, a reschedule and a cancellation per use); cancellable like any await.
+        """
+        fut = self.loop.create_future()
+
+        def woken() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        def expired() -> None:
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+
+        if write:
+            self.add_writer(fd, woken)
+        else:
+            self.add_reader(fd, woken)
+        timer = self.loop.call_later(timeout, expired) if timeout is not None else None
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if write:
+                self.remove_writer(fd)
+            else:
+                self.remove_reader(fd)
+
+    def _run(self) -> None:
+        try:
+            events = self.ep.poll(0, 256)  # the rest, if any, comes on the loop's next pass
+        except InterruptedError:
+            return
+        self.dispatch(events)
+
+    def dispatch(self, events) -> None:
+        fds = self.fds
+        for fd, ev in events:
+            e = fds.get(fd)
+            if e is None:
+                continue  # unregistered by an earlier callback of this batch
+            try:
+                if ev & ~select.EPOLLOUT and e[0] is not None:
+                    e[0]()
+                    e = fds.get(fd)  # that callback may have changed (or ended) this fd's entry
+                    if e is None:
+                        continue
+                if ev & ~select.EPOLLIN and e[1] is not None:
+                    e[1]()
+            except Exception:  # a bug costs its own tunnel at most, never the others in this batch
+                log.exception("splice callback for fd %d failed", fd)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.selector is not None:
+            for fd in list(self.fds):
+                try:
+                    self.ep.unregister(fd)
+                except (OSError, ValueError):
+                    pass
+            self.selector.reactor = None
+        else:
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self.ep.fileno())
+            self.ep.close()
+        self.fds.clear()
+
+
 class _Direction:
     """One direction of a spliced tunnel, src -> pipe -> dst, driven by the loop's readiness callbacks.
 
@@ -548,15 +864,11 @@ class _Direction:
 
     __slots__ = ("loop", "src", "dst", "sfd", "dfd", "r", "w", "pending", "total", "eof", "done", "tunnel")
 
-    def __init__(self, loop, src: socket.socket, dst: socket.socket, tunnel: "_Tunnel"):
-        self.loop = loop
+    def __init__(self, loop: "SpliceReactor", src: socket.socket, dst: socket.socket, tunnel: "_Tunnel"):
+        self.loop = loop  # anything with add_reader/remove_reader/add_writer/remove_writer
         self.src, self.dst = src, dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.w, F_SETPIPE_SZ, PIPE_SIZE)  # fewer wake-ups per megabyte
-        except OSError:
-            pass
+        self.r, self.w = PIPES.get()
         self.pending = 0  # bytes in the pipe not yet written to dst
         self.total = 0
         self.eof = False
@@ -621,18 +933,17 @@ class _Direction:
         self.done = True
         self.loop.remove_reader(self.sfd)
         self.loop.remove_writer(self.dfd)
-        os.close(self.r)
-        os.close(self.w)
+        PIPES.put(self.r, self.w, empty=not self.pending)
 
 
 class _Tunnel:
     """Both directions of a spliced tunnel; ``ended`` resolves with (bytes up, bytes down)."""
 
-    def __init__(self, loop, csock: socket.socket, ssock: socket.socket):
+    def __init__(self, loop, reactor: SpliceReactor, csock: socket.socket, ssock: socket.socket):
         self.loop = loop
         self.ended = loop.create_future()
-        self.up = _Direction(loop, csock, ssock, self)
-        self.down = _Direction(loop, ssock, csock, self)
+        self.up = _Direction(reactor, csock, ssock, self)
+        self.down = _Direction(reactor, ssock, csock, self)
         self.socks = (csock, ssock)
 
     def start(self) -> None:
@@ -689,7 +1000,8 @@ def run(cfg: Config) -> None:
         await proxy.serve(stop)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(main())
     finally:
         if table:
             nft.remove(table)

@@ -4,7 +4,7 @@ The proxy-explicit topology (client -- proxy -- web/dns), real curl as the
 client, the lab web server (netns/tlsweb) as origin.  Every proxy runs at the
 same time on its own port (an idle one costs nothing), is warmed up (DNS and
 certificate caches filled, 20 requests and a 10 MB download), and then the
-contenders take turns, round after round (``BENCH_REPEATS``, default 3), so a
+contenders take turns, round after round (``BENCH_REPEATS``, default 5), so a
 change in the machine's load hits them all alike.  Each turn: a 100 MB HTTPS
 download, and 500 small HTTPS requests each on a new connection
 (``Connection: close``, 8 in parallel, the same for everyone), so every request
@@ -34,7 +34,7 @@ from netns.scenarios import proxy as sc  # noqa: E402
 
 SIZE = 100 * 1024 * 1024
 SMALL = int(os.environ.get("BENCH_REQUESTS", "500"))
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))  # 5: single rounds spread by about 20 %
 PARALLEL = 8
 PORTS = {"ztna": sc.EXPLICIT_PORT, "squid": 3129, "mitm-splice": 3130, "mitm-decrypt": 3131}
 SPLICED, DECRYPTED = sc.BANK, sc.DECRYPT
@@ -229,7 +229,9 @@ def report(results: list) -> None:
         x = ratio(a, b, key, field)
         if x is not None:
             target = f" (goal >= {goal:g}: {'met' if x >= goal else 'NOT met'})" if goal else ""
-            print(f"{a} / {b}, {key}: {x:.2f}x{target}")
+            # The same ratio round by round (contenders take turns within a round): how steady it is.
+            rounds = " ".join(f"{p / q:.2f}" for p, q in zip(by[a][key]["runs"], by[b][key]["runs"]) if q)
+            print(f"{a} / {b}, {key}: {x:.2f}x{target}; per round {rounds}")
     out = ROOT / "reports"
     out.mkdir(exist_ok=True)
     (out / "bench-proxy.json").write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "size": SIZE,

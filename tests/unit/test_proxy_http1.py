@@ -128,3 +128,20 @@ def test_fuzz_cut_connect_plus_noise(cut, noise):
         http1.parse_request_head_untrusted(CONNECT[:cut] + noise)
     except BadRequest:
         pass
+
+
+def test_byte_class_tables_match_the_naive_checks():
+    """The translate tables used by the parser accept exactly the bytes the RFC 9110 rules do."""
+    import random
+
+    rng = random.Random(9)
+    for _ in range(20000):
+        b = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 5)))
+        assert (not all(c in http1._TOKEN for c in b)) == bool(b.translate(None, http1._TOKEN_BYTES))
+        assert any(c <= 0x20 or c >= 0x7F for c in b) == bool(b.translate(None, http1._TARGET_BYTES))
+        assert any((c < 0x20 and c != 0x09) or c == 0x7F for c in b) == bool(b.translate(None, http1._VALUE_BYTES))
+    for c in range(256):  # every single byte, too
+        b = bytes([c])
+        assert (c not in http1._TOKEN) == bool(b.translate(None, http1._TOKEN_BYTES))
+        assert (c <= 0x20 or c >= 0x7F) == bool(b.translate(None, http1._TARGET_BYTES))
+        assert ((c < 0x20 and c != 0x09) or c == 0x7F) == bool(b.translate(None, http1._VALUE_BYTES))

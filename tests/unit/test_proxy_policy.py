@@ -102,3 +102,25 @@ def test_pattern_against_naive_reference():
         else:
             want = name == base
         assert p.matches(name) == want, (p, name)
+
+
+def test_remembered_verdicts_equal_fresh_ones():
+    """The memo (decide, client and destination checks) answers exactly what the uncached code does."""
+    rng = random.Random(5)
+    names = ["decrypt.example.com", "BANK.example.com.", "blocked.example.com", "x.bad.example.com", "exact.org",
+             "1.2.3.4", "a" * 300, "", "-x.example.com", "sub.exact.org"]
+    addrs = ["198.51.100.7", "198.51.100.1", "127.0.0.1", "203.0.113.80", "10.0.0.1", "not-an-ip", "169.254.1.1"]
+    p = pol()
+    for _ in range(500):
+        n, port, kind = rng.choice(names), rng.choice([443, 80, 8443]), rng.choice(["connect", "tls", "http"])
+        assert p.decide(n, port, kind=kind) == p._decide(n, port, kind)
+        a = rng.choice(addrs)
+        assert p.client_allowed(a) == p._client_allowed(a)
+        assert p.destination_allowed(a) == p._destination_allowed(a)
+
+
+def test_memo_is_bounded():
+    p = pol()
+    for i in range(10000):
+        p.decide(f"h{i}.example.com", 443)
+    assert len(p._memo) <= 4097
