@@ -134,8 +134,6 @@ class Engine:
         self._drops_reported: dict[str, int] = {}
         # policy name -> query bytes without the ID -> finished answer (see _Memo)
         self._memo: dict[str, dict[bytes, _Memo]] = {p.name: {} for p in cfg.policies.policies}
-        # source address -> its network policy's memo (None: not served), so a hit costs two dict look-ups
-        self._host_memo: dict[str, dict[bytes, _Memo] | None] = {}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
 
@@ -215,7 +213,6 @@ class Engine:
         out = Batch([], [], [], [])
         which, answers, lines, slow = out.which, out.answers, out.lines, out.slow
         limiter = self.limiter if self.limiter.qps > 0 else None
-        host_memo = self._host_memo
         det = self.detector
         dcfg = det.cfg
         until, wins = det._until, det._w
@@ -232,9 +229,8 @@ class Engine:
                     slow.append((i, Drop(None)))  # reported in bulk by drop_reports(), not one line per packet
                     continue
                 if source is not last:  # datagrams come in runs from one sender: look it up once a run
-                    memo = host_memo.get(source, _UNSET)
-                    if memo is _UNSET:
-                        memo = self._memo_of(source)
+                    pol = self._select(source, None)
+                    memo = None if pol is None else self._memo[pol.name]
                     # The log line's head only changes with the time and the client.
                     head = stamp + source + '","identity":'
                     head_ident = f'{head}"{source}"'
@@ -295,13 +291,6 @@ class Engine:
             except Exception:  # a bug on one query must not cost the others their answers
                 log.exception("query from %s failed", source)
         return out
-
-    def _memo_of(self, source: str) -> dict[bytes, _Memo] | None:
-        if len(self._host_memo) > 65_536:
-            self._host_memo.clear()
-        pol = self._select(source, None)
-        memo = self._host_memo[source] = None if pol is None else self._memo.setdefault(pol.name, {})
-        return memo
 
     def _decide_and_memoize(self, data: bytes, source: str, now: float, body: bytes, memo: dict, tunnel):
         out = self._decide(data, source, now, False, (memo, body), tunnel)
