@@ -23,7 +23,7 @@ from itertools import accumulate, chain
 
 BATCH = 64
 SLOT = 65536          # a whole UDP datagram always fits: nothing is ever cut short
-SEND_SLOT = 4608      # answers over UDP are at most 4096 bytes (the largest EDNS buffer we honour) + slack
+SEND_SLOT = 4608      # send buffer room per datagram of a batch: UDP answers are at most 4096 bytes (the largest EDNS buffer we honour)
 
 
 class _IOVec(ctypes.Structure):
@@ -45,9 +45,7 @@ _HDR = ctypes.sizeof(_MMsgHdr)
 _IOV = ctypes.sizeof(_IOVec)
 _LEN_OFF = _MMsgHdr.msg_len.offset
 _NAME_OFF = _MsgHdr.msg_name.offset
-_IOVLEN_OFF = _IOVec.iov_len.offset
 _PTR = "P"
-_SIZE = "N"
 MSG_DONTWAIT = 0x40
 
 _libc = None
@@ -116,16 +114,15 @@ class BatchSocket:
         self._sdata = bytearray(batch * SEND_SLOT)
         self._siov = (_IOVec * batch)()
         self._shdr = (_MMsgHdr * batch)()
-        sdata = self._sbase = _addr(self._sdata)
+        self._sbase = _addr(self._sdata)
         for i in range(batch):
-            self._siov[i].iov_base = sdata + i * SEND_SLOT
             h = self._shdr[i].msg_hdr
             h.msg_name = rnames + i * self.namelen  # answer i to datagram i, until answer() says otherwise
             h.msg_namelen = self.namelen
             h.msg_iov = ctypes.addressof(self._siov[i])
             h.msg_iovlen = 1
         self._wired = True    # header j's address is datagram j's sender
-        self._spread = True   # each iovec points at its own SEND_SLOT (answer() may lay a batch back to back)
+        self._used = 0        # bytes of the send buffer holding queued answers
         self._iov_fmts: dict[int, struct.Struct] = {}
         self._inorder = [list(range(n)) for n in range(batch + 1)]
         self._sdv = memoryview(self._sdata)
@@ -184,72 +181,53 @@ class BatchSocket:
         return (socket.inet_ntoa(raw[4:8]), port)
 
     def answer(self, which: list[int], datas: list[bytes]) -> None:
-        """Queue ``datas[k]`` as the answer to datagram ``which[k]`` of the last ``receive()``."""
-        n = len(datas)
-        if 0 < n <= self.batch and self._pending == 0:
-            blob = b"".join(datas)
-            if len(blob) <= len(self._sdata):
-                # The usual case, a batch's answers at once: laid out back to back with one copy,
-                # the iovecs written by one pack, and the headers' addresses left as they are
-                # when answer j goes to datagram j (no Python work per answer).
-                lens = list(map(len, datas))
-                self._sdv[:len(blob)] = blob
-                bases = map(self._sbase.__add__, accumulate(lens, initial=0))
-                self._iov_fmt(n).pack_into(self._siv, 0, *chain.from_iterable(zip(bases, lens)))
-                if which == self._inorder[n]:
-                    # Answer j goes to datagram j: the headers' addresses point there already.
-                    if not self._wired:
-                        for j in range(self.batch):
-                            self._shdr[j].msg_hdr.msg_name = self._rnames_addr + j * self.namelen
-                        self._wired = True
-                else:
-                    pack, shv, names, nl = struct.pack_into, self._shv, self._rnames_addr, self.namelen
-                    for j, i in enumerate(which):
-                        pack(_PTR, shv, j * _HDR + _NAME_OFF, names + i * nl)
-                    self._wired = False
-                self._pending = n
-                self._spread = False
-                return
-        self._unspread()
-        self._wired = False
-        sdv, siv, shv, names, nl = self._sdv, self._siv, self._shv, self._rnames_addr, self.namelen
-        pack = struct.pack_into
-        j = self._pending
-        for i, data in zip(which, datas):
-            ln = len(data)
-            if ln > SEND_SLOT:  # never for a UDP answer the engine built; kept correct anyway
-                self._pending = j
+        """Queue ``datas[k]`` as the answer to datagram ``which[k]`` of the last ``receive()``.
+
+        Queued answers lie back to back in the send buffer: a call costs one copy
+        of the joined answers and one pack for their iovecs, and the headers'
+        addresses are left as wired when answer j goes to datagram j (a batch
+        answered in order, the usual case), so nothing is done per answer in Python.
+        """
+        n, j = len(datas), self._pending
+        if not n:
+            return
+        blob = b"".join(datas)
+        used = self._used
+        if j + n > self.batch or used + len(blob) > len(self._sdata):
+            if n > 1:  # does not fit behind what is queued: one at a time, flushing as needed
+                for i, data in zip(which, datas):
+                    self.answer([i], [data])
+            elif j:
                 self.flush()
-                j = 0
+                self.answer(which, datas)
+            else:  # one answer larger than the whole buffer: never for a UDP answer the engine built
                 try:
-                    self.sock.sendto(data, self.address(i))
+                    self.sock.sendto(blob, self.address(which[0]))
                 except OSError:  # lost, as a failed sendmmsg entry
                     self.send_errors += 1
-                continue
-            if j == self.batch:
-                self._pending = j
-                self.flush()
-                j = 0
-            off = j * SEND_SLOT
-            sdv[off:off + ln] = data
-            pack(_SIZE, siv, j * _IOV + _IOVLEN_OFF, ln)
-            pack(_PTR, shv, j * _HDR + _NAME_OFF, names + i * nl)
-            j += 1
-        self._pending = j
+            return
+        self._sdv[used:used + len(blob)] = blob
+        lens = list(map(len, datas))
+        bases = map((self._sbase + used).__add__, accumulate(lens, initial=0))
+        self._iov_fmt(n).pack_into(self._siv, j * _IOV, *chain.from_iterable(zip(bases, lens)))
+        if j == 0 and which == self._inorder[n]:
+            if not self._wired:
+                for k in range(self.batch):
+                    self._shdr[k].msg_hdr.msg_name = self._rnames_addr + k * self.namelen
+                self._wired = True
+        else:
+            pack, shv, names, nl = struct.pack_into, self._shv, self._rnames_addr, self.namelen
+            for k, i in enumerate(which, j):
+                pack(_PTR, shv, k * _HDR + _NAME_OFF, names + i * nl)
+            self._wired = False
+        self._pending = j + n
+        self._used = used + len(blob)
 
     def _iov_fmt(self, n: int) -> struct.Struct:
         f = self._iov_fmts.get(n)
         if f is None:
             f = self._iov_fmts[n] = struct.Struct("@" + "PN" * n)  # _IOVec is (void *, size_t)
         return f
-
-    def _unspread(self) -> None:
-        """Point every iovec back at its own slot (after a back-to-back batch moved them)."""
-        if not self._spread:
-            sdata = self._sbase
-            for j in range(self.batch):
-                self._siov[j].iov_base = sdata + j * SEND_SLOT
-            self._spread = True
 
     def queue(self, i: int, data: bytes) -> None:
         """Queue ``data`` as the answer to datagram ``i`` of the last ``receive()``."""
@@ -258,7 +236,7 @@ class BatchSocket:
     def flush(self) -> int:
         """Send every queued answer; returns how many could not be sent (each is lost, as a failed sendto)."""
         total, start, lost = self._pending, 0, 0
-        self._pending = 0
+        self._pending = self._used = 0
         while start < total:
             hdrs = ctypes.byref(self._shdr, start * _HDR)
             n = _libc.sendmmsg(self.fd, hdrs, total - start, 0)

@@ -102,9 +102,12 @@ def test_more_answers_than_a_batch_and_an_oversized_answer_still_go_out():
     for k in range(10):
         bs.queue(0, b"%d" % k)
     bs.queue(0, b"z" * (mmsg.SEND_SLOT + 1))
+    giant = b"g" * (bs.batch * mmsg.SEND_SLOT + 1)  # more than the whole send buffer holds
+    bs.queue(0, giant)
     bs.flush()
-    got = [c.recv(70000) for _ in range(11)]
+    got = [c.recv(70000) for _ in range(12)]
     assert got[:10] == [b"%d" % k for k in range(10)] and got[10] == b"z" * (mmsg.SEND_SLOT + 1)
+    assert got[11] == giant
 
 
 def test_ipv6_sender_address():
