@@ -73,3 +73,34 @@ def test_guardian_restores_when_the_agent_dies(tmp_path):
     while resolv.read_text() != ORIG and time.time() < deadline:
         time.sleep(0.02)
     assert resolv.read_text() == ORIG and not state.exists()
+
+
+def test_guardian_restores_even_while_a_child_of_the_agent_holds_its_pipe(tmp_path):
+    """pyroute2 and the like fork helpers after the guardian: their copy of the pipe must not delay the restore."""
+    import signal
+    import time
+
+    resolv, state, helper_pid = tmp_path / "resolv.conf", tmp_path / "state.json", tmp_path / "helper.pid"
+    resolv.write_text(ORIG)
+    pid = os.fork()
+    if pid == 0:  # the "agent"
+        try:
+            T.take_over(resolv, "100.64.0.2", state, os.getpid())
+            T.start_guardian(state)
+            helper = os.fork()
+            if helper == 0:  # a helper that outlives the agent, holding every fd the agent had
+                time.sleep(30)
+                os._exit(0)
+            helper_pid.write_text(str(helper))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    helper = int(helper_pid.read_text())
+    try:
+        deadline = time.time() + 5
+        while resolv.read_text() != ORIG and time.time() < deadline:
+            time.sleep(0.02)
+        assert resolv.read_text() == ORIG and not state.exists()
+        os.kill(helper, 0)  # the helper was still there all along
+    finally:
+        os.kill(helper, signal.SIGKILL)
