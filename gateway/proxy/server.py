@@ -194,7 +194,7 @@ class Proxy:
         # Only blocking DNS look-ups run here; splicing runs on the loop.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="resolve")
         self.active = 0
-        self.reactor: SpliceReactor | None = None  # made on the running loop by the first tunnel
+        self.reactor: SpliceReactor | None = None  # made by serve(), on its loop
         self.leaves: LeafCache | None = None
         self._ctx: dict[str, tuple[int, ssl.SSLContext]] = {}
         self._keydir = tempfile.mkdtemp(prefix="ztna-proxy-")  # 0700: leaf keys pass through here
@@ -260,6 +260,7 @@ class Proxy:
     # ---- accept loop ----------------------------------------------------------------
     async def serve(self, stop: asyncio.Event, ready=None) -> None:
         loop = asyncio.get_running_loop()
+        self.reactor = SpliceReactor(loop)  # every connection's head waits, connects and splices
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Accepted sockets inherit these (two setsockopt calls fewer per connection): no Nagle
@@ -368,7 +369,7 @@ class Proxy:
                 except BlockingIOError:
                     wait = max(0.0, flow.deadline - time.monotonic())
                     try:
-                        await self._reactor(loop).ready(csock.fileno(), timeout=wait)
+                        await self.reactor.ready(csock.fileno(), timeout=wait)
                         data = csock.recv(65536)
                     except BlockingIOError:
                         continue  # woken without data after all: wait again
@@ -412,7 +413,7 @@ class Proxy:
         return addrs
 
     async def connect(self, addresses, port: int) -> tuple[socket.socket | None, str]:
-        reactor = self._reactor(asyncio.get_running_loop())
+        reactor = self.reactor
         errors = []
         for a in addresses:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -432,17 +433,10 @@ class Proxy:
         return None, "; ".join(errors)
 
     # ---- untouched bytes ------------------------------------------------------------------
-    def _reactor(self, loop) -> "SpliceReactor":
-        if self.reactor is None or self.reactor.loop is not loop:
-            if self.reactor is not None:
-                self.reactor.close()
-            self.reactor = SpliceReactor(loop)
-        return self.reactor
-
     async def splice(self, csock: socket.socket, ssock: socket.socket, c: Counters) -> None:
         loop = asyncio.get_running_loop()
         ssock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # csock has it from the listener
-        tunnel = _Tunnel(loop, self._reactor(loop), csock, ssock)
+        tunnel = _Tunnel(loop, self.reactor, csock, ssock)
         try:
             tunnel.start()
             n_up, n_down = await tunnel.ended
@@ -747,39 +741,31 @@ class SpliceReactor:
             except FileNotFoundError:
                 self.ep.register(fd, mask)
 
-    def add_reader(self, fd: int, cb) -> None:
+    def _watch(self, fd: int, slot: int, cb) -> None:
+        """Set the reader (slot 0) or writer (slot 1) of ``fd``; None removes it."""
         e = self.fds.get(fd)
         if e is None:
-            e = self.fds[fd] = [cb, None]
-            self._set(fd, e, True)
-        elif e[0] is None:
-            e[0] = cb
+            if cb is not None:
+                e = self.fds[fd] = [None, None]
+                e[slot] = cb
+                self._set(fd, e, True)
+        elif (e[slot] is None) != (cb is None):  # the epoll mask changes
+            e[slot] = cb
             self._set(fd, e, False)
         else:
-            e[0] = cb
+            e[slot] = cb
+
+    def add_reader(self, fd: int, cb) -> None:
+        self._watch(fd, 0, cb)
 
     def add_writer(self, fd: int, cb) -> None:
-        e = self.fds.get(fd)
-        if e is None:
-            e = self.fds[fd] = [None, cb]
-            self._set(fd, e, True)
-        elif e[1] is None:
-            e[1] = cb
-            self._set(fd, e, False)
-        else:
-            e[1] = cb
+        self._watch(fd, 1, cb)
 
     def remove_reader(self, fd: int) -> None:
-        e = self.fds.get(fd)
-        if e is not None and e[0] is not None:
-            e[0] = None
-            self._set(fd, e, False)
+        self._watch(fd, 0, None)
 
     def remove_writer(self, fd: int) -> None:
-        e = self.fds.get(fd)
-        if e is not None and e[1] is not None:
-            e[1] = None
-            self._set(fd, e, False)
+        self._watch(fd, 1, None)
 
     async def ready(self, fd: int, *, write: bool = False, timeout: float | None = None) -> None:
         """Wait until ``fd`` is readable (or writable); TimeoutError after ``timeout`` seconds.
