@@ -150,25 +150,20 @@ class Policy:
     # ---- decisions -----------------------------------------------------------
     def client_allowed(self, ip: str) -> bool:
         """Only configured client networks may use the proxy."""
-        key = ("client", ip)
-        hit = self._memo.get(key)
-        if hit is None:
-            hit = self._memo[key] = self._client_allowed(ip)
-            self._trim()
-        return hit
+        return self._recall(("client", ip), self._client_allowed, ip)
 
     def destination_allowed(self, ip: str) -> tuple[bool, str]:
         """Whether the proxy may open a connection to ``ip``, and if not why."""
-        key = ("dest", ip)
+        return self._recall(("dest", ip), self._destination_allowed, ip)
+
+    def _recall(self, key: tuple, decide, *args):
+        """The remembered answer for ``key``, else ``decide(*args)`` remembered (bounded)."""
         hit = self._memo.get(key)
         if hit is None:
-            hit = self._memo[key] = self._destination_allowed(ip)
-            self._trim()
+            if len(self._memo) >= 4096:  # a scan of many addresses or names cannot grow it without end
+                self._memo.clear()
+            hit = self._memo[key] = decide(*args)
         return hit
-
-    def _trim(self) -> None:
-        if len(self._memo) > 4096:  # bounded: a scan of many addresses cannot grow it without end
-            self._memo.clear()
 
     def _client_allowed(self, ip: str) -> bool:
         try:
@@ -193,12 +188,8 @@ class Policy:
         """The FQDN verdict for ``name:port``; ``kind`` is ``connect``/``tls`` (TLS ports) or ``http``."""
         if len(name) > 255:  # never a host name; not worth remembering (and keeps the memo small)
             return self._decide(name, port, kind)
-        key = ("decide", name, port, kind)  # a Verdict is immutable and depends on these alone
-        hit = self._memo.get(key)
-        if hit is None:
-            hit = self._memo[key] = self._decide(name, port, kind)
-            self._trim()
-        return hit
+        # a Verdict is immutable and depends on these alone
+        return self._recall(("decide", name, port, kind), self._decide, name, port, kind)
 
     def _decide(self, name: str, port: int, kind: str) -> Verdict:
         name = normalize(name)
