@@ -293,9 +293,10 @@ class Engine:
         return out
 
     def _decide_and_memoize(self, data: bytes, source: str, now: float, body: bytes, memo: dict, tunnel):
-        out = self._decide(data, source, now, False, (memo, body), tunnel)
+        key = (memo, body)
+        out = self._decide(data, source, now, False, key, tunnel)
         if type(out) is Reply and out.query is not None:
-            self._memoize((memo, body), out, now)
+            self._memoize(key, out, now)
         return out
 
     def _memoize(self, key: tuple, out: Reply, now: float) -> None:

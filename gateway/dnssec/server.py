@@ -121,12 +121,10 @@ class Resolver:
             recs: list[dict] = []
             for i, out in b.slow:
                 try:
-                    if type(out) is Reply:
+                    if type(out) is Reply:  # decided afresh, so with a log record (memo hits are in b.lines)
                         which.append(i)
                         answers.append(out.data)
-                        if out.line is not None:
-                            lines.append(out.line)
-                        elif out.log is not None:
+                        if out.log is not None:
                             recs.append(out.log)
                     elif type(out) is Drop:  # no address to decode: a flood stays cheap
                         if out.log is not None:
