@@ -29,6 +29,9 @@ from .machine import BLOCK, EXPLICIT, PASSTHROUGH, TRANSPARENT, Limits
 from .policy import Policy, PolicyError
 
 
+BUSY_POLL_MAX_US = 1000  # a spin longer than a millisecond is a thread's worth of CPU, not a poll
+
+
 class ConfigError(ValueError):
     """proxy.toml is unusable; the message names the key and what to write instead."""
 
@@ -58,6 +61,7 @@ class Config:
     connect_timeout: float = 5.0
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
+    busy_poll_us: int = 20
     transparent: TransparentConfig = field(default_factory=TransparentConfig)
 
     def policy(self, own_addresses=()) -> Policy:
@@ -68,7 +72,8 @@ class Config:
 
 
 _PROXY_KEYS = {"mode", "listen", "resolvers", "trust_store", "ca_cert", "ca_key", "log", "max_connections",
-               "connect_timeout", "handshake_timeout", "idle_timeout", "first_bytes_timeout", "head_max", "hello_max"}
+               "connect_timeout", "handshake_timeout", "idle_timeout", "first_bytes_timeout", "head_max", "hello_max",
+               "busy_poll_us"}
 _TRANSPARENT_KEYS = {"ports", "nft_table", "on_no_sni", "on_not_tls", "on_ech"}
 
 
@@ -145,11 +150,15 @@ def from_dict(doc: dict) -> Config:
         first_bytes_timeout=_number(p, "first_bytes_timeout", 10.0),
         on_no_sni=actions["on_no_sni"], on_not_tls=actions["on_not_tls"], on_ech=actions["on_ech"],
     )
+    busy = _number(p, "busy_poll_us", 20, minimum=0)
+    if busy > BUSY_POLL_MAX_US or busy != int(busy):
+        raise ConfigError(f"[proxy] busy_poll_us must be a whole number of microseconds from 0 (off) to "
+                          f"{BUSY_POLL_MAX_US}, got {busy!r}")
     cfg = Config(
         mode=mode, listen=listen, resolvers=tuple(resolvers), policy_table=policy_table, limits=limits,
         log=str(p.get("log", "-")), max_connections=int(_number(p, "max_connections", 1024, minimum=1)),
         connect_timeout=_number(p, "connect_timeout", 5.0), handshake_timeout=_number(p, "handshake_timeout", 10.0),
-        idle_timeout=_number(p, "idle_timeout", 300.0),
+        idle_timeout=_number(p, "idle_timeout", 300.0), busy_poll_us=int(busy),
         transparent=TransparentConfig(tuple(ports), table), **paths,
     )
     cfg.policy()  # check the policy table now, with a clear error

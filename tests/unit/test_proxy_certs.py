@@ -52,6 +52,8 @@ def test_config_ok():
     cfg = config.from_dict(BASE)
     assert cfg.mode == "explicit" and cfg.listen == ("198.51.100.1", 3128)
     assert cfg.transparent.ports == (443,)
+    assert cfg.busy_poll_us == 20
+    assert config.from_dict(with_("proxy", busy_poll_us=0)).busy_poll_us == 0  # 0 turns the spin off
 
 
 @pytest.mark.parametrize("table,kw,msg", [
@@ -61,6 +63,9 @@ def test_config_ok():
     ("proxy", {"resolvers": ["dns.example"]}, "not an IP"),
     ("proxy", {"max_connections": 0}, "max_connections"),
     ("proxy", {"colour": "red"}, "unknown"),
+    ("proxy", {"busy_poll_us": 5000}, "busy_poll_us"),
+    ("proxy", {"busy_poll_us": 2.5}, "whole number"),
+    ("proxy", {"busy_poll_us": -1}, "busy_poll_us"),
     ("transparent", {"on_no_sni": "shrug"}, "on_no_sni"),
     ("transparent", {"nft_table": "x; flush ruleset"}, "nft_table"),
     ("policy", {"default": "perhaps"}, "default"),

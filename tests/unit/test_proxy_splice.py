@@ -2,11 +2,13 @@
 
 import asyncio
 import os
+import select
 import socket
+import time
 
 import pytest
 
-from gateway.proxy.server import PipePool, SpliceReactor, SpliceSelector, new_loop
+from gateway.proxy.server import PipePool, SpliceReactor, SpliceSelector, _Tunnel, new_loop
 
 # The proxy's own loop (fds share its epoll) and a plain asyncio loop (an epoll of the reactor's own).
 LOOPS = pytest.mark.parametrize("factory", [new_loop, None], ids=["shared-epoll", "own-epoll"])
@@ -115,3 +117,102 @@ def test_pipe_pool_reuses_only_empty_pipes():
     for p in pool.free:
         os.close(p[0])
         os.close(p[1])
+
+
+class CountingEpoll:
+    """The loop's epoll, with every poll's timeout written down."""
+
+    def __init__(self, real):
+        self.real = real
+        self.timeouts = []
+
+    def poll(self, timeout=-1, maxevents=-1):
+        self.timeouts.append(timeout)
+        return self.real.poll(timeout, maxevents)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def _busy_selector(busy):
+    sel = SpliceSelector()
+    r = SpliceReactor.__new__(SpliceReactor)  # no loop needed: select() only reads these
+    r.fds, r.busy, r.hot = {}, busy, True
+    sel.reactor = r
+    sel._selector = CountingEpoll(sel._selector)
+    return sel, r
+
+
+def test_busy_poll_spins_then_sleeps_the_rest_of_the_wait_and_cools_down():
+    sel, r = _busy_selector(0.002)
+    try:
+        t0 = time.perf_counter()
+        assert sel.select(0.05) == []
+        took = time.perf_counter() - t0
+        spins, last = sel._selector.timeouts[:-1], sel._selector.timeouts[-1]
+        assert spins and all(t == 0 for t in spins)  # polled without sleeping first
+        assert 0.047 <= last <= 0.05  # then slept what was left of the loop's own wait
+        assert took >= 0.05  # never returns early: the loop's timers are not run ahead of time
+        assert r.hot is False  # nothing came during the spin: the next wait sleeps straight away
+        sel._selector.timeouts.clear()
+        sel.select(0.01)
+        assert sel._selector.timeouts == [0.01]
+    finally:
+        sel.close()
+
+
+def test_busy_poll_returns_events_at_once_and_stays_hot():
+    sel, r = _busy_selector(0.5)
+    a, b = socket.socketpair()
+    try:
+        r.fds[a.fileno()] = [lambda: got.append(a.recv(10)), None]
+        sel._selector.register(a.fileno(), select.EPOLLIN)
+        got = []
+        b.send(b"x")
+        t0 = time.perf_counter()
+        sel.select(None)  # would sleep forever without the event
+        assert got == [b"x"] and time.perf_counter() - t0 < 0.4
+        assert sel._selector.timeouts == [0]
+        assert r.hot is True
+        r.hot = False
+        b.send(b"y")
+        sel.select(1)
+        assert sel._selector.timeouts[-1] == 1  # not hot: one ordinary wait
+    finally:
+        a.close()
+        b.close()
+        sel.close()
+
+
+@pytest.mark.parametrize("busy, size, hot", [(2e-5, 64 * 1024, True), (2e-5, 100, False), (0.0, 64 * 1024, False)])
+def test_only_a_bulk_splice_makes_the_loop_spin(busy, size, hot):
+    async def main():
+        loop = asyncio.get_running_loop()
+        r = SpliceReactor(loop)
+        r.busy = busy
+        client, c_peer = socket.socketpair()
+        server, s_peer = socket.socketpair()
+        for s in (c_peer, s_peer):
+            s.setblocking(False)
+        tunnel = _Tunnel(loop, r, c_peer, s_peer)
+        tunnel.start()
+        sent = b"z" * size
+        server.sendall(sent)
+        got = b""
+        client.setblocking(False)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            try:
+                got += client.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            if len(got) == size:
+                break
+        assert got == sent
+        assert r.hot is hot  # a plain asyncio loop never spins, so nothing has cooled it since
+        tunnel.close()
+        r.close()
+        for s in (client, c_peer, server, s_peer):
+            s.close()
+
+    run(None, main())
