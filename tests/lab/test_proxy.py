@@ -7,8 +7,10 @@ that a good client is served at the same time.
 """
 
 import json
+import os
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -91,6 +93,29 @@ def test_plain_http_and_log_fields(lab):
     for key in ("mode", "client", "name", "decision", "decrypted", "bytes_up", "bytes_down", "duration_ms"):
         assert key in rec, key
     assert rec["decision"] == "allow" and rec["bytes_down"] > 0 and rec["mode"] == "explicit"
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_spliced_bulk_download_then_the_idle_proxy_does_not_spin(lab):
+    # 20 MB through a spliced tunnel: every byte arrives, and the busy poll (on while the bulk
+    # transfer runs) cools down once it ends instead of spinning on an idle loop.
+    size = 20 * 1024 * 1024
+    out = sc.curl(lab, f"https://bank.example.com/bytes/{size}", explicit=True,
+                  extra=["-o", "/dev/null", "-w", "%{size_download}"], timeout=60)
+    assert out["rc"] == 0 and out["stdout"].strip() == str(size), out["stderr"][-800:]
+    pid = lab.procs["proxy"].pid
+    time.sleep(0.2)
+    before = _cpu_seconds(pid)
+    time.sleep(1.0)
+    used = _cpu_seconds(pid) - before
+    assert used < 0.2, f"the idle proxy used {used:.2f} s of CPU in 1 s: it is still polling"  # a stuck spin: ~1 s
+    rec = wait_log(lab, lambda r: r.get("name") == "bank.example.com" and r.get("bytes_down", 0) > size)
+    assert rec["decrypted"] is False
+    good_explicit(lab)
 
 
 def test_upstream_session_resumed_only_for_the_same_name(lab):
