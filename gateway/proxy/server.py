@@ -55,6 +55,8 @@ log = logging.getLogger("ztna.proxy")
 SO_ORIGINAL_DST = 80
 F_SETPIPE_SZ = 1031
 READ_SIZE = 256 * 1024
+# One encoder for every log line: json.dumps with any option builds a new JSONEncoder per call.
+_json_line = json.JSONEncoder(separators=(",", ":")).encode
 LOG_DELAY = 0.05  # seconds a finished connection's log line may wait to share a write with others
 PIPE_SIZE = 1024 * 1024
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -240,7 +242,7 @@ class Proxy:
     # ---- logging ------------------------------------------------------------------
     def write_log(self, record: dict) -> None:
         """Queue one JSON line; lines go out together within LOG_DELAY (one write instead of one per connection)."""
-        self._log_lines.append(json.dumps(record, separators=(",", ":")))
+        self._log_lines.append(_json_line(record))
         if self._log_timer is None:
             try:
                 loop = asyncio.get_running_loop()
