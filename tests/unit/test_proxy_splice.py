@@ -134,10 +134,19 @@ class CountingEpoll:
         return getattr(self.real, name)
 
 
+class StubLoop:
+    """What select() reads of the loop: its queue of handles and its timers."""
+
+    def __init__(self):
+        self._ready = []
+        self._scheduled = []
+
+
 def _busy_selector(busy):
     sel = SpliceSelector()
     r = SpliceReactor.__new__(SpliceReactor)  # no loop needed: select() only reads these
     r.fds, r.busy, r.hot = {}, busy, True
+    r.loop = StubLoop()
     sel.reactor = r
     sel._selector = CountingEpoll(sel._selector)
     return sel, r
@@ -165,7 +174,8 @@ def test_busy_poll_returns_events_at_once_and_stays_hot():
     sel, r = _busy_selector(0.5)
     a, b = socket.socketpair()
     try:
-        r.fds[a.fileno()] = [lambda: got.append(a.recv(10)), None]
+        # The callback queues an asyncio handle (as a future's result would), so select returns.
+        r.fds[a.fileno()] = [lambda: got.append(a.recv(10)) or r.loop._ready.append("h"), None]
         sel._selector.register(a.fileno(), select.EPOLLIN)
         got = []
         b.send(b"x")
@@ -194,7 +204,7 @@ def test_only_a_bulk_splice_makes_the_loop_spin(busy, size, hot):
         server, s_peer = socket.socketpair()
         for s in (c_peer, s_peer):
             s.setblocking(False)
-        tunnel = _Tunnel(loop, r, c_peer, s_peer)
+        tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: None)
         tunnel.start()
         sent = b"z" * size
         server.sendall(sent)
@@ -216,3 +226,41 @@ def test_only_a_bulk_splice_makes_the_loop_spin(busy, size, hot):
             s.close()
 
     run(None, main())
+
+
+def test_reactor_only_events_wait_again_inside_one_select_until_asyncio_has_work():
+    sel, r = _busy_selector(0.0)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        seen = []
+
+        def on_a():
+            seen.append(a.recv(10))
+            if seen[-1] == b"work":
+                r.loop._ready.append("a handle")  # what fut.set_result would queue
+
+        r.fds[a.fileno()] = [on_a, None]
+        sel._selector.register(a.fileno(), select.EPOLLIN)
+        b.send(b"x")
+        t0 = time.perf_counter()
+        assert sel.select(0.05) == []
+        # The callback ran at once, then the same select waited out the loop's timeout.
+        assert seen == [b"x"] and time.perf_counter() - t0 >= 0.05
+        assert len(sel._selector.timeouts) >= 2 and all(t <= 0.05 for t in sel._selector.timeouts)
+        b.send(b"work")
+        t0 = time.perf_counter()
+        sel.select(10)
+        assert seen[-1] == b"work" and time.perf_counter() - t0 < 5  # asyncio has a handle: back to the loop
+        r.loop._ready.clear()
+        b.send(b"x")
+        r.loop._scheduled.append("a timer")  # a callback that adds a timer also returns to the loop
+        real = r.fds[a.fileno()][0]
+        r.fds[a.fileno()][0] = lambda: (real(), r.loop._scheduled.append("another"))
+        t0 = time.perf_counter()
+        sel.select(10)
+        assert time.perf_counter() - t0 < 5
+    finally:
+        a.close()
+        b.close()
+        sel.close()
