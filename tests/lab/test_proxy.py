@@ -80,6 +80,20 @@ def good_transparent(lab):
     assert out["rc"] == 0 and "hello from decrypt.example.com over https" in out["stdout"], out["stderr"][-800:]
 
 
+# For raw_client scripts (inserted as an indented line of the script): a real OpenSSL ClientHello
+# for decrypt.example.com, left in ``hello``.
+CLIENT_HELLO = textwrap.indent(textwrap.dedent("""
+    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+    i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(i, o, server_hostname="decrypt.example.com")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = o.read()
+""").strip(), " " * 8).lstrip()
+
+
 def raw_client(lab, name, code):
     """Start a Python client in the client namespace running ``code`` (bad input), in the background."""
     script = lab.write_conf(f"{name}.py", textwrap.dedent(code))
@@ -219,14 +233,7 @@ def test_transparent_redirected_dial_and_bad_hellos(lab):
     hello = sc.curl  # noqa: F841  (the cut hellos below come from a real OpenSSL client in the script)
     bad = raw_client(lab, "bad-transparent", f"""
         import json, socket, ssl, time
-        ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-        i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = ctx.wrap_bio(i, o, server_hostname="decrypt.example.com")
-        try:
-            obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        hello = o.read()
+        {CLIENT_HELLO}
         W = ("{sc.WEB}", 443)
         res = {{}}
         held = []
@@ -268,3 +275,46 @@ def test_transparent_table_removed_on_exit(lab):
     assert lab.exec("proxy", ["nft", "list", "table", "ip", "ztna_proxy"]).returncode != 0
     tables = lab.exec("proxy", ["nft", "list", "tables"]).stdout.decode()
     assert "ztna_proxy" not in tables
+
+
+def test_stop_ends_every_open_connection_with_a_log_line(lab):
+    # A second explicit proxy of its own, stopped with connections in each kind of wait: a client
+    # that sent nothing, a spliced tunnel, and a decrypting one whose client went quiet mid-handshake.
+    port = 3140
+    toml = sc.proxy_toml(lab, mode="explicit").replace(f':{sc.EXPLICIT_PORT}"', f':{port}"')
+    conf = lab.write_conf("proxy-stop.toml", toml)
+    p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="pstop")
+    procs.wait_listening(p, sc.PROXY_IN, port)
+    holder = raw_client(lab, "stop-holders", f"""
+        import socket, ssl, time
+        def connect():
+            s = socket.create_connection(("{sc.PROXY_IN}", {port}))
+            s.settimeout(5)
+            return s
+        idle = connect()
+        tunnel = connect()
+        tunnel.sendall(b"CONNECT bank.example.com:443 HTTP/1.1\\r\\nHost: bank.example.com:443\\r\\n\\r\\n")
+        assert tunnel.recv(100).startswith(b"HTTP/1.1 200")
+        quiet = connect()
+        quiet.sendall(b"CONNECT decrypt.example.com:443 HTTP/1.1\\r\\nHost: decrypt.example.com:443\\r\\n\\r\\n")
+        assert quiet.recv(100).startswith(b"HTTP/1.1 200")
+        {CLIENT_HELLO}
+        quiet.sendall(hello)  # then nothing more: the proxy's TLS waits in its task
+        print("holding", flush=True)
+        time.sleep(30)
+    """)
+    procs.wait_until(lambda: "holding" in (lab.log_dir / "stop-holders.log").read_text(errors="replace"),
+                     what="the three connections to be open")
+    time.sleep(0.3)  # the decrypting one has reached its TLS handshake
+    proc = lab.procs["pstop"]
+    lab.stop("pstop")
+    assert proc.popen is None or proc.popen.returncode == 0, proc.popen.returncode
+    text = (lab.log_dir / "pstop.log").read_text(errors="replace")
+    assert "Traceback" not in text and "never awaited" not in text, text[-2000:]
+    ended = [r for r in logs(lab, "pstop") if r.get("error") == "proxy stopping"]
+    assert len(ended) == 3, ended
+    by_name = {r["name"]: r for r in ended}
+    assert set(by_name) == {None, "bank.example.com", "decrypt.example.com"}, by_name
+    assert by_name["decrypt.example.com"]["decrypted"] is True
+    lab.stop("stop-holders")
+    good_explicit(lab)
