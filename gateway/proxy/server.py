@@ -1,7 +1,9 @@
 """The proxy's I/O shell: sockets, DNS, TLS and splicing around the pure cores.
 
 One asyncio loop accepts connections and runs each :class:`~.machine.Flow`,
-performing the commands it returns.  Untouched bytes (decryption exceptions,
+performing the commands it returns from readiness callbacks (:class:`_Conn`;
+a connection has a task only for the parts that are coroutines, such as
+decryption).  Untouched bytes (decryption exceptions,
 plain HTTP after the rewritten head) are moved by ``os.splice`` socket -> pipe
 -> socket on the loop itself, from readiness callbacks on non-blocking sockets
 and pipes, so they never enter Python and no thread or GIL hand-off is paid
