@@ -540,6 +540,7 @@ class _Conn:
                 elif kind is machine.Splice:
                     self.ssock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # csock has it
                     self.tunnel = _Tunnel(self.reactor, self.csock, self.ssock, self.on_tunnel_end)
+                    self.reading = False  # the tunnel's reader replaces ours on the same registration
                     self.tunnel.start()
                     return
                 elif kind is machine.Intercept:
@@ -586,6 +587,12 @@ class _Conn:
         self.client_bytes(data)
 
     def on_client(self) -> None:
+        if not self.flow.waiting_for_client:
+            # The reader stays registered past the head (the tunnel takes it over without an
+            # epoll_ctl); bytes the client sends while the flow resolves or connects wait in the socket.
+            self.reactor.remove_reader(self.cfd)
+            self.reading = False
+            return
         try:
             data = self.csock.recv(65536)
         except BlockingIOError:
@@ -593,7 +600,9 @@ class _Conn:
         except OSError as exc:
             self.fail(exc)
             return
-        self.stop_waiting()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.client_bytes(data)
 
     def client_bytes(self, data: bytes) -> None:
@@ -697,6 +706,7 @@ class _Conn:
     # ---- the coroutine parts, and the end --------------------------------------------------------------
     def suspend(self, coro, then=None) -> None:
         """Run ``coro`` as this connection's task; afterwards ``then()`` carries on, or the connection ends."""
+        self.stop_waiting()  # the coroutine's socket calls register with the loop itself
         self.task = self.loop.create_task(self._part(coro, then))
 
     async def _part(self, coro, then) -> None:
