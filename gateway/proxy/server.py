@@ -344,9 +344,11 @@ class Proxy:
             return
         peer = ssock.getpeername()
         skey = (cmd.name, peer[0], peer[1], bool(hello.alpn))
+        offer = self.sessions.get(skey, time.monotonic())
+        offered = offer is not None
         server = TLSSide(loop, ssock, self.upstream[bool(hello.alpn)], server_side=False,
                          server_hostname=cmd.name, idle=self.cfg.idle_timeout,
-                         session=self.sessions.get(skey, time.monotonic()))
+                         session=offer)
         # SPEC 5: TLS with the server completes first; only then does the client get a certificate.
         try:
             async with asyncio.timeout(self.cfg.handshake_timeout):
@@ -427,7 +429,7 @@ class Proxy:
             # Wait for both to unwind before the sockets close: a task still registered
             # with the selector for a closed fd would corrupt the next socket given that fd.
             ends = await asyncio.gather(up_t, down_t, return_exceptions=True)
-            self.keep_session(skey, server)
+            self.keep_session(skey, server, offered=offered)
             for e in ends:
                 if isinstance(e, BaseException) and not isinstance(
                         e, (ConnectionError, OSError, ssl.SSLError, asyncio.TimeoutError, asyncio.CancelledError)):
@@ -435,14 +437,18 @@ class Proxy:
                 if isinstance(e, (ssl.SSLError, OSError)) and not isinstance(e, ssl.SSLEOFError):
                     flow.record.setdefault("relay_end", f"{type(e).__name__}: {e}")
 
-    def keep_session(self, key, server: TLSSide) -> None:
-        """Remember the server's latest session (TLS 1.3 tickets arrive after the handshake)."""
+    def keep_session(self, key, server: TLSSide, *, offered: bool) -> None:
+        """Remember the server's latest session (TLS 1.3 tickets arrive after the handshake), when
+        the cache wants one: each read of ``SSLObject.session`` leaks on Python 3.11 (sessions.py)."""
+        now = time.monotonic()
+        if not self.sessions.wants(key, now, offered=offered, resumed=server.obj.session_reused):
+            return
         try:
             sess = server.obj.session
         except (ssl.SSLError, ValueError):
             return
         if sess is not None and sess.has_ticket:
-            self.sessions.put(key, sess, sess.ticket_lifetime_hint, time.monotonic())
+            self.sessions.put(key, sess, sess.ticket_lifetime_hint, now)
 
     def close(self) -> None:
         self.flush_log()  # connections cancelled at exit logged after serve returned

@@ -285,7 +285,7 @@ def test_stop_ends_every_open_connection_with_a_log_line(lab):
     conf = lab.write_conf("proxy-stop.toml", toml)
     p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="pstop")
     procs.wait_listening(p, sc.PROXY_IN, port)
-    holder = raw_client(lab, "stop-holders", f"""
+    raw_client(lab, "stop-holders", f"""
         import socket, ssl, time
         def connect():
             s = socket.create_connection(("{sc.PROXY_IN}", {port}))
