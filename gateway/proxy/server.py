@@ -1009,37 +1009,6 @@ class SpliceReactor:
     def remove_writer(self, fd: int) -> None:
         self._watch(fd, 1, None)
 
-    async def ready(self, fd: int, *, write: bool = False, timeout: float | None = None) -> None:
-        """Wait until ``fd`` is readable (or writable); TimeoutError after ``timeout`` seconds.
-
-        The timeout is a plain timer on the future (no ``asyncio.timeout`` context, which
-        costs a task look-up, a reschedule and a cancellation per use); cancellable like any await.
-        """
-        fut = self.loop.create_future()
-
-        def woken() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        def expired() -> None:
-            if not fut.done():
-                fut.set_exception(TimeoutError())
-
-        if write:
-            self.add_writer(fd, woken)
-        else:
-            self.add_reader(fd, woken)
-        timer = self.loop.call_later(timeout, expired) if timeout is not None else None
-        try:
-            await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if write:
-                self.remove_writer(fd)
-            else:
-                self.remove_reader(fd)
-
     def _run(self) -> None:
         try:
             events = self.ep.poll(0, 256)  # the rest, if any, comes on the loop's next pass
