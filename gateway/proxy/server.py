@@ -645,8 +645,7 @@ class _Conn:
         except Exception as exc:
             self.fail(exc)
             return
-        name = self.flow.name
-        self.p.dns.put(name, addrs, ttl, time.monotonic())
+        self.p.dns.put(self.flow.name, addrs, ttl, time.monotonic())
         self.feed(self.flow.resolved, addrs)
 
     def connect(self, addresses: list[str]) -> bool:
@@ -690,24 +689,29 @@ class _Conn:
         s, a, rest = self._end_try()
         try:
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if not err:
-                self.connected(s, a)
-                self.step()
-                return
         except OSError as exc:
             err = exc.errno or errno.EINVAL
-        s.close()
-        self.errors.append(f"{a}: {OSError(err, f'Connect call failed {(a, self.port)}')}")
-        if self.connect(rest):
-            self.step()
+        self._connect_done(s, a, rest, None if not err else str(OSError(err, f"Connect call failed {(a, self.port)}")))
 
     def on_connect_timeout(self) -> None:
         self.timer = None
         s, a, rest = self._end_try()
-        s.close()
-        self.errors.append(f"{a}: timed out")
-        if self.connect(rest):
-            self.step()
+        self._connect_done(s, a, rest, "timed out")
+
+    def _connect_done(self, s: socket.socket, address: str, rest: list[str], error: str | None) -> None:
+        try:
+            if error is None:
+                self.connected(s, address)
+            else:
+                s.close()
+                self.errors.append(f"{address}: {error}")
+                if not self.connect(rest):
+                    return  # the next address is being tried
+        except Exception as exc:  # the socket gone meanwhile, or a bug in the flow: this connection only
+            s.close()
+            self.fail(exc)
+            return
+        self.step()
 
     # ---- the coroutine parts, and the end --------------------------------------------------------------
     def suspend(self, coro, then=None) -> None:
