@@ -8,6 +8,7 @@ that a good client is served at the same time.
 
 import json
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -305,8 +306,17 @@ def test_stop_ends_every_open_connection_with_a_log_line(lab):
     """)
     procs.wait_until(lambda: "holding" in (lab.log_dir / "stop-holders.log").read_text(errors="replace"),
                      what="the three connections to be open")
-    time.sleep(0.3)  # the decrypting one has reached its TLS handshake
     proc = lab.procs["pstop"]
+
+    def states() -> str:
+        os.kill(proc.pid, signal.SIGUSR1)  # the proxy lists its connections' states on stderr
+        time.sleep(0.1)
+        return (lab.log_dir / "pstop.log").read_text(errors="replace")
+
+    # All three are open, and the decrypting one has reached its TLS handshake (its task).
+    procs.wait_until(lambda: "-> decrypt.example.com: intercept, task" in (text := states())
+                     and "-> bank.example.com: spliced, callbacks" in text and "-> None: head, callbacks" in text,
+                     what="the three connections in their waits")
     lab.stop("pstop")
     assert proc.popen is None or proc.popen.returncode == 0, proc.popen.returncode
     text = (lab.log_dir / "pstop.log").read_text(errors="replace")
