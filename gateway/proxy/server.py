@@ -941,9 +941,9 @@ class SpliceReactor:
     answer, two FINs) and registers and unregisters its sockets a few times;
     through ``loop.add_reader`` each of those costs a Handle, a SelectorKey and a
     pass through ``_run_once`` in Python.  Here a callback runs straight from the
-    epoll events and (un)registering is one ``epoll_ctl``.  On the proxy's own loop
-    (:func:`new_loop`) the fds share the loop's epoll; on any other loop they sit in
-    an epoll of their own that the loop watches as one fd.  Same semantics as
+    epoll events and (un)registering is one ``epoll_ctl``.  It lives on the proxy's
+    own loop (:func:`new_loop`), whose selector hands it the events of its fds,
+    which share the loop's epoll.  Same semantics as
     ``loop.add_reader``/``add_writer``: level-triggered, an error or hang-up counts as
     both readable and writable.  Callbacks run on the loop thread, like the loop's own.
     An fd must not be registered here and with the loop at the same time.
@@ -953,14 +953,11 @@ class SpliceReactor:
         self.loop = loop
         self.fds: dict[int, list] = {}  # fd -> [reader or None, writer or None]
         sel = getattr(loop, "_selector", None)
-        if isinstance(sel, SpliceSelector) and sel.reactor is None:
-            self.selector: SpliceSelector | None = sel
-            self.ep = sel._selector  # the loop's epoll: one epoll_wait per pass serves both
-            sel.reactor = self
-        else:
-            self.selector = None
-            self.ep = select.epoll()
-            loop.add_reader(self.ep.fileno(), self._run)
+        if not isinstance(sel, SpliceSelector) or sel.reactor is not None:
+            raise ValueError("a SpliceReactor needs a loop of its own from new_loop()")
+        self.selector = sel
+        self.ep = sel._selector  # the loop's epoll: one epoll_wait per pass serves both
+        sel.reactor = self
         self.closed = False
         self.busy = 0.0  # seconds to poll without sleeping while a bulk transfer runs (0: never)
         self.hot = False  # a splice just moved STREAMING bytes or more (set only when busy > 0)
@@ -977,7 +974,7 @@ class SpliceReactor:
             try:
                 self.ep.register(fd, mask)
             except FileExistsError:  # a closed fd's number came back: it is a new file, same number
-                if self.selector is not None and fd in self.selector._fd_to_key:
+                if fd in self.selector._fd_to_key:
                     del self.fds[fd]
                     raise  # the loop watches it: taking it over would break the loop's own wait
                 self.ep.modify(fd, mask)
@@ -1013,13 +1010,6 @@ class SpliceReactor:
     def remove_writer(self, fd: int) -> None:
         self._watch(fd, 1, None)
 
-    def _run(self) -> None:
-        try:
-            events = self.ep.poll(0, 256)  # the rest, if any, comes on the loop's next pass
-        except InterruptedError:
-            return
-        self.dispatch(events)
-
     def dispatch(self, events) -> None:
         fds = self.fds
         for fd, ev in events:
@@ -1041,17 +1031,12 @@ class SpliceReactor:
         if self.closed:
             return
         self.closed = True
-        if self.selector is not None:
-            for fd in list(self.fds):
-                try:
-                    self.ep.unregister(fd)
-                except (OSError, ValueError):
-                    pass
-            self.selector.reactor = None
-        else:
-            if not self.loop.is_closed():
-                self.loop.remove_reader(self.ep.fileno())
-            self.ep.close()
+        for fd in list(self.fds):
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        self.selector.reactor = None
         self.fds.clear()
 
 
@@ -1063,10 +1048,10 @@ class _Direction:
     until the pipe is empty again.  Bytes never enter Python.
     """
 
-    __slots__ = ("loop", "src", "dst", "sfd", "dfd", "r", "w", "pending", "total", "eof", "done", "tunnel")
+    __slots__ = ("reactor", "src", "dst", "sfd", "dfd", "r", "w", "pending", "total", "eof", "done", "tunnel")
 
-    def __init__(self, loop: "SpliceReactor", src: socket.socket, dst: socket.socket, tunnel: "_Tunnel"):
-        self.loop = loop  # anything with add_reader/remove_reader/add_writer/remove_writer
+    def __init__(self, reactor: "SpliceReactor", src: socket.socket, dst: socket.socket, tunnel: "_Tunnel"):
+        self.reactor = reactor
         self.src, self.dst = src, dst
         self.sfd, self.dfd = src.fileno(), dst.fileno()
         self.r, self.w = PIPES.get()
@@ -1077,7 +1062,7 @@ class _Direction:
         self.tunnel = tunnel
 
     def start(self) -> None:
-        self.loop.add_reader(self.sfd, self.on_readable)
+        self.reactor.add_reader(self.sfd, self.on_readable)
 
     def on_readable(self) -> None:
         try:
@@ -1089,11 +1074,11 @@ class _Direction:
             return
         if n == 0:
             self.eof = True
-            self.loop.remove_reader(self.sfd)
+            self.reactor.remove_reader(self.sfd)
         else:
             self.pending += n
-            if n >= STREAMING and self.loop.busy:
-                self.loop.hot = True
+            if n >= STREAMING and self.reactor.busy:
+                self.reactor.hot = True
         self.drain()
 
     def drain(self) -> None:
@@ -1105,8 +1090,8 @@ class _Direction:
         except BlockingIOError:
             # dst is full: stop reading src until the pipe has drained into it
             if not self.eof:
-                self.loop.remove_reader(self.sfd)
-            self.loop.add_writer(self.dfd, self.on_writable)
+                self.reactor.remove_reader(self.sfd)
+            self.reactor.add_writer(self.dfd, self.on_writable)
             return
         except OSError as exc:
             self.tunnel.fail(exc)
@@ -1115,10 +1100,10 @@ class _Direction:
             self.finish()
 
     def on_writable(self) -> None:
-        self.loop.remove_writer(self.dfd)
+        self.reactor.remove_writer(self.dfd)
         self.drain()
         if not self.pending and not self.eof and not self.done:
-            self.loop.add_reader(self.sfd, self.on_readable)
+            self.reactor.add_reader(self.sfd, self.on_readable)
 
     def finish(self) -> None:
         if self.done:
@@ -1134,8 +1119,8 @@ class _Direction:
         if self.done:
             return
         self.done = True
-        self.loop.remove_reader(self.sfd)
-        self.loop.remove_writer(self.dfd)
+        self.reactor.remove_reader(self.sfd)
+        self.reactor.remove_writer(self.dfd)
         PIPES.put(self.r, self.w, empty=not self.pending)
 
 
