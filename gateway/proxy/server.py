@@ -198,8 +198,7 @@ class Proxy:
         self.dns = DnsCache()
         # Only blocking DNS look-ups run here; splicing runs on the loop.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="resolve")
-        self.active = 0
-        self.conns: set[_Conn] = set()  # every open client connection, for the stop and SIGUSR1
+        self.conns: set[_Conn] = set()  # every open client connection: max_connections, the stop, SIGUSR1
         self.reactor: SpliceReactor | None = None  # made by serve(), on its loop
         self.leaves: LeafCache | None = None
         self._ctx: dict[str, tuple[int, ssl.SSLContext]] = {}
@@ -304,7 +303,7 @@ class Proxy:
                     loop.remove_reader(lfd)
                     loop.call_later(0.05, resume)
                     return
-                if self.active >= self.cfg.max_connections:
+                if len(self.conns) >= self.cfg.max_connections:
                     self.write_log({"ts": _ts(), "mode": self.cfg.mode, "client": f"{addr[0]}:{addr[1]}",
                                     "decision": "error", "reason": f"over max_connections ({self.cfg.max_connections})"})
                     csock.close()
@@ -475,7 +474,7 @@ class _Conn:
     """
 
     __slots__ = ("p", "loop", "reactor", "csock", "cfd", "ssock", "t0", "flow", "c", "q", "task", "timer",
-                 "timer_at", "reading", "tunnel", "trying", "port", "errors", "done")
+                 "reading", "tunnel", "trying", "port", "errors", "done")
 
     def __init__(self, proxy: "Proxy", csock: socket.socket, addr):
         self.p = proxy
@@ -490,8 +489,7 @@ class _Conn:
         self.c = Counters()
         self.q: deque = deque()
         self.task: asyncio.Task | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
+        self.timer: asyncio.TimerHandle | None = None  # the first-bytes deadline, or the connect's
         self.reading = False
         self.tunnel: _Tunnel | None = None
         self.trying: tuple | None = None  # the upstream connect in progress: (socket, address, addresses left)
@@ -500,7 +498,6 @@ class _Conn:
         self.done = False
 
     def start(self) -> None:
-        self.p.active += 1
         self.p.conns.add(self)
         try:
             self.csock.setblocking(False)  # TCP_NODELAY and SO_KEEPALIVE come from the listening socket
@@ -584,11 +581,10 @@ class _Conn:
                 self.reactor.add_reader(self.cfd, self.on_client)
                 self.reading = True
             deadline = self.flow.deadline
-            if self.timer is None or self.timer_at != deadline:
+            if self.timer is None or self.timer.when() != deadline:
                 if self.timer is not None:
                     self.timer.cancel()
                 self.timer = self.loop.call_at(deadline, self.on_deadline)
-                self.timer_at = deadline
             return
         self.client_bytes(data)
 
@@ -667,7 +663,7 @@ class _Conn:
                 self.timer = self.loop.call_later(self.p.cfg.connect_timeout, self.on_connect_timeout)
                 return False
             s.close()
-            self.errors.append(f"{a}: {OSError(err, f'Connect call failed {(a, self.port)}')}")  # asyncio's wording
+            self.errors.append(f"{a}: {self._connect_error(a, err)}")
         self.q.extend(self.flow.connect_failed("; ".join(self.errors)))
         return True
 
@@ -691,7 +687,10 @@ class _Conn:
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError as exc:
             err = exc.errno or errno.EINVAL
-        self._connect_done(s, a, rest, None if not err else str(OSError(err, f"Connect call failed {(a, self.port)}")))
+        self._connect_done(s, a, rest, self._connect_error(a, err) if err else None)
+
+    def _connect_error(self, address: str, err: int) -> str:
+        return str(OSError(err, f"Connect call failed {(address, self.port)}"))  # asyncio's wording
 
     def on_connect_timeout(self) -> None:
         self.timer = None
@@ -765,7 +764,6 @@ class _Conn:
             return
         self.done = True
         p = self.p
-        p.active -= 1
         p.conns.discard(self)
         self.stop_waiting()
         if self.tunnel is not None:
