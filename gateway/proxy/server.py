@@ -836,6 +836,11 @@ class PipePool:
 PIPES = PipePool()
 
 
+def _epoll_seconds(timeout: float) -> float:
+    """``timeout`` rounded up to epoll's resolution (whole milliseconds): wait at least that long."""
+    return math.ceil(timeout * 1e3) * 1e-3
+
+
 class SpliceSelector(selectors.EpollSelector):
     """asyncio's epoll selector that also hands a :class:`SpliceReactor` its own fds' events.
 
@@ -858,7 +863,7 @@ class SpliceSelector(selectors.EpollSelector):
         elif timeout <= 0:
             timeout = 0
         else:
-            timeout = math.ceil(timeout * 1e3) * 1e-3  # epoll's resolution: wait at least timeout
+            timeout = _epoll_seconds(timeout)
         end = time.monotonic() + timeout if timeout > 0 else 0.0
         fd_to_key = self._fd_to_key
         loop = reactor.loop
@@ -898,7 +903,7 @@ class SpliceSelector(selectors.EpollSelector):
                 left = end - time.monotonic()
                 if left <= 0:
                     return ready
-                timeout = math.ceil(left * 1e3) * 1e-3
+                timeout = _epoll_seconds(left)
 
     def _busy_poll(self, reactor: "SpliceReactor", timeout: float, maxev: int) -> list:
         """Poll without sleeping for up to ``reactor.busy`` seconds, then wait as usual.
@@ -923,7 +928,7 @@ class SpliceSelector(selectors.EpollSelector):
                 break
         reactor.hot = False
         if timeout > 0:  # what is left of the loop's own wait (its next timer)
-            timeout = math.ceil(max(0.0, timeout - (now - start)) * 1e3) * 1e-3
+            timeout = _epoll_seconds(max(0.0, timeout - (now - start)))
         return poll(timeout, maxev)
 
 
