@@ -25,6 +25,14 @@ MAX_AGE = 3600.0  # never resume longer than this after the full handshake, what
 REFETCH = 60.0  # read a key's session at most this often (each read leaks on Python 3.11)
 
 
+def _newest(d: OrderedDict, key: Hashable, value: Any, size: int) -> None:
+    """Set ``d[key]`` as the most recently used entry; the least recently used go beyond ``size``."""
+    d[key] = value
+    d.move_to_end(key)
+    while len(d) > size:
+        d.popitem(last=False)
+
+
 class SessionCache:
     """Resumable sessions by key (name, address, port, alpn), least recently used out."""
 
@@ -53,10 +61,7 @@ class SessionCache:
         if lifetime <= 0:
             self._data.pop(key, None)
             return
-        self._data[key] = (now + lifetime, session, now)
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
+        _newest(self._data, key, (now + lifetime, session, now), self.size)
 
     def wants(self, key: Hashable, now: float, *, offered: bool, resumed: bool) -> bool:
         """After a connection for ``key``: should the shell read its session and ``put`` it?
@@ -74,10 +79,7 @@ class SessionCache:
         last = self._read.get(key)
         if last is not None and now - last < self.refetch:
             return False
-        self._read[key] = now
-        self._read.move_to_end(key)
-        while len(self._read) > self.size:
-            self._read.popitem(last=False)
+        _newest(self._read, key, now, self.size)
         return True
 
     def drop(self, key: Hashable) -> None:
