@@ -229,10 +229,6 @@ class BatchSocket:
             f = self._iov_fmts[n] = struct.Struct("@" + "PN" * n)  # _IOVec is (void *, size_t)
         return f
 
-    def queue(self, i: int, data: bytes) -> None:
-        """Queue ``data`` as the answer to datagram ``i`` of the last ``receive()``."""
-        self.answer([i], [data])
-
     def flush(self) -> int:
         """Send every queued answer; returns how many could not be sent (each is lost, as a failed sendto)."""
         total, start, lost = self._pending, 0, 0

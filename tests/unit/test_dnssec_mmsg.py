@@ -47,7 +47,7 @@ def test_answers_in_any_order_reach_their_own_senders_batch_after_batch():
         sender = {d: clients[int(d.split(b"-")[1])] for d in datas}
         order = [datas.index(b"r%d-%d" % (k, i)) for i in which]  # datagram index of each client's query
         if k == 3:
-            bs.queue(order[0], b"A:" + datas[order[0]] + b"x" * 3000)  # one by one, then flushed
+            bs.answer([order[0]], [b"A:" + datas[order[0]] + b"x" * 3000])  # one by one, then flushed
         else:
             bs.answer(order, [b"A:" + datas[j] + b"x" * (100 * j + 1) for j in order])
         assert bs.flush() == 0
@@ -100,10 +100,10 @@ def test_more_answers_than_a_batch_and_an_oversized_answer_still_go_out():
     _wait_readable(s)
     assert len(bs.receive()[0]) == 1
     for k in range(10):
-        bs.queue(0, b"%d" % k)
-    bs.queue(0, b"z" * (mmsg.SEND_SLOT + 1))
+        bs.answer([0], [b"%d" % k])
+    bs.answer([0], [b"z" * (mmsg.SEND_SLOT + 1)])
     giant = b"g" * (bs.batch * mmsg.SEND_SLOT + 1)  # more than the whole send buffer holds
-    bs.queue(0, giant)
+    bs.answer([0], [giant])
     bs.flush()
     got = [c.recv(70000) for _ in range(12)]
     assert got[:10] == [b"%d" % k for k in range(10)] and got[10] == b"z" * (mmsg.SEND_SLOT + 1)
@@ -119,7 +119,7 @@ def test_ipv6_sender_address():
     _wait_readable(s)
     [data], [host] = bs.receive()
     assert data == b"hi" and host == "::1" and bs.address(0)[:2] == c.getsockname()[:2]
-    bs.queue(0, b"yo")
+    bs.answer([0], [b"yo"])
     bs.flush()
     assert c.recv(10) == b"yo"
 
