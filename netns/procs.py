@@ -86,6 +86,20 @@ def run(ns: str, argv: list[str], *, timeout: float = 30, input: bytes | None = 
     return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, timeout=timeout, input=input, env=full_env)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ProcessLookupError(f"no VmRSS for pid {pid}")
+
+
 def wait_until(pred, *, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> None:
     """Poll ``pred`` until true, or raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout

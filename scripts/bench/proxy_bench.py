@@ -52,12 +52,6 @@ def proxy_url(port: int) -> str:
     return f"http://{sc.PROXY_IN}:{port}"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def download(lab: Lab, name: str, proxy: int | None, trust: Path, size: int = SIZE) -> dict:
     argv = ["curl", "-s", "-o", "/dev/null", "--max-time", "120", "--cacert", str(trust),
             "-w", "%{http_code} %{size_download} %{time_total}"]
@@ -76,11 +70,11 @@ def requests(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = S
             "-H", "Connection: close", "-w", "%{http_code} %{exitcode} %{errormsg}\n", "-K", str(cfg)]
     if proxy:
         argv += ["--proxy", proxy_url(proxy)]
-    c0 = cpu_seconds(pid) if pid else 0.0
+    c0 = procs.cpu_seconds(pid) if pid else 0.0
     t0 = time.monotonic()
     out = lab.exec("client", argv, timeout=300)
     secs = time.monotonic() - t0
-    cpu = cpu_seconds(pid) - c0 if pid else None
+    cpu = procs.cpu_seconds(pid) - c0 if pid else None
     lines = out.stdout.decode().splitlines()
     good = sum(1 for l in lines if l.startswith("200 "))
     errors = sorted({l for l in lines if not l.startswith("200 ")})[:5]

@@ -110,11 +110,6 @@ def test_plain_http_and_log_fields(lab):
     assert rec["decision"] == "allow" and rec["bytes_down"] > 0 and rec["mode"] == "explicit"
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_spliced_bulk_download_then_the_idle_proxy_does_not_spin(lab):
     # 20 MB through a spliced tunnel: every byte arrives, and the busy poll (on while the bulk
     # transfer runs) cools down once it ends instead of spinning on an idle loop.
@@ -124,9 +119,9 @@ def test_spliced_bulk_download_then_the_idle_proxy_does_not_spin(lab):
     assert out["rc"] == 0 and out["stdout"].strip() == str(size), out["stderr"][-800:]
     pid = lab.procs["proxy"].pid
     time.sleep(0.2)
-    before = _cpu_seconds(pid)
+    before = procs.cpu_seconds(pid)
     time.sleep(1.0)
-    used = _cpu_seconds(pid) - before
+    used = procs.cpu_seconds(pid) - before
     assert used < 0.2, f"the idle proxy used {used:.2f} s of CPU in 1 s: it is still polling"  # a stuck spin: ~1 s
     rec = wait_log(lab, lambda r: r.get("name") == "bank.example.com" and r.get("bytes_down", 0) > size)
     assert rec["decrypted"] is False
@@ -330,13 +325,6 @@ def test_stop_ends_every_open_connection_with_a_log_line(lab):
     good_explicit(lab)
 
 
-def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_decrypted_connections_do_not_grow_the_proxy(lab):
     # Each decrypted connection resumes the upstream TLS session; reading a session on every
     # connection leaked about 6 KB each (Python 3.11, CPython gh-116810): 2.4 MB over these 400.
@@ -354,7 +342,7 @@ def test_decrypted_connections_do_not_grow_the_proxy(lab):
 
     pid = lab.procs["proxy"].pid
     batch(2)  # warm: caches, the allocator's arenas
-    before = _rss_kib(pid)
+    before = procs.rss_kib(pid)
     batch(4)
-    grown = _rss_kib(pid) - before
+    grown = procs.rss_kib(pid) - before
     assert grown < 1024, f"the proxy grew by {grown} KiB over 400 decrypted connections"
