@@ -57,12 +57,28 @@ log = logging.getLogger("ztna.proxy")
 SO_ORIGINAL_DST = 80
 F_SETPIPE_SZ = 1031
 READ_SIZE = 256 * 1024
-# One encoder for every log line: json.dumps with any option builds a new JSONEncoder per call.
-_json_line = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _line_encoder():
+    """``record -> compact JSON text``, as ``json.dumps(record, separators=(",", ":"))``.
+
+    ``JSONEncoder.encode`` builds its C encoder (and a closure) again on every call;
+    here it is built once.  No circular-reference check: log records are flat."""
+    from json import encoder as je
+
+    plain = json.JSONEncoder(separators=(",", ":"))
+    if je.c_make_encoder is None:  # an interpreter without the C accelerator
+        return plain.encode
+    enc = je.c_make_encoder(None, plain.default, je.encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda record: "".join(enc(record, 0))
+
+
+_json_line = _line_encoder()
 LOG_DELAY = 0.05  # seconds a finished connection's log line may wait to share a write with others
 PIPE_SIZE = 1024 * 1024
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 STREAMING = 16 * 1024  # one splice moving this much (a full TLS record or more): a bulk transfer is running
+TICK = 0.1  # seconds between checks of the connections' deadlines: each fires at most this late
 
 
 def local_addresses() -> list[str]:
@@ -285,22 +301,25 @@ class Proxy:
             ready()
         lfd = lsock.fileno()
         listening = True
+        reactor = self.reactor
 
         def resume() -> None:
             if listening:
-                loop.add_reader(lfd, on_acceptable)
+                reactor.watch(lfd, IN, on_acceptable)
 
-        def on_acceptable() -> None:
+        def on_acceptable(_events: int) -> None:
             # Accept from a readiness callback, as many as are queued (bounded so a burst
             # cannot starve the connections already running).
             for _ in range(64):
                 try:
-                    csock, addr = lsock.accept()
+                    # socket.accept() less its two enum conversions (family and type, every call).
+                    fd, addr = lsock._accept()
+                    csock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:  # EMFILE and the like: pause, then try again
                     log.warning("accept failed: %s", exc)
-                    loop.remove_reader(lfd)
+                    reactor.unwatch(lfd)
                     loop.call_later(0.05, resume)
                     return
                 if len(self.conns) >= self.cfg.max_connections:
@@ -310,12 +329,12 @@ class Proxy:
                     continue
                 _Conn(self, csock, addr).start()
 
-        loop.add_reader(lfd, on_acceptable)
+        reactor.watch(lfd, IN, on_acceptable)  # accepted straight from the epoll events, like the splices
         try:
             await stop.wait()
         finally:
             listening = False
-            loop.remove_reader(lfd)
+            reactor.unwatch(lfd)
             lsock.close()
             for conn in list(self.conns):
                 conn.abort()
@@ -473,7 +492,7 @@ class _Conn:
     Every way out ends in ``finish``: sockets closed, one log line.
     """
 
-    __slots__ = ("p", "loop", "reactor", "csock", "cfd", "ssock", "t0", "flow", "c", "q", "task", "timer",
+    __slots__ = ("p", "loop", "reactor", "csock", "cfd", "ssock", "t0", "flow", "c", "q", "task", "due",
                  "reading", "tunnel", "trying", "port", "errors", "done")
 
     def __init__(self, proxy: "Proxy", csock: socket.socket, addr):
@@ -489,7 +508,7 @@ class _Conn:
         self.c = Counters()
         self.q: deque = deque()
         self.task: asyncio.Task | None = None
-        self.timer: asyncio.TimerHandle | None = None  # the first-bytes deadline, or the connect's
+        self.due: float | None = None  # the deadline set with the reactor: the first bytes', or the connect's
         self.reading = False
         self.tunnel: _Tunnel | None = None
         self.trying: tuple | None = None  # the upstream connect in progress: (socket, address, addresses left)
@@ -578,21 +597,20 @@ class _Conn:
             data = self.csock.recv(65536)  # usually there already: no registration, no timer
         except BlockingIOError:
             if not self.reading:
-                self.reactor.add_reader(self.cfd, self.on_client)
+                self.reactor.watch(self.cfd, IN, self.on_client)
                 self.reading = True
             deadline = self.flow.deadline
-            if self.timer is None or self.timer.when() != deadline:
-                if self.timer is not None:
-                    self.timer.cancel()
-                self.timer = self.loop.call_at(deadline, self.on_deadline)
+            if self.due != deadline:
+                self.due = deadline
+                self.reactor.at(self, deadline, self.on_deadline)
             return
         self.client_bytes(data)
 
-    def on_client(self) -> None:
+    def on_client(self, _events: int) -> None:
         if not self.flow.waiting_for_client:
             # The reader stays registered past the head (the tunnel takes it over without an
             # epoll_ctl); bytes the client sends while the flow resolves or connects wait in the socket.
-            self.reactor.remove_reader(self.cfd)
+            self.reactor.unwatch(self.cfd)
             self.reading = False
             return
         try:
@@ -602,9 +620,9 @@ class _Conn:
         except OSError as exc:
             self.fail(exc)
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.due is not None:
+            self.reactor.cancel(self)
+            self.due = None
         self.client_bytes(data)
 
     def client_bytes(self, data: bytes) -> None:
@@ -614,17 +632,17 @@ class _Conn:
             self.feed(self.flow.client_eof, time.monotonic())
 
     def on_deadline(self) -> None:
-        self.timer = None
+        self.due = None
         self.stop_waiting()
         self.feed(self.flow.timeout, time.monotonic())
 
     def stop_waiting(self) -> None:
         if self.reading:
-            self.reactor.remove_reader(self.cfd)
+            self.reactor.unwatch(self.cfd)
             self.reading = False
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.due is not None:
+            self.reactor.cancel(self)
+            self.due = None
 
     # ---- DNS and the upstream connect ------------------------------------------------------------
     def on_resolved(self, fut: asyncio.Future) -> None:
@@ -658,9 +676,20 @@ class _Conn:
                 self.connected(s, a)
                 return True
             if err == errno.EINPROGRESS:
+                try:
+                    # A near server (same host, or a veth away) has often answered already: the
+                    # SYN and its SYN-ACK went through the network stack within connect() itself.
+                    # Connected means a peer name; then there is no writability to wait for.
+                    s.getpeername()
+                except OSError:
+                    pass
+                else:
+                    self.connected(s, a)
+                    return True
                 self.trying = (s, a, addresses)
-                self.reactor.add_writer(s.fileno(), self.on_connect)
-                self.timer = self.loop.call_later(self.p.cfg.connect_timeout, self.on_connect_timeout)
+                self.reactor.watch(s.fileno(), OUT, self.on_connect)
+                self.due = time.monotonic() + self.p.cfg.connect_timeout
+                self.reactor.at(self, self.due, self.on_connect_timeout)
                 return False
             s.close()
             self.errors.append(f"{a}: {self._connect_error(a, err)}")
@@ -675,13 +704,13 @@ class _Conn:
     def _end_try(self) -> tuple:
         s, a, rest = self.trying
         self.trying = None
-        self.reactor.remove_writer(s.fileno())
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.reactor.unwatch(s.fileno())
+        if self.due is not None:
+            self.reactor.cancel(self)
+            self.due = None
         return s, a, rest
 
-    def on_connect(self) -> None:
+    def on_connect(self, _events: int) -> None:
         s, a, rest = self._end_try()
         try:
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -693,7 +722,7 @@ class _Conn:
         return str(OSError(err, f"Connect call failed {(address, self.port)}"))  # asyncio's wording
 
     def on_connect_timeout(self) -> None:
-        self.timer = None
+        self.due = None
         s, a, rest = self._end_try()
         self._connect_done(s, a, rest, "timed out")
 
@@ -765,6 +794,9 @@ class _Conn:
         self.done = True
         p = self.p
         p.conns.discard(self)
+        if self.reading:
+            self.reactor.forget(self.cfd)  # closed next: no epoll_ctl needed
+            self.reading = False
         self.stop_waiting()
         if self.tunnel is not None:
             self.tunnel.close()
@@ -842,12 +874,13 @@ def _epoll_seconds(timeout: float) -> float:
 
 
 class SpliceSelector(selectors.EpollSelector):
-    """asyncio's epoll selector that also hands a :class:`SpliceReactor` its own fds' events.
+    """asyncio's epoll selector that also runs a :class:`SpliceReactor`'s callbacks.
 
     The reactor's fds sit in this very epoll, so one ``epoll_wait`` per pass of the
-    loop serves both; events for fds asyncio does not know go to the reactor,
-    whose callbacks run right there (they only touch sockets, pipes and futures).
-    The code follows ``selectors.EpollSelector.select`` of Python 3.11.
+    loop serves both: an event for a reactor fd calls its callback right there
+    (callbacks only touch sockets, pipes, timers and futures); the others become
+    asyncio's selector keys, as in ``selectors.EpollSelector.select`` of Python 3.11,
+    which this follows.
     """
 
     def __init__(self) -> None:
@@ -866,10 +899,11 @@ class SpliceSelector(selectors.EpollSelector):
             timeout = _epoll_seconds(timeout)
         end = time.monotonic() + timeout if timeout > 0 else 0.0
         fd_to_key = self._fd_to_key
+        cbs = reactor.cbs
         loop = reactor.loop
         while True:
             ready = []
-            maxev = max(len(fd_to_key) + len(reactor.fds), 1)
+            maxev = len(fd_to_key) + len(cbs) or 1
             try:
                 if reactor.hot and timeout != 0:
                     fd_event_list = self._busy_poll(reactor, timeout, maxev)
@@ -877,11 +911,17 @@ class SpliceSelector(selectors.EpollSelector):
                     fd_event_list = self._selector.poll(timeout, maxev)
             except InterruptedError:
                 return ready
-            theirs = []
+            timers = len(loop._scheduled)
             for fd, event in fd_event_list:
+                cb = cbs.get(fd)  # looked up per event: an earlier callback may have changed it
+                if cb is not None:
+                    try:
+                        cb(event)
+                    except Exception:  # a bug costs its own connection at most, never the others
+                        log.exception("reactor callback for fd %d failed", fd)
+                    continue
                 key = fd_to_key.get(fd)
                 if key is None:
-                    theirs.append((fd, event))
                     continue
                 events = 0
                 if event & ~select.EPOLLIN:
@@ -889,15 +929,11 @@ class SpliceSelector(selectors.EpollSelector):
                 if event & ~select.EPOLLOUT:
                     events |= selectors.EVENT_READ
                 ready.append((key, events & key.events))
-            if not theirs:
-                return ready
-            timers = len(loop._scheduled)
-            reactor.dispatch(theirs)
             # Only the reactor's callbacks ran and they gave asyncio nothing to do (no handle
             # queued, no timer added): wait again here instead of a pass of the loop's
             # bookkeeping that would find nothing.  Timers already due keep their time:
             # the wait never goes past the one the loop asked for.
-            if ready or timeout == 0 or loop._ready or len(loop._scheduled) != timers:
+            if ready or not fd_event_list or timeout == 0 or loop._ready or len(loop._scheduled) != timers:
                 return ready
             if timeout > 0:
                 left = end - time.monotonic()
@@ -937,24 +973,28 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return asyncio.SelectorEventLoop(SpliceSelector())
 
 
-class SpliceReactor:
-    """Readiness of spliced sockets without asyncio's per-event machinery.
+IN, OUT = select.EPOLLIN, select.EPOLLOUT
+# What a callback's event mask means, as for the loop's own selector: an error or a
+# hang-up (EPOLLERR, EPOLLHUP) counts as both readable and writable.
+READABLE, WRITABLE = ~OUT, ~IN
 
-    A spliced connection wakes up about ten times (handshake flights, request,
-    answer, two FINs) and registers and unregisters its sockets a few times;
-    through ``loop.add_reader`` each of those costs a Handle, a SelectorKey and a
-    pass through ``_run_once`` in Python.  Here a callback runs straight from the
-    epoll events and (un)registering is one ``epoll_ctl``.  It lives on the proxy's
-    own loop (:func:`new_loop`), whose selector hands it the events of its fds,
-    which share the loop's epoll.  Same semantics as
-    ``loop.add_reader``/``add_writer``: level-triggered, an error or hang-up counts as
-    both readable and writable.  Callbacks run on the loop thread, like the loop's own.
-    An fd must not be registered here and with the loop at the same time.
+
+class SpliceReactor:
+    """Readiness callbacks on the loop's epoll without asyncio's per-event machinery.
+
+    A spliced connection wakes up about ten times (its accept, the connect, handshake
+    flights, request, answer, two FINs); through ``loop.add_reader`` each of those
+    costs a Handle, a SelectorKey and a pass through ``_run_once`` in Python, and each
+    change of interest another.  Here an fd has one callback, called with the epoll
+    event mask straight from the loop's ``epoll_wait`` (see :class:`SpliceSelector`;
+    test it against READABLE / WRITABLE), and a change of interest is one ``epoll_ctl``.
+    Level-triggered, like the loop.  Callbacks run on the loop thread.  An fd must
+    not be watched here and by the loop at the same time.
     """
 
     def __init__(self, loop):
         self.loop = loop
-        self.fds: dict[int, list] = {}  # fd -> [reader or None, writer or None]
+        self.cbs: dict = {}  # fd -> callback(events)
         sel = getattr(loop, "_selector", None)
         if not isinstance(sel, SpliceSelector) or sel.reactor is not None:
             raise ValueError("a SpliceReactor needs a loop of its own from new_loop()")
@@ -964,186 +1004,204 @@ class SpliceReactor:
         self.closed = False
         self.busy = 0.0  # seconds to poll without sleeping while a bulk transfer runs (0: never)
         self.hot = False  # a splice just moved STREAMING bytes or more (set only when busy > 0)
+        self.deadlines: dict = {}  # key -> (when, callback)
+        self._sweeper: asyncio.TimerHandle | None = None
 
-    def _set(self, fd: int, entry: list, new: bool) -> None:
-        mask = (select.EPOLLIN if entry[0] else 0) | (select.EPOLLOUT if entry[1] else 0)
-        if not mask:
-            del self.fds[fd]
+    def at(self, key, when: float, cb) -> None:
+        """Call ``cb()`` once ``time.monotonic()`` reaches ``when`` (up to TICK later), unless cancelled.
+
+        One deadline per key (a new one replaces it).  A connection sets and cancels one or
+        two of these, seconds long, and nearly all are cancelled: a dict entry each, checked
+        by one loop timer every TICK while any is set, costs less than an asyncio timer each
+        (a Handle, a heap push, and the heap's clean-up of cancelled ones)."""
+        self.deadlines[key] = (when, cb)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(TICK, self._sweep)
+
+    def cancel(self, key) -> None:
+        self.deadlines.pop(key, None)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = time.monotonic()
+        due = [(k, entry) for k, entry in self.deadlines.items() if entry[0] <= now]
+        for k, entry in due:
+            if self.deadlines.get(k) is entry:  # not cancelled or replaced by an earlier callback
+                del self.deadlines[k]
+                try:
+                    entry[1]()
+                except Exception:
+                    log.exception("deadline callback failed")
+        if self.deadlines and not self.closed:
+            self._sweeper = self.loop.call_later(TICK, self._sweep)
+
+    def watch(self, fd: int, mask: int, cb) -> None:
+        """Call ``cb(events)`` while ``fd`` is ready for ``mask`` (IN, OUT or both; not 0: see unwatch)."""
+        if fd in self.cbs:
+            self.ep.modify(fd, mask)
+        else:
+            try:
+                self.ep.register(fd, mask)
+            except FileExistsError:
+                if fd in self.selector._fd_to_key:
+                    raise  # the loop watches it: taking it over would break the loop's own wait
+                self.ep.modify(fd, mask)  # left over from a closed file whose number came back
+        self.cbs[fd] = cb
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd`` (an epoll mask of 0 would still report hang-ups, again and again)."""
+        if self.cbs.pop(fd, None) is not None:
             try:
                 self.ep.unregister(fd)
             except (OSError, ValueError):
                 pass  # already gone (the fd, or the reactor at exit, was closed)
-        elif new:
-            try:
-                self.ep.register(fd, mask)
-            except FileExistsError:  # a closed fd's number came back: it is a new file, same number
-                if fd in self.selector._fd_to_key:
-                    del self.fds[fd]
-                    raise  # the loop watches it: taking it over would break the loop's own wait
-                self.ep.modify(fd, mask)
-        else:
-            try:
-                self.ep.modify(fd, mask)
-            except FileNotFoundError:
-                self.ep.register(fd, mask)
 
-    def _watch(self, fd: int, slot: int, cb) -> None:
-        """Set the reader (slot 0) or writer (slot 1) of ``fd``; None removes it."""
-        e = self.fds.get(fd)
-        if e is None:
-            if cb is not None:
-                e = self.fds[fd] = [None, None]
-                e[slot] = cb
-                self._set(fd, e, True)
-        elif (e[slot] is None) != (cb is None):  # the epoll mask changes
-            e[slot] = cb
-            self._set(fd, e, False)
-        else:
-            e[slot] = cb
-
-    def add_reader(self, fd: int, cb) -> None:
-        self._watch(fd, 0, cb)
-
-    def add_writer(self, fd: int, cb) -> None:
-        self._watch(fd, 1, cb)
-
-    def remove_reader(self, fd: int) -> None:
-        self._watch(fd, 0, None)
-
-    def remove_writer(self, fd: int) -> None:
-        self._watch(fd, 1, None)
-
-    def dispatch(self, events) -> None:
-        fds = self.fds
-        for fd, ev in events:
-            e = fds.get(fd)
-            if e is None:
-                continue  # unregistered by an earlier callback of this batch
-            try:
-                if ev & ~select.EPOLLOUT and e[0] is not None:
-                    e[0]()
-                    e = fds.get(fd)  # that callback may have changed (or ended) this fd's entry
-                    if e is None:
-                        continue
-                if ev & ~select.EPOLLIN and e[1] is not None:
-                    e[1]()
-            except Exception:  # a bug costs its own tunnel at most, never the others in this batch
-                log.exception("splice callback for fd %d failed", fd)
+    def forget(self, fd: int) -> None:
+        """Stop watching ``fd`` that is about to be closed: closing it leaves the epoll by itself."""
+        self.cbs.pop(fd, None)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        for fd in list(self.fds):
-            try:
-                self.ep.unregister(fd)
-            except (OSError, ValueError):
-                pass
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.deadlines.clear()
+        for fd in list(self.cbs):
+            self.unwatch(fd)
         self.selector.reactor = None
-        self.fds.clear()
 
 
 class _Direction:
-    """One direction of a spliced tunnel, src -> pipe -> dst, driven by the loop's readiness callbacks.
+    """One direction of a spliced tunnel, src -> pipe -> dst; bytes never enter Python.
 
-    Level-triggered: the reader on ``src`` stays registered while the pipe drains
-    straight into ``dst``; only when ``dst`` is full does it swap to a writer on ``dst``
-    until the pipe is empty again.  Bytes never enter Python.
+    ``on_event`` is the reactor's callback for src: what src has goes through the
+    pipe straight on into dst.  When dst is full the bytes wait in the pipe
+    (``blocked``), src is not read, and src's callback, woken for writing, drains
+    them for the other direction (src is that one's dst).  Each change of
+    ``reading`` or ``blocked`` tells the tunnel, which sets the sockets' epoll interest.
     """
 
-    __slots__ = ("reactor", "src", "dst", "sfd", "dfd", "r", "w", "pending", "total", "eof", "done", "tunnel")
+    __slots__ = ("reactor", "tunnel", "other", "sfd", "dfd", "dst", "r", "w", "pending", "total", "eof",
+                 "blocked", "reading")
 
-    def __init__(self, reactor: "SpliceReactor", src: socket.socket, dst: socket.socket, tunnel: "_Tunnel"):
+    def __init__(self, reactor: "SpliceReactor", tunnel: "_Tunnel", src: socket.socket, dst: socket.socket):
         self.reactor = reactor
-        self.src, self.dst = src, dst
-        self.sfd, self.dfd = src.fileno(), dst.fileno()
+        self.tunnel = tunnel
+        self.other: _Direction | None = None  # the direction reading dst (it writes to src)
+        self.sfd, self.dfd, self.dst = src.fileno(), dst.fileno(), dst
         self.r, self.w = PIPES.get()
         self.pending = 0  # bytes in the pipe not yet written to dst
         self.total = 0
         self.eof = False
-        self.done = False
-        self.tunnel = tunnel
+        self.blocked = False
+        self.reading = True  # not eof and not blocked: src is to be read
 
-    def start(self) -> None:
-        self.reactor.add_reader(self.sfd, self.on_readable)
-
-    def on_readable(self) -> None:
-        try:
-            n = os.splice(self.sfd, self.w, PIPE_SIZE, flags=SPLICE_FLAGS)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.tunnel.fail(exc)
-            return
-        if n == 0:
-            self.eof = True
-            self.reactor.remove_reader(self.sfd)
-        else:
-            self.pending += n
-            if n >= STREAMING and self.reactor.busy:
-                self.reactor.hot = True
-        self.drain()
+    def on_event(self, ev: int) -> None:
+        if ev & READABLE and self.reading:
+            try:
+                n = os.splice(self.sfd, self.w, PIPE_SIZE, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                n = -1  # woken without data after all
+            except OSError as exc:
+                self.tunnel.fail(exc)
+                return
+            if n > 0:
+                if n >= STREAMING and self.reactor.busy:
+                    self.reactor.hot = True
+                # The pipe was empty (src is read only then): nearly always one write moves it all.
+                try:
+                    m = os.splice(self.r, self.dfd, n, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    m = 0
+                except OSError as exc:
+                    self.tunnel.fail(exc)
+                    return
+                self.total += m
+                if m < n:
+                    self.pending = n - m
+                    self.drain()  # the rest, or dst is full
+            elif n == 0:
+                self.eof = True
+                self.reading = False
+                self.drain()
+        if ev & WRITABLE and self.other.blocked:
+            self.other.drain()
 
     def drain(self) -> None:
+        """Write the pipe into dst; at the end of src, pass the end on (dst's write side shut)."""
         try:
             while self.pending:
                 m = os.splice(self.r, self.dfd, self.pending, flags=SPLICE_FLAGS)
                 self.pending -= m
                 self.total += m
         except BlockingIOError:
-            # dst is full: stop reading src until the pipe has drained into it
-            if not self.eof:
-                self.reactor.remove_reader(self.sfd)
-            self.reactor.add_writer(self.dfd, self.on_writable)
+            if not self.blocked:
+                self.blocked = True
+                self.reading = False
+                self.tunnel.update()
             return
         except OSError as exc:
             self.tunnel.fail(exc)
             return
         if self.eof:
-            self.finish()
+            self.blocked = False
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.tunnel.update()
+        elif self.blocked:
+            self.blocked = False
+            self.reading = True
+            self.tunnel.update()
 
-    def on_writable(self) -> None:
-        self.reactor.remove_writer(self.dfd)
-        self.drain()
-        if not self.pending and not self.eof and not self.done:
-            self.reactor.add_reader(self.sfd, self.on_readable)
-
-    def finish(self) -> None:
-        if self.done:
-            return
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self.stop()
-        self.tunnel.direction_done()
-
-    def stop(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.reactor.remove_reader(self.sfd)
-        self.reactor.remove_writer(self.dfd)
+    def release(self) -> None:
         PIPES.put(self.r, self.w, empty=not self.pending)
+        self.r = self.w = -1
 
 
 class _Tunnel:
-    """Both directions of a spliced tunnel; ``on_end(bytes up, bytes down)`` is called once, when both are done."""
+    """Both directions of a spliced tunnel; ``on_end(bytes up, bytes down)`` is called once, when both are done.
+
+    Each socket has one reactor callback, its reading direction's ``on_event``.  Its
+    epoll interest follows that direction's ``reading`` and the other's ``blocked``;
+    the end of both directions needs no epoll_ctl at all, since the connection
+    closes both sockets next.
+    """
+
+    __slots__ = ("reactor", "on_end", "up", "down", "socks", "masks", "ended")
 
     def __init__(self, reactor: SpliceReactor, csock: socket.socket, ssock: socket.socket, on_end):
+        self.reactor = reactor
         self.on_end = on_end
-        self.up = _Direction(reactor, csock, ssock, self)
-        self.down = _Direction(reactor, ssock, csock, self)
+        self.up = _Direction(reactor, self, csock, ssock)
+        self.down = _Direction(reactor, self, ssock, csock)
+        self.up.other, self.down.other = self.down, self.up
         self.socks = (csock, ssock)
+        self.masks = [0, 0]  # the epoll interest now of the client's socket and the server's (0: not watched)
         self.ended = False
 
     def start(self) -> None:
-        self.up.start()
-        self.down.start()
+        self.masks = [IN, IN]
+        self.reactor.watch(self.up.sfd, IN, self.up.on_event)
+        self.reactor.watch(self.down.sfd, IN, self.down.on_event)
 
-    def direction_done(self) -> None:
-        if self.up.done and self.down.done:
+    def update(self) -> None:
+        """A direction's ``reading`` or ``blocked`` changed: set each socket's interest to match."""
+        up, down = self.up, self.down
+        if up.eof and down.eof and not up.blocked and not down.blocked:
             self._end()
+            return
+        for i, d in ((0, up), (1, down)):
+            mask = (IN if d.reading else 0) | (OUT if d.other.blocked else 0)
+            if mask != self.masks[i]:
+                self.masks[i] = mask
+                if mask:
+                    self.reactor.watch(d.sfd, mask, d.on_event)
+                else:
+                    self.reactor.unwatch(d.sfd)
 
     def fail(self, exc: OSError) -> None:
         # One side reset: both directions end now.
@@ -1152,7 +1210,6 @@ class _Tunnel:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self.close()
         self._end()
 
     def _end(self) -> None:
@@ -1161,8 +1218,12 @@ class _Tunnel:
             self.on_end(self.up.total, self.down.total)
 
     def close(self) -> None:
-        self.up.stop()
-        self.down.stop()
+        """Give the pipes back; the sockets are the connection's to forget and close."""
+        self.masks = [0, 0]
+        for d in (self.up, self.down):
+            self.reactor.forget(d.sfd)
+            if d.r >= 0:
+                d.release()
 
 
 def _dump_state(proxy: "Proxy") -> None:

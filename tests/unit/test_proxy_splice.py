@@ -8,48 +8,67 @@ import time
 
 import pytest
 
-from gateway.proxy.server import PipePool, SpliceReactor, SpliceSelector, _Tunnel, new_loop
+from gateway.proxy.server import IN, OUT, READABLE, TICK, WRITABLE, PipePool, SpliceReactor, SpliceSelector, _Tunnel, new_loop
 
 def run(coro):
     with asyncio.Runner(loop_factory=new_loop) as r:
         return r.run(coro)
 
 
-def test_reactor_reads_writes_and_unregisters():
+def test_reactor_calls_back_with_the_events_and_unwatches():
     async def main():
         loop = asyncio.get_running_loop()
         r = SpliceReactor(loop)
         a, b = socket.socketpair()
         a.setblocking(False)
         got = []
-        r.add_reader(a.fileno(), lambda: got.append(a.recv(100)))
+        r.watch(a.fileno(), IN, lambda ev: got.append((ev, a.recv(100))))
         b.send(b"hello")
         for _ in range(50):
             await asyncio.sleep(0.01)
             if got:
                 break
-        assert got == [b"hello"]
+        assert got == [(IN, b"hello")]
         wrote = []
-        r.add_writer(a.fileno(), lambda: wrote.append(1) or r.remove_writer(a.fileno()))
+        r.watch(a.fileno(), OUT, lambda ev: wrote.append(ev) or r.unwatch(a.fileno()))  # a change of interest
         await asyncio.sleep(0.05)
-        assert wrote == [1]  # writable once, then unregistered by its own callback
-        r.remove_reader(a.fileno())
-        assert a.fileno() not in r.fds
+        assert wrote == [OUT]  # writable once, then unwatched by its own callback
+        assert a.fileno() not in r.cbs
         b.send(b"more")
         await asyncio.sleep(0.05)
-        assert got == [b"hello"]  # nothing called after remove_reader
+        assert len(got) == 1  # nothing called after unwatch
         woke = asyncio.Event()
-        r.add_reader(a.fileno(), woke.set)  # the unread bytes make it readable at once
+        r.watch(a.fileno(), IN, lambda ev: woke.set())  # the unread bytes make it readable at once
         await asyncio.wait_for(woke.wait(), 1)
-        r.remove_reader(a.fileno())
+        r.unwatch(a.fileno())
         a.recv(100)
-        hung = asyncio.Event()
-        r.add_reader(a.fileno(), hung.set)
-        b.close()  # hang-up counts as readable (and writable), like the loop's own selector
-        await asyncio.wait_for(hung.wait(), 1)
-        r.remove_reader(a.fileno())
-        assert r.fds == {}
+        hung = []
+        r.watch(a.fileno(), OUT, lambda ev: hung.append(ev) or r.unwatch(a.fileno()))
+        await asyncio.sleep(0.05)
+        hung.clear()
+        r.watch(a.fileno(), IN, lambda ev: hung.append(ev) or r.unwatch(a.fileno()))
+        b.close()  # a hang-up counts as readable (and writable), like the loop's own selector
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if hung:
+                break
+        assert hung and hung[0] & READABLE and hung[0] & WRITABLE
+        assert r.cbs == {}
+        r.watch(a.fileno(), IN, lambda ev: None)
+        r.forget(a.fileno())  # about to close: no epoll_ctl, the close takes it out of the epoll
         a.close()
+        c, d = socket.socketpair()  # may get a's number back: watching it must work as for a new fd
+        seen = []
+        r.watch(c.fileno(), IN, lambda ev: seen.append(c.recv(10)))
+        d.send(b"new")
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if seen:
+                break
+        assert seen == [b"new"]
+        r.unwatch(c.fileno())
+        for s in (c, d):
+            s.close()
         r.close()
         assert asyncio.get_running_loop()._selector.reactor is None  # a new reactor may take its place
         SpliceReactor(asyncio.get_running_loop()).close()
@@ -81,8 +100,8 @@ def test_shared_epoll_refuses_an_fd_the_loop_watches():
         a, b = socket.socketpair()
         loop.add_reader(a.fileno(), lambda: None)
         with pytest.raises(FileExistsError):
-            r.add_reader(a.fileno(), lambda: None)
-        assert r.fds == {}
+            r.watch(a.fileno(), IN, lambda ev: None)
+        assert r.cbs == {}
         loop.remove_reader(a.fileno())
         a.close()
         b.close()
@@ -139,7 +158,7 @@ class StubLoop:
 def _busy_selector(busy):
     sel = SpliceSelector()
     r = SpliceReactor.__new__(SpliceReactor)  # no loop needed: select() only reads these
-    r.fds, r.busy, r.hot = {}, busy, True
+    r.cbs, r.busy, r.hot = {}, busy, True
     r.loop = StubLoop()
     sel.reactor = r
     sel._selector = CountingEpoll(sel._selector)
@@ -169,7 +188,7 @@ def test_busy_poll_returns_events_at_once_and_stays_hot():
     a, b = socket.socketpair()
     try:
         # The callback queues an asyncio handle (as a future's result would), so select returns.
-        r.fds[a.fileno()] = [lambda: got.append(a.recv(10)) or r.loop._ready.append("h"), None]
+        r.cbs[a.fileno()] = lambda ev: got.append(a.recv(10)) or r.loop._ready.append("h")
         sel._selector.register(a.fileno(), select.EPOLLIN)
         got = []
         b.send(b"x")
@@ -248,12 +267,12 @@ def test_reactor_only_events_wait_again_inside_one_select_until_asyncio_has_work
     try:
         seen = []
 
-        def on_a():
+        def on_a(ev):
             seen.append(a.recv(10))
             if seen[-1] == b"work":
                 r.loop._ready.append("a handle")  # what fut.set_result would queue
 
-        r.fds[a.fileno()] = [on_a, None]
+        r.cbs[a.fileno()] = on_a
         sel._selector.register(a.fileno(), select.EPOLLIN)
         b.send(b"x")
         t0 = time.perf_counter()
@@ -268,8 +287,7 @@ def test_reactor_only_events_wait_again_inside_one_select_until_asyncio_has_work
         r.loop._ready.clear()
         b.send(b"x")
         r.loop._scheduled.append("a timer")  # a callback that adds a timer also returns to the loop
-        real = r.fds[a.fileno()][0]
-        r.fds[a.fileno()][0] = lambda: (real(), r.loop._scheduled.append("another"))
+        r.cbs[a.fileno()] = lambda ev: (on_a(ev), r.loop._scheduled.append("another"))
         t0 = time.perf_counter()
         sel.select(10)
         assert time.perf_counter() - t0 < 5
@@ -277,3 +295,161 @@ def test_reactor_only_events_wait_again_inside_one_select_until_asyncio_has_work
         a.close()
         b.close()
         sel.close()
+
+
+def _tunnel_pair(r):
+    """client <-> (c_peer | tunnel | s_peer) <-> server, the tunnel's sockets non-blocking."""
+    client, c_peer = socket.socketpair()
+    server, s_peer = socket.socketpair()
+    for s in (c_peer, s_peer, client, server):
+        s.setblocking(False)
+    for s in (c_peer, s_peer):  # small buffers: the tunnel's writes fill them and must wait
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    ends = []
+    tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: ends.append((up, down)))
+    return client, c_peer, server, s_peer, tunnel, ends
+
+
+async def _exchange(client, server, up: bytes, down: bytes, ends, slow: float):
+    """Send ``up`` from the client and ``down`` from the server, each then shutting its write side;
+    read both ends slowly (so the tunnel's destinations fill up) until EOF on both."""
+    got = {client: b"", server: b""}
+    todo = {client: up, server: down}
+    eof = set()
+    shut = set()
+    for _ in range(5000):
+        for s in (client, server):
+            if todo[s]:
+                try:
+                    n = s.send(todo[s][:65536])
+                    todo[s] = todo[s][n:]
+                except BlockingIOError:
+                    pass
+            elif s not in shut:
+                s.shutdown(socket.SHUT_WR)
+                shut.add(s)
+            if s not in eof:
+                try:
+                    data = s.recv(4096)
+                    if data:
+                        got[s] += data
+                    else:
+                        eof.add(s)
+                except BlockingIOError:
+                    pass
+        if len(eof) == 2 and ends:
+            break
+        await asyncio.sleep(slow)
+    return got[server], got[client]
+
+
+def test_tunnel_moves_both_directions_through_full_buffers_and_passes_each_end_on():
+    async def main():
+        r = SpliceReactor(asyncio.get_running_loop())
+        client, c_peer, server, s_peer, tunnel, ends = _tunnel_pair(r)
+        tunnel.start()
+        up = os.urandom(3 * 1024 * 1024)
+        down = os.urandom(2 * 1024 * 1024 + 17)
+        at_server, at_client = await _exchange(client, server, up, down, ends, 0.0005)
+        assert at_server == up and at_client == down  # every byte, in order, each way
+        assert ends == [(len(up), len(down))]  # on_end once, with the bytes of each direction
+        tunnel.close()
+        assert r.cbs == {}  # the connection closes the sockets next: nothing left watched
+        r.close()
+        for s in (client, c_peer, server, s_peer):
+            s.close()
+
+    run(main())
+
+
+def test_tunnel_half_close_keeps_the_other_direction_open():
+    async def main():
+        r = SpliceReactor(asyncio.get_running_loop())
+        client, c_peer, server, s_peer, tunnel, ends = _tunnel_pair(r)
+        tunnel.start()
+        client.send(b"request")
+        client.shutdown(socket.SHUT_WR)  # the client is done sending; the answer must still come back
+        got = b""
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            try:
+                got += server.recv(100)
+            except BlockingIOError:
+                continue
+            if got == b"request":
+                break
+        assert got == b"request"
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            try:
+                if server.recv(100) == b"":
+                    break  # the client's end passed on
+            except BlockingIOError:
+                pass
+        else:
+            raise AssertionError("the server never saw the client's end")
+        assert tunnel.masks == [0, IN] and not ends  # the client's socket no longer watched, the server's still read
+        server.send(b"answer")
+        server.close()
+        answer = b""
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            try:
+                data = client.recv(100)
+            except BlockingIOError:
+                continue
+            if not data:
+                break
+            answer += data
+        assert answer == b"answer" and ends == [(7, 6)]
+        tunnel.close()
+        r.close()
+        for s in (client, c_peer, s_peer):
+            s.close()
+
+    run(main())
+
+
+def test_tunnel_ends_both_directions_when_a_peer_is_gone():
+    async def main():
+        r = SpliceReactor(asyncio.get_running_loop())
+        client, c_peer, server, s_peer, tunnel, ends = _tunnel_pair(r)
+        tunnel.start()
+        client.close()  # gone for good: writing the server's bytes to it fails (EPIPE)
+        server.send(b"x" * 4096)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if ends:
+                break
+        assert len(ends) == 1  # ended once, though the server never closed its side
+        with pytest.raises(OSError):
+            s_peer.send(b"more")  # both directions are shut: the server's side too
+        tunnel.close()
+        r.close()
+        for s in (c_peer, server, s_peer):
+            s.close()
+
+    run(main())
+
+
+def test_deadlines_fire_once_at_their_time_unless_cancelled_then_the_timer_stops():
+    async def main():
+        loop = asyncio.get_running_loop()
+        r = SpliceReactor(loop)
+        fired = []
+        t0 = time.monotonic()
+        r.at("a", t0 + 0.05, lambda: fired.append(("a", time.monotonic() - t0)))
+        r.at("b", t0 + 0.05, lambda: fired.append(("b", 0)))
+        r.at("c", t0 + 10, lambda: fired.append(("c-old", 0)))
+        r.at("c", t0 + 0.25, lambda: fired.append(("c", time.monotonic() - t0)))  # replaces c's first one
+        r.cancel("b")
+        await asyncio.sleep(0.6)
+        assert [k for k, _ in fired] == ["a", "c"]
+        (_, ta), (_, tc) = fired
+        assert 0.05 <= ta <= 0.05 + TICK + 0.1 and 0.25 <= tc <= 0.25 + TICK + 0.1  # never early, at most a tick late
+        assert r.deadlines == {} and r._sweeper is None  # nothing left: no timer wakes the idle loop
+        r.at("d", time.monotonic() + 5, lambda: None)
+        r.close()  # its timer goes with it
+        assert r._sweeper is None and r.deadlines == {}
+
+    run(main())
