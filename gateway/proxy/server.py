@@ -1111,6 +1111,8 @@ class _Direction:
                 if n >= STREAMING and self.reactor.busy:
                     self.reactor.hot = True
                 # The pipe was empty (src is read only then): nearly always one write moves it all.
+                # ``pending`` counts the bytes first, so a pipe left holding them is never reused.
+                self.pending = n
                 try:
                     m = os.splice(self.r, self.dfd, n, flags=SPLICE_FLAGS)
                 except BlockingIOError:
@@ -1119,8 +1121,8 @@ class _Direction:
                     self.tunnel.fail(exc)
                     return
                 self.total += m
-                if m < n:
-                    self.pending = n - m
+                self.pending = n - m
+                if self.pending:
                     self.drain()  # the rest, or dst is full
             elif n == 0:
                 self.eof = True

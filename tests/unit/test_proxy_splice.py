@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.proxy.server import IN, OUT, READABLE, TICK, WRITABLE, PipePool, SpliceReactor, SpliceSelector, _Tunnel, new_loop
+from gateway.proxy.server import IN, OUT, PIPES, READABLE, TICK, WRITABLE, PipePool, SpliceReactor, SpliceSelector, _Tunnel, new_loop
 
 def run(coro):
     with asyncio.Runner(loop_factory=new_loop) as r:
@@ -424,7 +424,9 @@ def test_tunnel_ends_both_directions_when_a_peer_is_gone():
         assert len(ends) == 1  # ended once, though the server never closed its side
         with pytest.raises(OSError):
             s_peer.send(b"more")  # both directions are shut: the server's side too
+        held = (tunnel.down.r, tunnel.down.w)  # the server's bytes are still in this pipe
         tunnel.close()
+        assert held not in PIPES.free  # never handed to the next tunnel
         r.close()
         for s in (c_peer, server, s_peer):
             s.close()
@@ -453,3 +455,4 @@ def test_deadlines_fire_once_at_their_time_unless_cancelled_then_the_timer_stops
         assert r._sweeper is None and r.deadlines == {}
 
     run(main())
+
