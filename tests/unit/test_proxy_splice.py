@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.proxy.server import IN, OUT, PIPES, READABLE, TICK, WRITABLE, PipePool, SpliceReactor, SpliceSelector, _Tunnel, new_loop
+from gateway.proxy.server import IN, OUT, PIPES, RDHUP, READABLE, TICK, TUNNEL_IN, WRITABLE, PipePool, SpliceReactor, SpliceSelector, _Tunnel, new_loop
 
 def run(coro):
     with asyncio.Runner(loop_factory=new_loop) as r:
@@ -388,7 +388,7 @@ def test_tunnel_half_close_keeps_the_other_direction_open():
                 pass
         else:
             raise AssertionError("the server never saw the client's end")
-        assert tunnel.masks == [0, IN] and not ends  # the client's socket no longer watched, the server's still read
+        assert tunnel.masks == [0, TUNNEL_IN] and not ends  # the client's socket no longer watched, the server's still read
         server.send(b"answer")
         server.close()
         answer = b""
@@ -456,3 +456,33 @@ def test_deadlines_fire_once_at_their_time_unless_cancelled_then_the_timer_stops
 
     run(main())
 
+
+def test_tunnel_takes_the_fin_behind_the_last_bytes_in_the_same_wake_up():
+    async def main():
+        r = SpliceReactor(asyncio.get_running_loop())
+        client, c_peer, server, s_peer, tunnel, ends = _tunnel_pair(r)
+        tunnel.start()
+        calls = []
+        real = tunnel.up.on_event
+        r.cbs[tunnel.up.sfd] = lambda ev: calls.append(ev) or real(ev)
+        client.send(b"bye")
+        client.shutdown(socket.SHUT_WR)  # both queued before the loop runs: one readiness, with RDHUP
+        got = b""
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            try:
+                data = server.recv(100)
+            except BlockingIOError:
+                continue
+            if not data:
+                break
+            got += data
+        assert got == b"bye"  # the bytes, then the end, passed on
+        assert len(calls) == 1 and calls[0] & RDHUP  # in one callback
+        assert tunnel.up.eof and tunnel.masks[0] == 0
+        tunnel.close()
+        r.close()
+        for s in (client, c_peer, server, s_peer):
+            s.close()
+
+    run(main())
