@@ -6,11 +6,16 @@ same time on its own port (an idle one costs nothing), is warmed up (DNS and
 certificate caches filled, 20 requests and a 10 MB download), and then the
 contenders take turns, round after round (``BENCH_REPEATS``, default 5, every
 other round in reverse order), so a change in the machine's load hits them all
-alike.  Each turn: the 100 MB HTTPS download ``BENCH_DOWNLOADS`` times (default
-3, the median counts), and 500 small HTTPS requests each on a new connection
-(``Connection: close``, 8 in parallel, the same for everyone), so every request
-costs a CONNECT and a TLS handshake (two when the proxy decrypts).  The table
-shows the median of the rounds and the proxy process's CPU time per request.
+alike.  In a round each contender downloads 100 MB over HTTPS ``BENCH_DOWNLOADS``
+times (default 3, the median counts), in turn; then come 500 small HTTPS
+requests per contender, each on a new connection (``Connection: close``, 8 in
+parallel, the same for everyone), so every request costs a CONNECT and a TLS
+handshake (two when the proxy decrypts).  The requests run in ``BENCH_CHUNKS``
+slices (default 5 of 100) taken round-robin, every other slice in reverse order,
+so a drift of the machine's speed, the largest noise on this kind of VM, reaches
+every contender's requests alike.  The contenders a goal compares sit next to
+each other in the order (Squid and ztna splice, ztna and mitmproxy decrypt).
+The table shows the median of the rounds and the proxy process's CPU time per request.
 
 Contenders: no proxy (routed through the proxy host), ztna splice and decrypt,
 Squid (CONNECT tunnel: bytes copied untouched, no bumping), mitmproxy splice
@@ -37,6 +42,7 @@ SIZE = 100 * 1024 * 1024
 SMALL = int(os.environ.get("BENCH_REQUESTS", "500"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))  # 5: single rounds spread by about 20 %
 DOWNLOADS = int(os.environ.get("BENCH_DOWNLOADS", "3"))  # per turn; the turn's figure is their median
+CHUNKS = int(os.environ.get("BENCH_CHUNKS", "5"))  # a round's requests in this many round-robin slices
 PARALLEL = 8
 PORTS = {"ztna": sc.EXPLICIT_PORT, "squid": 3129, "mitm-splice": 3130, "mitm-decrypt": 3131}
 SPLICED, DECRYPTED = sc.BANK, sc.DECRYPT
@@ -79,7 +85,19 @@ def requests(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = S
     good = sum(1 for l in lines if l.startswith("200 "))
     errors = sorted({l for l in lines if not l.startswith("200 ")})[:5]
     return {"ok": good == count, "done": good, "seconds": round(secs, 2), "req/s": round(good / secs, 1),
-            "cpu_ms_per_request": round(cpu * 1000 / max(good, 1), 2) if cpu is not None else None, "errors": errors}
+            "cpu_ms_per_request": round(cpu * 1000 / max(good, 1), 2) if cpu is not None else None, "errors": errors,
+            "cpu_s": cpu, "raw_seconds": secs}
+
+
+def merged(parts: list[dict]) -> dict:
+    """One contender's request chunks of a round, as if one run: requests over seconds, CPU over requests."""
+    done = sum(p["done"] for p in parts)
+    secs = sum(p["raw_seconds"] for p in parts)
+    cpus = [p["cpu_s"] for p in parts]
+    cpu = None if None in cpus else sum(cpus)
+    return {"ok": all(p["ok"] for p in parts), "done": done, "seconds": round(secs, 2), "req/s": round(done / secs, 1),
+            "cpu_ms_per_request": round(cpu * 1000 / max(done, 1), 2) if cpu is not None else None,
+            "errors": sorted({e for p in parts for e in p["errors"]})[:5], "chunks": [p["req/s"] for p in parts]}
 
 
 def downloads(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = DOWNLOADS) -> dict:
@@ -92,16 +110,25 @@ def downloads(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = 
     return out
 
 
-def measure(lab: Lab, c: dict, trust: Path, runs: dict) -> None:
-    label = c["label"]
-    d = downloads(lab, c["name"], c["port"], trust)
-    r = requests(lab, c["name"], c["port"], trust, pid=c["pid"])
-    runs.setdefault(label, []).append({"download": d, "requests": r})
-    cpu = f", proxy CPU {r['cpu_ms_per_request']} ms/request" if r["cpu_ms_per_request"] is not None else ""
-    each = "/".join(f"{x:.0f}" for x in d["each"])
-    print(f"  {label}: {d['MB/s']} MB/s (of {each}), {r['req/s']} req/s ({r['done']}/{SMALL} ok){cpu}", flush=True)
-    for e in r["errors"]:
-        print(f"    curl: {e}", flush=True)
+def measure_round(lab: Lab, order: list[dict], trust: Path, runs: dict) -> None:
+    """One round: each contender's downloads in turn, then the requests in CHUNKS slices taken
+    round-robin (every other slice in reverse order), so that a drift of the machine's speed,
+    the largest noise here, reaches every contender's requests alike."""
+    ds = {c["label"]: downloads(lab, c["name"], c["port"], trust) for c in order}
+    parts: dict[str, list] = {c["label"]: [] for c in order}
+    per = SMALL // CHUNKS
+    for k in range(CHUNKS):
+        for c in (order if k % 2 == 0 else order[::-1]):
+            parts[c["label"]].append(requests(lab, c["name"], c["port"], trust, count=per, pid=c["pid"]))
+    for c in order:
+        label, d = c["label"], ds[c["label"]]
+        r = merged(parts[label])
+        runs.setdefault(label, []).append({"download": d, "requests": r})
+        cpu = f", proxy CPU {r['cpu_ms_per_request']} ms/request" if r["cpu_ms_per_request"] is not None else ""
+        each = "/".join(f"{x:.0f}" for x in d["each"])
+        print(f"  {label}: {d['MB/s']} MB/s (of {each}), {r['req/s']} req/s ({r['done']}/{per * CHUNKS} ok){cpu}", flush=True)
+        for e in r["errors"]:
+            print(f"    curl: {e}", flush=True)
 
 
 def median_of(runs: list) -> dict:
@@ -173,22 +200,24 @@ def main() -> int:
     try:
         sc.start_services(lab, mode="explicit")
         lab.stop("proxy")
+        # The order: each pair a goal compares is adjacent (Squid and ztna splice, ztna decrypt
+        # and mitmproxy decrypt), so a drift between turns touches their ratio least.
         contenders = [{"label": "direct (no proxy)", "name": SPLICED, "port": None, "pid": None}]
         ztna = start_ztna(lab, decrypt=True)
-        contenders += [{"label": "ztna splice", "name": SPLICED, "port": PORTS["ztna"], "pid": ztna.pid},
-                       {"label": "ztna decrypt", "name": DECRYPTED, "port": PORTS["ztna"], "pid": ztna.pid}]
         if shutil.which("squid"):
             squid = start_squid(lab)
             contenders.append({"label": "squid splice", "name": SPLICED, "port": PORTS["squid"], "pid": squid.pid})
         else:
             print("squid is not installed (scripts/install.sh --bench): skipped", flush=True)
+        contenders += [{"label": "ztna splice", "name": SPLICED, "port": PORTS["ztna"], "pid": ztna.pid},
+                       {"label": "ztna decrypt", "name": DECRYPTED, "port": PORTS["ztna"], "pid": ztna.pid}]
         extra = []
         if (ROOT / ".venv-bench/bin/mitmdump").exists():
             ms, _ = start_mitm(lab, decrypt=False)
             md, mitm_ca = start_mitm(lab, decrypt=True)
             extra = [mitm_ca]
-            contenders += [{"label": "mitmproxy splice", "name": SPLICED, "port": PORTS["mitm-splice"], "pid": ms.pid},
-                           {"label": "mitmproxy decrypt", "name": DECRYPTED, "port": PORTS["mitm-decrypt"], "pid": md.pid}]
+            contenders += [{"label": "mitmproxy decrypt", "name": DECRYPTED, "port": PORTS["mitm-decrypt"], "pid": md.pid},
+                           {"label": "mitmproxy splice", "name": SPLICED, "port": PORTS["mitm-splice"], "pid": ms.pid}]
         else:
             print("mitmproxy is not installed in .venv-bench: skipped", flush=True)
         trust = bundle(lab, extra)
@@ -199,11 +228,11 @@ def main() -> int:
         for i in range(REPEATS):
             # Every other round in reverse order: nobody always goes first or right after the same one.
             print(f"round {i + 1} of {REPEATS}", flush=True)
-            for c in (contenders if i % 2 == 0 else contenders[::-1]):
-                measure(lab, c, trust, runs)
+            measure_round(lab, contenders if i % 2 == 0 else contenders[::-1], trust, runs)
     finally:
         lab.down()
-    results = [{"proxy": label, **median_of(rs)} for label, rs in runs.items()]
+    shown = ["direct (no proxy)", "ztna splice", "ztna decrypt", "squid splice", "mitmproxy splice", "mitmproxy decrypt"]
+    results = [{"proxy": label, **median_of(runs[label])} for label in sorted(runs, key=shown.index)]
     report(results)
     return 0 if all(r["download"]["ok"] and r["requests"]["ok"] for r in results) else 1
 
@@ -244,6 +273,7 @@ def report(results: list) -> None:
     out.mkdir(exist_ok=True)
     (out / "bench-proxy.json").write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "size": SIZE,
                                                       "requests": SMALL, "parallel": PARALLEL, "repeats": REPEATS,
+                                                      "request_chunks": CHUNKS,
                                                       "downloads_per_turn": DOWNLOADS,
                                                       "results": results}, indent=2))
     print(f"\nwritten: {out / 'bench-proxy.json'}")
