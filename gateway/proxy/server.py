@@ -78,6 +78,8 @@ LOG_DELAY = 0.05  # seconds a finished connection's log line may wait to share a
 PIPE_SIZE = 1024 * 1024
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 STREAMING = 16 * 1024  # one splice moving this much (a full TLS record or more): a bulk transfer is running
+SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes in a TCP socket's send queue not yet sent
+FIONREAD = 0x541B  # bytes received and not yet read
 TICK = 0.1  # seconds between checks of the connections' deadlines: each fires at most this late
 
 
@@ -868,6 +870,20 @@ class PipePool:
 PIPES = PipePool()
 
 
+def _drained(fd: int) -> bool:
+    """True when TCP socket ``fd`` has sent every byte written to it and holds none unread
+    (closing it then sends a FIN, not a reset); False otherwise, and for other sockets."""
+    buf = bytearray(4)
+    try:
+        fcntl.ioctl(fd, SIOCOUTQNSD, buf)
+        if buf != b"\0\0\0\0":
+            return False
+        fcntl.ioctl(fd, FIONREAD, buf)
+    except OSError:  # not TCP (a socketpair in the tests): keep the half-close
+        return False
+    return buf == b"\0\0\0\0"
+
+
 def _epoll_seconds(timeout: float) -> float:
     """``timeout`` rounded up to epoll's resolution (whole milliseconds): wait at least that long."""
     return math.ceil(timeout * 1e3) * 1e-3
@@ -1088,10 +1104,12 @@ class _Direction:
     """
 
     __slots__ = ("reactor", "tunnel", "other", "sfd", "dfd", "dst", "r", "w", "pending", "total", "eof",
-                 "blocked", "reading")
+                 "blocked", "reading", "ends_tunnel")
 
-    def __init__(self, reactor: "SpliceReactor", tunnel: "_Tunnel", src: socket.socket, dst: socket.socket):
+    def __init__(self, reactor: "SpliceReactor", tunnel: "_Tunnel", src: socket.socket, dst: socket.socket,
+                 *, ends_tunnel: bool = False):
         self.reactor = reactor
+        self.ends_tunnel = ends_tunnel  # the server -> client direction: see drain
         self.tunnel = tunnel
         self.other: _Direction | None = None  # the direction reading dst (it writes to src)
         self.sfd, self.dfd, self.dst = src.fileno(), dst.fileno(), dst
@@ -1138,7 +1156,16 @@ class _Direction:
             self.other.drain()
 
     def drain(self) -> None:
-        """Write the pipe into dst; at the end of src, pass the end on (dst's write side shut)."""
+        """Write the pipe into dst; at the end of src, pass the end on.
+
+        The server's end closes the tunnel (RFC 9110, 9.3.6: when either side closes, send
+        what it sent on, then close both) as soon as every byte is on the wire and the
+        client has sent nothing unread: closing then is a plain FIN to the client, whose
+        later bytes (its closing TLS alert) get the reset a closed connection gives.  While
+        bytes still wait in the client's send queue (a bulk transfer's tail), a close could
+        lose them to that reset, so then the end is passed on as a half-close (FIN) and
+        the tunnel ends on the client's own FIN.  The client's end is always a half-close:
+        a client that shuts its sending side after a request still gets the answer."""
         try:
             while self.pending:
                 m = os.splice(self.r, self.dfd, self.pending, flags=SPLICE_FLAGS)
@@ -1155,6 +1182,9 @@ class _Direction:
             return
         if self.eof:
             self.blocked = False
+            if self.ends_tunnel and _drained(self.dfd):
+                self.tunnel.close_both()
+                return
             try:
                 self.dst.shutdown(socket.SHUT_WR)
             except OSError:
@@ -1185,7 +1215,7 @@ class _Tunnel:
         self.reactor = reactor
         self.on_end = on_end
         self.up = _Direction(reactor, self, csock, ssock)
-        self.down = _Direction(reactor, self, ssock, csock)
+        self.down = _Direction(reactor, self, ssock, csock, ends_tunnel=True)
         self.up.other, self.down.other = self.down, self.up
         self.socks = (csock, ssock)
         self.masks = [0, 0]  # the epoll interest now of the client's socket and the server's (0: not watched)
@@ -1210,6 +1240,10 @@ class _Tunnel:
                     self.reactor.watch(d.sfd, mask, d.on_event)
                 else:
                     self.reactor.unwatch(d.sfd)
+
+    def close_both(self) -> None:
+        """The server has ended and the client has all it sent: the connection closes both sockets."""
+        self._end()
 
     def fail(self, exc: OSError) -> None:
         # One side reset: both directions end now.

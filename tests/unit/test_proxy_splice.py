@@ -486,3 +486,115 @@ def test_tunnel_takes_the_fin_behind_the_last_bytes_in_the_same_wake_up():
             s.close()
 
     run(main())
+
+
+def _tcp_pair():
+    """A connected TCP pair on loopback (the server's end of a tunnel is TCP in the proxy)."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    a = socket.create_connection(ls.getsockname())
+    b, _ = ls.accept()
+    ls.close()
+    return a, b
+
+
+def test_server_end_closes_the_tunnel_once_the_client_has_every_byte():
+    async def main():
+        r = SpliceReactor(asyncio.get_running_loop())
+        client, c_peer = _tcp_pair()
+        server, s_peer = _tcp_pair()
+        for s in (c_peer, s_peer, client):
+            s.setblocking(False)
+        ends = []
+        tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: ends.append((up, down)))
+        tunnel.start()
+        client.send(b"request")
+        server.setblocking(False)
+        got = b""
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            try:
+                got += server.recv(100)
+            except BlockingIOError:
+                continue
+            if got == b"request":
+                break
+        assert got == b"request"
+        server.sendall(b"answer")
+        server.close()  # the origin is done (Connection: close)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if ends:
+                break
+        # RFC 9110 9.3.6: both closed at the server's end, without waiting for the client.
+        assert ends == [(7, 6)]
+        tunnel.close()
+        for s in (c_peer, s_peer):
+            s.close()  # what the connection does next
+        client.setblocking(True)
+        client.settimeout(2)
+        got = b""
+        while True:
+            data = client.recv(100)
+            if not data:
+                break  # a FIN after the answer, not a reset
+            got += data
+        assert got == b"answer"
+        r.close()
+        client.close()
+
+    run(main())
+
+
+def test_server_end_with_bytes_still_queued_for_the_client_is_a_half_close():
+    async def main():
+        r = SpliceReactor(asyncio.get_running_loop())
+        client, c_peer = _tcp_pair()
+        server, s_peer = _tcp_pair()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # a slow client: the tail waits
+        c_peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        for s in (c_peer, s_peer, client, server):
+            s.setblocking(False)
+        for s in (c_peer, s_peer):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the proxy's sockets
+        ends = []
+        tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: ends.append((up, down)))
+        tunnel.start()
+        body = os.urandom(1024 * 1024 + 4096)  # more than the client can take before it reads
+        left = memoryview(body)
+        t0 = time.monotonic()
+        while left and time.monotonic() - t0 < 10:  # the origin writes it all (the pipe and buffers hold it)
+            try:
+                left = left[server.send(left):]
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert not left
+        server.close()
+        await asyncio.sleep(0.05)  # the tunnel sees the server's end with bytes still on their way
+        assert not ends  # not closed under the client's feet
+        got = bytearray()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10:
+            try:
+                data = client.recv(65536)
+            except BlockingIOError:
+                await asyncio.sleep(0.0005)
+                continue
+            if not data:
+                break
+            got += data
+        assert len(got) == len(body) and bytes(got) == body  # every byte, then the FIN
+        assert not ends  # the tunnel waits for the client's own end
+        client.close()
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if ends:
+                break
+        assert ends == [(0, len(body))]
+        tunnel.close()
+        r.close()
+        for s in (c_peer, s_peer):
+            s.close()
+
+    run(main())
