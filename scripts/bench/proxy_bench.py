@@ -6,19 +6,22 @@ same time on its own port (an idle one costs nothing), is warmed up (DNS and
 certificate caches filled, 20 requests and a 10 MB download), and then the
 contenders take turns, round after round (``BENCH_REPEATS``, default 5, every
 other round in reverse order), so a change in the machine's load hits them all
-alike.  In a round each contender downloads 100 MB over HTTPS ``BENCH_DOWNLOADS``
-times (default 3, the median counts), in turn; then come 500 small HTTPS
-requests per contender, each on a new connection (``Connection: close``, 8 in
-parallel, the same for everyone), so every request costs a CONNECT and a TLS
-handshake (two when the proxy decrypts).  The requests run in ``BENCH_CHUNKS``
-slices (default 5 of 100) taken round-robin, every other slice in reverse order,
-so a drift of the machine's speed, the largest noise on this kind of VM, reaches
-every contender's requests alike.  The contenders a goal compares sit next to
-each other in the order (Squid and ztna splice, ztna and mitmproxy decrypt).
+alike.  A round: each contender downloads 100 MB over HTTPS ``BENCH_DOWNLOADS``
+times (default 3; the median counts), then makes 500 small HTTPS requests, each
+on a new connection (``Connection: close``, 8 in parallel, the same for
+everyone), so every request costs a CONNECT and a TLS handshake (two when the
+proxy decrypts).  The downloads, and the requests in ``BENCH_CHUNKS`` slices
+(default 5 of 100), go round-robin over the contenders, every other pass in
+reverse order, so a drift of the machine's speed, the largest noise on this
+kind of VM, reaches every contender alike; the contenders a goal compares sit
+next to each other in the order (Squid and ztna splice, ztna and mitmproxy
+decrypt).
 The table shows the median of the rounds and the proxy process's CPU time per request.
 
 Contenders: no proxy (routed through the proxy host), ztna splice and decrypt,
-Squid (CONNECT tunnel: bytes copied untouched, no bumping), mitmproxy splice
+Squid (CONNECT tunnel: bytes copied untouched, no bumping) doing the same job as
+ztna (its policy, a log line per connection: the goals' reference) and a bare
+Squid (no domain ACLs, no log) to show what those cost it, mitmproxy splice
 (ignore_hosts) and decrypt (stream_large_bodies so it does not buffer 100 MB).
 """
 
@@ -44,8 +47,9 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))  # 5: single rounds spread b
 DOWNLOADS = int(os.environ.get("BENCH_DOWNLOADS", "3"))  # per turn; the turn's figure is their median
 CHUNKS = int(os.environ.get("BENCH_CHUNKS", "5"))  # a round's requests in this many round-robin slices
 PARALLEL = 8
-PORTS = {"ztna": sc.EXPLICIT_PORT, "squid": 3129, "mitm-splice": 3130, "mitm-decrypt": 3131}
+PORTS = {"ztna": sc.EXPLICIT_PORT, "squid": 3129, "mitm-splice": 3130, "mitm-decrypt": 3131, "squid-bare": 3132}
 SPLICED, DECRYPTED = sc.BANK, sc.DECRYPT
+BARE_SQUID = "squid, no ACL/log"
 
 
 def bundle(lab: Lab, extra: list[Path]) -> Path:
@@ -89,6 +93,13 @@ def requests(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = S
             "cpu_s": cpu, "raw_seconds": secs}
 
 
+def refuses_blocked(lab: Lab, port: int, trust: Path) -> bool:
+    """The proxy answers a CONNECT to the blocked name with 403 (the policy really is in force)."""
+    out = lab.exec("client", ["curl", "-s", "-o", "/dev/null", "--max-time", "10", "--cacert", str(trust),
+                              "-w", "%{http_connect}", "--proxy", proxy_url(port), f"https://{sc.BLOCKED}/"], timeout=20)
+    return out.stdout.decode().strip() == "403"
+
+
 def merged(parts: list[dict]) -> dict:
     """One contender's request chunks of a round, as if one run: requests over seconds, CPU over requests."""
     done = sum(p["done"] for p in parts)
@@ -100,10 +111,9 @@ def merged(parts: list[dict]) -> dict:
             "errors": sorted({e for p in parts for e in p["errors"]})[:5], "chunks": [p["req/s"] for p in parts]}
 
 
-def downloads(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = DOWNLOADS) -> dict:
-    """``count`` downloads back to back; the median one stands for the turn (each lasts a fraction
-    of a second, so one alone swings with how the three processes' wake-ups happen to interleave)."""
-    ds = [download(lab, name, proxy, trust) for _ in range(count)]
+def median_download(ds: list[dict]) -> dict:
+    """A contender's downloads of one round; the median one stands for the round (each lasts a
+    fraction of a second, so one alone swings with how the three processes' wake-ups interleave)."""
     out = dict(sorted(ds, key=lambda d: d["MB/s"])[len(ds) // 2])
     out["ok"] = all(d["ok"] for d in ds)
     out["each"] = [d["MB/s"] for d in ds]
@@ -111,10 +121,14 @@ def downloads(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = 
 
 
 def measure_round(lab: Lab, order: list[dict], trust: Path, runs: dict) -> None:
-    """One round: each contender's downloads in turn, then the requests in CHUNKS slices taken
-    round-robin (every other slice in reverse order), so that a drift of the machine's speed,
-    the largest noise here, reaches every contender's requests alike."""
-    ds = {c["label"]: downloads(lab, c["name"], c["port"], trust) for c in order}
+    """One round: DOWNLOADS downloads and then CHUNKS slices of the requests per contender, each
+    taken round-robin (every other pass in reverse order), so that a drift of the machine's
+    speed, the largest noise here, reaches every contender alike."""
+    got: dict[str, list] = {c["label"]: [] for c in order}
+    for k in range(DOWNLOADS):
+        for c in (order if k % 2 == 0 else order[::-1]):
+            got[c["label"]].append(download(lab, c["name"], c["port"], trust))
+    ds = {label: median_download(v) for label, v in got.items()}
     parts: dict[str, list] = {c["label"]: [] for c in order}
     per = SMALL // CHUNKS
     for k in range(CHUNKS):
@@ -151,30 +165,52 @@ def start_ztna(lab: Lab, decrypt: bool) -> procs.Proc:
     return p
 
 
-def start_squid(lab: Lab) -> procs.Proc:
-    d = lab.root / "squid"
+def start_squid(lab: Lab, *, same_job: bool = True) -> procs.Proc:
+    """Squid as a CONNECT tunnel.  ``same_job``: what ztna does per connection too, the bench's
+    reference for the goals: the same policy as ztna's bench config (client network, CONNECT
+    to 443 only, blocked.example.com denied before *.example.com allowed, nothing else, no
+    loopback or link-local destination) and one access-log line per connection, written to
+    a file by Squid itself (``stdio:``), as ztna writes its JSON lines.  Without: client
+    network and port only, and no log (``access_log none``)."""
+    name = "squid" if same_job else "squid-bare"
+    d = lab.root / name
     d.mkdir(exist_ok=True)
     os.chmod(d, 0o777)
-    conf = lab.write_conf("squid.conf", f"""
-http_port {sc.PROXY_IN}:{PORTS["squid"]}
+    if same_job:
+        rules = f"""acl blocked dstdomain {sc.BLOCKED}
+acl allowed dstdomain .example.com
+acl dst_loopback dst 127.0.0.0/8
+acl dst_linklocal dst 169.254.0.0/16
+http_access deny CONNECT !SSL_ports
+http_access deny !clients
+http_access deny blocked
+http_access deny dst_loopback
+http_access deny dst_linklocal
+http_access allow allowed
+http_access deny all
+access_log stdio:{d}/access.log"""
+    else:
+        rules = """http_access deny CONNECT !SSL_ports
+http_access allow clients
+http_access deny all
+access_log none"""
+    conf = lab.write_conf(f"{name}.conf", f"""
+http_port {sc.PROXY_IN}:{PORTS[name]}
 acl clients src 198.51.100.0/24
 acl SSL_ports port 443
 acl CONNECT method CONNECT
-http_access deny CONNECT !SSL_ports
-http_access allow clients
-http_access deny all
+{rules}
 dns_nameservers {sc.DNS}
 hosts_file none
 visible_hostname proxy.lab
 cache deny all
-access_log none
 cache_log {d}/cache.log
 pid_filename none
 coredump_dir {d}
 shutdown_lifetime 1 seconds
 """)
-    p = lab.start("proxy", ["squid", "-N", "-f", str(conf)], name="squid")
-    procs.wait_listening(p, sc.PROXY_IN, PORTS["squid"], timeout=30)
+    p = lab.start("proxy", ["squid", "-N", "-f", str(conf)], name=name)
+    procs.wait_listening(p, sc.PROXY_IN, PORTS[name], timeout=30)
     return p
 
 
@@ -205,8 +241,10 @@ def main() -> int:
         contenders = [{"label": "direct (no proxy)", "name": SPLICED, "port": None, "pid": None}]
         ztna = start_ztna(lab, decrypt=True)
         if shutil.which("squid"):
+            bare = start_squid(lab, same_job=False)
             squid = start_squid(lab)
-            contenders.append({"label": "squid splice", "name": SPLICED, "port": PORTS["squid"], "pid": squid.pid})
+            contenders += [{"label": BARE_SQUID, "name": SPLICED, "port": PORTS["squid-bare"], "pid": bare.pid},
+                           {"label": "squid splice", "name": SPLICED, "port": PORTS["squid"], "pid": squid.pid}]
         else:
             print("squid is not installed (scripts/install.sh --bench): skipped", flush=True)
         contenders += [{"label": "ztna splice", "name": SPLICED, "port": PORTS["ztna"], "pid": ztna.pid},
@@ -221,6 +259,9 @@ def main() -> int:
         else:
             print("mitmproxy is not installed in .venv-bench: skipped", flush=True)
         trust = bundle(lab, extra)
+        for c in contenders:
+            if c["label"] in ("ztna splice", "squid splice") and not refuses_blocked(lab, c["port"], trust):
+                raise SystemExit(f"{c['label']} does not refuse {sc.BLOCKED}: its policy is not the bench's")
         print("warm-up (caches filled, same for everyone)", flush=True)
         for c in contenders:
             requests(lab, c["name"], c["port"], trust, count=20)
@@ -231,7 +272,8 @@ def main() -> int:
             measure_round(lab, contenders if i % 2 == 0 else contenders[::-1], trust, runs)
     finally:
         lab.down()
-    shown = ["direct (no proxy)", "ztna splice", "ztna decrypt", "squid splice", "mitmproxy splice", "mitmproxy decrypt"]
+    shown = ["direct (no proxy)", "ztna splice", "ztna decrypt", "squid splice", BARE_SQUID, "mitmproxy splice",
+             "mitmproxy decrypt"]
     results = [{"proxy": label, **median_of(runs[label])} for label in sorted(runs, key=shown.index)]
     report(results)
     return 0 if all(r["download"]["ok"] and r["requests"]["ok"] for r in results) else 1
@@ -258,6 +300,8 @@ def report(results: list) -> None:
     for a, b, key, field, goal in (
         ("ztna splice", "squid splice", "download", "MB/s", 1.0),
         ("ztna splice", "squid splice", "requests", "req/s", 1.0),
+        ("ztna splice", BARE_SQUID, "download", "MB/s", None),
+        ("ztna splice", BARE_SQUID, "requests", "req/s", None),
         ("ztna decrypt", "mitmproxy decrypt", "download", "MB/s", 1.5),
         ("ztna decrypt", "mitmproxy decrypt", "requests", "req/s", 3.0),
         ("ztna splice", "mitmproxy splice", "download", "MB/s", None),
