@@ -310,6 +310,25 @@ def _tunnel_pair(r):
     return client, c_peer, server, s_peer, tunnel, ends
 
 
+async def _recv_all(sock, *, until: bytes | None = None, seconds: float = 2.0) -> tuple[bytes, bool]:
+    """Read non-blocking ``sock`` as bytes come, until ``until`` has arrived, its EOF, or ``seconds``.
+    Returns (the bytes, whether the EOF came)."""
+    got = b""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            await asyncio.sleep(0.002)
+            continue
+        if not data:
+            return got, True
+        got += data
+        if until is not None and got == until:
+            break
+    return got, False
+
+
 async def _exchange(client, server, up: bytes, down: bytes, ends, slow: float):
     """Send ``up`` from the client and ``down`` from the server, each then shutting its write side;
     read both ends slowly (so the tunnel's destinations fill up) until EOF on both."""
@@ -369,39 +388,11 @@ def test_tunnel_half_close_keeps_the_other_direction_open():
         tunnel.start()
         client.send(b"request")
         client.shutdown(socket.SHUT_WR)  # the client is done sending; the answer must still come back
-        got = b""
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            try:
-                got += server.recv(100)
-            except BlockingIOError:
-                continue
-            if got == b"request":
-                break
-        assert got == b"request"
-        for _ in range(100):
-            await asyncio.sleep(0.005)
-            try:
-                if server.recv(100) == b"":
-                    break  # the client's end passed on
-            except BlockingIOError:
-                pass
-        else:
-            raise AssertionError("the server never saw the client's end")
+        assert await _recv_all(server) == (b"request", True)  # the bytes, then the client's end passed on
         assert tunnel.masks == [0, TUNNEL_IN] and not ends  # the client's socket no longer watched, the server's still read
         server.send(b"answer")
         server.close()
-        answer = b""
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            try:
-                data = client.recv(100)
-            except BlockingIOError:
-                continue
-            if not data:
-                break
-            answer += data
-        assert answer == b"answer" and ends == [(7, 6)]
+        assert await _recv_all(client) == (b"answer", True) and ends == [(7, 6)]
         tunnel.close()
         r.close()
         for s in (client, c_peer, s_peer):
@@ -467,17 +458,7 @@ def test_tunnel_takes_the_fin_behind_the_last_bytes_in_the_same_wake_up():
         r.cbs[tunnel.up.sfd] = lambda ev: calls.append(ev) or real(ev)
         client.send(b"bye")
         client.shutdown(socket.SHUT_WR)  # both queued before the loop runs: one readiness, with RDHUP
-        got = b""
-        for _ in range(100):
-            await asyncio.sleep(0.005)
-            try:
-                data = server.recv(100)
-            except BlockingIOError:
-                continue
-            if not data:
-                break
-            got += data
-        assert got == b"bye"  # the bytes, then the end, passed on
+        assert await _recv_all(server) == (b"bye", True)  # the bytes, then the end, passed on
         assert len(calls) == 1 and calls[0] & RDHUP  # in one callback
         assert tunnel.up.eof and tunnel.masks[0] == 0
         tunnel.close()
@@ -511,16 +492,7 @@ def test_server_end_closes_the_tunnel_once_the_client_has_every_byte():
         tunnel.start()
         client.send(b"request")
         server.setblocking(False)
-        got = b""
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            try:
-                got += server.recv(100)
-            except BlockingIOError:
-                continue
-            if got == b"request":
-                break
-        assert got == b"request"
+        assert await _recv_all(server, until=b"request") == (b"request", False)
         server.sendall(b"answer")
         server.close()  # the origin is done (Connection: close)
         for _ in range(200):
@@ -532,15 +504,7 @@ def test_server_end_closes_the_tunnel_once_the_client_has_every_byte():
         tunnel.close()
         for s in (c_peer, s_peer):
             s.close()  # what the connection does next
-        client.setblocking(True)
-        client.settimeout(2)
-        got = b""
-        while True:
-            data = client.recv(100)
-            if not data:
-                break  # a FIN after the answer, not a reset
-            got += data
-        assert got == b"answer"
+        assert await _recv_all(client) == (b"answer", True)  # a FIN after the answer, not a reset
         r.close()
         client.close()
 
@@ -573,18 +537,8 @@ def test_server_end_with_bytes_still_queued_for_the_client_is_a_half_close():
         server.close()
         await asyncio.sleep(0.05)  # the tunnel sees the server's end with bytes still on their way
         assert not ends  # not closed under the client's feet
-        got = bytearray()
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 10:
-            try:
-                data = client.recv(65536)
-            except BlockingIOError:
-                await asyncio.sleep(0.0005)
-                continue
-            if not data:
-                break
-            got += data
-        assert len(got) == len(body) and bytes(got) == body  # every byte, then the FIN
+        got, eof = await _recv_all(client, seconds=10)
+        assert eof and len(got) == len(body) and got == body  # every byte, then the FIN
         assert not ends  # the tunnel waits for the client's own end
         client.close()
         for _ in range(200):
