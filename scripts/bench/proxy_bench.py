@@ -18,7 +18,8 @@ next to each other in the order (Squid and ztna splice, ztna and mitmproxy
 decrypt).
 The table shows the median of the rounds and the proxy process's CPU time per request.
 
-Contenders: no proxy (routed through the proxy host), ztna splice and decrypt,
+Contenders: no proxy (routed through the proxy host), ztna splice and decrypt (one
+process each, the same config, as mitmproxy runs one process per mode),
 Squid (CONNECT tunnel: bytes copied untouched, no bumping) doing the same job as
 ztna (its policy, a log line per connection: the goals' reference) and a bare
 Squid (no domain ACLs, no log) to show what those cost it, mitmproxy splice
@@ -47,7 +48,8 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))  # 5: single rounds spread b
 DOWNLOADS = int(os.environ.get("BENCH_DOWNLOADS", "3"))  # per turn; the turn's figure is their median
 CHUNKS = int(os.environ.get("BENCH_CHUNKS", "5"))  # a round's requests in this many round-robin slices
 PARALLEL = 8
-PORTS = {"ztna": sc.EXPLICIT_PORT, "squid": 3129, "mitm-splice": 3130, "mitm-decrypt": 3131, "squid-bare": 3132}
+PORTS = {"ztna": sc.EXPLICIT_PORT, "squid": 3129, "mitm-splice": 3130, "mitm-decrypt": 3131, "squid-bare": 3132,
+         "ztna-decrypt": 3133}
 SPLICED, DECRYPTED = sc.BANK, sc.DECRYPT
 BARE_SQUID = "squid, no ACL/log"
 
@@ -157,11 +159,15 @@ def median_of(runs: list) -> dict:
     return {"download": pick("download", "MB/s"), "requests": pick("requests", "req/s")}
 
 
-def start_ztna(lab: Lab, decrypt: bool) -> procs.Proc:
-    conf = lab.write_conf("bench-ztna.toml", sc.proxy_toml(lab, mode="explicit", decrypt=decrypt,
-                                                            extra_proxy=f'log = "{lab.log_dir / "ztna-conn.jsonl"}"\n'))
-    p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="ztna")
-    procs.wait_listening(p, sc.PROXY_IN, sc.EXPLICIT_PORT)
+def start_ztna(lab: Lab, name: str = "ztna") -> procs.Proc:
+    """ztna with the lab's proxy config (decryption on, bank.example.com on the no-decrypt list),
+    listening on PORTS[name]; the bench runs one for the spliced turns and one for the decrypted
+    ones, as it runs one mitmproxy per mode."""
+    toml = sc.proxy_toml(lab, mode="explicit", decrypt=True, extra_proxy=f'log = "{lab.log_dir / (name + "-conn.jsonl")}"\n')
+    toml = toml.replace(f'listen = "{sc.PROXY_IN}:{sc.EXPLICIT_PORT}"', f'listen = "{sc.PROXY_IN}:{PORTS[name]}"')
+    conf = lab.write_conf(f"bench-{name}.toml", toml)
+    p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name=name)
+    procs.wait_listening(p, sc.PROXY_IN, PORTS[name])
     return p
 
 
@@ -239,7 +245,7 @@ def main() -> int:
         # The order: each pair a goal compares is adjacent (Squid and ztna splice, ztna decrypt
         # and mitmproxy decrypt), so a drift between turns touches their ratio least.
         contenders = [{"label": "direct (no proxy)", "name": SPLICED, "port": None, "pid": None}]
-        ztna = start_ztna(lab, decrypt=True)
+        ztna, ztna_dec = start_ztna(lab), start_ztna(lab, "ztna-decrypt")
         if shutil.which("squid"):
             bare = start_squid(lab, same_job=False)
             squid = start_squid(lab)
@@ -248,7 +254,7 @@ def main() -> int:
         else:
             print("squid is not installed (scripts/install.sh --bench): skipped", flush=True)
         contenders += [{"label": "ztna splice", "name": SPLICED, "port": PORTS["ztna"], "pid": ztna.pid},
-                       {"label": "ztna decrypt", "name": DECRYPTED, "port": PORTS["ztna"], "pid": ztna.pid}]
+                       {"label": "ztna decrypt", "name": DECRYPTED, "port": PORTS["ztna-decrypt"], "pid": ztna_dec.pid}]
         extra = []
         if (ROOT / ".venv-bench/bin/mitmdump").exists():
             ms, _ = start_mitm(lab, decrypt=False)
