@@ -39,6 +39,10 @@ EXPLICIT_PORT = 3128
 TRANSPARENT_PORT = 15443
 # curl --local-port per site, so every flow is found in the captures by its port.
 PORTS = {DECRYPT: 41001, BANK: 41002, BLOCKED: 41003}
+# For the connect-failure tests: closed.example.com is the DNS host (nothing listens on 443:
+# refused), void.example.com an address on the lab switch that no host has (never answers),
+# twice.example.com that address first and then the web server.
+VOID = "203.0.113.99"
 
 ZONE = f"""$ORIGIN example.com.
 @ IN SOA ns hostmaster 1 60 60 60 60
@@ -47,6 +51,10 @@ bank IN A {WEB}
 blocked IN A {WEB}
 untrusted IN A {WEB}
 reset IN A {WEB}
+closed IN A {DNS}
+void IN A {VOID}
+twice IN A {VOID}
+twice IN A {WEB}
 """
 
 

@@ -346,3 +346,28 @@ def test_decrypted_connections_do_not_grow_the_proxy(lab):
     batch(4)
     grown = procs.rss_kib(pid) - before
     assert grown < 1024, f"the proxy grew by {grown} KiB over 400 decrypted connections"
+
+
+def test_upstream_connect_refused_timed_out_then_the_next_address(lab):
+    # In the lab a connect usually completes inside connect() itself (the SYN-ACK comes back in the
+    # same softirq); these take the waiting path: a refused port, an address that never answers
+    # (connect_timeout = 1 here; ARP gives up only after about 3 s), and a name whose first address
+    # never answers and whose second does.
+    port = 3141
+    toml = sc.proxy_toml(lab, mode="explicit", extra_proxy="connect_timeout = 1\n")
+    conf = lab.write_conf("proxy-connect.toml", toml.replace(f':{sc.EXPLICIT_PORT}"', f':{port}"'))
+    lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="pconnect")
+    procs.wait_listening(lab.procs["pconnect"], sc.PROXY_IN, port)
+    for name in ("closed", "void", "twice"):
+        lab.exec("client", ["curl", "-s", "-o", "/dev/null", "--max-time", "10", "--proxy",
+                            f"http://{sc.PROXY_IN}:{port}", f"https://{name}.example.com/"], timeout=20)
+    rec = wait_log(lab, lambda r: r.get("name") == "closed.example.com", name="pconnect")
+    assert rec["decision"] == "error" and f"{sc.DNS}: [Errno 111] Connect call failed" in rec["reason"], rec
+    rec = wait_log(lab, lambda r: r.get("name") == "void.example.com", name="pconnect")
+    assert rec["decision"] == "error" and f"{sc.VOID}: timed out" in rec["reason"], rec
+    assert 1000 <= rec["duration_ms"] < 2500, rec  # the connect timeout, not ARP's
+    rec = wait_log(lab, lambda r: r.get("name") == "twice.example.com", name="pconnect")
+    assert rec["resolved"] == [sc.VOID, sc.WEB] and rec["upstream"] == f"{sc.WEB}:443", rec
+    assert rec["duration_ms"] >= 1000, rec  # after the first address timed out
+    lab.stop("pconnect")
+    good_explicit(lab)
