@@ -494,7 +494,7 @@ class _Conn:
     Every way out ends in ``finish``: sockets closed, one log line.
     """
 
-    __slots__ = ("p", "loop", "reactor", "csock", "cfd", "ssock", "t0", "flow", "c", "q", "task", "due",
+    __slots__ = ("p", "loop", "reactor", "csock", "cfd", "ssock", "t0", "flow", "c", "q", "task",
                  "reading", "tunnel", "trying", "port", "errors", "done")
 
     def __init__(self, proxy: "Proxy", csock: socket.socket, addr):
@@ -510,7 +510,6 @@ class _Conn:
         self.c = Counters()
         self.q: deque = deque()
         self.task: asyncio.Task | None = None
-        self.due: float | None = None  # the deadline set with the reactor: the first bytes', or the connect's
         self.reading = False
         self.tunnel: _Tunnel | None = None
         self.trying: tuple | None = None  # the upstream connect in progress: (socket, address, addresses left)
@@ -601,10 +600,7 @@ class _Conn:
             if not self.reading:
                 self.reactor.watch(self.cfd, IN, self.on_client)
                 self.reading = True
-            deadline = self.flow.deadline
-            if self.due != deadline:
-                self.due = deadline
-                self.reactor.at(self, deadline, self.on_deadline)
+            self.reactor.at(self, self.flow.deadline, self.on_deadline)  # this connection's one deadline
             return
         self.client_bytes(data)
 
@@ -622,9 +618,7 @@ class _Conn:
         except OSError as exc:
             self.fail(exc)
             return
-        if self.due is not None:
-            self.reactor.cancel(self)
-            self.due = None
+        self.reactor.cancel(self)
         self.client_bytes(data)
 
     def client_bytes(self, data: bytes) -> None:
@@ -634,17 +628,16 @@ class _Conn:
             self.feed(self.flow.client_eof, time.monotonic())
 
     def on_deadline(self) -> None:
-        self.due = None
         self.stop_waiting()
         self.feed(self.flow.timeout, time.monotonic())
 
-    def stop_waiting(self) -> None:
+    def stop_waiting(self, *, closing: bool = False) -> None:
+        """No more reading of the client's first bytes, no deadline; ``closing``: the socket is
+        closed next, which takes it out of the epoll without an epoll_ctl."""
         if self.reading:
-            self.reactor.unwatch(self.cfd)
+            (self.reactor.forget if closing else self.reactor.unwatch)(self.cfd)
             self.reading = False
-        if self.due is not None:
-            self.reactor.cancel(self)
-            self.due = None
+        self.reactor.cancel(self)
 
     # ---- DNS and the upstream connect ------------------------------------------------------------
     def on_resolved(self, fut: asyncio.Future) -> None:
@@ -690,8 +683,7 @@ class _Conn:
                     return True
                 self.trying = (s, a, addresses)
                 self.reactor.watch(s.fileno(), OUT, self.on_connect)
-                self.due = time.monotonic() + self.p.cfg.connect_timeout
-                self.reactor.at(self, self.due, self.on_connect_timeout)
+                self.reactor.at(self, time.monotonic() + self.p.cfg.connect_timeout, self.on_connect_timeout)
                 return False
             s.close()
             self.errors.append(f"{a}: {self._connect_error(a, err)}")
@@ -707,9 +699,7 @@ class _Conn:
         s, a, rest = self.trying
         self.trying = None
         self.reactor.unwatch(s.fileno())
-        if self.due is not None:
-            self.reactor.cancel(self)
-            self.due = None
+        self.reactor.cancel(self)
         return s, a, rest
 
     def on_connect(self, _events: int) -> None:
@@ -724,7 +714,6 @@ class _Conn:
         return str(OSError(err, f"Connect call failed {(address, self.port)}"))  # asyncio's wording
 
     def on_connect_timeout(self) -> None:
-        self.due = None
         s, a, rest = self._end_try()
         self._connect_done(s, a, rest, "timed out")
 
@@ -796,10 +785,7 @@ class _Conn:
         self.done = True
         p = self.p
         p.conns.discard(self)
-        if self.reading:
-            self.reactor.forget(self.cfd)  # closed next: no epoll_ctl needed
-            self.reading = False
-        self.stop_waiting()
+        self.stop_waiting(closing=True)
         if self.tunnel is not None:
             self.tunnel.close()
         if self.trying is not None:
