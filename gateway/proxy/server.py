@@ -1118,21 +1118,9 @@ class _Direction:
             if n > 0:
                 if n >= STREAMING and self.reactor.busy:
                     self.reactor.hot = True
-                # The pipe was empty (src is read only then): nearly always one write moves it all.
-                # ``pending`` counts the bytes first, so a pipe left holding them is never reused.
-                self.pending = n
-                try:
-                    m = os.splice(self.r, self.dfd, n, flags=SPLICE_FLAGS)
-                except BlockingIOError:
-                    m = 0
-                except OSError as exc:
-                    self.tunnel.fail(exc)
-                    return
-                self.total += m
-                self.pending = n - m
-                if self.pending:
-                    self.drain()  # the rest, or dst is full
-                elif ev & RDHUP:
+                self.pending = n  # the pipe was empty: src is read only then
+                self.drain()
+                if ev & RDHUP and self.reading and not self.tunnel.ended:
                     self.on_event(IN)  # the FIN behind these bytes: read it now (or more bytes first)
             elif n == 0:
                 self.eof = True
@@ -1169,7 +1157,7 @@ class _Direction:
         if self.eof:
             self.blocked = False
             if self.ends_tunnel and _drained(self.dfd):
-                self.tunnel.close_both()
+                self.tunnel.end()  # the connection closes both sockets next
                 return
             try:
                 self.dst.shutdown(socket.SHUT_WR)
@@ -1195,7 +1183,7 @@ class _Tunnel:
     closes both sockets next.
     """
 
-    __slots__ = ("reactor", "on_end", "up", "down", "socks", "masks", "ended")
+    __slots__ = ("reactor", "on_end", "up", "down", "masks", "ended")
 
     def __init__(self, reactor: SpliceReactor, csock: socket.socket, ssock: socket.socket, on_end):
         self.reactor = reactor
@@ -1203,7 +1191,6 @@ class _Tunnel:
         self.up = _Direction(reactor, self, csock, ssock)
         self.down = _Direction(reactor, self, ssock, csock, ends_tunnel=True)
         self.up.other, self.down.other = self.down, self.up
-        self.socks = (csock, ssock)
         self.masks = [0, 0]  # the epoll interest now of the client's socket and the server's (0: not watched)
         self.ended = False
 
@@ -1216,7 +1203,7 @@ class _Tunnel:
         """A direction's ``reading`` or ``blocked`` changed: set each socket's interest to match."""
         up, down = self.up, self.down
         if up.eof and down.eof and not up.blocked and not down.blocked:
-            self._end()
+            self.end()
             return
         for i, d in ((0, up), (1, down)):
             mask = (TUNNEL_IN if d.reading else 0) | (OUT if d.other.blocked else 0)
@@ -1227,20 +1214,16 @@ class _Tunnel:
                 else:
                     self.reactor.unwatch(d.sfd)
 
-    def close_both(self) -> None:
-        """The server has ended and the client has all it sent: the connection closes both sockets."""
-        self._end()
-
     def fail(self, exc: OSError) -> None:
         # One side reset: both directions end now.
-        for s in self.socks:
+        for d in (self.up, self.down):
             try:
-                s.shutdown(socket.SHUT_RDWR)
+                d.dst.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self._end()
+        self.end()
 
-    def _end(self) -> None:
+    def end(self) -> None:
         if not self.ended:
             self.ended = True
             self.on_end(self.up.total, self.down.total)
