@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Forward-proxy benchmark in the sealed lab: ztna (splice, decrypt) vs Squid (CONNECT
 # tunnel) vs mitmproxy (ignore_hosts splice, decrypt), with a no-proxy baseline.
-# All contenders run at once on their own ports, are warmed up, then take turns for
-# BENCH_REPEATS rounds (default 5): a 100 MB HTTPS download and 500 small HTTPS requests on new
-# connections.  Prints the medians, the proxy CPU per request, and the ratios against the goals of issue 5.
+# All contenders run at once on their own ports and are warmed up; then BENCH_REPEATS rounds
+# (default 5), each of 3 downloads of 100 MB over HTTPS and 500 small HTTPS requests on new
+# connections per contender, taken round-robin (the requests in slices of 100).  Prints the
+# medians, the proxy CPU per request, and the ratios against the goals of issue 5.
 #   sudo scripts/bench.sh proxy        (installs squid-openssl; mitmproxy goes in .venv-bench)
 # Set ZTNA_NS_PREFIX / ZTNA_LAB_DIR when other labs run on the same machine.
 set -euo pipefail

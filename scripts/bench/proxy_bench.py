@@ -90,9 +90,7 @@ def requests(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = S
     lines = out.stdout.decode().splitlines()
     good = sum(1 for l in lines if l.startswith("200 "))
     errors = sorted({l for l in lines if not l.startswith("200 ")})[:5]
-    return {"ok": good == count, "done": good, "seconds": round(secs, 2), "req/s": round(good / secs, 1),
-            "cpu_ms_per_request": round(cpu * 1000 / max(good, 1), 2) if cpu is not None else None, "errors": errors,
-            "cpu_s": cpu, "raw_seconds": secs}
+    return {"ok": good == count, "done": good, "seconds": secs, "cpu_s": cpu, "errors": errors}
 
 
 def refuses_blocked(lab: Lab, port: int, trust: Path) -> bool:
@@ -103,41 +101,47 @@ def refuses_blocked(lab: Lab, port: int, trust: Path) -> bool:
 
 
 def merged(parts: list[dict]) -> dict:
-    """One contender's request chunks of a round, as if one run: requests over seconds, CPU over requests."""
+    """One contender's request slices of a round, as if one run: requests over seconds, CPU over requests."""
     done = sum(p["done"] for p in parts)
-    secs = sum(p["raw_seconds"] for p in parts)
+    secs = sum(p["seconds"] for p in parts)
     cpus = [p["cpu_s"] for p in parts]
     cpu = None if None in cpus else sum(cpus)
     return {"ok": all(p["ok"] for p in parts), "done": done, "seconds": round(secs, 2), "req/s": round(done / secs, 1),
             "cpu_ms_per_request": round(cpu * 1000 / max(done, 1), 2) if cpu is not None else None,
-            "errors": sorted({e for p in parts for e in p["errors"]})[:5], "chunks": [p["req/s"] for p in parts]}
+            "errors": sorted({e for p in parts for e in p["errors"]})[:5],
+            "slices": [round(p["done"] / p["seconds"], 1) for p in parts]}
 
 
-def median_download(ds: list[dict]) -> dict:
-    """A contender's downloads of one round; the median one stands for the round (each lasts a
-    fraction of a second, so one alone swings with how the three processes' wake-ups interleave)."""
-    out = dict(sorted(ds, key=lambda d: d["MB/s"])[len(ds) // 2])
-    out["ok"] = all(d["ok"] for d in ds)
-    out["each"] = [d["MB/s"] for d in ds]
+def median(vals: list[dict], field: str, each: str) -> dict:
+    """The measurement with the median ``field``, ``ok`` only if all were, and every value in ``each``."""
+    out = dict(sorted(vals, key=lambda v: v[field])[len(vals) // 2])
+    out["ok"] = all(v["ok"] for v in vals)
+    out[each] = [v[field] for v in vals]
     return out
+
+
+def alternating(order: list, passes: int):
+    """``order`` ``passes`` times, every other pass reversed: nobody always first or after the same one."""
+    for k in range(passes):
+        yield from (order if k % 2 == 0 else order[::-1])
 
 
 def measure_round(lab: Lab, order: list[dict], trust: Path, runs: dict) -> None:
     """One round: DOWNLOADS downloads and then CHUNKS slices of the requests per contender, each
     taken round-robin (every other pass in reverse order), so that a drift of the machine's
-    speed, the largest noise here, reaches every contender alike."""
+    speed, the largest noise here, reaches every contender alike.  A round's download is the
+    median of its DOWNLOADS (one lasts a fraction of a second and swings with how the three
+    processes' wake-ups interleave)."""
     got: dict[str, list] = {c["label"]: [] for c in order}
-    for k in range(DOWNLOADS):
-        for c in (order if k % 2 == 0 else order[::-1]):
-            got[c["label"]].append(download(lab, c["name"], c["port"], trust))
-    ds = {label: median_download(v) for label, v in got.items()}
+    for c in alternating(order, DOWNLOADS):
+        got[c["label"]].append(download(lab, c["name"], c["port"], trust))
     parts: dict[str, list] = {c["label"]: [] for c in order}
     per = SMALL // CHUNKS
-    for k in range(CHUNKS):
-        for c in (order if k % 2 == 0 else order[::-1]):
-            parts[c["label"]].append(requests(lab, c["name"], c["port"], trust, count=per, pid=c["pid"]))
+    for c in alternating(order, CHUNKS):
+        parts[c["label"]].append(requests(lab, c["name"], c["port"], trust, count=per, pid=c["pid"]))
     for c in order:
-        label, d = c["label"], ds[c["label"]]
+        label = c["label"]
+        d = median(got[label], "MB/s", "each")
         r = merged(parts[label])
         runs.setdefault(label, []).append({"download": d, "requests": r})
         cpu = f", proxy CPU {r['cpu_ms_per_request']} ms/request" if r["cpu_ms_per_request"] is not None else ""
@@ -148,15 +152,8 @@ def measure_round(lab: Lab, order: list[dict], trust: Path, runs: dict) -> None:
 
 
 def median_of(runs: list) -> dict:
-    """The median run of each measurement (all runs are kept in the JSON report)."""
-    def pick(key, field):
-        vals = [r[key] for r in runs]
-        ok = all(v["ok"] for v in vals)
-        out = dict(sorted(vals, key=lambda v: v[field])[len(vals) // 2])
-        out["ok"] = ok
-        out["runs"] = [v[field] for v in vals]
-        return out
-    return {"download": pick("download", "MB/s"), "requests": pick("requests", "req/s")}
+    """The median round of each measurement (all rounds are kept in the JSON report)."""
+    return {key: median([r[key] for r in runs], field, "runs") for key, field in (("download", "MB/s"), ("requests", "req/s"))}
 
 
 def start_ztna(lab: Lab, name: str = "ztna") -> procs.Proc:
