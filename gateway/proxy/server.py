@@ -57,6 +57,13 @@ log = logging.getLogger("ztna.proxy")
 SO_ORIGINAL_DST = 80
 F_SETPIPE_SZ = 1031
 READ_SIZE = 256 * 1024
+LOG_DELAY = 0.05  # seconds a finished connection's log line may wait to share a write with others
+PIPE_SIZE = 1024 * 1024
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+STREAMING = 16 * 1024  # one splice moving this much (a full TLS record or more): a bulk transfer is running
+SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes in a TCP socket's send queue not yet sent
+FIONREAD = 0x541B  # bytes received and not yet read
+TICK = 0.1  # seconds between checks of the connections' deadlines: each fires at most this late
 
 
 def _line_encoder():
@@ -74,13 +81,6 @@ def _line_encoder():
 
 
 _json_line = _line_encoder()
-LOG_DELAY = 0.05  # seconds a finished connection's log line may wait to share a write with others
-PIPE_SIZE = 1024 * 1024
-SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-STREAMING = 16 * 1024  # one splice moving this much (a full TLS record or more): a bulk transfer is running
-SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes in a TCP socket's send queue not yet sent
-FIONREAD = 0x541B  # bytes received and not yet read
-TICK = 0.1  # seconds between checks of the connections' deadlines: each fires at most this late
 
 
 def local_addresses() -> list[str]:
