@@ -87,9 +87,23 @@ def run(ns: str, argv: list[str], *, timeout: float = 30, input: bytes | None = 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
+    """User + system CPU time of a process so far, threads that have exited included, in
+    clock ticks (10 ms): right for a process that starts a thread per connection."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def live_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's live threads so far, in nanosecond steps (``schedstat``):
+    fine enough for a slice of 100 requests at half a millisecond each, where ticks are not.
+    A thread that has exited is no longer counted, so measure long-lived ones (event loops)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):  # the thread ended between listing and reading
+            continue
+    return total / 1e9
 
 
 def rss_kib(pid: int) -> int:

@@ -4,7 +4,8 @@
 # All contenders run at once on their own ports and are warmed up; then BENCH_REPEATS rounds
 # (default 5), each of 3 downloads of 100 MB over HTTPS and 500 small HTTPS requests on new
 # connections per contender, taken round-robin (the requests in slices of 100).  Prints the
-# medians, the proxy CPU per request, and the ratios against the goals of issue 5.
+# medians, the CPU per MB and per request (proxy, curl, origin), and the ratios against the
+# goals of issue 5: the median of adjacent turns' ratios with a 95 % interval.
 #   sudo scripts/bench.sh proxy        (installs squid-openssl; mitmproxy goes in .venv-bench)
 # Set ZTNA_NS_PREFIX / ZTNA_LAB_DIR when other labs run on the same machine.
 set -euo pipefail

@@ -16,7 +16,13 @@ reverse order, so a drift of the machine's speed, the largest noise on this
 kind of VM, reaches every contender alike; the contenders a goal compares sit
 next to each other in the order (Squid and ztna splice, ztna and mitmproxy
 decrypt).
-The table shows the median of the rounds and the proxy process's CPU time per request.
+The table shows the median of the rounds, the proxy's CPU per MB downloaded, and the CPU
+each request costs the proxy, curl and the origin (which sets the request rate: see the
+lines under the table).  A goal's ratio is the median of the ratios of the pairs of turns
+the two took in the same pass (adjacent, so the machine's drift cancels), with a 95 %
+bootstrap interval: "met, beyond noise" when the interval's low end reaches the goal, "met
+at the median, within noise" when only the median does, "below at the median, within
+noise" when only the interval's high end does, "NOT met, beyond noise" when none does.
 
 Contenders: no proxy (routed through the proxy host), ztna splice and decrypt (one
 process each, the same config, as mitmproxy runs one process per mode),
@@ -30,7 +36,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import resource
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,33 +73,47 @@ def proxy_url(port: int) -> str:
     return f"http://{sc.PROXY_IN}:{port}"
 
 
-def download(lab: Lab, name: str, proxy: int | None, trust: Path, size: int = SIZE) -> dict:
+def download(lab: Lab, name: str, proxy: int | None, trust: Path, size: int = SIZE, pid: int | None = None) -> dict:
     argv = ["curl", "-s", "-o", "/dev/null", "--max-time", "120", "--cacert", str(trust),
             "-w", "%{http_code} %{size_download} %{time_total}"]
     if proxy:
         argv += ["--proxy", proxy_url(proxy)]
+    c0 = procs.live_cpu_seconds(pid) if pid else 0.0
     out = lab.exec("client", argv + [f"https://{name}/bytes/{size}"], timeout=150)
+    cpu = procs.live_cpu_seconds(pid) - c0 if pid else None
     code, got, secs = out.stdout.decode().split()
     ok = code == "200" and int(got) == size
-    return {"ok": ok, "seconds": float(secs), "MB/s": round(size / float(secs) / 1e6, 1) if ok else 0.0}
+    return {"ok": ok, "seconds": float(secs), "MB/s": round(size / float(secs) / 1e6, 1) if ok else 0.0,
+            "cpu_ms_per_MB": round(cpu * 1000 / (size / 1e6), 3) if cpu is not None and ok else None}
+
+
+def children_cpu() -> float:
+    """CPU time of this process's finished children (the curl runs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def requests(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = SMALL, pid: int | None = None) -> dict:
+    """``count`` requests on new connections; with them the CPU they cost the proxy (``pid``,
+    its live threads), curl, and the origin (``web``, whose request threads exit: counted in ticks)."""
     cfg = lab.conf_dir / f"urls-{name}-{count}.txt"
     cfg.write_text("".join(f'url = "https://{name}/"\noutput = "/dev/null"\n' for _ in range(count)))
     argv = ["curl", "-s", "-Z", "--parallel-max", str(PARALLEL), "--max-time", "30", "--cacert", str(trust),
             "-H", "Connection: close", "-w", "%{http_code} %{exitcode} %{errormsg}\n", "-K", str(cfg)]
     if proxy:
         argv += ["--proxy", proxy_url(proxy)]
-    c0 = procs.cpu_seconds(pid) if pid else 0.0
+    web = lab.procs["web"].pid
+    c0 = procs.live_cpu_seconds(pid) if pid else 0.0
+    k0, w0 = children_cpu(), procs.cpu_seconds(web)
     t0 = time.monotonic()
     out = lab.exec("client", argv, timeout=300)
     secs = time.monotonic() - t0
-    cpu = procs.cpu_seconds(pid) - c0 if pid else None
+    cpu = procs.live_cpu_seconds(pid) - c0 if pid else None
     lines = out.stdout.decode().splitlines()
     good = sum(1 for l in lines if l.startswith("200 "))
     errors = sorted({l for l in lines if not l.startswith("200 ")})[:5]
-    return {"ok": good == count, "done": good, "seconds": secs, "cpu_s": cpu, "errors": errors}
+    return {"ok": good == count, "done": good, "seconds": secs, "cpu_s": cpu, "errors": errors,
+            "curl_cpu_s": children_cpu() - k0, "origin_cpu_s": procs.cpu_seconds(web) - w0}
 
 
 def refuses_blocked(lab: Lab, port: int, trust: Path) -> bool:
@@ -104,10 +127,14 @@ def merged(parts: list[dict]) -> dict:
     """One contender's request slices of a round, as if one run: requests over seconds, CPU over requests."""
     done = sum(p["done"] for p in parts)
     secs = sum(p["seconds"] for p in parts)
-    cpus = [p["cpu_s"] for p in parts]
-    cpu = None if None in cpus else sum(cpus)
+
+    def per_request(key: str) -> float | None:
+        vals = [p[key] for p in parts]
+        return None if None in vals else round(sum(vals) * 1000 / max(done, 1), 3)
+
     return {"ok": all(p["ok"] for p in parts), "done": done, "seconds": round(secs, 2), "req/s": round(done / secs, 1),
-            "cpu_ms_per_request": round(cpu * 1000 / max(done, 1), 2) if cpu is not None else None,
+            "cpu_ms_per_request": per_request("cpu_s"), "curl_cpu_ms_per_request": per_request("curl_cpu_s"),
+            "origin_cpu_ms_per_request": per_request("origin_cpu_s"),
             "errors": sorted({e for p in parts for e in p["errors"]})[:5],
             "slices": [round(p["done"] / p["seconds"], 1) for p in parts]}
 
@@ -134,7 +161,7 @@ def measure_round(lab: Lab, order: list[dict], trust: Path, runs: dict) -> None:
     processes' wake-ups interleave)."""
     got: dict[str, list] = {c["label"]: [] for c in order}
     for c in alternating(order, DOWNLOADS):
-        got[c["label"]].append(download(lab, c["name"], c["port"], trust))
+        got[c["label"]].append(download(lab, c["name"], c["port"], trust, pid=c["pid"]))
     parts: dict[str, list] = {c["label"]: [] for c in order}
     per = SMALL // CHUNKS
     for c in alternating(order, CHUNKS):
@@ -278,21 +305,64 @@ def main() -> int:
     shown = ["direct (no proxy)", "ztna splice", "ztna decrypt", "squid splice", BARE_SQUID, "mitmproxy splice",
              "mitmproxy decrypt"]
     results = [{"proxy": label, **median_of(runs[label])} for label in sorted(runs, key=shown.index)]
-    report(results)
+    report(results, runs)
     return 0 if all(r["download"]["ok"] and r["requests"]["ok"] for r in results) else 1
 
 
-def report(results: list) -> None:
+def paired(a_rounds: list, b_rounds: list, key: str) -> list[float]:
+    """a/b for every pair of turns the two took in the same pass of a round (next to each other
+    in the order, so the machine's drift, which moves both, cancels in the ratio), all rounds."""
+    field = {"download": "each", "requests": "slices"}[key]
+    return [x / y for ra, rb in zip(a_rounds, b_rounds) for x, y in zip(ra[key][field], rb[key][field]) if y]
+
+
+def median_ci(vals: list[float], draws: int = 4000, seed: int = 5) -> tuple[float, float, float]:
+    """The median of ``vals`` and a 95 % bootstrap interval for it (fixed seed: the same data
+    gives the same interval)."""
+    rnd = random.Random(seed)
+    meds = sorted(statistics.median(rnd.choices(vals, k=len(vals))) for _ in range(draws))
+    return statistics.median(vals), meds[int(draws * 0.025)], meds[int(draws * 0.975) - 1]
+
+
+MIN_PAIRS = 8  # fewer pairs than this make no interval worth the name
+
+
+def verdict(mid: float, lo: float, hi: float, goal: float, pairs: int) -> str:
+    """Where the goal lies against the median pair and its 95 % interval."""
+    if pairs < MIN_PAIRS:
+        return f"{'met' if mid >= goal else 'NOT met'} (under {MIN_PAIRS} pairs: no interval to tell it from noise)"
+    if lo >= goal:
+        return "met, beyond noise"
+    if mid >= goal:
+        return "met at the median, within noise"
+    if hi >= goal:
+        return "below at the median, within noise"
+    return "NOT met, beyond noise"
+
+
+def report(results: list, rounds: dict) -> None:
     by = {r["proxy"]: r for r in results}
     print()
-    print(f"median of {REPEATS} rounds (a round's download: the median of {DOWNLOADS})")
-    print(f"{'proxy':<22} {'100 MB download':>16} {str(SMALL) + ' new-conn requests':>24} {'proxy CPU/request':>18}")
+    print(f"median of {REPEATS} rounds (a round's download: the median of {DOWNLOADS}); CPU in ms, the median round's")
+    print(f"{'proxy':<22} {'100 MB download':>16} {'proxy CPU/MB':>13} {str(SMALL) + ' new-conn requests':>24}"
+          f" {'CPU/request: proxy':>19} {'curl':>5} {'origin':>6}")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
     for r in results:
         d, q = r["download"], r["requests"]
         dl = f"{d['MB/s']:.1f} MB/s" if d["ok"] else "FAILED"
         rq = f"{q['req/s']:.1f} req/s" + ("" if q["ok"] else f" ({q['done']} ok)")
-        cpu = f"{q['cpu_ms_per_request']:.2f} ms" if q.get("cpu_ms_per_request") is not None else "-"
-        print(f"{r['proxy']:<22} {dl:>16} {rq:>24} {cpu:>18}")
+        print(f"{r['proxy']:<22} {dl:>16} {ms(d.get('cpu_ms_per_MB')):>13} {rq:>24} {ms(q['cpu_ms_per_request']):>19}"
+              f" {ms(q['curl_cpu_ms_per_request']):>5} {ms(q['origin_cpu_ms_per_request']):>6}")
+    for r in results:
+        q = r["requests"]
+        if r["proxy"] in ("ztna splice", "squid splice") and None not in (q["cpu_ms_per_request"], q["curl_cpu_ms_per_request"]):
+            total = q["cpu_ms_per_request"] + q["curl_cpu_ms_per_request"] + q["origin_cpu_ms_per_request"]
+            print(f"{r['proxy']}: curl, origin and proxy use {total:.2f} ms of CPU per request, so {os.cpu_count()} cores"
+                  f" make at most {1000 * os.cpu_count() / total:.0f} req/s and curl's one thread at most"
+                  f" {1000 / q['curl_cpu_ms_per_request']:.0f}; the proxy's share is {100 * q['cpu_ms_per_request'] / total:.0f} %")
     print()
 
     def ratio(a, b, key, field):
@@ -300,6 +370,7 @@ def report(results: list) -> None:
             return by[a][key][field] / by[b][key][field]
         return None
 
+    verdicts = []
     for a, b, key, field, goal in (
         ("ztna splice", "squid splice", "download", "MB/s", 1.0),
         ("ztna splice", "squid splice", "requests", "req/s", 1.0),
@@ -311,18 +382,24 @@ def report(results: list) -> None:
         ("ztna splice", "mitmproxy splice", "requests", "req/s", None),
     ):
         x = ratio(a, b, key, field)
-        if x is not None:
-            target = f" (goal >= {goal:g}: {'met' if x >= goal else 'NOT met'})" if goal else ""
-            # The same ratio round by round (contenders take turns within a round): how steady it is.
-            rounds = " ".join(f"{p / q:.2f}" for p, q in zip(by[a][key]["runs"], by[b][key]["runs"]) if q)
-            print(f"{a} / {b}, {key}: {x:.2f}x{target}; per round {rounds}")
+        if x is None:
+            continue
+        pairs = paired(rounds[a], rounds[b], key)
+        mid, lo, hi = median_ci(pairs)
+        line = f"{a} / {b}, {key}: {mid:.2f}x (95% CI {lo:.2f}-{hi:.2f}, {len(pairs)} pairs of adjacent turns)"
+        if goal:
+            line += f"; goal >= {goal:g}: {verdict(mid, lo, hi, goal, len(pairs))}"
+        print(f"{line}; medians of rounds {x:.2f}x")
+        verdicts.append({"a": a, "b": b, "what": key, "paired_median": round(mid, 3), "ci95": [round(lo, 3), round(hi, 3)],
+                         "pairs": len(pairs), "ratio_of_round_medians": round(x, 3), "goal": goal,
+                         "verdict": verdict(mid, lo, hi, goal, len(pairs)) if goal else None})
     out = ROOT / "reports"
     out.mkdir(exist_ok=True)
     (out / "bench-proxy.json").write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "size": SIZE,
                                                       "requests": SMALL, "parallel": PARALLEL, "repeats": REPEATS,
                                                       "request_chunks": CHUNKS,
                                                       "downloads_per_turn": DOWNLOADS,
-                                                      "results": results}, indent=2))
+                                                      "results": results, "ratios": verdicts}, indent=2))
     print(f"\nwritten: {out / 'bench-proxy.json'}")
 
 
