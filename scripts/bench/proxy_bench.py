@@ -385,14 +385,16 @@ def report(results: list, rounds: dict) -> None:
         if x is None:
             continue
         pairs = paired(rounds[a], rounds[b], key)
+        if not pairs:  # every turn of the reference failed: the table says so
+            continue
         mid, lo, hi = median_ci(pairs)
+        said = verdict(mid, lo, hi, goal, len(pairs)) if goal else None
         line = f"{a} / {b}, {key}: {mid:.2f}x (95% CI {lo:.2f}-{hi:.2f}, {len(pairs)} pairs of adjacent turns)"
-        if goal:
-            line += f"; goal >= {goal:g}: {verdict(mid, lo, hi, goal, len(pairs))}"
+        if said:
+            line += f"; goal >= {goal:g}: {said}"
         print(f"{line}; medians of rounds {x:.2f}x")
         verdicts.append({"a": a, "b": b, "what": key, "paired_median": round(mid, 3), "ci95": [round(lo, 3), round(hi, 3)],
-                         "pairs": len(pairs), "ratio_of_round_medians": round(x, 3), "goal": goal,
-                         "verdict": verdict(mid, lo, hi, goal, len(pairs)) if goal else None})
+                         "pairs": len(pairs), "ratio_of_round_medians": round(x, 3), "goal": goal, "verdict": said})
     out = ROOT / "reports"
     out.mkdir(exist_ok=True)
     (out / "bench-proxy.json").write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "size": SIZE,
