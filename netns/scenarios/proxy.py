@@ -70,8 +70,11 @@ def topology(name: str, *, transparent: bool) -> Topology:
 
 
 def proxy_toml(lab: Lab, *, mode: str, decrypt: bool = True, extra_policy: str = "", extra_proxy: str = "",
-               extra_transparent: str = "") -> str:
-    listen = f"{PROXY_IN}:{EXPLICIT_PORT}" if mode == "explicit" else f"{PROXY_IN}:{TRANSPARENT_PORT}"
+               extra_transparent: str = "", port: int | None = None) -> str:
+    """The lab's proxy.toml; ``port``: listen there instead of the mode's usual port (a second proxy)."""
+    if port is None:
+        port = EXPLICIT_PORT if mode == "explicit" else TRANSPARENT_PORT
+    listen = f"{PROXY_IN}:{port}"
     return f"""[proxy]
 mode = "{mode}"
 listen = "{listen}"

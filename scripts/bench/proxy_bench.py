@@ -187,8 +187,8 @@ def start_ztna(lab: Lab, name: str = "ztna") -> procs.Proc:
     """ztna with the lab's proxy config (decryption on, bank.example.com on the no-decrypt list),
     listening on PORTS[name]; the bench runs one for the spliced turns and one for the decrypted
     ones, as it runs one mitmproxy per mode."""
-    toml = sc.proxy_toml(lab, mode="explicit", decrypt=True, extra_proxy=f'log = "{lab.log_dir / (name + "-conn.jsonl")}"\n')
-    toml = toml.replace(f'listen = "{sc.PROXY_IN}:{sc.EXPLICIT_PORT}"', f'listen = "{sc.PROXY_IN}:{PORTS[name]}"')
+    toml = sc.proxy_toml(lab, mode="explicit", decrypt=True, port=PORTS[name],
+                         extra_proxy=f'log = "{lab.log_dir / (name + "-conn.jsonl")}"\n')
     conf = lab.write_conf(f"bench-{name}.toml", toml)
     p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name=name)
     procs.wait_listening(p, sc.PROXY_IN, PORTS[name])

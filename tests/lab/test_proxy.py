@@ -277,8 +277,7 @@ def test_stop_ends_every_open_connection_with_a_log_line(lab):
     # A second explicit proxy of its own, stopped with connections in each kind of wait: a client
     # that sent nothing, a spliced tunnel, and a decrypting one whose client went quiet mid-handshake.
     port = 3140
-    toml = sc.proxy_toml(lab, mode="explicit").replace(f':{sc.EXPLICIT_PORT}"', f':{port}"')
-    conf = lab.write_conf("proxy-stop.toml", toml)
+    conf = lab.write_conf("proxy-stop.toml", sc.proxy_toml(lab, mode="explicit", port=port))
     p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="pstop")
     procs.wait_listening(p, sc.PROXY_IN, port)
     raw_client(lab, "stop-holders", f"""
@@ -354,8 +353,8 @@ def test_upstream_connect_refused_timed_out_then_the_next_address(lab):
     # (connect_timeout = 1 here; ARP gives up only after about 3 s), and a name whose first address
     # never answers and whose second does.
     port = 3141
-    toml = sc.proxy_toml(lab, mode="explicit", extra_proxy="connect_timeout = 1\n")
-    conf = lab.write_conf("proxy-connect.toml", toml.replace(f':{sc.EXPLICIT_PORT}"', f':{port}"'))
+    conf = lab.write_conf("proxy-connect.toml", sc.proxy_toml(lab, mode="explicit", port=port,
+                                                               extra_proxy="connect_timeout = 1\n"))
     lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="pconnect")
     procs.wait_listening(lab.procs["pconnect"], sc.PROXY_IN, port)
     for name in ("closed", "void", "twice"):
