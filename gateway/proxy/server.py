@@ -757,6 +757,8 @@ class _Conn:
     def on_tunnel_end(self, up: int, down: int) -> None:
         self.c.up += up
         self.c.down += down
+        if self.tunnel.error:
+            self.flow.record.setdefault("relay_end", self.tunnel.error)  # as for a decrypted relay
         self.finish()
 
     def fail(self, exc: BaseException) -> None:
@@ -1183,7 +1185,7 @@ class _Tunnel:
     closes both sockets next.
     """
 
-    __slots__ = ("reactor", "on_end", "up", "down", "masks", "ended")
+    __slots__ = ("reactor", "on_end", "up", "down", "masks", "ended", "error")
 
     def __init__(self, reactor: SpliceReactor, csock: socket.socket, ssock: socket.socket, on_end):
         self.reactor = reactor
@@ -1193,6 +1195,7 @@ class _Tunnel:
         self.up.other, self.down.other = self.down, self.up
         self.masks = [0, 0]  # the epoll interest now of the client's socket and the server's (0: not watched)
         self.ended = False
+        self.error = ""  # why a splice failed (a reset, a peer gone), for the connection's log line
 
     def start(self) -> None:
         self.masks = [TUNNEL_IN, TUNNEL_IN]
@@ -1215,7 +1218,8 @@ class _Tunnel:
                     self.reactor.unwatch(d.sfd)
 
     def fail(self, exc: OSError) -> None:
-        # One side reset: both directions end now.
+        """One side reset or is gone: both directions end now."""
+        self.error = self.error or f"{type(exc).__name__}: {exc}"
         for d in (self.up, self.down):
             try:
                 d.dst.shutdown(socket.SHUT_RDWR)
@@ -1230,7 +1234,6 @@ class _Tunnel:
 
     def close(self) -> None:
         """Give the pipes back; the sockets are the connection's to forget and close."""
-        self.masks = [0, 0]
         for d in (self.up, self.down):
             self.reactor.forget(d.sfd)
             if d.r >= 0:

@@ -128,6 +128,22 @@ def test_spliced_bulk_download_then_the_idle_proxy_does_not_spin(lab):
     good_explicit(lab)
 
 
+def test_a_spliced_tunnel_reset_by_its_client_is_logged_with_why(lab):
+    # The client resets its side right after the 200 (SO_LINGER 0): the tunnel ends, its log
+    # line says why (as a decrypted relay's does), and the proxy serves the next client.
+    raw_client(lab, "reset-tunnel", f"""
+        import socket, struct
+        s = socket.create_connection(("{sc.PROXY_IN}", {sc.EXPLICIT_PORT}), timeout=5)
+        s.sendall(b"CONNECT bank.example.com:443 HTTP/1.1\\r\\nHost: bank.example.com:443\\r\\n\\r\\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # an RST, not a FIN
+    """)
+    rec = wait_log(lab, lambda r: r.get("name") == "bank.example.com" and "relay_end" in r)
+    assert rec["decrypted"] is False and "ConnectionResetError" in rec["relay_end"], rec
+    good_explicit(lab)
+
+
 def test_upstream_session_resumed_only_for_the_same_name(lab):
     # Two separate curl runs: the client leg starts afresh, the proxy's leg to the server resumes.
     for _ in range(2):
