@@ -667,20 +667,19 @@ class _Conn:
                 err = s.connect_ex((a, self.port))
             except OSError as exc:
                 err = exc.errno or errno.EINVAL
+            if err == errno.EINPROGRESS:
+                # A near server (same host, or a veth away) has often answered already: the
+                # SYN and its SYN-ACK went through the network stack within connect() itself.
+                # Connected means a peer name; then there is no writability to wait for.
+                try:
+                    s.getpeername()
+                    err = 0
+                except OSError:
+                    pass
             if err == 0:
                 self.connected(s, a)
                 return True
             if err == errno.EINPROGRESS:
-                try:
-                    # A near server (same host, or a veth away) has often answered already: the
-                    # SYN and its SYN-ACK went through the network stack within connect() itself.
-                    # Connected means a peer name; then there is no writability to wait for.
-                    s.getpeername()
-                except OSError:
-                    pass
-                else:
-                    self.connected(s, a)
-                    return True
                 self.trying = (s, a, addresses)
                 self.reactor.watch(s.fileno(), OUT, self.on_connect)
                 self.reactor.at(self, time.monotonic() + self.p.cfg.connect_timeout, self.on_connect_timeout)
