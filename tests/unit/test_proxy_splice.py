@@ -1,10 +1,12 @@
 """gateway.proxy.server: the splice reactor and the pipe pool (no root, socketpairs and pipes)."""
 
 import asyncio
+import contextlib
 import os
 import select
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +15,13 @@ from gateway.proxy.server import IN, OUT, PIPES, RDHUP, READABLE, TICK, TUNNEL_I
 def run(coro):
     with asyncio.Runner(loop_factory=new_loop) as r:
         return r.run(coro)
+
+
+async def _soon(pred, seconds: float = 1.0) -> None:
+    """Let the loop run until ``pred()`` holds or ``seconds`` pass (the caller asserts what it wanted)."""
+    end = time.monotonic() + seconds
+    while not pred() and time.monotonic() < end:
+        await asyncio.sleep(0.005)
 
 
 def test_reactor_calls_back_with_the_events_and_unwatches():
@@ -24,10 +33,7 @@ def test_reactor_calls_back_with_the_events_and_unwatches():
         got = []
         r.watch(a.fileno(), IN, lambda ev: got.append((ev, a.recv(100))))
         b.send(b"hello")
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if got:
-                break
+        await _soon(lambda: got)
         assert got == [(IN, b"hello")]
         wrote = []
         r.watch(a.fileno(), OUT, lambda ev: wrote.append(ev) or r.unwatch(a.fileno()))  # a change of interest
@@ -48,10 +54,7 @@ def test_reactor_calls_back_with_the_events_and_unwatches():
         hung.clear()
         r.watch(a.fileno(), IN, lambda ev: hung.append(ev) or r.unwatch(a.fileno()))
         b.close()  # a hang-up counts as readable (and writable), like the loop's own selector
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if hung:
-                break
+        await _soon(lambda: hung)
         assert hung and hung[0] & READABLE and hung[0] & WRITABLE
         assert r.cbs == {}
         r.watch(a.fileno(), IN, lambda ev: None)
@@ -61,10 +64,7 @@ def test_reactor_calls_back_with_the_events_and_unwatches():
         seen = []
         r.watch(c.fileno(), IN, lambda ev: seen.append(c.recv(10)))
         d.send(b"new")
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if seen:
-                break
+        await _soon(lambda: seen)
         assert seen == [b"new"]
         r.unwatch(c.fileno())
         for s in (c, d):
@@ -227,35 +227,16 @@ class RecordingReactor(SpliceReactor):
 @pytest.mark.parametrize("busy, size, hot", [(2e-5, 64 * 1024, True), (2e-5, 100, False), (0.0, 64 * 1024, False)])
 def test_only_a_bulk_splice_makes_the_loop_spin(busy, size, hot):
     async def main():
-        loop = asyncio.get_running_loop()
-        r = RecordingReactor(loop)
+        r = RecordingReactor(asyncio.get_running_loop())
         r.busy = busy
-        client, c_peer = socket.socketpair()
-        server, s_peer = socket.socketpair()
-        for s in (c_peer, s_peer):
-            s.setblocking(False)
-        tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: None)
-        tunnel.start()
-        sent = b"z" * size
-        server.sendall(sent)
-        got = b""
-        client.setblocking(False)
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            try:
-                got += client.recv(1 << 20)
-            except BlockingIOError:
-                pass
-            if len(got) == size:
-                break
-        assert got == sent
-        assert (True in r.heat) is hot  # set by a splice of 16 KiB or more, and only with busy > 0
-        if hot:
-            assert r.hot is False  # and cleared by the first spin that found nothing
-        tunnel.close()
-        r.close()
-        for s in (client, c_peer, server, s_peer):
-            s.close()
+        async with _tunnel(reactor=r, small_buffers=False) as t:
+            sent = b"z" * size
+            t.server.sendall(sent)
+            got, _ = await _recv_all(t.client, until=sent)
+            assert got == sent
+            assert (True in r.heat) is hot  # set by a splice of 16 KiB or more, and only with busy > 0
+            if hot:
+                assert r.hot is False  # and cleared by the first spin that found nothing
 
     run(main())
 
@@ -297,17 +278,41 @@ def test_reactor_only_events_wait_again_inside_one_select_until_asyncio_has_work
         sel.close()
 
 
-def _tunnel_pair(r):
-    """client <-> (c_peer | tunnel | s_peer) <-> server, the tunnel's sockets non-blocking."""
-    client, c_peer = socket.socketpair()
-    server, s_peer = socket.socketpair()
-    for s in (c_peer, s_peer, client, server):
-        s.setblocking(False)
-    for s in (c_peer, s_peer):  # small buffers: the tunnel's writes fill them and must wait
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+def _tcp_pair():
+    """A connected TCP pair on loopback (the server's end of a tunnel is TCP in the proxy)."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    a = socket.create_connection(ls.getsockname())
+    b, _ = ls.accept()
+    ls.close()
+    return a, b
+
+
+@contextlib.asynccontextmanager
+async def _tunnel(*, tcp: bool = False, small_buffers: bool = True, reactor: SpliceReactor | None = None):
+    """client <-> (c_peer | tunnel | s_peer) <-> server on the running loop, every socket
+    non-blocking, the tunnel started; ``ends`` collects its on_end calls.  ``tcp``: loopback TCP
+    pairs (the proxy's sockets are TCP), else socketpairs, whose ``small_buffers`` the tunnel's
+    writes fill so that they must wait.  Everything is closed afterwards, on a failure too."""
+    r = reactor or SpliceReactor(asyncio.get_running_loop())
+    (client, c_peer), (server, s_peer) = (_tcp_pair(), _tcp_pair()) if tcp else (socket.socketpair(), socket.socketpair())
+    socks = (client, c_peer, server, s_peer)
+    for sock in socks:
+        sock.setblocking(False)
+    if small_buffers and not tcp:
+        for sock in (c_peer, s_peer):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     ends = []
     tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: ends.append((up, down)))
-    return client, c_peer, server, s_peer, tunnel, ends
+    tunnel.start()
+    try:
+        yield SimpleNamespace(r=r, client=client, c_peer=c_peer, server=server, s_peer=s_peer, tunnel=tunnel, ends=ends)
+    finally:
+        tunnel.close()
+        r.close()
+        for sock in socks:
+            sock.close()
 
 
 async def _recv_all(sock, *, until: bytes | None = None, seconds: float = 2.0) -> tuple[bytes, bool]:
@@ -364,64 +369,46 @@ async def _exchange(client, server, up: bytes, down: bytes, ends, slow: float):
 
 def test_tunnel_moves_both_directions_through_full_buffers_and_passes_each_end_on():
     async def main():
-        r = SpliceReactor(asyncio.get_running_loop())
-        client, c_peer, server, s_peer, tunnel, ends = _tunnel_pair(r)
-        tunnel.start()
-        up = os.urandom(3 * 1024 * 1024)
-        down = os.urandom(2 * 1024 * 1024 + 17)
-        at_server, at_client = await _exchange(client, server, up, down, ends, 0.0005)
-        assert at_server == up and at_client == down  # every byte, in order, each way
-        assert ends == [(len(up), len(down))]  # on_end once, with the bytes of each direction
-        tunnel.close()
-        assert r.cbs == {}  # the connection closes the sockets next: nothing left watched
-        r.close()
-        for s in (client, c_peer, server, s_peer):
-            s.close()
+        async with _tunnel() as t:
+            up = os.urandom(3 * 1024 * 1024)
+            down = os.urandom(2 * 1024 * 1024 + 17)
+            at_server, at_client = await _exchange(t.client, t.server, up, down, t.ends, 0.0005)
+            assert at_server == up and at_client == down  # every byte, in order, each way
+            assert t.ends == [(len(up), len(down))]  # on_end once, with the bytes of each direction
+            t.tunnel.close()
+            assert t.r.cbs == {}  # the connection closes the sockets next: nothing left watched
 
     run(main())
 
 
 def test_tunnel_half_close_keeps_the_other_direction_open():
     async def main():
-        r = SpliceReactor(asyncio.get_running_loop())
-        client, c_peer, server, s_peer, tunnel, ends = _tunnel_pair(r)
-        tunnel.start()
-        client.send(b"request")
-        client.shutdown(socket.SHUT_WR)  # the client is done sending; the answer must still come back
-        assert await _recv_all(server) == (b"request", True)  # the bytes, then the client's end passed on
-        assert tunnel.masks == [0, TUNNEL_IN] and not ends  # the client's socket no longer watched, the server's still read
-        server.send(b"answer")
-        server.close()
-        assert await _recv_all(client) == (b"answer", True) and ends == [(7, 6)]
-        tunnel.close()
-        r.close()
-        for s in (client, c_peer, s_peer):
-            s.close()
+        async with _tunnel() as t:
+            t.client.send(b"request")
+            t.client.shutdown(socket.SHUT_WR)  # the client is done sending; the answer must still come back
+            assert await _recv_all(t.server) == (b"request", True)  # the bytes, then the client's end passed on
+            # The client's socket no longer watched, the server's still read.
+            assert t.tunnel.masks == [0, TUNNEL_IN] and not t.ends
+            t.server.send(b"answer")
+            t.server.close()
+            assert await _recv_all(t.client) == (b"answer", True) and t.ends == [(7, 6)]
 
     run(main())
 
 
 def test_tunnel_ends_both_directions_when_a_peer_is_gone():
     async def main():
-        r = SpliceReactor(asyncio.get_running_loop())
-        client, c_peer, server, s_peer, tunnel, ends = _tunnel_pair(r)
-        tunnel.start()
-        client.close()  # gone for good: writing the server's bytes to it fails (EPIPE)
-        server.send(b"x" * 4096)
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            if ends:
-                break
-        assert len(ends) == 1  # ended once, though the server never closed its side
-        assert tunnel.error.startswith(("BrokenPipeError", "ConnectionResetError")), tunnel.error  # for the log line
-        with pytest.raises(OSError):
-            s_peer.send(b"more")  # both directions are shut: the server's side too
-        held = (tunnel.down.r, tunnel.down.w)  # the server's bytes are still in this pipe
-        tunnel.close()
-        assert held not in PIPES.free  # never handed to the next tunnel
-        r.close()
-        for s in (c_peer, server, s_peer):
-            s.close()
+        async with _tunnel() as t:
+            t.client.close()  # gone for good: writing the server's bytes to it fails (EPIPE)
+            t.server.send(b"x" * 4096)
+            await _soon(lambda: t.ends)
+            assert len(t.ends) == 1  # ended once, though the server never closed its side
+            assert t.tunnel.error.startswith(("BrokenPipeError", "ConnectionResetError")), t.tunnel.error  # for the log
+            with pytest.raises(OSError):
+                t.s_peer.send(b"more")  # both directions are shut: the server's side too
+            held = (t.tunnel.down.r, t.tunnel.down.w)  # the server's bytes are still in this pipe
+            t.tunnel.close()
+            assert held not in PIPES.free  # never handed to the next tunnel
 
     run(main())
 
@@ -451,105 +438,61 @@ def test_deadlines_fire_once_at_their_time_unless_cancelled_then_the_timer_stops
 
 def test_tunnel_takes_the_fin_behind_the_last_bytes_in_the_same_wake_up():
     async def main():
-        r = SpliceReactor(asyncio.get_running_loop())
-        client, c_peer, server, s_peer, tunnel, ends = _tunnel_pair(r)
-        tunnel.start()
-        calls = []
-        real = tunnel.up.on_event
-        r.cbs[tunnel.up.sfd] = lambda ev: calls.append(ev) or real(ev)
-        client.send(b"bye")
-        client.shutdown(socket.SHUT_WR)  # both queued before the loop runs: one readiness, with RDHUP
-        assert await _recv_all(server) == (b"bye", True)  # the bytes, then the end, passed on
-        assert len(calls) == 1 and calls[0] & RDHUP  # in one callback
-        assert tunnel.up.eof and tunnel.masks[0] == 0
-        tunnel.close()
-        r.close()
-        for s in (client, c_peer, server, s_peer):
-            s.close()
+        async with _tunnel() as t:
+            calls = []
+            real = t.tunnel.up.on_event
+            t.r.cbs[t.tunnel.up.sfd] = lambda ev: calls.append(ev) or real(ev)
+            t.client.send(b"bye")
+            t.client.shutdown(socket.SHUT_WR)  # both queued before the loop runs: one readiness, with RDHUP
+            assert await _recv_all(t.server) == (b"bye", True)  # the bytes, then the end, passed on
+            assert len(calls) == 1 and calls[0] & RDHUP  # in one callback
+            assert t.tunnel.up.eof and t.tunnel.masks[0] == 0
 
     run(main())
 
 
-def _tcp_pair():
-    """A connected TCP pair on loopback (the server's end of a tunnel is TCP in the proxy)."""
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(1)
-    a = socket.create_connection(ls.getsockname())
-    b, _ = ls.accept()
-    ls.close()
-    return a, b
-
-
 def test_server_end_closes_the_tunnel_once_the_client_has_every_byte():
     async def main():
-        r = SpliceReactor(asyncio.get_running_loop())
-        client, c_peer = _tcp_pair()
-        server, s_peer = _tcp_pair()
-        for s in (c_peer, s_peer, client):
-            s.setblocking(False)
-        ends = []
-        tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: ends.append((up, down)))
-        tunnel.start()
-        client.send(b"request")
-        server.setblocking(False)
-        assert await _recv_all(server, until=b"request") == (b"request", False)
-        server.sendall(b"answer")
-        server.close()  # the origin is done (Connection: close)
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            if ends:
-                break
-        # RFC 9110 9.3.6: both closed at the server's end, without waiting for the client.
-        assert ends == [(7, 6)]
-        tunnel.close()
-        for s in (c_peer, s_peer):
-            s.close()  # what the connection does next
-        assert await _recv_all(client) == (b"answer", True)  # a FIN after the answer, not a reset
-        r.close()
-        client.close()
+        async with _tunnel(tcp=True) as t:
+            t.client.send(b"request")
+            assert await _recv_all(t.server, until=b"request") == (b"request", False)
+            t.server.sendall(b"answer")
+            t.server.close()  # the origin is done (Connection: close)
+            await _soon(lambda: t.ends)
+            # RFC 9110 9.3.6: both closed at the server's end, without waiting for the client.
+            assert t.ends == [(7, 6)]
+            t.tunnel.close()
+            for sock in (t.c_peer, t.s_peer):
+                sock.close()  # what the connection does next
+            assert await _recv_all(t.client) == (b"answer", True)  # a FIN after the answer, not a reset
 
     run(main())
 
 
 def test_server_end_with_bytes_still_queued_for_the_client_is_a_half_close():
     async def main():
-        r = SpliceReactor(asyncio.get_running_loop())
-        client, c_peer = _tcp_pair()
-        server, s_peer = _tcp_pair()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # a slow client: the tail waits
-        c_peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        for s in (c_peer, s_peer, client, server):
-            s.setblocking(False)
-        for s in (c_peer, s_peer):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the proxy's sockets
-        ends = []
-        tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: ends.append((up, down)))
-        tunnel.start()
-        body = os.urandom(1024 * 1024 + 4096)  # more than the client can take before it reads
-        left = memoryview(body)
-        t0 = time.monotonic()
-        while left and time.monotonic() - t0 < 10:  # the origin writes it all (the pipe and buffers hold it)
-            try:
-                left = left[server.send(left):]
-            except BlockingIOError:
-                await asyncio.sleep(0.001)
-        assert not left
-        server.close()
-        await asyncio.sleep(0.05)  # the tunnel sees the server's end with bytes still on their way
-        assert not ends  # not closed under the client's feet
-        got, eof = await _recv_all(client, seconds=10)
-        assert eof and len(got) == len(body) and got == body  # every byte, then the FIN
-        assert not ends  # the tunnel waits for the client's own end
-        client.close()
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            if ends:
-                break
-        assert ends == [(0, len(body))]
-        tunnel.close()
-        r.close()
-        for s in (c_peer, s_peer):
-            s.close()
+        async with _tunnel(tcp=True) as t:
+            t.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # a slow client: the tail waits
+            t.c_peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            for sock in (t.c_peer, t.s_peer):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the proxy's sockets
+            body = os.urandom(1024 * 1024 + 4096)  # more than the client can take before it reads
+            left = memoryview(body)
+            t0 = time.monotonic()
+            while left and time.monotonic() - t0 < 10:  # the origin writes it all (the pipe and buffers hold it)
+                try:
+                    left = left[t.server.send(left):]
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+            assert not left
+            t.server.close()
+            await asyncio.sleep(0.05)  # the tunnel sees the server's end with bytes still on their way
+            assert not t.ends  # not closed under the client's feet
+            got, eof = await _recv_all(t.client, seconds=10)
+            assert eof and len(got) == len(body) and got == body  # every byte, then the FIN
+            assert not t.ends  # the tunnel waits for the client's own end
+            t.client.close()
+            await _soon(lambda: t.ends)
+            assert t.ends == [(0, len(body))]
 
     run(main())
