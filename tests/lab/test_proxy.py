@@ -242,7 +242,6 @@ def test_transparent_redirected_dial_and_bad_hellos(lab):
     assert out["rc"] == 0 and "hello from decrypt.example.com" in out["stdout"]
     rec = wait_log(lab, lambda r: r.get("dialled") == f"{sc.DNS}:443", name="tproxy")
     assert rec["upstream"] == f"{sc.WEB}:443" and sc.DNS in rec["redirected"]
-    hello = sc.curl  # noqa: F841  (the cut hellos below come from a real OpenSSL client in the script)
     bad = raw_client(lab, "bad-transparent", f"""
         import json, socket, ssl, time
         {CLIENT_HELLO}
