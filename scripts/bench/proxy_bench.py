@@ -15,7 +15,9 @@ proxy decrypts).  The downloads, and the requests in ``BENCH_CHUNKS`` slices
 reverse order, so a drift of the machine's speed, the largest noise on this
 kind of VM, reaches every contender alike; the contenders a goal compares sit
 next to each other in the order (Squid and ztna splice, ztna and mitmproxy
-decrypt).
+decrypt).  curl speaks HTTP/1.1 everywhere (``--http1.1``): mitmproxy offers HTTP/2 to the
+client when it decrypts, and over HTTP/2 curl ran its parallel requests on one kept
+connection, so they were not new connections and mitmproxy paid no handshake for them.
 The table shows the median of the rounds, the proxy's CPU per MB downloaded, and the CPU
 each request costs the proxy, curl and the origin (which sets the request rate: see the
 lines under the table).  A goal's ratio is the median of the ratios of the pairs of turns
@@ -74,7 +76,7 @@ def proxy_url(port: int) -> str:
 
 
 def download(lab: Lab, name: str, proxy: int | None, trust: Path, size: int = SIZE, pid: int | None = None) -> dict:
-    argv = ["curl", "-s", "-o", "/dev/null", "--max-time", "120", "--cacert", str(trust),
+    argv = ["curl", "-s", "--http1.1", "-o", "/dev/null", "--max-time", "120", "--cacert", str(trust),
             "-w", "%{http_code} %{size_download} %{time_total}"]
     if proxy:
         argv += ["--proxy", proxy_url(proxy)]
@@ -98,7 +100,7 @@ def requests(lab: Lab, name: str, proxy: int | None, trust: Path, count: int = S
     its live threads), curl, and the origin (``web``, whose request threads exit: counted in ticks)."""
     cfg = lab.conf_dir / f"urls-{name}-{count}.txt"
     cfg.write_text("".join(f'url = "https://{name}/"\noutput = "/dev/null"\n' for _ in range(count)))
-    argv = ["curl", "-s", "-Z", "--parallel-max", str(PARALLEL), "--max-time", "30", "--cacert", str(trust),
+    argv = ["curl", "-s", "--http1.1", "-Z", "--parallel-max", str(PARALLEL), "--max-time", "30", "--cacert", str(trust),
             "-H", "Connection: close", "-w", "%{http_code} %{exitcode} %{errormsg}\n", "-K", str(cfg)]
     if proxy:
         argv += ["--proxy", proxy_url(proxy)]
