@@ -121,13 +121,22 @@ class Counters:
 
 
 class TLSSide:
-    """One TLS endpoint (``ssl.SSLObject``) over a non-blocking socket, driven by the loop."""
+    """One TLS endpoint (``ssl.SSLObject``) over a non-blocking socket, driven by the loop.
 
-    def __init__(self, loop, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
+    Its socket waits through the :class:`SpliceReactor` (one callback for the fd, a future
+    per wait, a deadline in the reactor's sweep) instead of ``loop.sock_recv`` under an
+    ``asyncio.timeout``, which cost a reader Handle, two ``epoll_ctl`` and a timer per read.
+    A read and a write may wait at once (the relay's two tasks share a side); the fd is
+    watched exactly while one does.
+    """
+
+    def __init__(self, reactor: "SpliceReactor", sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
                  server_hostname: str | None = None, initial: bytes = b"", idle: float = 300.0,
                  session: ssl.SSLSession | None = None):
-        self.loop = loop
+        self.reactor = reactor
+        self.loop = reactor.loop
         self.sock = sock
+        self.fd = sock.fileno()
         self.inc = ssl.MemoryBIO()
         self.out = ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.inc, self.out, server_side=server_side, server_hostname=server_hostname,
@@ -136,25 +145,82 @@ class TLSSide:
             self.inc.write(initial)
         self.idle = idle
         self.wlock = asyncio.Lock()
+        self.waits: list[asyncio.Future | None] = [None, None]  # the read wait and the write wait
+        self.mask = 0  # the fd's interest in the reactor now
+
+    def _watch(self) -> None:
+        r, w = self.waits
+        mask = (IN if r is not None else 0) | (OUT if w is not None else 0)
+        if mask != self.mask:
+            self.mask = mask
+            if mask:
+                self.reactor.watch(self.fd, mask, self._on_ready)
+            else:
+                self.reactor.unwatch(self.fd)
+
+    def _on_ready(self, ev: int) -> None:
+        for i, ready in ((0, ev & READABLE), (1, ev & WRITABLE)):
+            fut = self.waits[i]
+            if ready and fut is not None:
+                self.waits[i] = None
+                if not fut.done():
+                    fut.set_result(None)
+        self._watch()
+
+    async def _wait(self, i: int, until: float) -> None:
+        """Until the socket is readable (``i`` 0) or writable (1); TimeoutError at ``until``."""
+        fut = self.loop.create_future()
+        self.waits[i] = fut
+        self._watch()
+        self.reactor.at(fut, until, lambda: fut.done() or fut.set_exception(TimeoutError("timed out")))
+        try:
+            await fut
+        finally:  # also when cancelled: nothing stays watched or due for a wait that is over
+            self.reactor.cancel(fut)
+            if self.waits[i] is fut:
+                self.waits[i] = None
+            self._watch()
+
+    def _send(self, data) -> int:
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
 
     async def flush(self) -> None:
-        if self.out.pending:
-            data = self.out.read()
-            async with self.wlock:
-                await self.loop.sock_sendall(self.sock, data)
+        """Send what the TLS object has written: at once if the socket takes it (nearly always);
+        else the rest in order under ``wlock``, each wait bounded by the idle timeout."""
+        if not self.out.pending:
+            return
+        data = memoryview(self.out.read())
+        if not self.wlock.locked():
+            data = data[self._send(data):]
+            if not data:
+                return
+        # A free asyncio.Lock is taken without yielding, so no other flush can send in between.
+        async with self.wlock:
+            while data:
+                await self._wait(1, time.monotonic() + self.idle)
+                data = data[self._send(data):]
 
-    async def _fill(self) -> bool:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
-        # arrives as the read completes, which left relay tasks running after their end.
-        async with asyncio.timeout(self.idle):
-            data = await self.loop.sock_recv(self.sock, READ_SIZE)
+    async def _fill(self, until: float | None = None) -> bool:
+        """Read what the socket has into the TLS object, waiting until ``until`` (default: the
+        idle timeout from now) for it; False at the end of the stream."""
+        while True:
+            try:
+                data = self.sock.recv(READ_SIZE)
+                break
+            except BlockingIOError:
+                await self._wait(0, until if until is not None else time.monotonic() + self.idle)
         if not data:
             self.inc.write_eof()
             return False
         self.inc.write(data)
         return True
 
-    async def handshake(self) -> None:
+    async def handshake(self, timeout: float) -> None:
+        """The TLS handshake, all of it within ``timeout`` seconds (TimeoutError otherwise)."""
+        until = time.monotonic() + timeout
         while True:
             try:
                 self.obj.do_handshake()
@@ -162,11 +228,12 @@ class TLSSide:
                 return
             except ssl.SSLWantReadError:
                 await self.flush()
-                if not await self._fill():
+                if not await self._fill(until):
                     raise ConnectionError("peer closed during the TLS handshake")
 
-    async def read(self) -> bytes:
-        """Plaintext as it comes; b"" at the end (close_notify or TCP close)."""
+    async def read(self, until: float | None = None) -> bytes:
+        """Plaintext as it comes; b"" at the end (close_notify or TCP close).  Each wait for
+        bytes lasts until ``until``, or the idle timeout."""
         while True:
             chunks = []
             eof = False
@@ -189,7 +256,7 @@ class TLSSide:
                 return b"".join(chunks)
             if eof or self.inc.eof:
                 return b""
-            await self._fill()
+            await self._fill(until)
 
     async def write(self, data: bytes) -> None:
         self.obj.write(data)
@@ -353,12 +420,13 @@ class Proxy:
             flow.record.update(decision="error", decrypted=False,
                                reason=f"client offers only {','.join(hello.alpn)}; the proxy speaks http/1.1 inside TLS")
             return
-        client = TLSSide(loop, csock, self.client_context(cmd.name), server_side=True,
+        hs = self.cfg.handshake_timeout
+        client = TLSSide(self.reactor, csock, self.client_context(cmd.name), server_side=True,
                          initial=hello.raw + cmd.rest, idle=self.cfg.idle_timeout)
         if cmd.block:
-            async with asyncio.timeout(self.cfg.handshake_timeout):
-                await client.handshake()
-                await client.read()
+            until = time.monotonic() + hs
+            await client.handshake(hs)
+            await client.read(until)  # the request, to answer it with the block page
             await client.write(machine.page(403, "Blocked by the proxy", cmd.block))
             await client.close_notify()
             return
@@ -366,13 +434,12 @@ class Proxy:
         skey = (cmd.name, peer[0], peer[1], bool(hello.alpn))
         offer = self.sessions.get(skey, time.monotonic())
         offered = offer is not None
-        server = TLSSide(loop, ssock, self.upstream[bool(hello.alpn)], server_side=False,
+        server = TLSSide(self.reactor, ssock, self.upstream[bool(hello.alpn)], server_side=False,
                          server_hostname=cmd.name, idle=self.cfg.idle_timeout,
                          session=offer)
         # SPEC 5: TLS with the server completes first; only then does the client get a certificate.
         try:
-            async with asyncio.timeout(self.cfg.handshake_timeout):
-                await server.handshake()
+            await server.handshake(hs)
         except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as exc:
             self.sessions.drop(skey)
             if isinstance(exc, ssl.SSLCertVerificationError):
@@ -380,14 +447,12 @@ class Proxy:
             else:
                 why = f"TLS with {cmd.name} failed: {type(exc).__name__}: {exc or 'timed out'}"
             flow.record.update(decision="error", reason=why)
-            async with asyncio.timeout(self.cfg.handshake_timeout):
-                await client.handshake()
+            await client.handshake(hs)
             await client.write(machine.page(502, "The proxy refused this site", why))
             await client.close_notify()
             return
         flow.record["server_alpn"] = server.obj.selected_alpn_protocol()
-        async with asyncio.timeout(self.cfg.handshake_timeout):
-            await client.handshake()
+        await client.handshake(hs)
         flow.record["tls_client"] = client.obj.version()
         flow.record["tls_server"] = server.obj.version()
         flow.record["resumed_client"] = client.obj.session_reused

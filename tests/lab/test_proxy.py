@@ -385,3 +385,29 @@ def test_upstream_connect_refused_timed_out_then_the_next_address(lab):
     assert rec["duration_ms"] >= 1000, rec  # after the first address timed out
     lab.stop("pconnect")
     good_explicit(lab)
+
+
+def test_a_client_silent_in_its_decrypted_handshake_is_ended_at_the_handshake_timeout(lab):
+    # The client sends its ClientHello after the CONNECT and then nothing (handshake_timeout = 1):
+    # the proxy's TLS handshake with it ends after that second, with a log line, and the proxy
+    # serves the next client.
+    port = 3142
+    conf = lab.write_conf("proxy-hs.toml", sc.proxy_toml(lab, mode="explicit", port=port,
+                                                          extra_proxy="handshake_timeout = 1\n"))
+    lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="phs")
+    procs.wait_listening(lab.procs["phs"], sc.PROXY_IN, port)
+    raw_client(lab, "hs-silent", f"""
+        import socket, ssl, time
+        s = socket.create_connection(("{sc.PROXY_IN}", {port}), timeout=10)
+        s.sendall(b"CONNECT decrypt.example.com:443 HTTP/1.1\\r\\nHost: decrypt.example.com:443\\r\\n\\r\\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        {CLIENT_HELLO}
+        s.sendall(hello)
+        time.sleep(8)
+    """)
+    rec = wait_log(lab, lambda r: r.get("name") == "decrypt.example.com", name="phs")
+    assert rec["decrypted"] is True and rec["error"] == "TimeoutError: timed out", rec
+    assert 1000 <= rec["duration_ms"] < 2500, rec  # the handshake's second, not the 300 s idle timeout
+    lab.stop("hs-silent")
+    lab.stop("phs")
+    good_explicit(lab)
