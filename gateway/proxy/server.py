@@ -696,11 +696,10 @@ class _Conn:
         self.stop_waiting()
         self.feed(self.flow.timeout, time.monotonic())
 
-    def stop_waiting(self, *, closing: bool = False) -> None:
-        """No more reading of the client's first bytes, no deadline; ``closing``: the socket is
-        closed next, which takes it out of the epoll without an epoll_ctl."""
+    def stop_waiting(self) -> None:
+        """No more reading of the client's first bytes, no deadline."""
         if self.reading:
-            (self.reactor.forget if closing else self.reactor.unwatch)(self.cfd)
+            self.reactor.unwatch(self.cfd)
             self.reading = False
         self.reactor.cancel(self)
 
@@ -851,7 +850,8 @@ class _Conn:
         self.done = True
         p = self.p
         p.conns.discard(self)
-        self.stop_waiting(closing=True)
+        self.reading = False
+        self.reactor.cancel(self)
         if self.tunnel is not None:
             self.tunnel.close()
         if self.trying is not None:
@@ -859,6 +859,9 @@ class _Conn:
             s.close()
         for s in (self.csock, self.ssock):
             if s is not None:
+                # Whoever watches it (the head's reader, the tunnel, a TLS side) is done: closing
+                # takes the fd out of the epoll, and no stale callback waits for its number.
+                self.reactor.forget(s.fileno())
                 try:
                     s.close()
                 except OSError:
