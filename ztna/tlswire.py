@@ -13,6 +13,7 @@ lets exactly one error type escape: :class:`BadTLS`.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -41,6 +42,8 @@ ALERT_NO_APPLICATION_PROTOCOL = 120
 # handshake message, usually under 2 KiB (post-quantum key shares ~1.8 KiB).
 MAX_RECORD = 2**14 + 2048
 DEFAULT_MAX_HELLO = 32 * 1024
+_EXT_HEAD = struct.Struct("!HH")  # an extension's type and length
+_HOST_CHARS = re.compile(r"[A-Za-z0-9._-]+")  # what a host name in server_name may hold (it is ASCII by then)
 
 
 class BadTLS(Exception):
@@ -208,17 +211,25 @@ def _client_hello(body: bytes, raw: bytes) -> ClientHello:
     if not r.vec8():
         raise BadTLS("ClientHello offers no compression method")
     extensions: list[tuple[int, bytes]] = []
+    seen: set[int] = set()
     if r.left():
-        er = _Reader(r.vec16(), "ClientHello extensions")
-        seen: set[int] = set()
-        while er.left():
-            t = er.u16()
-            d = er.vec16()
+        ext = r.vec16()
+        r.done()
+        # The extension list read in place (a type and a length, then the data, each bounds-
+        # checked): a hello carries a dozen or two, parsed on every decrypted connection.
+        pos, end = 0, len(ext)
+        while pos < end:
+            if end - pos < 4:
+                raise BadTLS(f"ClientHello extensions: needs 4 bytes at offset {pos}, only {end - pos} left")
+            t, n = _EXT_HEAD.unpack_from(ext, pos)
+            pos += 4
+            if end - pos < n:
+                raise BadTLS(f"ClientHello extension {t}: needs {n} bytes at offset {pos}, only {end - pos} left")
             if t in seen:
                 raise BadTLS(f"ClientHello repeats extension {t}")
             seen.add(t)
-            extensions.append((t, d))
-        r.done()
+            extensions.append((t, ext[pos:pos + n]))
+            pos += n
     sni = alpn = versions = None
     for t, d in extensions:
         if t == EXT_SERVER_NAME:
@@ -230,7 +241,7 @@ def _client_hello(body: bytes, raw: bytes) -> ClientHello:
     return ClientHello(
         raw=raw, legacy_version=legacy_version, session_id=session_id, cipher_suites=suites,
         extensions=tuple(extensions), sni=sni, alpn=alpn or (),
-        ech=any(t == EXT_ECH for t, _ in extensions), supported_versions=versions or (),
+        ech=EXT_ECH in seen, supported_versions=versions or (),
     )
 
 
@@ -251,7 +262,7 @@ def _sni(data: bytes) -> str | None:
                 text = value.decode("ascii")
             except UnicodeDecodeError as exc:
                 raise BadTLS("server_name host name is not ASCII") from exc
-            if not text or len(text) > 253 or not all(c.isalnum() or c in "-._" for c in text):
+            if not text or len(text) > 253 or not _HOST_CHARS.fullmatch(text):
                 raise BadTLS(f"server_name {text[:80]!r} is not a host name")
             name = text.rstrip(".").lower()
     return name
