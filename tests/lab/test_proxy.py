@@ -95,6 +95,14 @@ CLIENT_HELLO = textwrap.indent(textwrap.dedent("""
 """).strip(), " " * 8).lstrip()
 
 
+def second_proxy(lab, name, port, extra_proxy=""):
+    """Another explicit proxy in the proxy namespace, on ``port``, logging to ``name``.log."""
+    conf = lab.write_conf(f"{name}.toml", sc.proxy_toml(lab, mode="explicit", port=port, extra_proxy=extra_proxy))
+    p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name=name)
+    procs.wait_listening(p, sc.PROXY_IN, port)
+    return p
+
+
 def raw_client(lab, name, code):
     """Start a Python client in the client namespace running ``code`` (bad input), in the background."""
     script = lab.write_conf(f"{name}.py", textwrap.dedent(code))
@@ -292,9 +300,7 @@ def test_stop_ends_every_open_connection_with_a_log_line(lab):
     # A second explicit proxy of its own, stopped with connections in each kind of wait: a client
     # that sent nothing, a spliced tunnel, and a decrypting one whose client went quiet mid-handshake.
     port = 3140
-    conf = lab.write_conf("proxy-stop.toml", sc.proxy_toml(lab, mode="explicit", port=port))
-    p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="pstop")
-    procs.wait_listening(p, sc.PROXY_IN, port)
+    proc = second_proxy(lab, "pstop", port)
     raw_client(lab, "stop-holders", f"""
         import socket, ssl, time
         def connect():
@@ -315,7 +321,6 @@ def test_stop_ends_every_open_connection_with_a_log_line(lab):
     """)
     procs.wait_until(lambda: "holding" in (lab.log_dir / "stop-holders.log").read_text(errors="replace"),
                      what="the three connections to be open")
-    proc = lab.procs["pstop"]
 
     def states() -> str:
         os.kill(proc.pid, signal.SIGUSR1)  # the proxy lists its connections' states on stderr
@@ -368,10 +373,7 @@ def test_upstream_connect_refused_timed_out_then_the_next_address(lab):
     # (connect_timeout = 1 here; ARP gives up only after about 3 s), and a name whose first address
     # never answers and whose second does.
     port = 3141
-    conf = lab.write_conf("proxy-connect.toml", sc.proxy_toml(lab, mode="explicit", port=port,
-                                                               extra_proxy="connect_timeout = 1\n"))
-    lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="pconnect")
-    procs.wait_listening(lab.procs["pconnect"], sc.PROXY_IN, port)
+    second_proxy(lab, "pconnect", port, extra_proxy="connect_timeout = 1\n")
     for name in ("closed", "void", "twice"):
         lab.exec("client", ["curl", "-s", "-o", "/dev/null", "--max-time", "10", "--proxy",
                             f"http://{sc.PROXY_IN}:{port}", f"https://{name}.example.com/"], timeout=20)
@@ -392,10 +394,7 @@ def test_a_client_silent_in_its_decrypted_handshake_is_ended_at_the_handshake_ti
     # the proxy's TLS handshake with it ends after that second, with a log line, and the proxy
     # serves the next client.
     port = 3142
-    conf = lab.write_conf("proxy-hs.toml", sc.proxy_toml(lab, mode="explicit", port=port,
-                                                          extra_proxy="handshake_timeout = 1\n"))
-    lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="phs")
-    procs.wait_listening(lab.procs["phs"], sc.PROXY_IN, port)
+    second_proxy(lab, "phs", port, extra_proxy="handshake_timeout = 1\n")
     raw_client(lab, "hs-silent", f"""
         import socket, ssl, time
         s = socket.create_connection(("{sc.PROXY_IN}", {port}), timeout=10)
