@@ -7,7 +7,7 @@ certificate caches filled, 20 requests and a 10 MB download), and then the
 contenders take turns, round after round (``BENCH_REPEATS``, default 5, every
 other round in reverse order), so a change in the machine's load hits them all
 alike.  A round: each contender downloads 100 MB over HTTPS ``BENCH_DOWNLOADS``
-times (default 3; the median counts), then makes 500 small HTTPS requests, each
+times (default 6; the median counts), then makes 500 small HTTPS requests, each
 on a new connection (``Connection: close``, 8 in parallel, the same for
 everyone), so every request costs a CONNECT and a TLS handshake (two when the
 proxy decrypts).  The downloads, and the requests in ``BENCH_CHUNKS`` slices
@@ -56,7 +56,7 @@ from netns.scenarios import proxy as sc  # noqa: E402
 SIZE = 100 * 1024 * 1024
 SMALL = int(os.environ.get("BENCH_REQUESTS", "500"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))  # 5: single rounds spread by about 20 %
-DOWNLOADS = int(os.environ.get("BENCH_DOWNLOADS", "3"))  # per turn; the turn's figure is their median
+DOWNLOADS = int(os.environ.get("BENCH_DOWNLOADS", "6"))  # per turn (the turn's figure is their median); 30 pairs
 CHUNKS = int(os.environ.get("BENCH_CHUNKS", "5"))  # a round's requests in this many round-robin slices
 PARALLEL = 8
 PORTS = {"ztna": sc.EXPLICIT_PORT, "squid": 3129, "mitm-splice": 3130, "mitm-decrypt": 3131, "squid-bare": 3132,
