@@ -99,9 +99,12 @@ class _Reader:
         self.pos = 0
         self.what = what
 
+    def _short(self, n: int) -> BadTLS:
+        return BadTLS(f"{self.what}: needs {n} bytes at offset {self.pos}, only {len(self.data) - self.pos} left")
+
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise BadTLS(f"{self.what}: needs {n} bytes at offset {self.pos}, only {len(self.data) - self.pos} left")
+            raise self._short(n)
         out = self.data[self.pos:self.pos + n]
         self.pos += n
         return out
@@ -124,6 +127,24 @@ class _Reader:
 
     def left(self) -> int:
         return len(self.data) - self.pos
+
+    def extensions(self) -> list[tuple[int, bytes]]:
+        """The rest, as an extension list: (type, data) for each u16 type and u16-length data.
+
+        Read in place, not by u16() and vec16(): a hello carries a dozen or two, and those
+        three calls per extension cost half again the whole ClientHello parse."""
+        data, pos, end = self.data, self.pos, len(self.data)
+        out = []
+        while pos < end:
+            if end - pos < 4:
+                raise self._short(4)
+            t, n = _EXT_HEAD.unpack_from(data, pos)
+            self.pos = pos = pos + 4
+            if end - pos < n:
+                raise self._short(n)
+            out.append((t, data[pos:pos + n]))
+            self.pos = pos = pos + n
+        return out
 
     def done(self) -> None:
         if self.left():
@@ -211,25 +232,13 @@ def _client_hello(body: bytes, raw: bytes) -> ClientHello:
     if not r.vec8():
         raise BadTLS("ClientHello offers no compression method")
     extensions: list[tuple[int, bytes]] = []
-    seen: set[int] = set()
     if r.left():
-        ext = r.vec16()
+        extensions = _Reader(r.vec16(), "ClientHello extensions").extensions()
         r.done()
-        # The extension list read in place (a type and a length, then the data, each bounds-
-        # checked): a hello carries a dozen or two, parsed on every decrypted connection.
-        pos, end = 0, len(ext)
-        while pos < end:
-            if end - pos < 4:
-                raise BadTLS(f"ClientHello extensions: needs 4 bytes at offset {pos}, only {end - pos} left")
-            t, n = _EXT_HEAD.unpack_from(ext, pos)
-            pos += 4
-            if end - pos < n:
-                raise BadTLS(f"ClientHello extension {t}: needs {n} bytes at offset {pos}, only {end - pos} left")
-            if t in seen:
-                raise BadTLS(f"ClientHello repeats extension {t}")
-            seen.add(t)
-            extensions.append((t, ext[pos:pos + n]))
-            pos += n
+    types = [t for t, _ in extensions]
+    seen = set(types)
+    if len(seen) != len(types):
+        raise BadTLS(f"ClientHello repeats extension {next(t for i, t in enumerate(types) if t in types[:i])}")
     sni = alpn = versions = None
     for t, d in extensions:
         if t == EXT_SERVER_NAME:
@@ -374,10 +383,7 @@ def server_hello_version_untrusted(body: bytes) -> int:
     r.u16()
     r.u8()
     if r.left():
-        er = _Reader(r.vec16(), "ServerHello extensions")
-        while er.left():
-            t = er.u16()
-            d = er.vec16()
+        for t, d in _Reader(r.vec16(), "ServerHello extensions").extensions():
             if t == EXT_SUPPORTED_VERSIONS and len(d) == 2:
                 version = struct.unpack("!H", d)[0]
     return version
