@@ -1300,7 +1300,7 @@ class _Tunnel:
             self.on_end(self.up.total, self.down.total)
 
     def close(self) -> None:
-        """Give the pipes back; the sockets are the connection's to forget and close."""
+        """Forget the sockets' callbacks and give the pipes back; closing the sockets is the connection's."""
         for d in (self.up, self.down):
             self.reactor.forget(d.sfd)
             if d.r >= 0:

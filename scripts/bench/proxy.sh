@@ -2,7 +2,7 @@
 # Forward-proxy benchmark in the sealed lab: ztna (splice, decrypt) vs Squid (CONNECT
 # tunnel) vs mitmproxy (ignore_hosts splice, decrypt), with a no-proxy baseline.
 # All contenders run at once on their own ports and are warmed up; then BENCH_REPEATS rounds
-# (default 5), each of 3 downloads of 100 MB over HTTPS and 500 small HTTPS requests on new
+# (default 5), each of 6 downloads of 100 MB (BENCH_DOWNLOADS) over HTTPS and 500 small HTTPS requests on new
 # connections per contender, taken round-robin (the requests in slices of 100).  Prints the
 # medians, the CPU per MB and per request (proxy, curl, origin), and the ratios against the
 # goals of issue 5: the median of adjacent turns' ratios with a 95 % interval.
