@@ -88,8 +88,9 @@ class Agent:
                      self.cfg.dns_stub, "on" if self.tun.offload else "off")
             servers = await self._start_dns()
             resolv = Path(self.cfg.resolv_conf)
-            self.upstreams = takeover.take_over(resolv, self.cfg.dns_stub, self.state_path, os.getpid())
+            # The guardian first: from the moment the file is taken over, a kill -9 must find it there.
             guardian_fd = takeover.start_guardian(self.state_path)
+            self.upstreams = takeover.take_over(resolv, self.cfg.dns_stub, self.state_path, os.getpid())
             log.info("DNS taken over in %s: stub %s; other names go to %s", resolv, self.cfg.dns_stub,
                      ", ".join(self.upstreams))
             servers.append(await asyncio.start_unix_server(self._control, path=str(self.control_path)))
