@@ -16,3 +16,13 @@ def _no_leftover_namespaces():
     yield
     after = {n for n in builder.existing() if n.startswith(prefix())}
     assert not after, f"tests left lab namespaces behind: {sorted(after)}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The hostile campaign's table (tests/lab/legit.py), when any hostile case ran."""
+    import legit  # tests/lab is on sys.path for its own modules
+
+    text = legit.table()
+    if text:
+        terminalreporter.write_sep("-", "hostile campaign: case, attempts, result, legitimate failures")
+        terminalreporter.write_line(text)
