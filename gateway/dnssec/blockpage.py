@@ -16,6 +16,7 @@ import logging
 import os
 import ssl
 import tempfile
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def describe(engine: Engine, client: str, host: str) -> dict | None:
     policy = engine.policies.select(client, None)
     if policy is None:
         return None
-    v = engine.verdict(policy, host, engine.detector.classified(host, 0.0))
+    v = engine.verdict(policy, host, engine.detector.classified(host, time.time(), client))
     if not v.blocked:
         return None
     return {"name": host, "reason": v.reason, "column": v.column.value, "matched": v.matched,

@@ -25,7 +25,7 @@ from .cache import AnswerCache
 from .config import Config
 from .policy import Policy, Verdict
 from .ratelimit import RateLimiter
-from .tunnel import T_NULL, T_TXT, TunnelDetector
+from .tunnel import EVERYONE, T_NULL, T_TXT, TunnelDetector
 from .wire import BadMessage, Query, Upstream
 
 log = logging.getLogger("ztna.dns")
@@ -44,6 +44,7 @@ class Reply:
     up: Upstream | None = None      # set when ``data`` is a cached upstream answer (TTLs age from ``stored``)
     stored: float = 0.0
     line: str | None = None         # instead of ``log``: the JSON line so far, the shell appends latency_ms
+    own: bool = False               # holds for this client only (a tunnelling verdict on its queries): never memoised
 
 
 @dataclass(slots=True)
@@ -248,7 +249,8 @@ class Engine:
                         # TunnelDetector.observe inlined for the common case, a parent not classified
                         # whose window is open and already holds this name (or is full): only the
                         # counts move.  Anything else is observe's (tests check the two agree).
-                        w = wins.get(parent) if m.counts and not (until and parent in until) else None
+                        key = (source, parent)
+                        w = wins.get(key) if m.counts and not (until and (key in until or (EVERYONE, parent) in until)) else None
                         if w is not None and now - w.start <= window and (q.qname in w.names or len(w.names) >= cap):
                             w.queries += 1
                             if m.txt:
@@ -256,11 +258,11 @@ class Engine:
                             r = w.random
                             if r >= strong or (r >= rnd) + (len(w.names) >= uniq) + (
                                     w.queries >= minq and w.txt / w.queries >= share) >= 2:
-                                tunnel = det.conclude(parent, w, now)
+                                tunnel = det.conclude(key, w, now)
                             else:
                                 tunnel = None
                         else:
-                            tunnel = det.observe(q.qname, q.qtype, now, parent)
+                            tunnel = det.observe(q.qname, q.qtype, now, parent, source)
                         if tunnel is not None:
                             slow.append((i, self._decide_and_memoize(data, source, now, body, memo, tunnel)))
                             continue
@@ -295,7 +297,7 @@ class Engine:
     def _decide_and_memoize(self, data: bytes, source: str, now: float, body: bytes, memo: dict, tunnel):
         key = (memo, body)
         out = self._decide(data, source, now, False, key, tunnel)
-        if type(out) is Reply and out.query is not None:
+        if type(out) is Reply and out.query is not None and not out.own:
             self._memoize(key, out, now)
         return out
 
@@ -339,7 +341,7 @@ class Engine:
                                 ede=(wire.EDE_PROHIBITED, f"this resolver does not serve {source}"))
         if q.qtype in ZONE_TRANSFER:
             return self._refuse(q, source, now, "bad-query", wire.REFUSED, policy=policy.name, note="zone transfer")
-        tunnel_parent = self.detector.observe(q.qname, q.qtype, now) if tunnel is _UNSET else tunnel
+        tunnel_parent = self.detector.observe(q.qname, q.qtype, now, client=source) if tunnel is _UNSET else tunnel
         v = self.verdict(policy, q.qname, tunnel_parent)
         act = action(q.qtype, v.column)
         if act is not Action.PASS:
@@ -360,7 +362,7 @@ class Engine:
             return Reply(wire.refusal(q, wire.SERVFAIL, (wire.EDE_NETWORK_ERROR, "no upstream answered")), log)
         self.cache.put(fwd.key, up, now)
         out = self._answer(q, fwd.log["client"], now, fwd.policy, fwd.verdict, up, now, fwd.tcp, log=fwd.log)
-        if fwd.memo_key is not None and up.ttl > 0:
+        if fwd.memo_key is not None and up.ttl > 0 and not out.own:
             self._memoize(fwd.memo_key, out, now)
         return out
 
@@ -371,7 +373,7 @@ class Engine:
             # The strictest blocked link of the chain decides, as if the name itself were bad.
             worst: tuple[Verdict, str] | None = None
             for owner, target in up.cnames:
-                lv = self.verdict(policy, target, self.detector.classified(target, now))
+                lv = self.verdict(policy, target, self.detector.classified(target, now, source))
                 if lv.blocked and (worst is None or STRICTNESS.index(lv.column) < STRICTNESS.index(worst[0].column)):
                     worst = (lv, f"{owner} -> {target}")
             if worst is not None:
@@ -409,7 +411,7 @@ class Engine:
                         matched=v.matched, action=act.value, rcode=rcode)
         if link:
             log["cname"] = link
-        return Reply(data, log, q)
+        return Reply(data, log, q, own=v.detected)
 
     def _refuse(self, q: Query, source: str, now: float, decision: str, rcode: int, *, ede=None, policy: str = "",
                 note: str = "") -> Reply:

@@ -113,6 +113,7 @@ class Verdict:
     reason: str = ""
     matched: str = ""
     allowed_by: str = ""
+    detected: bool = False  # the tunnelling detector's verdict on this client's own queries, not a list's
 
     @property
     def blocked(self) -> bool:
@@ -160,9 +161,9 @@ class PolicySet:
             if cat in policy.block_categories:
                 found.append((column_of_category(cat, self.extra_security), cat, entry))
         if tunnel_parent is not None and TUNNEL_CATEGORY in policy.block_categories:
-            found.append((Column.TUNNEL, TUNNEL_CATEGORY, f"{tunnel_parent} (detected)"))
-        col = strictest(c for c, _, _ in found)
+            found.append((Column.TUNNEL, TUNNEL_CATEGORY, f"{tunnel_parent} (detected)", True))
+        col = strictest(f[0] for f in found)
         if col is None:
             return Verdict(policy.name, None)
-        _, reason, hit = next(f for f in found if f[0] == col)
-        return Verdict(policy.name, col, reason, hit)
+        _, reason, hit, *detected = next(f for f in found if f[0] == col)
+        return Verdict(policy.name, col, reason, hit, detected=bool(detected))

@@ -17,6 +17,7 @@ from . import mmsg, upstream
 from .config import Config
 from .engine import Drop, Engine, Forward, Reply
 from .querylog import QueryLog
+from .tunnel import EVERYONE
 
 log = logging.getLogger("ztna.dns")
 
@@ -195,9 +196,10 @@ class Resolver:
             self.qlog.flush()
             det = self.engine.detector
             new = min(det.detected - self._reported, len(det.detections))
-            for when, parent, why in list(det.detections)[len(det.detections) - new:]:
-                log.warning("tunnelling detected under %s (%s): classified dns-tunneling-vpn for %.0f s",
-                            parent, why, self.cfg.tunnel.hold)
+            for when, parent, why, client in list(det.detections)[len(det.detections) - new:]:
+                who = "every client" if client is EVERYONE else f"client {client}"
+                log.warning("tunnelling detected under %s (%s): classified dns-tunneling-vpn for %s for %.0f s",
+                            parent, why, who, self.cfg.tunnel.hold)
             self._reported = det.detected
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

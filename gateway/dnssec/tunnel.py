@@ -16,6 +16,16 @@ parent collects three signals:
 A parent with ``strong_random`` long random labels, or with two of the three
 signals, is classified ``dns-tunneling-vpn`` for ``hold`` seconds.  A burst
 alone never classifies: a busy resolver sees many distinct CDN names.
+
+Who the verdict is for: the signals are counted per *client and parent*, and
+a verdict first holds for that client only.  One source must not be able to
+have a whole domain blocked for everybody (a few long random names under
+``good.example`` would otherwise cost every other user ``www.good.example``).
+A parent is classified for every client only once ``domain_sources`` distinct
+clients have each been classified under it within ``hold`` seconds, and never
+while it is *popular*: ``popular_sources`` distinct clients asked under it in
+the current window (a tunnel has few users; a real site has many).  The allow
+lists always win over this verdict (``policy.PolicySet.decide``).
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ class TunnelConfig:
     txt_share: float = 0.5
     min_queries: int = 20
     hold: float = 600.0
+    domain_sources: int = 3
+    popular_sources: int = 20
     max_parents: int = 50_000
 
 
@@ -70,16 +82,26 @@ class _Window:
     txt: int = 0
 
 
+EVERYONE = None  # the client part of a domain-wide verdict's key
+
+
 class TunnelDetector:
-    """Watches every query; ``observe`` says whether the name's parent is classified now."""
+    """Watches every query; ``observe`` says whether the name's parent is classified for its client now.
+
+    Keys are ``(client, parent)``: windows in ``_w``, verdicts in ``_until``
+    (``(EVERYONE, parent)`` for a domain-wide one).
+    """
 
     def __init__(self, cfg: TunnelConfig | None = None):
         self.cfg = cfg or TunnelConfig()
-        self._w: dict[str, _Window] = {}
-        self._until: dict[str, float] = {}
-        self.detections: deque[tuple[float, str, str]] = deque(maxlen=1000)  # (time, parent, why), newest last
+        self._w: dict[tuple, _Window] = {}
+        self._until: dict[tuple, float] = {}
+        # time, parent, why, and who the verdict is for (a client, or EVERYONE); newest last
+        self.detections: deque[tuple[float, str, str, str | None]] = deque(maxlen=1000)
         self.detected = 0  # how many detections ever
         self._parents: dict[str, str] = {}
+        self._flagged: dict[str, dict[str, float]] = {}  # parent -> client -> until, per-client verdicts
+        self._askers: dict[str, tuple[float, set]] = {}  # parent -> (window start, clients that asked)
 
     def parent(self, name: str) -> str:
         """The unit ``name`` is counted under (memoised: the same names come back all the time)."""
@@ -90,21 +112,26 @@ class TunnelDetector:
             p = self._parents[name] = parent_of(name, self.cfg.parent_labels)
         return p
 
-    def classified(self, name: str, now: float) -> str | None:
-        """The classified parent covering ``name``, or None."""
+    def _held(self, key: tuple, now: float) -> bool:
+        until = self._until.get(key)
+        if until is None:
+            return False
+        if until <= now:
+            del self._until[key]
+            return False
+        return True
+
+    def classified(self, name: str, now: float, client: str | None = None) -> str | None:
+        """The parent covering ``name`` when it is classified for ``client`` (or for everyone), else None."""
         if not self._until:
             return None
         parent = self.parent(name)
-        until = self._until.get(parent)
-        if until is None:
-            return None
-        if until <= now:
-            del self._until[parent]
-            return None
-        return parent
+        if self._held((EVERYONE, parent), now) or (client is not None and self._held((client, parent), now)):
+            return parent
+        return None
 
-    def observe(self, name: str, qtype: int, now: float, parent: str | None = None) -> str | None:
-        """Count one query for ``name``; the classified parent (now or earlier), or None.
+    def observe(self, name: str, qtype: int, now: float, parent: str | None = None, client: str = "") -> str | None:
+        """Count one query for ``name`` from ``client``; the parent classified for it (now or earlier), or None.
 
         ``parent``: ``self.parent(name)``, when the caller kept it (the engine's memo does).
         """
@@ -113,19 +140,18 @@ class TunnelDetector:
             return None
         if parent is None:
             parent = self._parents.get(name) or self.parent(name)
-        if self._until:
-            until = self._until.get(parent)
-            if until is not None:
-                if until > now:
-                    return parent
-                del self._until[parent]
+        key = (client, parent)
+        if self._until and (self._held((EVERYONE, parent), now) or self._held(key, now)):
+            return parent
         if parent == name:
             return None
-        w = self._w.get(parent)
+        w = self._w.get(key)
         if w is None or now - w.start > cfg.window:
-            if w is None and len(self._w) >= cfg.max_parents:
-                self._expire(now)
-            w = self._w[parent] = _Window(now)
+            if w is None:
+                if len(self._w) >= cfg.max_parents:
+                    self._expire(now)
+                self._asked(parent, client, now)
+            w = self._w[key] = _Window(now)
         w.queries += 1
         if qtype in (T_TXT, T_NULL):
             w.txt += 1
@@ -137,10 +163,25 @@ class TunnelDetector:
         if r < cfg.strong_random and (r >= cfg.random_names) + (len(w.names) >= cfg.unique_names) + (
                 w.queries >= cfg.min_queries and w.txt / w.queries >= cfg.txt_share) < 2:
             return None  # fewer than two signals: the common case, decided without a call (see _judge)
-        return self.conclude(parent, w, now)
+        return self.conclude(key, w, now)
 
-    def conclude(self, parent: str, w: _Window, now: float) -> str | None:
-        """``parent``'s window may show a tunnel: classify it (returns ``parent``) or not (None).
+    def _asked(self, parent: str, client: str, now: float) -> None:
+        """Note that ``client`` asks under ``parent`` (once a window each: how popular it is)."""
+        got = self._askers.get(parent)
+        if got is None or now - got[0] > self.cfg.window:
+            if got is None and len(self._askers) >= self.cfg.max_parents:
+                self._askers.clear()
+            got = self._askers[parent] = (now, set())
+        if len(got[1]) < self.cfg.popular_sources:
+            got[1].add(client)
+
+    def popular(self, parent: str, now: float) -> bool:
+        """At least ``popular_sources`` clients asked under ``parent`` in the current window."""
+        got = self._askers.get(parent)
+        return got is not None and now - got[0] <= self.cfg.window and len(got[1]) >= self.cfg.popular_sources
+
+    def conclude(self, key: tuple, w: _Window, now: float) -> str | None:
+        """``key``'s window may show a tunnel: classify its parent for its client (returns the parent) or not (None).
 
         The resolver's batch loop counts a repeated name itself and calls this
         when the counts reach two signals, as ``observe`` does.
@@ -148,10 +189,25 @@ class TunnelDetector:
         why = self._judge(w)
         if why is None:
             return None
-        self._until[parent] = now + self.cfg.hold
-        self.detections.append((now, parent, why))
+        client, parent = key
+        hold = self.cfg.hold
+        self._until[key] = now + hold
+        self.detections.append((now, parent, why, client))
         self.detected += 1
-        del self._w[parent]
+        del self._w[key]
+        flagged = self._flagged.get(parent)
+        if flagged is None:
+            if len(self._flagged) >= self.cfg.max_parents:
+                self._flagged.clear()
+            flagged = self._flagged[parent] = {}
+        for c in [c for c, until in flagged.items() if until <= now]:
+            del flagged[c]
+        flagged[client] = now + hold
+        if (len(flagged) >= self.cfg.domain_sources and not self.popular(parent, now)
+                and not self._held((EVERYONE, parent), now)):
+            self._until[(EVERYONE, parent)] = now + hold
+            self.detections.append((now, parent, f"{len(flagged)} clients classified within {hold:.0f} s", EVERYONE))
+            self.detected += 1
         return parent
 
     def _judge(self, w: _Window) -> str | None:
@@ -173,7 +229,7 @@ class TunnelDetector:
         return " and ".join(signals) if len(signals) >= 2 else None
 
     def _expire(self, now: float) -> None:
-        for p in [p for p, w in self._w.items() if now - w.start > self.cfg.window]:
-            del self._w[p]
+        for k in [k for k, w in self._w.items() if now - w.start > self.cfg.window]:
+            del self._w[k]
         if len(self._w) >= self.cfg.max_parents:
             self._w.clear()

@@ -28,8 +28,9 @@ def test_iodine_like_null_tunnel_is_caught_quickly():
     hits = [det.observe(n, NULL, 100.0 + i * 0.1) for i, n in enumerate(iodine_like(rng, "t.tun.example", 40))]
     first = next(i for i, h in enumerate(hits) if h)
     assert first < 20 and hits[first] == "tun.example"
-    assert det.classified("anything.tun.example", 200.0) == "tun.example"
-    assert det.classified("anything.tun.example", 100.0 + 4 + 601) is None   # held for `hold` seconds
+    assert det.classified("anything.tun.example", 200.0, "") == "tun.example"
+    assert det.classified("anything.tun.example", 200.0, "198.51.100.99") is None  # for the tunnelling client only
+    assert det.classified("anything.tun.example", 100.0 + 4 + 601, "") is None   # held for `hold` seconds
 
 
 def test_short_txt_heavy_burst_is_caught():
@@ -74,4 +75,50 @@ def test_parent_table_is_bounded():
     det = TunnelDetector(TunnelConfig(max_parents=100, window=1.0))
     for i in range(1000):
         det.observe(f"www.site{i}.example", A, float(i))
+    assert len(det._w) <= 100
+
+
+def poison(det, client, now, parent="good.example"):
+    """The probe of issue 19: a few long random labels and some distinct names under ``parent``, one source."""
+    rng = random.Random(client)
+    for i, n in enumerate(iodine_like(rng, f"x.{parent}", 6)):
+        det.observe(n, A, now + i * 0.01, client=client)
+    for i in range(40):
+        det.observe(f"n{i}.{parent}", A, now + 0.1 + i * 0.01, client=client)
+
+
+def test_one_client_cannot_have_a_domain_blocked_for_the_others():
+    det = TunnelDetector()
+    poison(det, "198.51.100.66", 100.0)
+    assert det.classified("www.good.example", 101.0, "198.51.100.66") == "good.example"   # its own verdict
+    assert det.classified("www.good.example", 101.0, "198.51.100.10") is None           # nobody else's
+    assert det.observe("www.good.example", A, 101.0, client="198.51.100.10") is None
+    assert [d[3] for d in det.detections] == ["198.51.100.66"]
+
+
+def test_a_domain_is_classified_for_everyone_once_several_clients_tunnel_under_it():
+    det = TunnelDetector(TunnelConfig(domain_sources=3))
+    for k, c in enumerate(("198.51.100.66", "198.51.100.67")):
+        poison(det, c, 100.0 + k)
+    assert det.classified("www.good.example", 103.0, "198.51.100.10") is None
+    poison(det, "198.51.100.68", 103.0)
+    assert det.classified("www.good.example", 104.0, "198.51.100.10") == "good.example"
+    assert det.detections[-1][3] is None and "3 clients" in det.detections[-1][2]
+    assert det.classified("www.good.example", 104.0 + 600.0, "198.51.100.10") is None
+
+
+def test_a_popular_domain_is_never_classified_for_everyone():
+    det = TunnelDetector(TunnelConfig(domain_sources=3, popular_sources=20))
+    for i in range(25):
+        det.observe("www.good.example", A, 99.0 + i * 0.01, client=f"198.51.100.{100 + i}")
+    for k in range(5):
+        poison(det, f"198.51.100.{60 + k}", 100.0 + k)
+    assert det.classified("www.good.example", 106.0, "198.51.100.10") is None
+    assert det.classified("www.good.example", 106.0, "198.51.100.60") == "good.example"
+
+
+def test_client_windows_are_bounded_too():
+    det = TunnelDetector(TunnelConfig(max_parents=100, window=1.0))
+    for i in range(1000):
+        det.observe("www.site.example", A, float(i), client=f"10.0.{i // 256}.{i % 256}")
     assert len(det._w) <= 100
