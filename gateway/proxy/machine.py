@@ -10,8 +10,10 @@ flow returns, in order.  The flow never touches a socket or a clock.
 Explicit mode (SPEC.md 5, explicit)::
 
     head --CONNECT/GET allowed--> resolving --addrs--> connecting --up-->
-        CONNECT, exception: SendClient(200), Splice          (steps 5-6)
-        CONNECT, decrypt:   SendClient(200) -> hello --ClientHello--> Intercept
+        CONNECT: SendClient(200) -> client-hello --ClientHello, SNI = CONNECT name-->
+            exception: SendServer(same ClientHello bytes), Splice  (steps 5-6)
+            decrypt:   Intercept
+            another SNI, no SNI (unless the CONNECT named an address), ECH, not TLS: refused
         GET http://...:     SendServer(origin request), Splice
     denied or malformed: SendClient(403/4xx page), Close
 
@@ -153,7 +155,7 @@ class Flow:
         self.hello: tlswire.ClientHello | None = None
         self.http_first = b""
         self.record: dict = {"mode": self.mode, "client": f"{self.client[0]}:{self.client[1]}", "name": None,
-                             "decision": None, "reason": None, "decrypted": False}
+                             "sni": None, "decision": None, "reason": None, "decrypted": False}
         if self.original_dst:
             self.record["dialled"] = f"{self.original_dst[0]}:{self.original_dst[1]}"
 
@@ -235,12 +237,11 @@ class Flow:
             self.state = "spliced"
             return [SendServer(self.http_first), Splice()]
         if self.mode == EXPLICIT:
-            if self.decrypt:
-                self.state = "client-hello"
-                self.deadline = now + self.limits.first_bytes_timeout
-                return [SendClient(ESTABLISHED)]
-            self.state = "spliced"
-            return [SendClient(ESTABLISHED), Splice()]
+            # Spliced or decrypted, the tunnel's first bytes are read before anything goes on: a
+            # ClientHello naming another site than the CONNECT would otherwise reach it unchecked.
+            self.state = "client-hello"
+            self.deadline = now + self.limits.first_bytes_timeout
+            return [SendClient(ESTABLISHED)]
         return self._after_hello_connected()
 
     def connect_failed(self, error: str) -> list:
@@ -294,15 +295,16 @@ class Flow:
         except tlswire.BadTLS as exc:
             if exc.kind == "not-tls" and self.state == "hello":
                 return self._unnamed("not-tls", self.limits.on_not_tls, f"not TLS: {exc}")
+            if exc.kind == "not-tls":
+                self.record["unnamed"] = "not-tls"
+                return self._end("deny", f"not TLS inside the CONNECT tunnel to {self.name}: {exc}")
             return self._refuse_tls("error", f"bad ClientHello: {exc}", tlswire.ALERT_DECODE_ERROR)
         if hello is None:
             return []
         self.hello = hello
         self.record["sni"] = hello.sni
-        if self.state == "client-hello":  # explicit mode, decrypting, tunnel open
-            if hello.sni and hello.sni != self.name:
-                return self._refuse_tls("deny", f"SNI {hello.sni} differs from the CONNECT name {self.name}")
-            return self._intercept()
+        if self.state == "client-hello":  # explicit mode, the CONNECT tunnel open
+            return self._after_connect_hello(hello)
         if hello.ech:
             return self._unnamed("ech", self.limits.on_ech, "ClientHello carries Encrypted Client Hello")
         if not hello.sni:
@@ -324,6 +326,31 @@ class Flow:
         self.record["reason"] = verdict.reason
         self.state = "resolving"
         return [Resolve(hello.sni)]
+
+    def _after_connect_hello(self, hello: tlswire.ClientHello) -> list:
+        """Explicit mode: the ClientHello must name the site the CONNECT named (see docs/proxy.md).
+
+        The policy judged the CONNECT name; a different SNI would reach another
+        virtual host on the same server, so it is refused, spliced or not.
+        Spliced, a hello without SNI is refused too, except after a CONNECT to
+        an address (there is no name to compare; clients send none for an
+        address), and so is ECH, which hides the real name behind an outer one.
+        Decrypting, those two may go on: the proxy's own certificate is for the
+        CONNECT name and every request inside is checked against it.
+        """
+        if hello.sni is not None and hello.sni.lower().rstrip(".") != self.name:
+            return self._refuse_tls("deny", f"SNI {hello.sni} differs from the CONNECT name {self.name}")
+        if self.decrypt:
+            return self._intercept()
+        if hello.ech:
+            self.record["unnamed"] = "ech"
+            return self._refuse_tls("deny", f"ClientHello carries Encrypted Client Hello; the name inside "
+                                            f"cannot be checked against the CONNECT name {self.name}")
+        if hello.sni is None and not _is_address(self.name):
+            self.record["unnamed"] = "no-sni"
+            return self._refuse_tls("deny", f"ClientHello has no SNI; the CONNECT named {self.name}")
+        self.state = "spliced"
+        return [SendServer(hello.raw + self.hello_buf.rest), Splice()]
 
     def _unnamed(self, what: str, action: str, reason: str) -> list:
         """TLS without a usable name: the configured action, always logged."""
@@ -353,6 +380,14 @@ class Flow:
         self.state = "intercept"
         self.record["decrypted"] = True
         return [Intercept(self.name, self.hello, self.hello_buf.rest)]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _authority(host: str, port: int) -> str:

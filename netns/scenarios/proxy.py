@@ -20,6 +20,7 @@ the proxy CA.  curl's own ``-v`` output (issuer line) is recorded as well.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography import x509
@@ -126,6 +127,31 @@ def start_services(lab: Lab, *, mode: str, web_extra: list[str] = (), **toml) ->
     proxy = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="proxy")
     procs.wait_listening(proxy, PROXY_IN, EXPLICIT_PORT if mode == "explicit" else TRANSPARENT_PORT)
     return proxy
+
+
+@contextmanager
+def both_proxies(name: str, root: Path, *, extra_policy: str = "connect_ports = [443, 444]\n"):
+    """A lab with an explicit proxy (``proxy``) and a transparent one (``tproxy``) side by side; always torn down."""
+    lab = Lab(name, topology(name, transparent=True), root=root)
+    lab.up()
+    try:
+        start_services(lab, mode="explicit", extra_policy=extra_policy)
+        conf = lab.write_conf("proxy-transparent.toml", proxy_toml(lab, mode="transparent", extra_policy=extra_policy))
+        tp = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="tproxy")
+        procs.wait_listening(tp, PROXY_IN, TRANSPARENT_PORT)
+        procs.wait_until(lambda: lab.exec("proxy", ["nft", "list", "table", "ip", "ztna_proxy"]).returncode == 0,
+                         what="the transparent proxy's nft table")
+        yield lab
+    finally:
+        lab.down()
+
+
+def second_proxy(lab: Lab, name: str, port: int, extra_proxy: str = "") -> procs.Proc:
+    """Another explicit proxy in the proxy namespace, on ``port``, logging to ``name``.log."""
+    conf = lab.write_conf(f"{name}.toml", proxy_toml(lab, mode="explicit", port=port, extra_proxy=extra_proxy))
+    p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name=name)
+    procs.wait_listening(p, PROXY_IN, port)
+    return p
 
 
 def curl(lab: Lab, url: str, *, explicit: bool, port: int | None = None, tls12: bool = False,

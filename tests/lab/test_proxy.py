@@ -16,7 +16,6 @@ import time
 import pytest
 
 from netns import procs
-from netns.lab import Lab
 from netns.scenario import run as run_scenario
 from netns.scenarios import proxy as sc
 
@@ -34,20 +33,8 @@ def test_scenario(cls, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    topo = sc.topology("proxy-lab-test", transparent=True)
-    lab = Lab("proxy-lab-test", topo, root=tmp_path_factory.mktemp("run"))
-    lab.up()
-    try:
-        extra = 'connect_ports = [443, 444]\n'
-        sc.start_services(lab, mode="explicit", extra_policy=extra)
-        conf = lab.write_conf("proxy-transparent.toml", sc.proxy_toml(lab, mode="transparent", extra_policy=extra))
-        tp = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="tproxy")
-        procs.wait_listening(tp, sc.PROXY_IN, sc.TRANSPARENT_PORT)
-        procs.wait_until(lambda: lab.exec("proxy", ["nft", "list", "table", "ip", "ztna_proxy"]).returncode == 0,
-                         what="the transparent proxy's nft table")
+    with sc.both_proxies("proxy-lab-test", tmp_path_factory.mktemp("run")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def logs(lab, name="proxy"):
@@ -93,14 +80,7 @@ CLIENT_HELLO = textwrap.indent(textwrap.dedent("""
         pass
     hello = o.read()
 """).strip(), " " * 8).lstrip()
-
-
-def second_proxy(lab, name, port, extra_proxy=""):
-    """Another explicit proxy in the proxy namespace, on ``port``, logging to ``name``.log."""
-    conf = lab.write_conf(f"{name}.toml", sc.proxy_toml(lab, mode="explicit", port=port, extra_proxy=extra_proxy))
-    p = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name=name)
-    procs.wait_listening(p, sc.PROXY_IN, port)
-    return p
+BANK_HELLO = CLIENT_HELLO.replace('"decrypt.example.com"', '"bank.example.com"')
 
 
 def raw_client(lab, name, code):
@@ -137,13 +117,16 @@ def test_spliced_bulk_download_then_the_idle_proxy_does_not_spin(lab):
 
 
 def test_a_spliced_tunnel_reset_by_its_client_is_logged_with_why(lab):
-    # The client resets its side right after the 200 (SO_LINGER 0): the tunnel ends, its log
-    # line says why (as a decrypted relay's does), and the proxy serves the next client.
+    # The client resets its side right after the 200 and its ClientHello (SO_LINGER 0): the tunnel
+    # ends, its log line says why (as a decrypted relay's does), and the proxy serves the next client.
     raw_client(lab, "reset-tunnel", f"""
-        import socket, struct
+        import socket, ssl, struct, time
         s = socket.create_connection(("{sc.PROXY_IN}", {sc.EXPLICIT_PORT}), timeout=5)
         s.sendall(b"CONNECT bank.example.com:443 HTTP/1.1\\r\\nHost: bank.example.com:443\\r\\n\\r\\n")
         assert s.recv(100).startswith(b"HTTP/1.1 200")
+        {BANK_HELLO}
+        s.sendall(hello)
+        time.sleep(0.2)  # the hello is spliced on to the server
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()  # an RST, not a FIN
     """)
@@ -300,7 +283,7 @@ def test_stop_ends_every_open_connection_with_a_log_line(lab):
     # A second explicit proxy of its own, stopped with connections in each kind of wait: a client
     # that sent nothing, a spliced tunnel, and a decrypting one whose client went quiet mid-handshake.
     port = 3140
-    proc = second_proxy(lab, "pstop", port)
+    proc = sc.second_proxy(lab, "pstop", port)
     raw_client(lab, "stop-holders", f"""
         import socket, ssl, time
         def connect():
@@ -311,6 +294,8 @@ def test_stop_ends_every_open_connection_with_a_log_line(lab):
         tunnel = connect()
         tunnel.sendall(b"CONNECT bank.example.com:443 HTTP/1.1\\r\\nHost: bank.example.com:443\\r\\n\\r\\n")
         assert tunnel.recv(100).startswith(b"HTTP/1.1 200")
+        {BANK_HELLO}
+        tunnel.sendall(hello)  # read and checked, then spliced
         quiet = connect()
         quiet.sendall(b"CONNECT decrypt.example.com:443 HTTP/1.1\\r\\nHost: decrypt.example.com:443\\r\\n\\r\\n")
         assert quiet.recv(100).startswith(b"HTTP/1.1 200")
@@ -373,7 +358,7 @@ def test_upstream_connect_refused_timed_out_then_the_next_address(lab):
     # (connect_timeout = 1 here; ARP gives up only after about 3 s), and a name whose first address
     # never answers and whose second does.
     port = 3141
-    second_proxy(lab, "pconnect", port, extra_proxy="connect_timeout = 1\n")
+    sc.second_proxy(lab, "pconnect", port, extra_proxy="connect_timeout = 1\n")
     for name in ("closed", "void", "twice"):
         lab.exec("client", ["curl", "-s", "-o", "/dev/null", "--max-time", "10", "--proxy",
                             f"http://{sc.PROXY_IN}:{port}", f"https://{name}.example.com/"], timeout=20)
@@ -394,7 +379,7 @@ def test_a_client_silent_in_its_decrypted_handshake_is_ended_at_the_handshake_ti
     # the proxy's TLS handshake with it ends after that second, with a log line, and the proxy
     # serves the next client.
     port = 3142
-    second_proxy(lab, "phs", port, extra_proxy="handshake_timeout = 1\n")
+    sc.second_proxy(lab, "phs", port, extra_proxy="handshake_timeout = 1\n")
     raw_client(lab, "hs-silent", f"""
         import socket, ssl, time
         s = socket.create_connection(("{sc.PROXY_IN}", {port}), timeout=10)

@@ -46,13 +46,72 @@ def kinds(cmds):
     return [type(c).__name__ for c in cmds]
 
 
-def test_explicit_exception_splices_after_status():
+def test_explicit_exception_reads_the_hello_then_forwards_it_and_splices():
     f = explicit()
     assert f.client_data(b"CONNECT bank.example.com:443 HTTP/1.1\r\n", 0.1) == []
     assert f.client_data(b"Host: bank.example.com:443\r\n\r\n", 0.2) == [m.Resolve("bank.example.com")]
     assert f.resolved(["203.0.113.80"]) == [m.Connect(("203.0.113.80",), 443)]
-    assert f.connected("203.0.113.80", 0.3) == [m.SendClient(m.ESTABLISHED), m.Splice()]
+    assert f.connected("203.0.113.80", 0.3) == [m.SendClient(m.ESTABLISHED)]
+    assert f.waiting_for_client and f.deadline == pytest.approx(10.3)
+    h = hello("bank.example.com")
+    assert f.client_data(h[:7], 0.4) == []
+    assert f.client_data(h[7:] + b"early data", 0.5) == [m.SendServer(h + b"early data"), m.Splice()]
     assert f.record["decision"] == "allow" and f.record["decrypted"] is False
+    assert f.record["sni"] == "bank.example.com"
+
+
+def connected_exception(name="bank.example.com"):
+    f = explicit()
+    f.client_data(f"CONNECT {name}:443 HTTP/1.1\r\n\r\n".encode(), 0.1)
+    f.resolved(["203.0.113.80"])
+    assert f.connected("203.0.113.80", 0.3) == [m.SendClient(m.ESTABLISHED)]
+    return f
+
+
+def test_explicit_exception_refuses_an_sni_that_is_not_the_connect_name():
+    """The do-not-decrypt bypass: CONNECT an exception, then a hello for a blocked site."""
+    f = connected_exception()
+    cmds = f.client_data(hello("blocked.example.com"), 0.4)
+    assert cmds == [m.SendClient(tlswire.alert(tlswire.ALERT_ACCESS_DENIED)), m.Close()]
+    assert f.record["decision"] == "deny" and f.record["sni"] == "blocked.example.com"
+    assert "differs from the CONNECT name bank.example.com" in f.record["reason"]
+
+
+def test_explicit_exception_sni_compares_without_case():
+    f = connected_exception()
+    assert kinds(f.client_data(hello("BANK.example.com"), 0.4)) == ["SendServer", "Splice"]
+
+
+def test_explicit_exception_refuses_a_hello_without_sni_after_a_named_connect():
+    f = connected_exception()
+    cmds = f.client_data(hello(None), 0.4)
+    assert kinds(cmds) == ["SendClient", "Close"] and f.record["unnamed"] == "no-sni"
+    assert f.record["decision"] == "deny"
+
+
+def test_explicit_exception_without_sni_after_a_connect_to_an_address_splices():
+    f = connected_exception_to_address()
+    assert kinds(f.client_data(hello(None), 0.4)) == ["SendServer", "Splice"]
+
+
+def connected_exception_to_address():
+    f = explicit(allow=["*.example.com"], default="allow", decrypt=False)
+    f.client_data(b"CONNECT 203.0.113.80:443 HTTP/1.1\r\n\r\n", 0.1)
+    f.resolved(["203.0.113.80"])
+    f.connected("203.0.113.80", 0.3)
+    return f
+
+
+def test_explicit_exception_refuses_bytes_that_are_not_tls():
+    f = connected_exception()
+    cmds = f.client_data(b"GET / HTTP/1.1\r\nHost: blocked.example.com\r\n\r\n", 0.4)
+    assert cmds == [m.Close()] and f.record["decision"] == "deny" and f.record["unnamed"] == "not-tls"
+
+
+def test_explicit_exception_slow_hello_times_out():
+    f = connected_exception()
+    assert f.timeout(5.0) == []
+    assert f.timeout(10.3) == [m.SendClient(tlswire.alert(tlswire.ALERT_HANDSHAKE_FAILURE)), m.Close()]
 
 
 def test_explicit_decrypt_waits_for_the_client_hello_then_intercepts():
