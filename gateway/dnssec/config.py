@@ -66,6 +66,7 @@ class Config:
     rate_qps: float = 0.0
     rate_burst: float = 0.0
     tcp_idle: float = 10.0
+    tcp_per_client: int = 16
     udp_batch: bool = True
     source: str = "dns.toml"
 
@@ -249,6 +250,7 @@ def from_dict(doc: dict, base: Path = Path("."), *, source: str = "dns.toml") ->
         rate_qps=_get(rl, "qps", float, 0.0, "ratelimit"),
         rate_burst=_get(rl, "burst", float, 0.0, "ratelimit"),
         tcp_idle=_get(srv, "tcp_idle", float, 10.0, "server"),
+        tcp_per_client=_get(srv, "tcp_per_client", int, 16, "server"),
         udp_batch=_get(srv, "udp_batch", bool, True, "server"),
         source=source,
     )

@@ -34,6 +34,8 @@ class Resolver:
         self.qlog = QueryLog(cfg.query_log)
         self._inflight: dict[tuple[str, int, int], list[tuple[Forward, object, float]]] = {}
         self._tcp_slots = asyncio.Semaphore(MAX_TCP_CLIENTS)
+        self._tcp_open: dict[str, int] = {}  # TCP connections open per client address
+        self._tcp_refused: dict[str, int] = {}  # refused since the last report, per client address
         self._reported = 0
         self._udp: list[socket.socket] = []
 
@@ -201,13 +203,32 @@ class Resolver:
                 log.warning("tunnelling detected under %s (%s): classified dns-tunneling-vpn for %s for %.0f s",
                             parent, why, who, self.cfg.tunnel.hold)
             self._reported = det.detected
+            if self._tcp_refused:
+                refused, self._tcp_refused = self._tcp_refused, {}
+                for src, n in sorted(refused.items(), key=lambda kv: -kv[1])[:10]:
+                    log.warning("refused %d TCP connection(s) from %s: it holds %d (tcp_per_client = %d); "
+                                "%d of %d open in all", n, src, self._tcp_open.get(src, 0), self.cfg.tcp_per_client,
+                                sum(self._tcp_open.values()), MAX_TCP_CLIENTS)
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
-        if self._tcp_slots.locked():
-            log.warning("refused a TCP connection from %s: %d connections open", peer[0], MAX_TCP_CLIENTS)
+        src = peer[0]
+        # One client may hold only its share of the slots: idle connections from one address must not
+        # shut every other client out of DNS over TCP.  Refusals are reported in bulk (housekeeping).
+        if self._tcp_slots.locked() or self._tcp_open.get(src, 0) >= self.cfg.tcp_per_client:
+            if len(self._tcp_refused) < 10_000:
+                self._tcp_refused[src] = self._tcp_refused.get(src, 0) + 1
             writer.close()
             return
+        self._tcp_open[src] = self._tcp_open.get(src, 0) + 1
+        try:
+            await self._tcp_session(reader, writer, peer)
+        finally:
+            left = self._tcp_open.pop(src) - 1
+            if left:
+                self._tcp_open[src] = left
+
+    async def _tcp_session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer) -> None:
         async with self._tcp_slots:
 
             def send(data: bytes) -> None:
