@@ -81,7 +81,8 @@ def norm_rdata(rtype: str, text: str) -> str:
     return text.lower()
 
 
-def dns_toml(lab: Lab) -> str:
+def dns_toml(lab: Lab, server_extra: str = "") -> str:
+    """The resolver's dns.toml; ``server_extra``: more ``[server]`` lines (a test's own limits)."""
     ca = lab.pki_dir / "ca"
     return f"""# Written by the dns-security scenario.
 [server]
@@ -89,6 +90,7 @@ listen = ["{RESOLVER}"]
 upstreams = ["{UPSTREAM}"]
 query_log = "{lab.log_dir / 'dns-queries.jsonl'}"
 block_ttl = 30
+{server_extra}
 
 [ratelimit]
 qps = 500
@@ -174,6 +176,7 @@ class DnsSecurity(Scenario):
 
     name = "dns-security"
     summary = "DNS security resolver: the record-type x category table of SPEC §4, block page over HTTP(S)"
+    server_extra = ""  # more [server] lines for the resolver (tests set their own limits)
 
     def topology(self) -> Topology:
         t = Topology(self.name)
@@ -196,7 +199,7 @@ class DnsSecurity(Scenario):
 
     def start(self, lab: Lab) -> None:
         lab.ca()
-        conf = lab.write_conf("dns.toml", dns_toml(lab))
+        conf = lab.write_conf("dns.toml", dns_toml(lab, self.server_extra))
         zones = [a for z in sorted(DATA.glob("*.zone")) for a in ("--zone", str(z))]
         auth = lab.start("authdns", ztna_argv("authdns", "run", *zones, "--listen", UPSTREAM), name="authdns")
         wait_listening(auth, UPSTREAM, 53, "udp")
