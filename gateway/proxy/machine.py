@@ -22,8 +22,15 @@ Transparent mode (SPEC.md 5, transparent)::
     hello --ClientHello, SNI allowed--> resolving (the SNI, again) --addrs-->
         connecting --up--> exception: SendServer(same ClientHello bytes), Splice
                            decrypt:   Intercept
-    denied: TLS alert and Close, or a block page (Intercept with block=...)
+    denied: TLS alert and Close, or a block page (Intercept with page=...)
     when the name would be decrypted
+
+Decrypted (after Intercept, SPEC 5 "with decryption")::
+
+    the shell completes TLS with the server, then with the client
+        server failed: upstream_tls_failed -> SendClient(502 page), Close
+    then every plaintext read from the client: decrypted_request ->
+        SendServer(head and body bytes)..., or SendClient(400/421 page), Close
 
 Every path ends in exactly one of Splice, Intercept or Close; ``record``
 holds what the per-connection log line says about the decision.
@@ -84,14 +91,17 @@ class Intercept:
 
     ``hello`` is the client's ClientHello (already read from the socket: the
     shell must feed ``hello.raw`` and ``rest`` to its TLS server object).
-    Without ``block`` the shell completes TLS with the (connected) server
-    first and relays decrypted HTTP/1.1, checking every inner Host against
-    ``name``; with ``block`` it only shows the client a block page.
+    Without ``page`` the shell completes TLS with the (connected) server
+    *first* (SPEC 5: only then does the client get a certificate), reporting
+    a failure to ``Flow.upstream_tls_failed``, and then relays: every plaintext
+    read from the client goes to ``Flow.decrypted_request``, whose commands it
+    performs.  With ``page`` (a block page) it completes only the client's
+    handshake, reads the request and answers with ``page``.
     """
     name: str
     hello: tlswire.ClientHello
     rest: bytes = b""
-    block: str | None = None
+    page: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +164,7 @@ class Flow:
         self.decrypt = False
         self.hello: tlswire.ClientHello | None = None
         self.http_first = b""
+        self.stream: http1.RequestStream | None = None  # the requests inside a decrypted tunnel
         self.record: dict = {"mode": self.mode, "client": f"{self.client[0]}:{self.client[1]}", "name": None,
                              "sni": None, "decision": None, "reason": None, "decrypted": False}
         if self.original_dst:
@@ -317,11 +328,16 @@ class Flow:
         self.record["decision"] = verdict.action
         if not verdict.allowed:
             if self.policy.wants_decrypt(hello.sni) and valid_hostname(hello.sni):
+                if not self._speaks_http1(hello):
+                    return self._refuse_alpn(hello)
                 self.state = "blocked"
                 self.record["decrypted"] = True
                 self.record["reason"] = verdict.reason
-                return [Intercept(hello.sni, hello, self.hello_buf.rest, block=verdict.reason)]
+                return [Intercept(hello.sni, hello, self.hello_buf.rest,
+                                  page=page(403, "Blocked by the proxy", verdict.reason))]
             return self._refuse_tls("deny", verdict.reason)
+        if verdict.decrypt and not self._speaks_http1(hello):
+            return self._refuse_alpn(hello)  # before any lookup or connect: nothing could be relayed
         self.decrypt = verdict.decrypt
         self.record["reason"] = verdict.reason
         self.state = "resolving"
@@ -377,9 +393,58 @@ class Flow:
         return [SendServer(first), Splice()]
 
     def _intercept(self) -> list:
+        if not self._speaks_http1(self.hello):
+            return self._refuse_alpn(self.hello)
         self.state = "intercept"
         self.record["decrypted"] = True
+        self.stream = http1.RequestStream(max_head=self.limits.head_max)
         return [Intercept(self.name, self.hello, self.hello_buf.rest)]
+
+    @staticmethod
+    def _speaks_http1(hello: tlswire.ClientHello) -> bool:
+        """The proxy speaks HTTP/1.1 inside TLS: a client offering ALPN must offer it (no ALPN is fine)."""
+        return not hello.alpn or "http/1.1" in hello.alpn
+
+    def _refuse_alpn(self, hello: tlswire.ClientHello) -> list:
+        self.record["decrypted"] = False
+        return self._refuse_tls("error", f"client offers only {','.join(hello.alpn)}; the proxy speaks http/1.1 "
+                                         f"inside TLS", tlswire.ALERT_NO_APPLICATION_PROTOCOL)
+
+    # ---- the decrypted phase (after Intercept without a page) ---------------------------------
+    def upstream_tls_failed(self, error: str, *, verify_message: str | None = None) -> list:
+        """TLS with the server failed (``verify_message``: its certificate did not verify).
+
+        The client still gets its handshake (the shell completes it), then a 502
+        page saying why: a browser shows that, where an alert would only show
+        a connection error."""
+        if verify_message is not None:
+            why = f"the certificate of {self.name} failed verification: {verify_message}"
+        else:
+            why = f"TLS with {self.name} failed: {error}"
+        return self._end("error", why, SendClient(page(502, "The proxy refused this site", why)))
+
+    def decrypted_request(self, data: bytes) -> list:
+        """Plaintext from the client inside a decrypted tunnel.
+
+        Returns ``SendServer`` for the bytes that go on (request heads and
+        bodies, in order), ending in ``SendClient`` (a refusal page) and
+        ``Close`` when a request is malformed or names another site than the
+        tunnel (domain fronting: 421)."""
+        try:
+            events = self.stream.feed(data)
+        except http1.BadRequest as exc:
+            return self._end("error", f"inner request: {exc}",
+                             SendClient(page(exc.status, "Request refused by the proxy", str(exc))))
+        out: list = []
+        for kind, value in events:
+            if kind == "head":
+                why = host_matches(value, self.name)
+                if why:
+                    return self._end("deny", why, *out, SendClient(page(421, "Request refused by the proxy", why)))
+                self.record["requests"] = self.record.get("requests", 0) + 1
+            else:
+                out.append(SendServer(value))
+        return out
 
 
 def _is_address(host: str) -> bool:

@@ -230,7 +230,7 @@ def test_transparent_decrypt_and_block_page():
     assert kinds(f.connected("203.0.113.80", 0.2)) == ["Intercept"]
     f = transparent()
     cmds = f.client_data(hello("blocked.example.com"), 0.1)
-    assert kinds(cmds) == ["Intercept"] and "deny" in cmds[0].block
+    assert kinds(cmds) == ["Intercept"] and cmds[0].page.startswith(b"HTTP/1.1 403 ") and b"deny" in cmds[0].page
 
 
 def test_transparent_block_without_decryption_is_an_alert():
@@ -303,3 +303,74 @@ def test_host_matches():
     assert m.host_matches(head(b"GET / HTTP/1.1\r\n\r\n"), "a.example.com")
     assert m.host_matches(head(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nHost: a.example.com\r\n\r\n"), "a.example.com")
     assert m.host_matches(head(b"GET https://b.example.com/ HTTP/1.1\r\nHost: a.example.com\r\n\r\n"), "a.example.com")
+
+
+# ---- the decrypted phase: ALPN, the server's TLS failing, the requests inside ---------------------
+def intercepting(sni="decrypt.example.com", **kw):
+    f = explicit(**kw)
+    f.client_data(f"CONNECT {sni}:443 HTTP/1.1\r\n\r\n".encode(), 0.1)
+    f.resolved(["203.0.113.80"])
+    f.connected("203.0.113.80", 0.3)
+    cmds = f.client_data(hello(sni), 0.4)
+    assert kinds(cmds) == ["Intercept"] and cmds[0].page is None
+    return f
+
+
+@pytest.mark.parametrize("mode", ["explicit", "transparent"])
+def test_a_client_offering_only_h2_gets_no_application_protocol(mode):
+    h = hello(alpn=("h2",))
+    if mode == "explicit":
+        f = explicit()
+        f.client_data(b"CONNECT decrypt.example.com:443 HTTP/1.1\r\n\r\n", 0.1)
+        f.resolved(["203.0.113.80"])
+        f.connected("203.0.113.80", 0.3)
+        cmds = f.client_data(h, 0.4)
+    else:
+        f = transparent()
+        cmds = f.client_data(h, 0.1)  # refused before anything is resolved or connected
+    assert cmds == [m.SendClient(tlswire.alert(tlswire.ALERT_NO_APPLICATION_PROTOCOL)), m.Close()]
+    assert "client offers only h2" in f.record["reason"] and f.record["decrypted"] is False
+
+
+def test_h2_with_http1_fallback_and_no_alpn_are_decrypted():
+    for alpn in (("h2", "http/1.1"), ()):
+        f = transparent()
+        assert kinds(f.client_data(hello(alpn=alpn), 0.1)) == ["Resolve"]
+
+
+def test_the_server_failing_tls_gives_the_client_a_502_page_that_says_why():
+    f = intercepting()
+    cmds = f.upstream_tls_failed("SSLError: bad", verify_message="self-signed certificate")
+    assert kinds(cmds) == ["SendClient", "Close"] and cmds[0].data.startswith(b"HTTP/1.1 502 ")
+    assert b"decrypt.example.com failed verification: self-signed certificate" in cmds[0].data
+    assert f.record["decision"] == "error" and "verification" in f.record["reason"]
+    f = intercepting()
+    cmds = f.upstream_tls_failed("ConnectionResetError: reset")
+    assert b"TLS with decrypt.example.com failed: ConnectionResetError: reset" in cmds[0].data
+
+
+def test_inner_requests_go_on_in_order_and_are_counted():
+    f = intercepting()
+    req = b"POST /a HTTP/1.1\r\nHost: decrypt.example.com\r\nContent-Length: 5\r\n\r\nhel"
+    assert f.decrypted_request(req) == [m.SendServer(req[:-3]), m.SendServer(b"hel")]
+    nxt = b"GET /b HTTP/1.1\r\nHost: decrypt.example.com:443\r\n\r\n"
+    assert f.decrypted_request(b"lo" + nxt) == [m.SendServer(b"lo"), m.SendServer(nxt)]
+    assert f.record["requests"] == 2 and f.record["decision"] == "allow"
+
+
+def test_an_inner_request_for_another_host_gets_421_after_what_went_before():
+    f = intercepting()
+    ok = b"GET / HTTP/1.1\r\nHost: decrypt.example.com\r\n\r\n"
+    bad = b"GET / HTTP/1.1\r\nHost: bank.example.com\r\n\r\n"
+    cmds = f.decrypted_request(ok + bad)
+    assert kinds(cmds) == ["SendServer", "SendClient", "Close"] and cmds[0] == m.SendServer(ok)
+    assert cmds[1].data.startswith(b"HTTP/1.1 421 ") and f.record["decision"] == "deny"
+    assert "differs from the TLS name" in f.record["reason"]
+
+
+def test_a_malformed_inner_request_is_refused():
+    f = intercepting()
+    cmds = f.decrypted_request(b"GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
+                               b"Host: decrypt.example.com\r\n\r\n")
+    assert kinds(cmds) == ["SendClient", "Close"] and cmds[0].data.startswith(b"HTTP/1.1 400 ")
+    assert f.record["decision"] == "error" and f.record["reason"].startswith("inner request:")

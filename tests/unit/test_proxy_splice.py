@@ -1,4 +1,4 @@
-"""gateway.proxy.server: the splice reactor and the pipe pool (no root, socketpairs and pipes)."""
+"""gateway.proxy.reactor and .splice: the splice reactor, the pipe pool and tunnels (no root, socketpairs and pipes)."""
 
 import asyncio
 import contextlib
@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.proxy.server import IN, OUT, PIPES, RDHUP, READABLE, TICK, TUNNEL_IN, WRITABLE, PipePool, SpliceReactor, SpliceSelector, _Tunnel, new_loop
+from gateway.proxy.reactor import IN, OUT, RDHUP, READABLE, TICK, TUNNEL_IN, WRITABLE, SpliceReactor, SpliceSelector, new_loop
+from gateway.proxy.splice import PIPES, PipePool, Tunnel
 
 def run(coro):
     with asyncio.Runner(loop_factory=new_loop) as r:
@@ -304,7 +305,7 @@ async def _tunnel(*, tcp: bool = False, small_buffers: bool = True, reactor: Spl
         for sock in (c_peer, s_peer):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     ends = []
-    tunnel = _Tunnel(r, c_peer, s_peer, lambda up, down: ends.append((up, down)))
+    tunnel = Tunnel(r, c_peer, s_peer, lambda up, down: ends.append((up, down)))
     tunnel.start()
     try:
         yield SimpleNamespace(r=r, client=client, c_peer=c_peer, server=server, s_peer=s_peer, tunnel=tunnel, ends=ends)

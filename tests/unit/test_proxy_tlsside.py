@@ -1,4 +1,4 @@
-"""gateway.proxy.server.TLSSide: its socket waits through the splice reactor (no root, socketpairs)."""
+"""gateway.proxy.decrypt.TLSSide: its socket waits through the splice reactor (no root, socketpairs)."""
 
 import asyncio
 import contextlib
@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from gateway.proxy.server import IN, OUT, TICK, SpliceReactor, TLSSide, new_loop
+from gateway.proxy.decrypt import TLSSide
+from gateway.proxy.reactor import IN, OUT, TICK, SpliceReactor, new_loop
 
 
 def run(coro):
