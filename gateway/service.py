@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import json
 import logging
 import os
 import signal
@@ -49,19 +50,49 @@ def nft(script: str) -> None:
 
 
 def nft_rules(tun: str, inside: str) -> str:
-    """The gateway's only nftables table: masquerade agent traffic into the LAN."""
+    """The gateway's only nftables table: masquerade agent traffic into the LAN.
+
+    Conntrack does not NAT a packet it marks INVALID (SYN+FIN, SYN+RST, no flags,
+    a bad checksum): masquerade would let it into the LAN with its inside source
+    (issue 19), so the forward chain drops it, counted in ``ct_invalid``.  A last
+    chain after source NAT drops, counted in ``inside_leak``, anything that would
+    still leave the LAN side from an inside address, whatever the reason.
+    """
     return (
         f"table ip {NFT_TABLE} {{\n"
+        f"  counter ct_invalid {{ }}\n"
+        f"  counter inside_leak {{ }}\n"
         f"  chain postrouting {{\n"
         f"    type nat hook postrouting priority srcnat; policy accept;\n"
         f"    ip saddr {inside} oifname != \"{tun}\" masquerade\n"
         f"  }}\n"
         f"  chain forward {{\n"
         f"    type filter hook forward priority filter; policy accept;\n"
+        f"    iifname \"{tun}\" ct state invalid counter name ct_invalid drop\n"
         f"    iifname \"{tun}\" ip saddr != {inside} counter drop\n"
+        f"  }}\n"
+        f"  chain guard {{\n"
+        f"    type filter hook postrouting priority srcnat + 10; policy accept;\n"
+        f"    oifname != \"{tun}\" ip saddr {inside} counter name inside_leak drop\n"
         f"  }}\n"
         f"}}\n"
     )
+
+
+NFT_COUNTERS = ("ct_invalid", "inside_leak")
+
+
+def nft_counters() -> dict[str, int]:
+    """Packets counted so far by the table's named counters."""
+    p = subprocess.run(["nft", "-j", "list", "counters", "table", "ip", NFT_TABLE], capture_output=True, text=True)
+    if p.returncode:
+        raise NftError(f"nft cannot list the counters of {NFT_TABLE}: {p.stderr.strip()}")
+    out = {}
+    for item in json.loads(p.stdout).get("nftables", []):
+        c = item.get("counter")
+        if c and c.get("name") in NFT_COUNTERS:
+            out[c["name"]] = int(c.get("packets", 0))
+    return out
 
 
 @dataclass
@@ -96,6 +127,7 @@ class Gateway:
         self.ids = itertools.count(1)
         self.counters: Counter = Counter()
         self.dns_cache: dict[str, tuple[bytes, float]] = {}
+        self.nft_seen: dict[str, int] = dict.fromkeys(NFT_COUNTERS, 0)
         self.tun: Tun | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -130,7 +162,8 @@ class Gateway:
                      ", ".join(self.cfg.private_dns))
             await stop.wait()
             ticker.cancel()
-            log.info("stopping")
+            await self._read_nft()
+            log.info("stopping; dropped by nftables: %s", ", ".join(f"{k} {v}" for k, v in self.nft_seen.items()))
         finally:
             for s in list(self.sessions.values()):
                 s.conn.send(wire.control(wire.CLOSE, reason="gateway stopping"))
@@ -154,6 +187,22 @@ class Gateway:
                     s.conn.close(f"no word from the agent for {3 * self.cfg.keepalive:.0f}s")
                 elif s.nat is not None and n % 10 == 0:
                     s.nat.expire(now)
+            if n % 2 == 0:
+                await self._read_nft()
+
+    async def _read_nft(self) -> None:
+        # The drops happen in the kernel; say so in the log as they grow, so an operator sees them.
+        try:
+            now = await self.loop.run_in_executor(None, nft_counters)
+        except (NftError, ValueError) as exc:
+            log.debug("%s", exc)
+            return
+        what = {"ct_invalid": "packets from agents dropped as conntrack INVALID",
+                "inside_leak": "packets dropped that would have left the LAN side with an inside source"}
+        for name, total in now.items():
+            if total > self.nft_seen.get(name, 0):
+                log.warning("nft: %d more %s (%d so far)", total - self.nft_seen.get(name, 0), what[name], total)
+                self.nft_seen[name] = total
 
     # ---- accepting agents --------------------------------------------------
     def _on_accept(self, lsock: socket.socket) -> None:
