@@ -11,6 +11,7 @@ masquerade.  Replies come back through the TUN and are mapped per flow.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ipaddress
 import itertools
 import json
@@ -25,12 +26,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ztna import dnswire, pki, wire
+from ztna.loglimit import LogLimiter, suffix
 from ztna.names import BadName, normalize
 from ztna.tlsconn import FramedTLS, server_context
 from ztna.tun import Tun
 
 from .config import GatewayConfig
 from .nat import ClientNat, InsidePool
+from .pending import HandshakeGate
 from .policy import Policy
 
 log = logging.getLogger("ztna.gateway")
@@ -95,6 +98,25 @@ def nft_counters() -> dict[str, int]:
     return out
 
 
+def _malloc_trim() -> bool:
+    """Give freed heap pages back to the system (glibc only); False where there is no malloc_trim."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _rss_mib() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return -1
+
+
 @dataclass
 class Session:
     """One agent's tunnel."""
@@ -127,6 +149,9 @@ class Gateway:
         self.ids = itertools.count(1)
         self.counters: Counter = Counter()
         self.dns_cache: dict[str, tuple[bytes, float]] = {}
+        self.gate = HandshakeGate(max_total=cfg.max_pending, max_per_source=cfg.max_pending_per_source,
+                                  timeout=cfg.handshake_timeout, pressure_timeout=cfg.pressure_handshake_timeout)
+        self.refusal_log = LogLimiter(interval=10.0)
         self.nft_seen: dict[str, int] = dict.fromkeys(NFT_COUNTERS, 0)
         self.tun: Tun | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -216,24 +241,56 @@ class Gateway:
                 return
             peer = f"{addr[0]}:{addr[1]}"
             if len(self.sessions) >= self.cfg.max_sessions:
-                log.warning("refused %s: %d sessions already", peer, len(self.sessions))
-                sock.close()
+                self._refuse_connection(sock, peer, addr[0], f"{len(self.sessions)} sessions already")
                 continue
-            asyncio.ensure_future(self._handshake(sock, peer))
+            why = self.gate.admit(addr[0])
+            if why is not None:
+                # Refused before any TLS state exists: a flood costs an accept and a close each.
+                self._refuse_connection(sock, peer, addr[0], why)
+                continue
+            asyncio.ensure_future(self._handshake(sock, peer, addr[0], self.gate.timeout()))
 
-    async def _handshake(self, sock: socket.socket, peer: str) -> None:
+    def _refuse_connection(self, sock: socket.socket, peer: str, source: str, why: str) -> None:
+        self.counters["connections_refused"] += 1
+        sock.close()
+        quiet = self.refusal_log.allow(source, time.monotonic())
+        if quiet is not None:
+            log.warning("refused %s: %s%s", peer, why, suffix(quiet))
+
+    async def _handshake(self, sock: socket.socket, peer: str, source: str, timeout: float) -> None:
+        try:
+            ok = await self._handshake_gated(sock, peer, timeout)
+        finally:
+            if self.gate.done(source):
+                self._give_memory_back()
+        if ok is not None:
+            self._start_session(*ok)
+
+    def _give_memory_back(self) -> None:
+        # Every pending handshake held an OpenSSL object (about 45 KB with its buffers); once
+        # freed, glibc keeps those heap pages for reuse, so RSS stayed at its peak after a
+        # flood (issue 19).  A burst has drained: hand them back.
+        before = _rss_mib()
+        if _malloc_trim():
+            log.info("a burst of pending handshakes has drained: memory given back, RSS %d -> %d MB",
+                     before, _rss_mib())
+
+    async def _handshake_gated(self, sock: socket.socket, peer: str, timeout: float):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = FramedTLS(ssock, name=peer)
         try:
-            await conn.handshake(self.cfg.handshake_timeout)
+            await conn.handshake(timeout)
             identity = pki.identity_from_peercert(ssock.getpeercert())
         except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError) as exc:
             self.counters["tls_refused"] += 1
             log.warning("refused TLS from %s: %s", peer, _tls_reason(exc))
             conn.close()
-            return
+            return None
+        return conn, ssock, peer, identity
+
+    def _start_session(self, conn: FramedTLS, ssock: ssl.SSLSocket, peer: str, identity: str) -> None:
         sid = next(self.ids)
         s = Session(sid, peer, identity, conn, time.monotonic(), last_rx=time.monotonic())
         conn.on_frames = lambda frames: self._on_frames(s, frames)
