@@ -51,13 +51,14 @@ def decide(query: DNSRecord, apps: PatternSet, pool: LeasePool, now: float, *, t
         name = normalize(str(q.qname))
     except BadName as exc:
         return _formerr(query, str(exc))
-    if q.qclass != CLASS.IN or name not in apps:
+    hit = apps.match(name) if q.qclass == CLASS.IN else None
+    if hit is None:
         return Decision(forward=True, why="not a private application")
     r = query.reply(ra=1, aa=1)
     if q.qtype not in (QTYPE.A, QTYPE.ANY):
         return Decision(r, why=f"private application, {QTYPE.get(q.qtype)}: no data")
     try:
-        lease = pool.lease(name, now)
+        lease = pool.lease(name, now, group=hit if hit.startswith("*.") else None)
     except PoolExhausted as exc:
         r.header.rcode = RCODE.SERVFAIL
         r.header.aa = 0

@@ -47,7 +47,8 @@ class Agent:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
         self.pool = LeasePool(cfg.network, [cfg.address, cfg.dns_stub], idle_timeout=cfg.idle_timeout,
-                              grace=max(30.0, 3.0 * cfg.dns_ttl))
+                              grace=max(30.0, 3.0 * cfg.dns_ttl), max_leases=cfg.max_leases,
+                              max_per_wildcard=cfg.max_leases_per_wildcard)
         self.address = socket.inet_aton(cfg.address)
         # Bad input is logged once per source per interval, with a count of the lines held back.
         self.bad_log = LogLimiter(interval=10.0)
@@ -131,15 +132,29 @@ class Agent:
             now = time.monotonic()
             for lease in self.pool.expire(now):
                 log.info("lease %s %s reclaimed (idle)", lease.fqdn, lease.addr_text)
-                self.pending.pop(lease.addr, None)
-                self.announced.discard(lease.addr)
-                if self.tstate == "up":
-                    self._send(wire.control(wire.RELEASE, addr=lease.addr_text))
+                self._forget_lease(lease)
             if self.tstate == "up":
                 if now - self.last_rx > 3 * self.cfg.keepalive:
                     self.tunnel.close(f"no word from the gateway for {3 * self.cfg.keepalive:.0f}s")
                 elif now - self.last_tx > self.cfg.keepalive:
                     self._send(wire.frame(wire.KEEPALIVE))
+
+    def _forget_lease(self, lease: Lease) -> None:
+        """A lease is gone (idle, or its address given to another name): the gateway forgets it too."""
+        self.pending.pop(lease.addr, None)
+        self.announced.discard(lease.addr)
+        if self.tstate == "up":
+            self._send(wire.control(wire.RELEASE, addr=lease.addr_text))
+
+    def _pool_news(self) -> None:
+        events, reclaimed = self.pool.drain()
+        for e in events:
+            self.counters["lease_cap_reached"] += 1
+            quiet = self.bad_log.allow(("lease cap", e.split(";")[0]), time.monotonic())
+            if quiet is not None:
+                log.warning("leases: %s%s", e, suffix(quiet))
+        for lease in reclaimed:
+            self._forget_lease(lease)
 
     # ---- the TUN side (hot path) ----------------------------------------
     def _resume_tun(self) -> None:
@@ -409,6 +424,7 @@ class Agent:
         except dnswire.BadPacket as exc:
             return self._malformed(data, proto, source, str(exc))
         d = decide(q, self.cfg.patterns, self.pool, time.monotonic(), ttl=self.cfg.dns_ttl)
+        self._pool_news()
         if d.forward:
             return None
         if d.reply is None:

@@ -69,3 +69,12 @@ def test_over_long_name_gets_a_formerr_that_can_be_sent():
         assert back.header.rcode == rcode and back.header.id == 0x1234 and back.header.qr == 1
     assert decide(DNSRecord.parse(_raw_query(long_name)), APPS, LeasePool(), 0).malformed
 
+
+def test_wildcard_leases_count_against_their_pattern():
+    pool = LeasePool(max_per_wildcard=1, grace=0)
+    decide(q("x.apps.mycompany.net"), APPS, pool, 0)
+    assert pool.per_group["*.apps.mycompany.net"] == 1
+    decide(q("app.mycompany.net"), APPS, pool, 0)
+    assert pool.by_name["app.mycompany.net"].group is None
+    d = decide(q("y.apps.mycompany.net"), APPS, pool, 1)
+    assert d.lease.fqdn == "y.apps.mycompany.net" and "x.apps.mycompany.net" not in pool.by_name
