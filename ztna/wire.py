@@ -101,6 +101,7 @@ class Decoder:
             return self._feed(data, out)
         except BadFrame as exc:
             exc.frames = out
+            self._buf.clear()  # the stream is dead; what is left is the bad frame, not an unfinished one
             raise
 
     def _feed(self, data: bytes, out: list) -> list[Frame]:

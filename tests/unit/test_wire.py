@@ -101,3 +101,10 @@ def test_frames_before_a_bad_one_come_with_the_error():
     with pytest.raises(wire.BadFrame) as info:
         wire.Decoder().feed_untrusted(hello + wire.frame(wire.LEASE, b"[" * 100))
     assert [f.type for f in info.value.frames] == [wire.HELLO]
+
+
+def test_a_bad_frame_leaves_nothing_pending():
+    d = wire.Decoder()
+    with pytest.raises(wire.BadFrame):
+        d.feed_untrusted(wire.frame(wire.LEASE, b"[" * 100) + b"more bytes")
+    assert d.pending() == 0
