@@ -30,6 +30,8 @@ class AgentConfig:
     idle_timeout: float = 300.0
     keepalive: float = 15.0
     connect_timeout: float = 5.0
+    max_leases: int = 4096                # leases at once, in total
+    max_leases_per_wildcard: int = 256    # leases at once for the names below one *.domain
     log_level: str = "INFO"
     patterns: PatternSet = field(default_factory=PatternSet, repr=False, init=False)  # derived from apps
 
@@ -43,6 +45,9 @@ def load(path: Path) -> AgentConfig:
                 raise ConfigError(f"{path}: [agent] {key} = {getattr(cfg, key)} is not inside network {cfg.network}")
     except ValueError as exc:
         raise ConfigError(f"{path}: [agent] bad address or network: {exc}") from exc
+    for key in ("max_leases", "max_leases_per_wildcard"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{path}: [agent] {key} = {getattr(cfg, key)} must be at least 1")
     if cfg.address == cfg.dns_stub:
         raise ConfigError(f"{path}: [agent] address and dns_stub must differ")
     try:

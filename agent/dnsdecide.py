@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dnslib import CLASS, OPCODE, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import CLASS, OPCODE, QTYPE, RCODE, RR, A, DNSHeader, DNSRecord
 
 from ztna.names import BadName, PatternSet, normalize
 
@@ -25,33 +25,40 @@ class Decision:
     forward: bool = False
     lease: Lease | None = None
     why: str = ""
+    malformed: bool = False  # the query itself was bad (FORMERR)
+
+
+def _header_only(query: DNSRecord, rcode: int) -> DNSRecord:
+    # Header only: dnslib reads names it cannot write back (over 255 octets), so echoing the
+    # question would raise while packing the refusal (issue 19).  RFC 1035 allows an empty question.
+    return DNSRecord(DNSHeader(id=query.header.id, qr=1, opcode=query.header.opcode, rd=query.header.rd,
+                               rcode=rcode))
+
+
+def _formerr(query: DNSRecord, why: str) -> Decision:
+    return Decision(_header_only(query, RCODE.FORMERR), why=why, malformed=True)
 
 
 def decide(query: DNSRecord, apps: PatternSet, pool: LeasePool, now: float, *, ttl: int = 10) -> Decision:
     if query.header.qr:
         return Decision(why="a response, not a query: ignored")
     if query.header.opcode != OPCODE.QUERY:
-        r = query.reply()
-        r.header.rcode = RCODE.NOTIMP
-        return Decision(r, why=f"opcode {query.header.opcode} not implemented")
+        return Decision(_header_only(query, RCODE.NOTIMP), why=f"opcode {query.header.opcode} not implemented")
     if len(query.questions) != 1:
-        r = query.reply()
-        r.header.rcode = RCODE.FORMERR
-        return Decision(r, why=f"{len(query.questions)} questions; exactly one is allowed")
+        return _formerr(query, f"{len(query.questions)} questions; exactly one is allowed")
     q = query.q
     try:
         name = normalize(str(q.qname))
     except BadName as exc:
-        r = query.reply()
-        r.header.rcode = RCODE.FORMERR
-        return Decision(r, why=str(exc))
-    if q.qclass != CLASS.IN or name not in apps:
+        return _formerr(query, str(exc))
+    hit = apps.match(name) if q.qclass == CLASS.IN else None
+    if hit is None:
         return Decision(forward=True, why="not a private application")
     r = query.reply(ra=1, aa=1)
     if q.qtype not in (QTYPE.A, QTYPE.ANY):
         return Decision(r, why=f"private application, {QTYPE.get(q.qtype)}: no data")
     try:
-        lease = pool.lease(name, now)
+        lease = pool.lease(name, now, group=hit if hit.startswith("*.") else None)
     except PoolExhausted as exc:
         r.header.rcode = RCODE.SERVFAIL
         r.header.aa = 0

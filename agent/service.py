@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ztna import dnswire, pki, wire
+from ztna.loglimit import LogLimiter, suffix
 from ztna.ippacket import NO_VNET, TCP_RST, TCP_SYN, BadPacket, ip4_text, parse_untrusted, refusal_for, icmp_unreachable_for
 from ztna.tlsconn import FramedTLS, client_context
 from ztna.tun import Tun
@@ -46,7 +47,11 @@ class Agent:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
         self.pool = LeasePool(cfg.network, [cfg.address, cfg.dns_stub], idle_timeout=cfg.idle_timeout,
-                              grace=max(30.0, 3.0 * cfg.dns_ttl))
+                              grace=max(30.0, 3.0 * cfg.dns_ttl), max_leases=cfg.max_leases,
+                              max_per_wildcard=cfg.max_leases_per_wildcard)
+        self.address = socket.inet_aton(cfg.address)
+        # Bad input is logged once per source per interval, with a count of the lines held back.
+        self.bad_log = LogLimiter(interval=10.0)
         self.identity = pki.identity_of(x509.load_pem_x509_certificate(Path(cfg.cert).read_bytes()))
         self.ctx = client_context(cfg.ca, cfg.cert, cfg.key)
         self.counters: Counter = Counter()
@@ -127,15 +132,29 @@ class Agent:
             now = time.monotonic()
             for lease in self.pool.expire(now):
                 log.info("lease %s %s reclaimed (idle)", lease.fqdn, lease.addr_text)
-                self.pending.pop(lease.addr, None)
-                self.announced.discard(lease.addr)
-                if self.tstate == "up":
-                    self._send(wire.control(wire.RELEASE, addr=lease.addr_text))
+                self._forget_lease(lease)
             if self.tstate == "up":
                 if now - self.last_rx > 3 * self.cfg.keepalive:
                     self.tunnel.close(f"no word from the gateway for {3 * self.cfg.keepalive:.0f}s")
                 elif now - self.last_tx > self.cfg.keepalive:
                     self._send(wire.frame(wire.KEEPALIVE))
+
+    def _forget_lease(self, lease: Lease) -> None:
+        """A lease is gone (idle, or its address given to another name): the gateway forgets it too."""
+        self.pending.pop(lease.addr, None)
+        self.announced.discard(lease.addr)
+        if self.tstate == "up":
+            self._send(wire.control(wire.RELEASE, addr=lease.addr_text))
+
+    def _pool_news(self) -> None:
+        events, reclaimed = self.pool.drain()
+        for e in events:
+            self.counters["lease_cap_reached"] += 1
+            quiet = self.bad_log.allow(("lease cap", e.split(";")[0]), time.monotonic())
+            if quiet is not None:
+                log.warning("leases: %s%s", e, suffix(quiet))
+        for lease in reclaimed:
+            self._forget_lease(lease)
 
     # ---- the TUN side (hot path) ----------------------------------------
     def _resume_tun(self) -> None:
@@ -180,6 +199,15 @@ class Agent:
             f = parse_untrusted(buf, 10)
         except BadPacket:
             c["dropped_malformed"] += 1
+            return
+        if f.src != self.address:
+            # Only this machine's own traffic to a lease may enter the tunnel (issue 19): a forged
+            # source stops here, counted, instead of being left to the gateway.
+            c["dropped_spoofed_src"] += 1
+            quiet = self.bad_log.allow(("spoofed", f.src), now)
+            if quiet is not None:
+                log.warning("dropped a packet from %s to %s on the TUN: not this agent's address %s%s",
+                            ip4_text(f.src), ip4_text(f.dst), self.cfg.address, suffix(quiet))
             return
         lease = self.pool.by_addr.get(f.dst)
         if lease is None or lease.state == "denied":
@@ -377,7 +405,7 @@ class Agent:
                 self.transport = transport
 
             def datagram_received(self, data, addr):
-                reply = agent._dns_answer(data, "udp")
+                reply = agent._dns_answer(data, "udp", addr[0])
                 if reply is None:
                     agent.counters["dns_forwarded"] += 1
                     asyncio.ensure_future(agent._forward_udp(data, addr, self.transport))
@@ -388,24 +416,39 @@ class Agent:
         tcp = await asyncio.start_server(self._dns_tcp, self.cfg.dns_stub, 53)
         return [transport, tcp]
 
-    def _dns_answer(self, data: bytes, proto: str) -> bytes | None:
+    def _dns_answer(self, data: bytes, proto: str, source: str) -> bytes | None:
         """Bytes to answer now, b'' to drop, None to forward."""
         self.counters["dns_queries"] += 1
         try:
             q = dnswire.parse_untrusted(data)
         except dnswire.BadPacket as exc:
-            self.counters["dns_malformed"] += 1
-            log.info("malformed DNS query (%d bytes) answered FORMERR/dropped: %s", len(data), exc)
-            return dnswire.formerr_for(data) or b""
+            return self._malformed(data, proto, source, str(exc))
         d = decide(q, self.cfg.patterns, self.pool, time.monotonic(), ttl=self.cfg.dns_ttl)
+        self._pool_news()
         if d.forward:
             return None
         if d.reply is None:
             return b""
+        if d.malformed:
+            return self._malformed(data, proto, source, d.why)
+        try:
+            reply = d.reply.pack()
+        except Exception as exc:  # dnslib raises assorted types on names it read but cannot write
+            return self._malformed(data, proto, source, f"cannot answer it: {type(exc).__name__}")
         if d.lease is not None:
             self.counters["dns_leased"] += 1
             log.info("DNS %s %s -> %s (%s)", dnswire.qname_of(q), "A", d.lease.addr_text, proto)
-        return d.reply.pack()
+        return reply
+
+    def _malformed(self, data: bytes, proto: str, source: str, why: str) -> bytes:
+        """FORMERR for a bad query (nothing when it is shorter than a header), logged at a bounded rate."""
+        self.counters["dns_malformed"] += 1
+        quiet = self.bad_log.allow(("dns", source), time.monotonic())
+        if quiet is not None:
+            # The reason quotes the hostile name; a line stays short whatever came in.
+            log.info("malformed DNS query from %s over %s (%d bytes) answered FORMERR/dropped: %.160s%s",
+                     source, proto, len(data), why, suffix(quiet))
+        return dnswire.formerr_for(data) or b""
 
     async def _forward_udp(self, data: bytes, addr, transport) -> None:
         for server in self.upstreams:
@@ -424,8 +467,10 @@ class Agent:
         self.counters["dns_upstream_failed"] += 1
 
     async def _dns_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+
         async def answer(data: bytes) -> bytes | None:
-            reply = self._dns_answer(data, "tcp")
+            reply = self._dns_answer(data, "tcp", peer[0])
             return await self._forward_tcp(data) if reply is None else reply
 
         await dnswire.serve_tcp_client(reader, writer, answer, log=log)

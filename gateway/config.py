@@ -28,6 +28,9 @@ class GatewayConfig:
     handshake_timeout: float = 10.0
     keepalive: float = 15.0
     max_sessions: int = 1000
+    max_pending: int = 256               # TLS handshakes waiting at once, in total
+    max_pending_per_source: int = 32     # ... and from one source address
+    pressure_handshake_timeout: float = 2.0  # the deadline of new handshakes while half of max_pending wait
     queue_limit: int = 8 * 1024 * 1024
     log_level: str = "INFO"
 
@@ -43,6 +46,9 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
             ipaddress.IPv4Address(s)
     except ValueError as exc:
         raise ConfigError(f"{path}: [gateway] bad address: {exc}") from exc
+    for key in ("max_pending", "max_pending_per_source"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{path}: [gateway] {key} = {getattr(cfg, key)} must be at least 1")
     if not cfg.private_dns:
         raise ConfigError(f"{path}: [gateway] private_dns is empty: name the private DNS server(s)")
     table = data.get("policy", {})

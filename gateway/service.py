@@ -11,8 +11,10 @@ masquerade.  Replies come back through the TUN and are mapped per flow.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ipaddress
 import itertools
+import json
 import logging
 import os
 import signal
@@ -24,12 +26,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ztna import dnswire, pki, wire
+from ztna.loglimit import LogLimiter, suffix
 from ztna.names import BadName, normalize
 from ztna.tlsconn import FramedTLS, server_context
 from ztna.tun import Tun
 
 from .config import GatewayConfig
 from .nat import ClientNat, InsidePool
+from .pending import HandshakeGate
 from .policy import Policy
 
 log = logging.getLogger("ztna.gateway")
@@ -49,19 +53,68 @@ def nft(script: str) -> None:
 
 
 def nft_rules(tun: str, inside: str) -> str:
-    """The gateway's only nftables table: masquerade agent traffic into the LAN."""
+    """The gateway's only nftables table: masquerade agent traffic into the LAN.
+
+    Conntrack does not NAT a packet it marks INVALID (SYN+FIN, SYN+RST, no flags,
+    a bad checksum): masquerade would let it into the LAN with its inside source
+    (issue 19), so the forward chain drops it, counted in ``ct_invalid``.  A last
+    chain after source NAT drops, counted in ``inside_leak``, anything that would
+    still leave the LAN side from an inside address, whatever the reason.
+    """
     return (
         f"table ip {NFT_TABLE} {{\n"
+        f"  counter ct_invalid {{ }}\n"
+        f"  counter inside_leak {{ }}\n"
         f"  chain postrouting {{\n"
         f"    type nat hook postrouting priority srcnat; policy accept;\n"
         f"    ip saddr {inside} oifname != \"{tun}\" masquerade\n"
         f"  }}\n"
         f"  chain forward {{\n"
         f"    type filter hook forward priority filter; policy accept;\n"
+        f"    iifname \"{tun}\" ct state invalid counter name ct_invalid drop\n"
         f"    iifname \"{tun}\" ip saddr != {inside} counter drop\n"
+        f"  }}\n"
+        f"  chain guard {{\n"
+        f"    type filter hook postrouting priority srcnat + 10; policy accept;\n"
+        f"    oifname != \"{tun}\" ip saddr {inside} counter name inside_leak drop\n"
         f"  }}\n"
         f"}}\n"
     )
+
+
+NFT_COUNTERS = ("ct_invalid", "inside_leak")
+
+
+def nft_counters() -> dict[str, int]:
+    """Packets counted so far by the table's named counters."""
+    p = subprocess.run(["nft", "-j", "list", "counters", "table", "ip", NFT_TABLE], capture_output=True, text=True)
+    if p.returncode:
+        raise NftError(f"nft cannot list the counters of {NFT_TABLE}: {p.stderr.strip()}")
+    out = {}
+    for item in json.loads(p.stdout).get("nftables", []):
+        c = item.get("counter")
+        if c and c.get("name") in NFT_COUNTERS:
+            out[c["name"]] = int(c.get("packets", 0))
+    return out
+
+
+def _malloc_trim() -> bool:
+    """Give freed heap pages back to the system (glibc only); False where there is no malloc_trim."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def _rss_mib() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return -1
 
 
 @dataclass
@@ -96,6 +149,10 @@ class Gateway:
         self.ids = itertools.count(1)
         self.counters: Counter = Counter()
         self.dns_cache: dict[str, tuple[bytes, float]] = {}
+        self.gate = HandshakeGate(max_total=cfg.max_pending, max_per_source=cfg.max_pending_per_source,
+                                  timeout=cfg.handshake_timeout, pressure_timeout=cfg.pressure_handshake_timeout)
+        self.refusal_log = LogLimiter(interval=10.0)
+        self.nft_seen: dict[str, int] = dict.fromkeys(NFT_COUNTERS, 0)
         self.tun: Tun | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -130,7 +187,8 @@ class Gateway:
                      ", ".join(self.cfg.private_dns))
             await stop.wait()
             ticker.cancel()
-            log.info("stopping")
+            await self._read_nft()
+            log.info("stopping; dropped by nftables: %s", ", ".join(f"{k} {v}" for k, v in self.nft_seen.items()))
         finally:
             for s in list(self.sessions.values()):
                 s.conn.send(wire.control(wire.CLOSE, reason="gateway stopping"))
@@ -154,6 +212,22 @@ class Gateway:
                     s.conn.close(f"no word from the agent for {3 * self.cfg.keepalive:.0f}s")
                 elif s.nat is not None and n % 10 == 0:
                     s.nat.expire(now)
+            if n % 2 == 0:
+                await self._read_nft()
+
+    async def _read_nft(self) -> None:
+        # The drops happen in the kernel; say so in the log as they grow, so an operator sees them.
+        try:
+            now = await self.loop.run_in_executor(None, nft_counters)
+        except (NftError, ValueError) as exc:
+            log.debug("%s", exc)
+            return
+        what = {"ct_invalid": "packets from agents dropped as conntrack INVALID",
+                "inside_leak": "packets dropped that would have left the LAN side with an inside source"}
+        for name, total in now.items():
+            if total > self.nft_seen.get(name, 0):
+                log.warning("nft: %d more %s (%d so far)", total - self.nft_seen.get(name, 0), what[name], total)
+                self.nft_seen[name] = total
 
     # ---- accepting agents --------------------------------------------------
     def _on_accept(self, lsock: socket.socket) -> None:
@@ -167,24 +241,56 @@ class Gateway:
                 return
             peer = f"{addr[0]}:{addr[1]}"
             if len(self.sessions) >= self.cfg.max_sessions:
-                log.warning("refused %s: %d sessions already", peer, len(self.sessions))
-                sock.close()
+                self._refuse_connection(sock, peer, addr[0], f"{len(self.sessions)} sessions already")
                 continue
-            asyncio.ensure_future(self._handshake(sock, peer))
+            why = self.gate.admit(addr[0])
+            if why is not None:
+                # Refused before any TLS state exists: a flood costs an accept and a close each.
+                self._refuse_connection(sock, peer, addr[0], why)
+                continue
+            asyncio.ensure_future(self._handshake(sock, peer, addr[0], self.gate.timeout()))
 
-    async def _handshake(self, sock: socket.socket, peer: str) -> None:
+    def _refuse_connection(self, sock: socket.socket, peer: str, source: str, why: str) -> None:
+        self.counters["connections_refused"] += 1
+        sock.close()
+        quiet = self.refusal_log.allow(source, time.monotonic())
+        if quiet is not None:
+            log.warning("refused %s: %s%s", peer, why, suffix(quiet))
+
+    async def _handshake(self, sock: socket.socket, peer: str, source: str, timeout: float) -> None:
+        try:
+            ok = await self._handshake_gated(sock, peer, timeout)
+        finally:
+            if self.gate.done(source):
+                self._give_memory_back()
+        if ok is not None:
+            self._start_session(*ok)
+
+    def _give_memory_back(self) -> None:
+        # Every pending handshake held an OpenSSL object (about 45 KB with its buffers); once
+        # freed, glibc keeps those heap pages for reuse, so RSS stayed at its peak after a
+        # flood (issue 19).  A burst has drained: hand them back.
+        before = _rss_mib()
+        if _malloc_trim():
+            log.info("a burst of pending handshakes has drained: memory given back, RSS %d -> %d MB",
+                     before, _rss_mib())
+
+    async def _handshake_gated(self, sock: socket.socket, peer: str, timeout: float):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = FramedTLS(ssock, name=peer)
         try:
-            await conn.handshake(self.cfg.handshake_timeout)
+            await conn.handshake(timeout)
             identity = pki.identity_from_peercert(ssock.getpeercert())
         except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError) as exc:
             self.counters["tls_refused"] += 1
             log.warning("refused TLS from %s: %s", peer, _tls_reason(exc))
             conn.close()
-            return
+            return None
+        return conn, ssock, peer, identity
+
+    def _start_session(self, conn: FramedTLS, ssock: ssl.SSLSocket, peer: str, identity: str) -> None:
         sid = next(self.ids)
         s = Session(sid, peer, identity, conn, time.monotonic(), last_rx=time.monotonic())
         conn.on_frames = lambda frames: self._on_frames(s, frames)

@@ -47,21 +47,26 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ztna"),
-        x509.NameAttribute(NameOID.COMMON_NAME, cn),
-    ])
+def _name(cn: str | None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ztna")]
+    if cn is not None:  # None only for tests of a certificate that names no identity
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+    return x509.Name(attrs)
 
 
-def new_ca(common_name: str, *, now: dt.datetime, days: int = 3650) -> Issued:
-    """A self-signed CA that may sign leaves only (path length 0)."""
+def new_ca(common_name: str, *, now: dt.datetime, days: int = 3650, parent: Issued | None = None) -> Issued:
+    """A CA that may sign leaves only (path length 0): self-signed, or signed by ``parent``.
+
+    A CA signed by another path-length-0 CA is past its parent's path length, so no
+    verifier accepts what it signs; the tests use one to check that refusal.
+    """
     key = new_key()
     name = _name(common_name)
+    signer = parent.key if parent is not None else key
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(parent.cert.subject if parent is not None else name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -76,7 +81,7 @@ def new_ca(common_name: str, *, now: dt.datetime, days: int = 3650) -> Issued:
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(signer, hashes.SHA256())
     )
     return Issued(cert, key)
 
@@ -93,7 +98,7 @@ def _san_entries(dns_names: list[str], ips: list[str]) -> list[x509.GeneralName]
 
 def issue(
     ca: Issued,
-    common_name: str,
+    common_name: str | None,
     *,
     kind: str,
     now: dt.datetime,
@@ -108,7 +113,9 @@ def issue(
     ``agent`` and ``client`` leaves carry clientAuth, ``gateway`` and ``server``
     serverAuth (a gateway also connects out, so it gets both).  The identity an
     agent proves is its common name.  A negative ``days`` makes an already
-    expired certificate, which the tests use to check refusals.
+    expired certificate, a ``not_before`` in the future one not yet valid, and
+    ``common_name=None`` one that names no identity; the tests use them to check
+    refusals.
     """
     if kind not in KINDS or kind == "ca":
         raise PKIError(f"unknown certificate kind {kind!r}; use one of agent, gateway, server, client")

@@ -91,8 +91,13 @@ class FramedTLS:
             try:
                 frames.extend(self.decoder.feed_untrusted(data))
             except wire.BadFrame as exc:
+                # The good frames before the bad one are still the peer's word (a HELLO is answered);
+                # then the peer is told why, and the connection closes.
+                frames.extend(exc.frames)
                 self._deliver(frames)
-                self.close(f"protocol error: {exc}")
+                reason = f"protocol error: {exc}"
+                self.send(wire.control(wire.CLOSE, reason=reason))
+                self.close(reason)
                 return
         else:
             # Read budget spent: come back after the others had their turn.

@@ -18,8 +18,12 @@ frames into one TLS write.
       KEEPALIVE                     <--->  KEEPALIVE
       CLOSE {reason}                <--->  CLOSE {reason}
 
-A frame of unknown type, an over-long frame or JSON that is not an object is a
-protocol error: :class:`BadFrame`, and the connection is closed.
+A frame of unknown type, an over-long frame, JSON that is not an object or is
+nested deeper than ``MAX_DEPTH`` is a protocol error: :class:`BadFrame`, and the
+connection is closed.  The nesting is measured on the bytes before ``json.loads``
+sees them: the parser recurses once per level, and a payload of 4,000 brackets
+raised RecursionError, which escaped the decoder and left the session open
+(issue 19).
 """
 
 from __future__ import annotations
@@ -45,12 +49,21 @@ NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", LEASE: "LEASE", LEASE_RESULT: "LEAS
 
 HEADER = 4
 MAX_CONTROL = 4096
+MAX_DEPTH = 8  # control objects are flat: {"fqdn": ..., "addr": ...}; 8 leaves room to grow
 MAX_DATA = 10 + 65535 + 64  # vnet header + the largest IPv4 packet, with slack
 VNET_HDR_LEN = 10
 
 
 class BadFrame(Exception):
-    """The peer sent bytes that are not a valid frame stream."""
+    """The peer sent bytes that are not a valid frame stream.
+
+    ``frames`` holds the valid frames decoded before the bad one in the same
+    feed, so a caller can act on them (answer a HELLO) before it closes.
+    """
+
+    def __init__(self, message: str, frames: list | None = None):
+        super().__init__(message)
+        self.frames = frames or []
 
 
 def frame(ftype: int, payload: bytes = b"") -> bytes:
@@ -83,9 +96,17 @@ class Decoder:
 
     def feed_untrusted(self, data: bytes) -> list[Frame]:
         """Add received bytes; return every complete frame.  Raises only BadFrame."""
+        out: list[Frame] = []
+        try:
+            return self._feed(data, out)
+        except BadFrame as exc:
+            exc.frames = out
+            self._buf.clear()  # the stream is dead; what is left is the bad frame, not an unfinished one
+            raise
+
+    def _feed(self, data: bytes, out: list) -> list[Frame]:
         buf = self._buf
         buf += data
-        out: list[Frame] = []
         pos = 0
         n = len(buf)
         while n - pos >= HEADER:
@@ -117,12 +138,40 @@ class Decoder:
         return len(self._buf)
 
 
+def _nesting(payload: bytes | bytearray, limit: int) -> int:
+    """How deep the JSON arrays and objects of ``payload`` nest (strings skipped), stopping past ``limit``."""
+    depth = deepest = 0
+    in_str = esc = False
+    for b in payload:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:  # backslash
+                esc = True
+            elif b == 0x22:  # quote
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b == 0x5B or b == 0x7B:  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        elif b == 0x5D or b == 0x7D:  # ] }
+            depth -= 1
+    return deepest
+
+
 def _fields_untrusted(ftype: int, payload: bytes) -> dict:
     if not payload:
         return {}
+    depth = _nesting(payload, MAX_DEPTH)
+    if depth > MAX_DEPTH:
+        raise BadFrame(f"{NAMES[ftype]} payload is nested deeper than {MAX_DEPTH} levels")
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BadFrame(f"{NAMES[ftype]} payload is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise BadFrame(f"{NAMES[ftype]} payload is not a JSON object")

@@ -16,6 +16,7 @@ def write(tmp_path, body):
 def test_a_good_file_loads_and_derives_the_patterns(tmp_path):
     cfg = load(write(tmp_path, 'apps = ["app.mycompany.net", "*.apps.mycompany.net"]\n'))
     assert cfg.patterns.match("x.apps.mycompany.net") == "*.apps.mycompany.net"
+    assert (cfg.max_leases, cfg.max_leases_per_wildcard) == (4096, 256)  # the documented defaults
 
 
 @pytest.mark.parametrize("body,msg", [
@@ -25,6 +26,7 @@ def test_a_good_file_loads_and_derives_the_patterns(tmp_path):
     ('apps = []\n', "apps is empty"),
     ('apps = ["app.mycompany.net"]\ndns_stub = "10.0.0.2"\n', "not inside network"),
     ('apps = ["a*b.mycompany.net"]\n', "wildcard"),
+    ('apps = ["app.mycompany.net"]\nmax_leases_per_wildcard = 0\n', "max_leases_per_wildcard = 0 must be at least 1"),
 ])
 def test_bad_settings_are_refused_by_name(tmp_path, body, msg):
     with pytest.raises(ConfigError, match=msg):

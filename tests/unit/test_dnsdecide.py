@@ -53,3 +53,28 @@ def test_multiple_questions_formerr_and_responses_ignored():
     r.header.qr = 1
     d = decide(r, APPS, LeasePool(), 0)
     assert d.reply is None and not d.forward
+
+
+def _raw_query(name_wire, opcode=0):
+    import struct
+    return struct.pack("!HHHHHH", 0x1234, (opcode << 11) | 0x0100, 1, 0, 0, 0) + name_wire + struct.pack("!HH", 1, 1)
+
+
+def test_over_long_name_gets_a_formerr_that_can_be_sent():
+    # 320 octets: dnslib reads it but cannot write it back, so the refusal must not echo it (issue 19).
+    long_name = b"".join(bytes([63]) + b"a" * 63 for _ in range(5)) + b"\0"
+    for opcode, rcode in ((0, RCODE.FORMERR), (2, RCODE.NOTIMP)):
+        d = decide(DNSRecord.parse(_raw_query(long_name, opcode)), APPS, LeasePool(), 0)
+        back = DNSRecord.parse(d.reply.pack())
+        assert back.header.rcode == rcode and back.header.id == 0x1234 and back.header.qr == 1
+    assert decide(DNSRecord.parse(_raw_query(long_name)), APPS, LeasePool(), 0).malformed
+
+
+def test_wildcard_leases_count_against_their_pattern():
+    pool = LeasePool(max_per_wildcard=1, grace=0)
+    decide(q("x.apps.mycompany.net"), APPS, pool, 0)
+    assert pool.per_group["*.apps.mycompany.net"] == 1
+    decide(q("app.mycompany.net"), APPS, pool, 0)
+    assert pool.by_name["app.mycompany.net"].group is None
+    d = decide(q("y.apps.mycompany.net"), APPS, pool, 1)
+    assert d.lease.fqdn == "y.apps.mycompany.net" and "x.apps.mycompany.net" not in pool.by_name

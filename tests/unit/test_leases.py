@@ -107,3 +107,53 @@ def test_agrees_with_naive_model_on_which_names_hold_addresses():
             naive.leases[n][1] = now
         assert set(pool.by_name) == set(naive.leases)
         assert len({l.addr for l in pool.by_name.values()}) == len(pool.by_name)
+
+
+def test_wildcard_cap_reclaims_the_oldest_idle_of_that_wildcard():
+    pool = LeasePool(max_per_wildcard=3, grace=5)
+    w = "*.apps.example"
+    exact = pool.lease("app.example", 0)
+    a, b, c = (pool.lease(f"{n}.apps.example", t, group=w) for t, n in ((1, "a"), (2, "b"), (3, "c")))
+    pool.note_packet(a, "flow", 50)  # a is busy, b the oldest idle one
+    d = pool.lease("d.apps.example", 60, group=w)
+    assert d.addr == b.addr and "b.apps.example" not in pool.by_name
+    assert pool.per_group[w] == 3 and pool.get(exact.addr) is exact  # exact names are not the wildcard's
+    events, reclaimed = pool.drain()
+    assert reclaimed == [b] and "max_leases_per_wildcard" in events[0] and "b.apps.example" in events[0]
+    assert pool.drain() == ([], [])
+    assert c.fqdn in pool.by_name
+
+
+def test_wildcard_cap_with_every_lease_busy_gives_no_lease():
+    pool = LeasePool(max_per_wildcard=2, grace=30)
+    w = "*.apps.example"
+    pool.lease("a.apps.example", 0, group=w)
+    pool.lease("b.apps.example", 1, group=w)
+    with pytest.raises(PoolExhausted, match="max_leases_per_wildcard"):
+        pool.lease("c.apps.example", 2, group=w)  # both answered just now: their clients may connect yet
+    assert "every one busy" in pool.drain()[0][0]
+    assert pool.lease("other.apps2.example", 2, group="*.apps2.example")  # another wildcard has its own cap
+
+
+def test_total_cap_reclaims_the_oldest_idle_lease():
+    pool = LeasePool(max_leases=3, grace=5)
+    leases = [pool.lease(f"n{i}.example", i) for i in range(3)]
+    new = pool.lease("late.example", 100)
+    assert new.addr == leases[0].addr and len(pool) == 3
+    assert pool.drain()[1] == [leases[0]]
+
+
+def test_caps_against_a_naive_model():
+    rng = random.Random(19)
+    pool = LeasePool(max_leases=12, max_per_wildcard=5, grace=0, idle_timeout=1e9)
+    for t in range(3000):
+        g = rng.choice(["*.a.example", "*.b.example", None])
+        name = f"n{rng.randrange(40)}.{g[2:] if g else 'exact.example'}"
+        try:
+            pool.lease(name, float(t), group=g)
+        except PoolExhausted:
+            pass
+        pool.drain()
+        assert len(pool) <= 12 and len(pool.by_addr) == len(pool)
+        for grp in ("*.a.example", "*.b.example"):
+            assert sum(1 for l in pool.by_name.values() if l.group == grp) == pool.per_group[grp] <= 5

@@ -80,3 +80,31 @@ def test_a_valid_prefix_survives_garbage_after_it():
     assert len(frames) == 4
     with pytest.raises(wire.BadFrame):
         d.feed_untrusted(bytes([0x7F]) + os.urandom(64))
+
+
+def test_deep_nesting_is_a_bad_frame_checked_before_parsing():
+    # 2,000 brackets once raised RecursionError out of json.loads (issue 19).
+    deep = wire.frame(wire.LEASE, b'{"fqdn":' + b"[" * 2000 + b"]" * 2000 + b"}")
+    with pytest.raises(wire.BadFrame, match="nested deeper than 8"):
+        wire.Decoder().feed_untrusted(deep)
+
+
+def test_nesting_up_to_the_bound_passes_and_brackets_in_strings_do_not_count():
+    ok = b'{"a":' + b"[" * 7 + b"]" * 7 + b',"s":"[[[[[[[[[[\\"{{{{{{{{{{"}'
+    assert wire.Decoder().feed_untrusted(wire.frame(wire.LEASE, ok))[0].fields["s"] == '[[[[[[[[[["{{{{{{{{{{'
+    with pytest.raises(wire.BadFrame, match="nested"):
+        wire.Decoder().feed_untrusted(wire.frame(wire.LEASE, b'{"a":' + b"[" * 8 + b"]" * 8 + b"}"))
+
+
+def test_frames_before_a_bad_one_come_with_the_error():
+    hello = wire.control(wire.HELLO, version=1, tunnel_addr="100.64.0.1")
+    with pytest.raises(wire.BadFrame) as info:
+        wire.Decoder().feed_untrusted(hello + wire.frame(wire.LEASE, b"[" * 100))
+    assert [f.type for f in info.value.frames] == [wire.HELLO]
+
+
+def test_a_bad_frame_leaves_nothing_pending():
+    d = wire.Decoder()
+    with pytest.raises(wire.BadFrame):
+        d.feed_untrusted(wire.frame(wire.LEASE, b"[" * 100) + b"more bytes")
+    assert d.pending() == 0
