@@ -1,18 +1,69 @@
-"""Send DNS queries to a server over UDP or TCP and report what came back; run inside a lab namespace.
+"""Malformed DNS queries: the cases (``cases``), and a program that sends them and reports what came back.
 
     python dnsfuzz.py udp|tcp SERVER CASES.json
 
 CASES.json is a list of hex strings, one DNS message each.  Prints one JSON
 line: for each case the reply's RCODE name, ``none`` (no reply in time) or,
-over TCP, ``closed`` (the server closed without a reply).
+over TCP, ``closed`` (the server closed without a reply).  The lab tests build
+the cases with ``cases()`` (imported: tests/lab is on their path) and run the
+program inside a lab namespace.
 """
 
 import json
+import random
 import socket
 import struct
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+def query(name_wire: bytes, qid: int = 0x1234, qtype: int = 1, qdcount: int = 1) -> bytes:
+    return struct.pack("!HHHHHH", qid, 0x0100, qdcount, 0, 0, 0) + name_wire + struct.pack("!HH", qtype, 1)
+
+
+def wire_name(name: str) -> bytes:
+    return b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+
+
+def cases(name: str, *, seed: int = 19, mutations: int = 150) -> dict[str, list[bytes]]:
+    """Malformed queries built from a valid one for ``name``, by kind; bounded and repeatable (``seed``).
+
+    Every kind but ``mutated`` is malformed for certain; a mutation may still
+    be a valid query (or read as a response), so only most of those are.
+    """
+    rng = random.Random(seed)
+    valid = query(wire_name(name))
+    chain = b"".join(bytes([49]) + b"b" * 49 for _ in range(5))  # 250 octets of labels
+    return {
+        # Five 63-octet labels: 320 octets.  Then 250 octets and a pointer back to them: over 255 by the pointer.
+        "over-long name (labels)": [query(b"".join(bytes([63]) + b"a" * 63 for _ in range(5)) + b"\0", qid=0x0a0a)],
+        "over-long name (pointer)": [query(chain + b"\0", qid=0x4321, qdcount=2) + chain + b"\xc0\x0c"
+                                     + struct.pack("!HH", 1, 1)],
+        "label over 63": [query(bytes([64]) + b"b" * 64 + b"\x07example\0", qid=0x0a0b)],
+        "pointer loop": [query(b"\xc0\x0c", qid=0x0b0b), query(b"\x01a\xc0\x0c", qid=0x0b0c),
+                         query(b"\x03www\xc0\x12\x03abc\xc0\x0c", qid=0x0b0d),  # a loop of two
+                         query(b"\xc0\xff", qid=0x0b0e)],  # a pointer past the end
+        "truncated": [valid[:n] for n in range(12, len(valid))],
+        "mutated": [_mutate(rng, valid) for _ in range(mutations)],
+    }
+
+
+def _mutate(rng: random.Random, valid: bytes) -> bytes:
+    m = bytearray(valid)
+    kind = rng.randrange(4)
+    if kind == 0:
+        for _ in range(rng.randint(1, 4)):
+            m[rng.randrange(12, len(m))] = rng.randrange(256)  # the question, not the header: mostly malformed
+    elif kind == 1:
+        i = rng.randrange(12, len(m))
+        m[i:i] = rng.randbytes(rng.randint(1, 8))
+    elif kind == 2:
+        i = rng.randrange(12, len(m))
+        del m[i:i + rng.randint(1, 4)]
+    else:
+        m[4:12] = struct.pack("!HHHH", *(rng.choice((0, 2, 255, 65535)) for _ in range(4)))  # counts that lie
+    return bytes(m)
+
 
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
