@@ -40,10 +40,13 @@ class Resolver:
         self._udp: list[socket.socket] = []
 
     # ---- one message -------------------------------------------------------
-    def _finish(self, rec: dict | None, t0: float) -> None:
-        if rec is not None:
-            rec["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-            self.qlog.write(rec)
+    def _finish(self, out: Reply | Drop, t0: float) -> None:
+        """Write ``out``'s query-log line with its latency (a memo hit's comes as the line so far)."""
+        if type(out) is Reply and out.line is not None:
+            self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
+        elif out.log is not None:
+            out.log["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+            self.qlog.write(out.log)
 
     def on_message(self, data: bytes, source: str, send, *, tcp: bool) -> None:
         """Handle one query; ``send(bytes)`` delivers the answer (now or after forwarding)."""
@@ -53,10 +56,7 @@ class Resolver:
     def _dispatch(self, out, send, t0: float) -> None:
         if type(out) is Reply:
             send(out.data)
-            if out.line is not None:
-                self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
-            else:
-                self._finish(out.log, t0)
+            self._finish(out, t0)
         elif type(out) is Forward:
             waiters = self._inflight.get(out.key)
             if waiters is not None:
@@ -65,7 +65,7 @@ class Resolver:
             self._inflight[out.key] = [(out, send, t0)]
             asyncio.get_running_loop().create_task(self._forward(out.key, out.question))
         else:
-            self._finish(out.log, t0)
+            self._finish(out, t0)
 
     def _drain_udp(self, sock: socket.socket) -> None:
         """Answer every datagram waiting on ``sock`` (up to a batch), without a wake-up per packet.
@@ -90,11 +90,7 @@ class Resolver:
                         sock.sendto(out.data, addr)
                     except OSError as exc:  # full send buffer or unreachable client: this answer is lost
                         log.debug("udp send to %s: %s", addr[0], exc)
-                    if out.line is not None:
-                        self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
-                    elif out.log is not None:
-                        out.log["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-                        self.qlog.write(out.log)
+                    self._finish(out, t0)
                 else:
                     self._dispatch(out, functools.partial(_sendto, sock, addr), t0)
             except Exception:  # a bug on one query must not stop the listener
@@ -162,7 +158,7 @@ class Resolver:
                 send(out.data)
             except OSError as exc:
                 log.info("could not answer %s: %s", fwd.log.get("client"), exc)
-            self._finish(out.log, t0)
+            self._finish(out, t0)
 
     # ---- listeners -----------------------------------------------------------
     async def start(self) -> list:
