@@ -11,11 +11,13 @@ import os
 import signal
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from .flow import Tunnel
 from .lab import Lab
-from .report import Step, render, write
+from .report import Step, keep_pcaps, render, topology_doc, write, write_html
 from .topology import Topology
 
 
@@ -29,6 +31,11 @@ class Scenario:
     # Commands a person may try once ``ztna lab up NAME`` has built it;
     # ``{ztna}`` is the running ztna command, ``{run}`` the lab's state directory.
     try_this: list[str] = []
+    # For the report's picture: addresses (or networks) that belong to a lifeline
+    # although no interface of the topology carries them (a TUN's addresses, leased
+    # addresses standing for an application), and the tunnels to draw as bands.
+    aliases: dict[str, str] = {}
+    tunnels: list[Tunnel] = []
 
     def topology(self) -> Topology:
         raise NotImplementedError
@@ -91,11 +98,17 @@ def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print,
         lab.stop_captures()
         phase("checking every step against the captures")
         steps = sc.verify(lab, seen)
-        report = write(lab.report_dir / f"{sc.name}.json", sc.name, steps, {"pcap_dir": str(lab.pcap_dir), "seen": _jsonable(seen)})
+        folder = lab.report_dir / sc.name
+        kept = keep_pcaps(lab.pcap_dir, folder)
+        report = write(folder / "report.json", sc.name, steps, {
+            "summary": sc.summary, "pcap_dir": str(lab.pcap_dir), "kept_pcaps": str(kept),
+            "topology": topology_doc(lab.topo), "aliases": dict(sc.aliases),
+            "tunnels": [asdict(t) for t in sc.tunnels], "seen": _jsonable(seen)})
+        html = write_html(folder)
         say("")
         say(render(sc.name, steps, color=color))
         say("")
-        say(f"report: {report}   captures: {lab.pcap_dir}")
+        say(f"report: {report}\n        {html}   captures: {kept}")
     except BaseException as exc:
         say(f"scenario {sc.name} failed to run: {exc}")
         say(traceback.format_exc())
