@@ -106,13 +106,15 @@ def item(rec, label: str | None = None, *, frm: str = "", to: str = "") -> Item:
         return rec
     pcap, frame = _origin(rec)
     host, iface = where(pcap) if pcap else ("", "")
+    if type(rec).__module__.startswith("scapy"):  # (a scapy packet answers hasattr for its layers' fields too)
+        return _from_packet(rec, label, pcap, frame, host, iface, frm, to)
     if hasattr(rec, "qtype"):  # evidence.DnsMsg
         return Item(label or dns_label(rec), rec.time, host, iface, rec.src, rec.dst, getattr(rec, "sport", None),
                     rec.dport, getattr(rec, "proto", "udp"), pcap, frame, frm, to)
     if hasattr(rec, "flags") and hasattr(rec, "seq"):  # evidence.Seg
         return Item(label or seg_label(rec), rec.time, host, iface, rec.src, rec.dst, rec.sport, rec.dport, "tcp",
                     pcap, frame, frm, to)
-    return _from_packet(rec, label, pcap, frame, host, iface, frm, to)
+    raise TypeError(f"no evidence item for a {type(rec).__name__}: pass a DnsMsg, a Seg, a scapy packet or a flow.Item")
 
 
 def _from_packet(p, label, pcap, frame, host, iface, frm, to) -> Item:

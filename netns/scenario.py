@@ -116,7 +116,8 @@ def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print,
             if not p.alive():
                 say(f"  {p.name} had exited; last lines of {p.log}:")
                 say("    " + "\n    ".join(Path(p.log).read_text(errors="replace").splitlines()[-15:]))
-        steps = steps or [Step("-", f"scenario ran to the end ({type(exc).__name__}: {exc})")]
+        # Even after every step passed, a run that broke (say, writing its report) has failed.
+        steps = steps + [Step("-", f"scenario ran to the end ({type(exc).__name__}: {exc})")]
         if isinstance(exc, KeyboardInterrupt):
             raise
     finally:
