@@ -22,6 +22,7 @@ from dataclasses import dataclass
 PASS_COLOUR, FAIL_COLOUR = "#1a7f37", "#cf222e"
 ROW, HEAD, TOP = 22, 24, 64
 LEFT = 250
+NO_TIME = "\u2013"  # an item without a time (a note read from a file)
 
 
 def _e(text) -> str:
@@ -229,7 +230,7 @@ def _arrow(it: dict, s: dict, verdict: str, frm: str, to: str, x: dict, y: int, 
                  f'marker-end="url(#head-{verdict})"/>')
         tx = min(x1, x2) + 6
     return (f'<g {attrs}><title>{_e(title)}</title>'
-            f'<text x="8" y="{mid + 1}" class="time">{_e(_rel(it.get("time"), t0) or "(no time)")}</text>'
+            f'<text x="8" y="{mid + 1}" class="time">{_e(_rel(it.get("time"), t0) or NO_TIME)}</text>'
             f'<text x="{LEFT - 184}" y="{mid + 1}" class="num">{_e(_clip(s["number"], 13))}</text>'
             f'<text x="{LEFT - 94}" y="{mid + 1}" class="where">{_e(_clip(where, 14))}</text>'
             f'{shape}<text x="{tx}" y="{mid - 4}" class="label">{_e(_clip(label, 120))}</text></g>')

@@ -210,6 +210,11 @@ class AgentScenario(Scenario):
             if sh["selected"] == "TLSv1.3" and auth:
                 steps[4].passed("gateway log: " + auth[0].split(" INFO ", 1)[-1],
                             flow.note("gateway", f"log: identity {ident} authenticated by its certificate"))
+        elif syn_gw:
+            # No handshake: say what the gateway's address answered instead (a RST when nothing listens).
+            answer = next((s for s in segs if s.src == GW_PUBLIC and s.sport == 443 and s.dport == port), None)
+            steps[4].see(f"{at(syn_gw[0].time)} {host}:eth0  SYN {client_ip} -> {GW_PUBLIC}:443, answered "
+                         f"{answer.flags if answer else 'by nothing'}; no TLS handshake", syn_gw[0], answer)
         # 6. only the tunnel on the uplink
         inner = evidence.touching(up, LAN) + evidence.touching(up, AGENT_NET)
         appdata = [s for s in segs if s.payload and {s.src, s.dst} == {client_ip, GW_PUBLIC}]
