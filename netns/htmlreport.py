@@ -22,6 +22,7 @@ from dataclasses import dataclass
 PASS_COLOUR, FAIL_COLOUR = "#1a7f37", "#cf222e"
 ROW, HEAD, TOP = 22, 24, 64
 LEFT = 250
+LABEL_CHARS = 120
 NO_TIME = "\u2013"  # an item without a time (a note read from a file)
 
 
@@ -159,7 +160,15 @@ def diagram(doc: dict) -> str:
     t0 = _t0(steps)
     gap = 150 if len(hosts) <= 6 else 120
     x = {h: LEFT + 40 + i * gap for i, h in enumerate(hosts)}
-    width = LEFT + 40 + gap * max(len(hosts) - 1, 0) + 420
+    # As wide as the lifelines and the longest arrow label need (11px monospace: about 6.7px a character).
+    right = LEFT + 40 + gap * max(len(hosts) - 1, 0) + 60
+    for s in steps:
+        for it in s.get("items", []):
+            frm, to = arrow_ends(it, places, hosts)
+            start = (x[frm] + 28) if frm == to else min(x[frm], x[to]) + 6
+            right = max(right, int(start + 6.7 * min(len(arrow_label(it)), LABEL_CHARS)) + 12)
+    width = max(right, 720)
+    head_chars = (width - 16) // 7
     body: list[str] = []
     bands: list[str] = []
     y = TOP
@@ -170,11 +179,11 @@ def diagram(doc: dict) -> str:
                     f'<title>{_e(s["text"])}</title>'
                     f'<rect x="0" y="{y}" width="{width}" height="{HEAD}" class="band {verdict}"/>'
                     f'<a href="#step-{_e(s["number"])}"><text x="8" y="{y + 16}" class="stephead">'
-                    f'{_e(s["number"])}  {word}  {_e(_clip(s["text"], 140))}</text></a></g>')
+                    f'{_e(s["number"])}  {word}  {_e(_clip(s["text"], head_chars))}</text></a></g>')
         y += HEAD
         if not s.get("ok"):
             body.append(f'<text x="24" y="{y + 14}" class="reason" data-step="{_e(s["number"])}">'
-                        f'<title>{_e(reason(s))}</title>{_e(_clip(reason(s), 150))}</text>')
+                        f'<title>{_e(reason(s))}</title>{_e(_clip(reason(s), head_chars))}</text>')
             y += ROW
         for it in _sorted_items(s):
             frm, to = arrow_ends(it, places, hosts)
@@ -233,7 +242,7 @@ def _arrow(it: dict, s: dict, verdict: str, frm: str, to: str, x: dict, y: int, 
             f'<text x="8" y="{mid + 1}" class="time">{_e(_rel(it.get("time"), t0) or NO_TIME)}</text>'
             f'<text x="{LEFT - 184}" y="{mid + 1}" class="num">{_e(_clip(s["number"], 13))}</text>'
             f'<text x="{LEFT - 94}" y="{mid + 1}" class="where">{_e(_clip(where, 14))}</text>'
-            f'{shape}<text x="{tx}" y="{mid - 4}" class="label">{_e(_clip(label, 120))}</text></g>')
+            f'{shape}<text x="{tx}" y="{mid - 4}" class="label">{_e(_clip(label, LABEL_CHARS))}</text></g>')
 
 
 def grid(doc: dict) -> str:
