@@ -182,7 +182,14 @@ def last_data(segs: list[evidence.Seg], src: str, dst: str, *, sport=None, dport
 def _log_note(rec: dict | None) -> flow.Item | None:
     if not rec:
         return None
-    return flow.note("proxy", f"log: {rec.get('name')} decision={rec.get('decision')} decrypted={rec.get('decrypted')}")
+    import datetime as dt
+
+    try:  # the line is written as the connection ends, and carries that time
+        t = dt.datetime.fromisoformat(rec["ts"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        t = None
+    return flow.note("proxy", f"log: {rec.get('name')} decision={rec.get('decision')} decrypted={rec.get('decrypted')}"
+                     " (written at the connection's end)", t)
 
 
 def client_hello_in(data: bytes) -> tlswire.ClientHello | None:
