@@ -133,6 +133,17 @@ def note(host: str, summary: str, time: float | None = None) -> Item:
     return Item(summary, time, host, proto="note")
 
 
+def log_time(line: str) -> float | None:
+    """The time at the start of a Python log line (logging's default asctime, local time), or None."""
+    import time as _time
+
+    try:
+        stamp, ms = line[:23].split(",")
+        return _time.mktime(_time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+    except ValueError:
+        return None
+
+
 def first_data(segs, src: str, dst: str, *, sport: int | None = None, dport: int | None = None, after: float = 0.0):
     """The first segment with payload from src to dst (the one that carried a hello or a request line)."""
     for s in segs:

@@ -209,7 +209,8 @@ class AgentScenario(Scenario):
             steps[4].attach(flow.first_data(segs, GW_PUBLIC, client_ip, sport=443, dport=port), label=f"ServerHello {sh['selected']}")
             if sh["selected"] == "TLSv1.3" and auth:
                 steps[4].passed("gateway log: " + auth[0].split(" INFO ", 1)[-1],
-                            flow.note("gateway", f"log: identity {ident} authenticated by its certificate"))
+                            flow.note("gateway", f"log: identity {ident} authenticated by its certificate",
+                                      flow.log_time(auth[0])))
         elif syn_gw:
             # No handshake: say what the gateway's address answered instead (a RST when nothing listens).
             answer = next((s for s in segs if s.src == GW_PUBLIC and s.sport == 443 and s.dport == port), None)

@@ -204,3 +204,11 @@ def test_a_kept_run_draws_the_same_page_again(tmp_path):
     (pcaps / "client-eth0.pcap").unlink()  # the lab's own folder is laid anew by the next run
     assert write_html(folder).read_text() == first
     assert '<a href="pcap/client-eth0.pcap">client-eth0.pcap</a> (' in first
+
+
+def test_a_log_line_gives_its_time():
+    import time
+
+    want = time.mktime(time.strptime("2026-12-03 13:16:58", "%Y-%m-%d %H:%M:%S")) + 0.123
+    assert flow.log_time("2026-12-03 13:16:58,123 gateway INFO session 1") == want
+    assert flow.log_time("no time here") is None
