@@ -348,7 +348,18 @@ ul.items li {{ color: #57606a; }}
 p.reason {{ color: {FAIL_COLOUR}; margin: 4px 0; }}
 code {{ font-size: 12px; background: #f6f8fa; word-break: break-all; }}
 div.pcap {{ margin-bottom: 6px; }}
+p.glance a {{ display: inline-block; margin: 0 3px 3px 0; padding: 1px 5px; border-radius: 3px; font-size: 12px;
+              text-decoration: none; font-family: monospace; }}
+p.glance a.pass {{ background: #dafbe1; color: {PASS_COLOUR}; }}
+p.glance a.fail {{ background: #ffebe9; color: {FAIL_COLOUR}; font-weight: bold; }}
 """
+
+
+def glance(steps: list[dict]) -> str:
+    """Every step as a small PASS/FAIL badge linking to its details: the verdicts of a long run in one line."""
+    return ('<p class="glance">' + "".join(
+        f'<a class="{"pass" if s.get("ok") else "fail"}" href="#step-{_e(s["number"])}" title="{_e(s["text"])}">'
+        f'{_e(s["number"])}</a>' for s in steps) + "</p>")
 
 
 def render(doc: dict, *, pcaps: dict[str, int] | None = None, pcap_href: str = "pcap") -> str:
@@ -368,6 +379,7 @@ def render(doc: dict, *, pcaps: dict[str, int] | None = None, pcap_href: str = "
         + (f"<span class=\"tun\">tunnel: {_e(tunnels)}</span>" if tunnels else "")
         + "one arrow per packet a step relies on (dotted: a host's own log, file or status); "
         "time from the first packet; hover an arrow for its capture and frame</p>"
+        + glance(steps)
         + (f"<h2>Table</h2>{table}" if table else "")
         + f"<h2>Sequence</h2><div class=\"scroll\">{diagram(doc)}</div>"
         + f"<h2>Steps</h2>{step_details(doc, pcaps, pcap_href)}"

@@ -212,3 +212,22 @@ def test_a_log_line_gives_its_time():
     want = time.mktime(time.strptime("2026-12-03 13:16:58", "%Y-%m-%d %H:%M:%S")) + 0.123
     assert flow.log_time("2026-12-03 13:16:58,123 gateway INFO session 1") == want
     assert flow.log_time("no time here") is None
+
+
+def test_the_glance_line_links_every_step_with_its_verdict(tmp_path):
+    html = htmlreport.render(report_doc(tmp_path, steps_from(captures(tmp_path))))
+    glance = re.search(r'<p class="glance">(.*?)</p>', html).group(1)
+    assert re.findall(r'<a class="(\w+)" href="#step-(\w+)"', glance) == [("pass", "1"), ("pass", "2"), ("fail", "3"), ("pass", "4")]
+
+
+def test_run_open_report_prints_the_page_path_last(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from netns import cli
+
+    report = tmp_path / "reports" / "agent" / "report.json"
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(cli, "run_scenario", lambda sc, **kw: (True, [], report))
+    res = CliRunner().invoke(cli.lab, ["run", "agent", "--open-report"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[-1] == str(report.with_name("report.html"))
