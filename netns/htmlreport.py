@@ -253,7 +253,9 @@ def grid(doc: dict) -> str:
     rows = list(dict.fromkeys(s["cell"][0] for s in cells))
     cols = list(dict.fromkeys(s["cell"][1] for s in cells))
     at = {tuple(s["cell"]): s for s in cells}
-    out = ['<table class="grid"><thead><tr><th>record type asked</th>'
+    rows_name, cols_name = (doc.get("cell_axes") or ["", ""])[:2]
+    corner = f"{_e(rows_name)} \u2193 / {_e(cols_name)} \u2192" if rows_name or cols_name else ""
+    out = [f'<table class="grid"><thead><tr><th>{corner}</th>'
            + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead><tbody>"]
     for r in rows:
         out.append(f"<tr><th>{_e(r)}</th>")

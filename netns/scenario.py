@@ -36,6 +36,8 @@ class Scenario:
     # addresses standing for an application), and the tunnels to draw as bands.
     aliases: dict[str, str] = {}
     tunnels: list[Tunnel] = []
+    # What the rows and the columns of the steps' cells (Step.cell) are, for the table's corner.
+    cell_axes: tuple[str, str] = ("", "")
 
     def topology(self) -> Topology:
         raise NotImplementedError
@@ -103,7 +105,7 @@ def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print,
         report = write(folder / "report.json", sc.name, steps, {
             "summary": sc.summary, "pcap_dir": str(lab.pcap_dir), "kept_pcaps": str(kept),
             "topology": topology_doc(lab.topo), "aliases": dict(sc.aliases),
-            "tunnels": [asdict(t) for t in sc.tunnels], "seen": _jsonable(seen)})
+            "tunnels": [asdict(t) for t in sc.tunnels], "cell_axes": list(sc.cell_axes), "seen": _jsonable(seen)})
         html = write_html(folder)
         say("")
         say(render(sc.name, steps, color=color))

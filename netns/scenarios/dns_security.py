@@ -174,6 +174,7 @@ class DnsSecurity(Scenario):
 
     name = "dns-security"
     summary = "DNS security resolver: the record-type x category table of SPEC §4, block page over HTTP(S)"
+    cell_axes = ("record type asked", "category")
 
     def topology(self) -> Topology:
         t = Topology(self.name)
