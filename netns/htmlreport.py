@@ -165,7 +165,8 @@ def diagram(doc: dict) -> str:
     for s in steps:
         for it in s.get("items", []):
             frm, to = arrow_ends(it, places, hosts)
-            start = (x[frm] + 28) if frm == to else min(x[frm], x[to]) + 6
+            x1, x2 = x.get(frm, LEFT + 40), x.get(to, LEFT + 40)  # (a host the topology lacks: the first lane)
+            start = (x1 + 28) if x1 == x2 else min(x1, x2) + 6
             right = max(right, int(start + 6.7 * min(len(arrow_label(it)), LABEL_CHARS)) + 12)
     width = max(right, 720)
     head_chars = (width - 16) // 7

@@ -231,3 +231,11 @@ def test_run_open_report_prints_the_page_path_last(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli.lab, ["run", "agent", "--open-report"])
     assert res.exit_code == 0, res.output
     assert res.output.splitlines()[-1] == str(report.with_name("report.html"))
+
+
+def test_a_report_without_a_topology_still_draws_its_arrows(tmp_path):
+    steps = steps_from(captures(tmp_path))
+    doc = json.loads(write(tmp_path / "bare.json", "bare", steps).read_text())
+    page = parsed(htmlreport.render(doc))
+    assert page.lifelines == []
+    assert len(page.arrows) == sum(len(s.items) for s in steps)
