@@ -50,10 +50,17 @@ def stop(caps: list[Capture]) -> None:
 
 
 def read(path: Path) -> list:
-    """All packets of a capture (scapy objects); an empty list for an empty file."""
+    """All packets of a capture (scapy objects); an empty list for an empty file.
+
+    Each packet carries ``ztna_at`` = (file name, 1-based frame number), so the
+    evidence read from it can say where it came from (``netns.flow``).
+    """
     from scapy.utils import rdpcap  # scapy is slow to import; only analysis needs it
 
     path = Path(path)
     if not path.exists() or path.stat().st_size <= 24:
         return []
-    return list(rdpcap(str(path)))
+    pkts = list(rdpcap(str(path)))
+    for i, p in enumerate(pkts, start=1):
+        p.ztna_at = (path.name, i)
+    return pkts

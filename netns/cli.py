@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -41,9 +42,11 @@ def list_cmd(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (remove it with 'ztna lab down').")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON at the end.")
-def run_cmd(name: str, keep: bool, as_json: bool) -> None:
+@click.option("--open-report", is_flag=True, help="Print the path of the HTML report (the sequence picture) at the end.")
+def run_cmd(name: str, keep: bool, as_json: bool, open_report: bool) -> None:
     """Build scenario NAME, drive it, verify every step from the captures, tear it down.
 
+    Writes report.json, report.html and the kept pcaps under the lab's reports/NAME/.
     Exits 1 if any documented step was not observed.
     """
     _need_root()
@@ -58,7 +61,25 @@ def run_cmd(name: str, keep: bool, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from exc
     if as_json and report:
         click.echo(report.read_text())
+    if open_report and report:
+        # The path alone on the last line, so `xdg-open "$(... | tail -1)"` works; stderr under --json.
+        click.echo(str(report.with_name("report.html")), err=as_json)
     sys.exit(0 if ok else 1)
+
+
+@lab.command("report")
+@click.argument("name")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The kept run's folder (default: the lab's reports/NAME/).")
+def report_cmd(name: str, folder: Path | None) -> None:
+    """Draw report.html again for scenario NAME from its kept run (report.json and pcap/)."""
+    folder = folder or labmod.run_dir() / "reports" / name
+    if not (folder / "report.json").exists():
+        raise click.ClickException(f"no kept run of {name!r}: {folder}/report.json does not exist; "
+                                   f"run 'ztna lab run {name}' first")
+    from .report import write_html
+
+    click.echo(str(write_html(folder)))
 
 
 @lab.command("up")

@@ -30,6 +30,9 @@ class DnsMsg:
     rcode: int
     dport: int = 53
     opts: list[tuple[int, bytes]] = field(default_factory=list)  # EDNS0 options (code, data)
+    sport: int = 0
+    proto: str = "udp"
+    at: tuple = ()  # (pcap file name, frame number), from capture.read
 
 
 def dns(pkts) -> list[DnsMsg]:
@@ -62,7 +65,8 @@ def dns(pkts) -> list[DnsMsg]:
                 opts += [(o.optcode, bytes(getattr(o, "optdata", b"") or b"")) for o in getattr(rr, "rdata", [])
                          if hasattr(o, "optcode")]
         out.append(DnsMsg(float(p.time), p[IP].src, p[IP].dst, name, qtype, bool(d.qr), answers, d.rcode,
-                          int(l4.dport), opts))
+                          int(l4.dport), opts, int(l4.sport), "udp" if p.haslayer(UDP) else "tcp",
+                          getattr(p, "ztna_at", ())))
     return out
 
 
@@ -78,11 +82,13 @@ class Seg:
     flags: str
     seq: int
     payload: bytes
+    at: tuple = ()  # (pcap file name, frame number), from capture.read
 
 
 def tcp(pkts) -> list[Seg]:
     return [Seg(float(p.time), p[IP].src, int(p[TCP].sport), p[IP].dst, int(p[TCP].dport), str(p[TCP].flags),
-                int(p[TCP].seq), bytes(p[TCP].payload)) for p in pkts if p.haslayer(IP) and p.haslayer(TCP)]
+                int(p[TCP].seq), bytes(p[TCP].payload), getattr(p, "ztna_at", ()))
+            for p in pkts if p.haslayer(IP) and p.haslayer(TCP)]
 
 
 def syns(pkts, dst: str | None = None, dport: int | None = None) -> list[Seg]:

@@ -11,11 +11,13 @@ import os
 import signal
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from .flow import Tunnel
 from .lab import Lab
-from .report import Step, render, write
+from .report import Step, keep_pcaps, render, topology_doc, write, write_html
 from .topology import Topology
 
 
@@ -29,6 +31,13 @@ class Scenario:
     # Commands a person may try once ``ztna lab up NAME`` has built it;
     # ``{ztna}`` is the running ztna command, ``{run}`` the lab's state directory.
     try_this: list[str] = []
+    # For the report's picture: addresses (or networks) that belong to a lifeline
+    # although no interface of the topology carries them (a TUN's addresses, leased
+    # addresses standing for an application), and the tunnels to draw as bands.
+    aliases: dict[str, str] = {}
+    tunnels: list[Tunnel] = []
+    # What the rows and the columns of the steps' cells (Step.cell) are, for the table's corner.
+    cell_axes: tuple[str, str] = ("", "")
 
     def topology(self) -> Topology:
         raise NotImplementedError
@@ -91,11 +100,17 @@ def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print,
         lab.stop_captures()
         phase("checking every step against the captures")
         steps = sc.verify(lab, seen)
-        report = write(lab.report_dir / f"{sc.name}.json", sc.name, steps, {"pcap_dir": str(lab.pcap_dir), "seen": _jsonable(seen)})
+        folder = lab.report_dir / sc.name
+        kept = keep_pcaps(lab.pcap_dir, folder)
+        report = write(folder / "report.json", sc.name, steps, {
+            "summary": sc.summary, "pcap_dir": str(lab.pcap_dir), "kept_pcaps": str(kept),
+            "topology": topology_doc(lab.topo), "aliases": dict(sc.aliases),
+            "tunnels": [asdict(t) for t in sc.tunnels], "cell_axes": list(sc.cell_axes), "seen": _jsonable(seen)})
+        html = write_html(folder)
         say("")
         say(render(sc.name, steps, color=color))
         say("")
-        say(f"report: {report}   captures: {lab.pcap_dir}")
+        say(f"report: {report}\n        {html}   captures: {kept}")
     except BaseException as exc:
         say(f"scenario {sc.name} failed to run: {exc}")
         say(traceback.format_exc())
@@ -103,7 +118,8 @@ def run(sc: Scenario, *, keep: bool = False, say: Callable[[str], None] = print,
             if not p.alive():
                 say(f"  {p.name} had exited; last lines of {p.log}:")
                 say("    " + "\n    ".join(Path(p.log).read_text(errors="replace").splitlines()[-15:]))
-        steps = steps or [Step("-", f"scenario ran to the end ({type(exc).__name__}: {exc})")]
+        # Even after every step passed, a run that broke (say, writing its report) has failed.
+        steps = steps + [Step("-", f"scenario ran to the end ({type(exc).__name__}: {exc})")]
         if isinstance(exc, KeyboardInterrupt):
             raise
     finally:

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
-exec .venv/bin/ztna lab run "${1:-agent}"
+exec .venv/bin/ztna lab run "${1:-agent}" --open-report

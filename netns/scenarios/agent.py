@@ -15,7 +15,7 @@ import json
 from dnslib import QTYPE
 from pathlib import Path
 
-from .. import capture, evidence, procs
+from .. import capture, evidence, flow, procs
 from ..lab import Lab
 from ..report import Step
 from ..scenario import Scenario
@@ -42,6 +42,10 @@ class AgentScenario(Scenario):
     clients = [("client", "198.51.100.10", "alice")]
     policy = {"alice": [APP], "bob": [HR]}
     apps = [APP, HR]
+    # The TUN's own addresses are the client's; a leased address stands for the
+    # application behind the gateway; the gateway's inside addresses are its own.
+    aliases = {"100.64.0.1/32": "client", "100.64.0.2/32": "client", AGENT_NET: "app", "10.254.0.0/16": "gateway"}
+    tunnels = [flow.Tunnel("mTLS tunnel", ("client", "gateway"), ["client:ztna0", "gateway:ztgw0"], 443)]
     try_this = [
         f"sudo {{ztna}} lab exec client -- dig {APP}",
         f"sudo {{ztna}} lab exec client -- curl --cacert {{run}}/pki/ca.pem https://{APP}/",
@@ -172,22 +176,23 @@ class AgentScenario(Scenario):
         # 1. query for the app to the stub (loopback: the stub's address is local)
         q = [m for m in evidence.dns(lo) if not m.response and m.name == APP and m.dst == "100.64.0.2"]
         if q:
-            steps[0].passed(f"{at(q[0].time)} {host}:lo  {q[0].src} -> 100.64.0.2:53  query {APP} {QTYPE.get(q[0].qtype)}")
+            steps[0].passed(f"{at(q[0].time)} {host}:lo  {q[0].src} -> 100.64.0.2:53  query {APP} {QTYPE.get(q[0].qtype)}", q[0])
         # 2. the leased answer, then the SYN on the TUN
         a = [m for m in evidence.dns(lo) if m.response and m.name == APP and m.answers]
         leased = a[0].answers[0] if a else None
         if leased and evidence.in_net(leased, AGENT_NET):
-            steps[1].see(f"{at(a[0].time)} {host}:lo  answer {APP} A {leased} (in {AGENT_NET}); dig printed {seen['dig_app']!r}")
+            steps[1].see(f"{at(a[0].time)} {host}:lo  answer {APP} A {leased} (in {AGENT_NET}); dig printed {seen['dig_app']!r}", a[0])
             syn = evidence.syns(tun, dst=leased, dport=443)
             if syn:
-                steps[1].passed(f"{at(syn[0].time)} {host}:ztna0  SYN {syn[0].src}:{syn[0].sport} -> {leased}:443")
+                steps[1].passed(f"{at(syn[0].time)} {host}:ztna0  SYN {syn[0].src}:{syn[0].sport} -> {leased}:443", syn[0],
+                                label="SYN (into the TUN)")
         # 3-4. public DNS for the gateway on the uplink
         gq = [m for m in evidence.dns(up) if not m.response and m.name == GW_NAME and m.dst == PUBLIC_DNS]
         ga = [m for m in evidence.dns(up) if m.response and m.name == GW_NAME and GW_PUBLIC in m.answers]
         if gq:
-            steps[2].passed(f"{at(gq[0].time)} {host}:eth0  {gq[0].src} -> {PUBLIC_DNS}:53  query {GW_NAME} A")
+            steps[2].passed(f"{at(gq[0].time)} {host}:eth0  {gq[0].src} -> {PUBLIC_DNS}:53  query {GW_NAME} A", gq[0])
         if ga:
-            steps[3].passed(f"{at(ga[0].time)} {host}:eth0  {PUBLIC_DNS} -> {ga[0].dst}  answer {GW_NAME} A {GW_PUBLIC}")
+            steps[3].passed(f"{at(ga[0].time)} {host}:eth0  {PUBLIC_DNS} -> {ga[0].dst}  answer {GW_NAME} A {GW_PUBLIC}", ga[0])
         # 5. TLS 1.3 to the gateway; mutual authentication shown by the gateway's log
         segs = evidence.tcp(up)
         syn_gw = evidence.syns(up, dst=GW_PUBLIC, dport=443)
@@ -199,42 +204,62 @@ class AgentScenario(Scenario):
         auth = [l for l in gwlog.splitlines() if f"identity {ident} (certificate CN={ident}" in l]
         if syn_gw and ch["offered"] and sh["selected"]:
             steps[4].see(f"{at(syn_gw[0].time)} {host}:eth0  SYN {client_ip} -> {GW_PUBLIC}:443; "
-                         f"ClientHello SNI {ch['sni']}, ServerHello selects {sh['selected']}")
+                         f"ClientHello SNI {ch['sni']}, ServerHello selects {sh['selected']}", syn_gw[0])
+            steps[4].attach(flow.first_data(segs, client_ip, GW_PUBLIC, sport=port, dport=443), label=f"ClientHello SNI {ch['sni']}")
+            steps[4].attach(flow.first_data(segs, GW_PUBLIC, client_ip, sport=443, dport=port), label=f"ServerHello {sh['selected']}")
             if sh["selected"] == "TLSv1.3" and auth:
-                steps[4].passed("gateway log: " + auth[0].split(" INFO ", 1)[-1])
+                steps[4].passed("gateway log: " + auth[0].split(" INFO ", 1)[-1],
+                            flow.note("gateway", f"log: identity {ident} authenticated by its certificate",
+                                      flow.log_time(auth[0])))
+        elif syn_gw:
+            # No handshake: say what the gateway's address answered instead (a RST when nothing listens).
+            answer = next((s for s in segs if s.src == GW_PUBLIC and s.sport == 443 and s.dport == port), None)
+            steps[4].see(f"{at(syn_gw[0].time)} {host}:eth0  SYN {client_ip} -> {GW_PUBLIC}:443, answered "
+                         f"{answer.flags if answer else 'by nothing'}; no TLS handshake", syn_gw[0], answer)
         # 6. only the tunnel on the uplink
         inner = evidence.touching(up, LAN) + evidence.touching(up, AGENT_NET)
         appdata = [s for s in segs if s.payload and {s.src, s.dst} == {client_ip, GW_PUBLIC}]
         types = set(ch["types"][1:] + sh["types"][1:])
         if not inner and appdata and 23 in types:
+            # the first tunnel record each way after the handshake (the 3rd data segment on)
+            later = [s for s in appdata if s.time > (syn_gw[0].time if syn_gw else 0)]
+            up_rec = next((s for s in later[2:] if s.src == client_ip), None)
+            down_rec = next((s for s in later[2:] if s.src == GW_PUBLIC), None)
             steps[5].passed(f"{host}:eth0  {len(appdata)} TLS segments with {client_ip} <-> {GW_PUBLIC}:443 "
-                            f"(application-data records); 0 packets to or from {LAN} or {AGENT_NET}")
+                            f"(application-data records); 0 packets to or from {LAN} or {AGENT_NET}", up_rec, down_rec,
+                            label="TLS records (the app's packets inside)")
         else:
             steps[5].see(f"{len(inner)} packets on the uplink touch {LAN} or {AGENT_NET}; {len(appdata)} tunnel segments")
         # 7-8. private DNS, then the forwarded connection
         pq = [m for m in evidence.dns(lan) if not m.response and m.name == APP and m.dst == PRIV_DNS]
         pa = [m for m in evidence.dns(lan) if m.response and m.name == APP and APP_IP in m.answers]
         if pq:
-            steps[6].passed(f"{at(pq[0].time)} gateway:eth1  {pq[0].src} -> {PRIV_DNS}:53  query {APP} A")
+            steps[6].passed(f"{at(pq[0].time)} gateway:eth1  {pq[0].src} -> {PRIV_DNS}:53  query {APP} A", pq[0])
         fwd = [s for s in evidence.syns(lan, dst=APP_IP, dport=443) if pa and s.time >= pa[0].time]
         if pa and fwd:
-            steps[7].see(f"{at(pa[0].time)} gateway:eth1  {PRIV_DNS} -> {pa[0].dst}  answer {APP} A {APP_IP}")
-            steps[7].passed(f"{at(fwd[0].time)} gateway:eth1  SYN {fwd[0].src}:{fwd[0].sport} -> {APP_IP}:443")
+            steps[7].see(f"{at(pa[0].time)} gateway:eth1  {PRIV_DNS} -> {pa[0].dst}  answer {APP} A {APP_IP}", pa[0])
+            steps[7].passed(f"{at(fwd[0].time)} gateway:eth1  SYN {fwd[0].src}:{fwd[0].sport} -> {APP_IP}:443", fwd[0],
+                            label="SYN (forwarded)")
         # 9. the page, and its TLS on the app's link
         app_segs = evidence.tcp(app)
         app_syn = evidence.syns(app, dst=APP_IP, dport=443)
         app_ch = (evidence.tls(evidence.stream(app_segs, app_syn[0].src, APP_IP, sport=app_syn[0].sport, dport=443))
                   if app_syn else {"sni": None})
         if seen.get("curl_app_rc") == 0 and f"hello from {APP} over https" in seen.get("curl_app", "") and app_ch["sni"] == APP:
-            steps[8].see(f"app:eth0  ClientHello SNI {app_ch['sni']} from {app_syn[0].src}")
-            steps[8].passed(f"curl https://{APP}/ -> 200: {seen['curl_app'].strip()}")
+            steps[8].see(f"app:eth0  ClientHello SNI {app_ch['sni']} from {app_syn[0].src}",
+                         flow.first_data(app_segs, app_syn[0].src, APP_IP, sport=app_syn[0].sport, dport=443),
+                         label=f"ClientHello SNI {app_ch['sni']}")
+            reply = flow.first_data(app_segs, APP_IP, app_syn[0].src, sport=443, dport=app_syn[0].sport)
+            steps[8].passed(f"curl https://{APP}/ -> 200: {seen['curl_app'].strip()}", reply, label="ServerHello")
         else:
             steps[8].see(f"curl exit {seen.get('curl_app_rc')}: {seen.get('curl_app_err', '').strip()[:200]}")
         # Beyond the seed: ordinary names keep resolving and are reached directly.
         www = Step("+", "ordinary names still resolve through the original resolver and are reached directly")
         direct = evidence.syns(up, dst=WWW, dport=80)
         if seen.get("dig_www") == WWW and seen.get("curl_www_rc") == 0 and "hello from www.example.com over http" in seen.get("curl_www", "") and direct:
-            www.passed(f"dig www.example.com -> {WWW} (forwarded to {PUBLIC_DNS}); {host}:eth0 SYN -> {WWW}:80 outside the tunnel")
+            fq = [m for m in evidence.dns(up) if not m.response and m.name == "www.example.com"]
+            www.passed(f"dig www.example.com -> {WWW} (forwarded to {PUBLIC_DNS}); {host}:eth0 SYN -> {WWW}:80 outside the tunnel",
+                       *(fq[:1]), direct[0], label=None)
         steps.append(www)
         return steps
 

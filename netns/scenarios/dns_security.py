@@ -18,7 +18,7 @@ import re
 import time
 from pathlib import Path
 
-from .. import evidence
+from .. import evidence, flow
 from ..capture import read
 from ..lab import Lab
 from ..procs import wait_listening, ztna_argv
@@ -177,6 +177,7 @@ class DnsSecurity(Scenario):
     name = "dns-security"
     summary = "DNS security resolver: the record-type x category table of SPEC §4, block page over HTTP(S)"
     server_extra = ""  # more [server] lines for the resolver (tests set their own limits)
+    cell_axes = ("record type asked", "category")
 
     def topology(self) -> Topology:
         t = Topology(self.name)
@@ -250,10 +251,14 @@ class DnsSecurity(Scenario):
 
         replies = {(rec.header.id, str(rec.q.qname).rstrip(".").lower()): (p, rec) for p, rec, tr in client_pkts
                    if tr == "UDP" and rec.header.qr == 1 and p[IP].src == RESOLVER}
-        # What the resolver asked upstream while the table was being asked (later steps ask more).
-        upstream_asked = {(str(rec.q.qname).rstrip(".").lower(), _qtype(rec.q.qtype))
-                          for p, rec, tr in dns_packets(lab.pcap("authdns", "eth0"))
-                          if rec.header.qr == 0 and float(p.time) <= seen["table_done"]}
+        self._queries = {(rec.header.id, str(rec.q.qname).rstrip(".").lower()): p for p, rec, tr in client_pkts
+                         if tr == "UDP" and rec.header.qr == 0 and p[IP].dst == RESOLVER}
+        # What the resolver asked upstream while the table was being asked (later steps ask more):
+        # (name, type) -> the first such query packet.
+        upstream_asked: dict = {}
+        for p, rec, tr in dns_packets(lab.pcap("authdns", "eth0")):
+            if rec.header.qr == 0 and float(p.time) <= seen["table_done"]:
+                upstream_asked.setdefault((str(rec.q.qname).rstrip(".").lower(), _qtype(rec.q.qtype)), p)
         steps: list[Step] = []
         n = 0
         for ri, (row_label, types) in enumerate(ROWS):
@@ -261,6 +266,7 @@ class DnsSecurity(Scenario):
                 n += 1
                 want = cells[ri]
                 st = Step(f"{n}", f"{row_label} x {col_label}: {want}")
+                st.cell = (row_label, col_label)
                 ok = True
                 for t in types:
                     ok &= self._check_cell(st, seen["table"][f"{name} {t}"], name, t, want, truth, replies, upstream_asked)
@@ -284,6 +290,7 @@ class DnsSecurity(Scenario):
         st.see(f"dig {name} {t}: {d['status']} id {d['id']} answer {[rd for _, rd in got] or '-'}"
                + (f" EDE {d['ede']}" if d["ede"] else "") + ("" if dig_ok else f"  <-- wanted {want}"))
         pkt = replies.get((d["id"], name))
+        st.attach(self._queries.get((d["id"], name)), label=f"query {name} {t} id {d['id']}")
         cap_ok = False
         if pkt is None:
             st.see(f"  capture client:eth0: no reply id {d['id']} for {name} from {RESOLVER}")
@@ -297,10 +304,12 @@ class DnsSecurity(Scenario):
                 cap_ok = rcode == "REFUSED" and not rec.rr
             else:
                 cap_ok = rcode == "NOERROR" and set(answers) == real
-            st.see(f"  capture client:eth0: {RESOLVER} -> {CLIENT} id {rec.header.id} {rcode} {answers or '-'}")
+            st.see(f"  capture client:eth0: {RESOLVER} -> {CLIENT} id {rec.header.id} {rcode} {answers or '-'}", pkt[0],
+                   label=f"answer {name} {t} {rcode} {', '.join(answers)}".rstrip())
         asked = (name, t) in upstream_asked
         up_ok = asked == (want == REAL)
-        st.see(f"  capture authdns:eth0: resolver {'asked' if asked else 'did not ask'} the upstream for {name} {t}")
+        st.see(f"  capture authdns:eth0: resolver {'asked' if asked else 'did not ask'} the upstream for {name} {t}",
+               upstream_asked.get((name, t)), label=f"query {name} {t} (upstream)")
         return dig_ok and cap_ok and up_ok
 
     def _extra_steps(self, lab: Lab, seen: dict, truth, client_pkts, upstream_asked, base: int) -> list[Step]:
@@ -321,45 +330,53 @@ class DnsSecurity(Scenario):
             s.passed(f"dig malware.bad.example TXT: EDE {d['ede']}")
         else:
             s.see(f"dig malware.bad.example TXT: EDE {d['ede']!r}")
-        ede_pkts = [rec for p, rec, tr in client_pkts if rec.header.qr == 1 and rec.header.id == d["id"]
+        ede_pkts = [p for p, rec, tr in client_pkts if rec.header.qr == 1 and rec.header.id == d["id"]
                     and any(o.code == 15 for rr in rec.ar if rr.rtype == 41 for o in rr.rdata)]
         s.ok = s.ok and bool(ede_pkts)
-        s.see(f"capture client:eth0: reply id {d['id']} carries EDNS option 15: {bool(ede_pkts)}")
+        s.see(f"capture client:eth0: reply id {d['id']} carries EDNS option 15: {bool(ede_pkts)}", *ede_pkts[:1],
+              label="answer malware.bad.example TXT REFUSED, EDE 15 (Blocked)")
 
         # truncation and TCP on both sides
         s = step("an answer too big for 512 bytes: TC to the client, TCP retry; resolver fell back to TCP upstream")
         d = seen["tcp"]
         want = truth[("big.good.example", "TXT")]
         got = {rd for _, rt, rd, _ in d["answers"] if rt == "TXT"}
-        tc = [rec for p, rec, tr in client_pkts if tr == "UDP" and rec.header.qr == 1 and rec.header.tc
+        tc = [p for p, rec, tr in client_pkts if tr == "UDP" and rec.header.qr == 1 and rec.header.tc
               and str(rec.q.qname).lower().startswith("big.good.example")]
-        tcp_ans = [rec for p, rec, tr in client_pkts if tr == "TCP" and rec.header.qr == 1
+        tcp_ans = [p for p, rec, tr in client_pkts if tr == "TCP" and rec.header.qr == 1
                    and str(rec.q.qname).lower().startswith("big.good.example")]
-        up_tcp = [rec for p, rec, tr in dns_packets(lab.pcap("authdns", "eth0")) if tr == "TCP"
+        up_tcp = [p for p, rec, tr in dns_packets(lab.pcap("authdns", "eth0")) if tr == "TCP"
                   and str(rec.q.qname).lower().startswith("big.good.example")]
         s.see(f"dig +noedns big.good.example TXT: {'Truncated, retrying in TCP mode' in d['raw']} retried over TCP; "
               f"{len(got)} TXT records")
         s.see(f"capture client:eth0: {len(tc)} UDP reply with TC, {len(tcp_ans)} reply over TCP")
-        s.see(f"capture authdns:eth0: {len(up_tcp)} DNS messages over TCP between resolver and upstream")
+        s.attach(*tc[:1], label="answer big.good.example TXT, TC (truncated)")
+        s.attach(*tcp_ans[:1], label="answer big.good.example TXT over TCP")
+        s.see(f"capture authdns:eth0: {len(up_tcp)} DNS messages over TCP between resolver and upstream", *up_tcp[:1],
+              label="big.good.example TXT over TCP (upstream)")
         s.ok = got == want and bool(tc) and bool(tcp_ans) and bool(up_tcp)
 
         # device identity
         s = step(f"a device identity (EDNS0 option 65001 = {DEVICE}) selects its own policy: gambling allowed")
         d = seen["device"]
         got = [rd for _, rt, rd, _ in d["answers"] if rt == "A"]
-        with_opt = [rec for p, rec, tr in client_pkts if rec.header.qr == 0 and rec.header.id == d["id"]
+        with_opt = [p for p, rec, tr in client_pkts if rec.header.qr == 0 and rec.header.id == d["id"]
                     and any(o.code == 65001 and bytes(o.data) == DEVICE.encode() for rr in rec.ar if rr.rtype == 41
                             for o in rr.rdata)]
         s.see(f"dig +ednsopt gambling.bad.example A: {d['status']} {got}")
-        s.see(f"capture client:eth0: query id {d['id']} carries option 65001 {DEVICE!r}: {bool(with_opt)}")
+        s.see(f"capture client:eth0: query id {d['id']} carries option 65001 {DEVICE!r}: {bool(with_opt)}", *with_opt[:1],
+              label=f"query gambling.bad.example A, EDNS0 65001 {DEVICE}")
+        s.attach(replies_by_id(client_pkts, d["id"]), label=f"answer gambling.bad.example A {', '.join(got)}")
         s.ok = d["status"] == "NOERROR" and set(got) == truth[("gambling.bad.example", "A")] and bool(with_opt)
 
         # not an open resolver
         s = step(f"not an open resolver: a query from an unserved network ({OUTSIDER}) is REFUSED")
         d = seen["outsider"]
-        out_pkts = [rec for p, rec, tr in dns_packets(lab.pcap("outsider", "eth0")) if rec.header.qr == 1]
+        out_both = [(p, rec) for p, rec, tr in dns_packets(lab.pcap("outsider", "eth0")) if rec.header.qr == 1]
+        out_pkts = [rec for _, rec in out_both]
         s.see(f"dig from outsider: {d['status']} EDE {d['ede'] or '-'}")
-        s.see(f"capture outsider:eth0: {[ {5: 'REFUSED'}.get(r.header.rcode, r.header.rcode) for r in out_pkts]}")
+        s.see(f"capture outsider:eth0: {[ {5: 'REFUSED'}.get(r.header.rcode, r.header.rcode) for r in out_pkts]}",
+              *[p for p, _ in out_both[:1]], label="answer www.good.example A REFUSED")
         s.ok = d["status"] == "REFUSED" and "Prohibited" in d["ede"] and bool(out_pkts) and all(r.header.rcode == 5 for r in out_pkts)
 
         # CNAME inspection
@@ -370,7 +387,10 @@ class DnsSecurity(Scenario):
               f"{[rd for _, rt, rd, _ in mx['answers']]}")
         log = _log_records(lab)
         link = [r for r in log if r.get("name") == "shop.good.example" and r.get("cname")]
-        s.see(f"query log: {link[0]['cname'] if link else 'no cname line'}")
+        s.attach(replies_by_id(client_pkts, a["id"]), label=f"answer shop.good.example A {', '.join(a_got)}")
+        s.attach(replies_by_id(client_pkts, txt["id"]), label="answer shop.good.example TXT REFUSED")
+        s.see(f"query log: {link[0]['cname'] if link else 'no cname line'}",
+              flow.note("cloud", f"query log: {link[0]['cname']}") if link else None)
         s.ok = (a_got == [BP_LIST] and txt["status"] == "REFUSED" and mx["status"] == "NOERROR"
                 and ("listed.bad.example", "MX", "10 mail.listed.bad.example.") in [(o, rt, rd) for o, rt, rd, _ in mx["answers"]]
                 and bool(link) and link[0]["cname"] == "shop.good.example -> listed.bad.example")
@@ -387,8 +407,9 @@ class DnsSecurity(Scenario):
             s.see(f"page names the site, {reason!r} and policy 'office': {body_ok}")
             pk = _tcp_to(lab.pcap("client", "eth0"), addr, port, url_name.encode())
             s.see(f"capture client:eth0: {CLIENT} -> {addr}:{port} carrying {url_name!r} "
-                  f"({'Host header' if scheme == 'http' else 'TLS SNI'}): {pk}")
-            s.ok = c["rc"] == 0 and c["code"] == "403" and c["remote"].startswith(addr) and body_ok and pk
+                  f"({'Host header' if scheme == 'http' else 'TLS SNI'}): {pk is not None}", pk,
+                  label=f"{'GET, Host' if scheme == 'http' else 'ClientHello SNI'} {url_name}")
+            s.ok = c["rc"] == 0 and c["code"] == "403" and c["remote"].startswith(addr) and body_ok and pk is not None
 
         # query log and stats
         s = step("every query is in the JSON-lines query log; ztna dns stats counts it")
@@ -405,7 +426,9 @@ class DnsSecurity(Scenario):
         s.see(f"stats: by_decision {st.get('by_decision')}; top blocked {st.get('top_blocked', [])[:3]}")
         blocked_in_log = sum(1 for r in log if r.get("decision") == "blocked" and r.get("time", 0) <= seen["table_done"]
                              and f"{r.get('name')} {r.get('type')}" in table_names)
-        s.see(f"blocked table answers: dig {blocked_digs}, log {blocked_in_log}")
+        s.see(f"blocked table answers: dig {blocked_digs}, log {blocked_in_log}",
+              flow.note("cloud", f"query log: {len(log)} lines, {blocked_in_log} blocked table answers",
+                        time=seen["table_done"]))
         s.ok = table_names <= logged and blocked_digs == blocked_in_log and st.get("by_decision", {}).get("blocked", 0) >= blocked_digs
         return steps
 
@@ -420,11 +443,17 @@ def _log_records(lab: Lab) -> list[dict]:
     return evidence.json_lines(lab.log_dir / "dns-queries.jsonl")
 
 
-def _tcp_to(path: Path, addr: str, port: int, needle: bytes) -> bool:
+def _tcp_to(path: Path, addr: str, port: int, needle: bytes):
+    """The first packet to addr:port whose payload carries ``needle``, or None."""
     from scapy.layers.inet import IP, TCP
 
-    return any(p.haslayer(TCP) and p[IP].dst == addr and p[TCP].dport == port and needle in bytes(p[TCP].payload)
-               for p in read(path) if p.haslayer(IP))
+    return next((p for p in read(path) if p.haslayer(IP) and p.haslayer(TCP) and p[IP].dst == addr
+                 and p[TCP].dport == port and needle in bytes(p[TCP].payload)), None)
+
+
+def replies_by_id(client_pkts, qid):
+    """The client's UDP reply packet with DNS id ``qid``, or None."""
+    return next((p for p, rec, tr in client_pkts if tr == "UDP" and rec.header.qr == 1 and rec.header.id == qid), None)
 
 
 SCENARIOS = [DnsSecurity]

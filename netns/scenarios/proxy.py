@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztna import tlswire
 
-from .. import capture, evidence, procs
+from .. import capture, evidence, flow, procs
 from ..lab import Lab
 from ..report import Step
 from ..scenario import Scenario
@@ -187,7 +187,35 @@ stream, time_at, first_syn = evidence.reassemble, evidence.time_at, evidence.fir
 
 
 def dns_queries(pcap: Path, src: str) -> list[tuple[float, str]]:
-    return [(m.time, m.name) for m in evidence.dns(capture.read(pcap)) if m.src == src and not m.response]
+    return [(m.time, m.name) for m in dns_query_msgs(pcap, src)]
+
+
+def dns_query_msgs(pcap: Path, src: str) -> list[evidence.DnsMsg]:
+    return [m for m in evidence.dns(capture.read(pcap)) if m.src == src and not m.response]
+
+
+def query_at(msgs: list[evidence.DnsMsg], name: str, t: float | None) -> evidence.DnsMsg | None:
+    """The DNS query for ``name`` captured at ``t`` (a time dns_queries gave), or None."""
+    return next((m for m in msgs if m.name == name and m.time == t), None) if t is not None else None
+
+
+def last_data(segs: list[evidence.Seg], src: str, dst: str, *, sport=None, dport=None) -> evidence.Seg | None:
+    found = [x for x in segs if x.payload and x.src == src and x.dst == dst and (sport is None or x.sport == sport)
+             and (dport is None or x.dport == dport)]
+    return found[-1] if found else None
+
+
+def _log_note(rec: dict | None) -> flow.Item | None:
+    if not rec:
+        return None
+    import datetime as dt
+
+    try:  # the line is written as the connection ends, and carries that time
+        t = dt.datetime.fromisoformat(rec["ts"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        t = None
+    return flow.note("proxy", f"log: {rec.get('name')} decision={rec.get('decision')} decrypted={rec.get('decrypted')}"
+                     " (written at the connection's end)", t)
 
 
 def client_hello_in(data: bytes) -> tlswire.ClientHello | None:
@@ -319,32 +347,37 @@ class ExplicitScenario(_ProxyScenario):
             synack = next((s for s in csegs if s.src == PROXY_IN and s.dport == port and "S" in s.flags and "A" in s.flags), None)
             s1 = Step(f"{label}.1", f"{name}: client and proxy complete a TCP handshake on {PROXY_IN}:{EXPLICIT_PORT}")
             if synack and syn:
-                s1.passed(f"SYN {CLIENT}:{port} -> {PROXY_IN}:{EXPLICIT_PORT}, SYN-ACK at {_fmt(t0, synack.time)}")
+                s1.passed(f"SYN {CLIENT}:{port} -> {PROXY_IN}:{EXPLICIT_PORT}, SYN-ACK at {_fmt(t0, synack.time)}", syn, synack)
             steps.append(s1)
             line = f"CONNECT {name}:443 HTTP/1.1".encode()
             s2 = Step(f"{label}.2", f"{name}: the client sends CONNECT {name}:443")
             connect_t = None
             if up.startswith(line):
                 connect_t = time_at(up_t, 0)
-                s2.passed(f"{_first_line(up)!r} at {_fmt(t0, connect_t)} (client eth0)")
+                s2.passed(f"{_first_line(up)!r} at {_fmt(t0, connect_t)} (client eth0)",
+                          flow.seg_at(csegs, connect_t, CLIENT, PROXY_IN, sport=port), label=f"CONNECT {name}:443")
             steps.append(s2)
             s3 = Step(f"{label}.3", f"{name}: the proxy applies the FQDN policy to the CONNECT name")
             want = "deny" if name == BLOCKED else "allow"
             if rec and rec.get("decision") == want:
-                s3.passed(f"proxy log: decision={rec['decision']} decrypted={rec.get('decrypted')} reason={rec.get('reason')!r}")
+                s3.passed(f"proxy log: decision={rec['decision']} decrypted={rec.get('decrypted')} reason={rec.get('reason')!r}",
+                          _log_note(rec))
             elif rec:
                 s3.see(f"proxy log: {rec}")
             steps.append(s3)
-            q = [t for t, n in dns_queries(lab.pcap("proxy", "eth1"), PROXY_OUT) if n == name and (connect_t is None or t >= connect_t)]
+            qmsgs = dns_query_msgs(lab.pcap("proxy", "eth1"), PROXY_OUT)
+            q = [m.time for m in qmsgs if m.name == name and (connect_t is None or m.time >= connect_t)]
             status_off = down.find(b"HTTP/1.1 ")
             status_t = time_at(down_t, status_off) if status_off >= 0 else None
+            status_seg = flow.seg_at(csegs, status_t, PROXY_IN, CLIENT, dport=port)
             if name == BLOCKED:
                 s4 = Step(f"{label}.4", f"{name}: refused with 403 and the reason; the proxy opens nothing towards it")
                 server_syn = first_syn(ssegs, src=PROXY_OUT, dst=WEB, dport=443, after=connect_t or 0)
                 later = server_syn is not None and status_t is not None and server_syn.time < status_t + 0.001
                 if down.startswith(b"HTTP/1.1 403") and not q and not later:
                     reason = next((l for l in down.split(b"\r\n") if l.lower().startswith(b"x-ztna-proxy-reason")), b"")
-                    s4.passed(f"{_first_line(down)!r} ({reason.decode()}); no DNS query or SYN for {name}")
+                    s4.passed(f"{_first_line(down)!r} ({reason.decode()}); no DNS query or SYN for {name}", status_seg,
+                              label=_first_line(down))
                 else:
                     s4.see(f"answer {down[:40]!r}; DNS queries for it: {len(q)}")
                 steps.append(s4)
@@ -352,11 +385,12 @@ class ExplicitScenario(_ProxyScenario):
             s4 = Step(f"{label}.4", f"{name}: allowed, the proxy resolves it and opens TCP to the server")
             server_syn = first_syn(ssegs, src=PROXY_OUT, dst=WEB, dport=443, after=connect_t or 0)
             if q and server_syn and (status_t is None or server_syn.time <= status_t):
-                s4.passed(f"DNS query {name} from {PROXY_OUT} at {_fmt(t0, q[0])}; SYN {PROXY_OUT}:{server_syn.sport} -> {WEB}:443 at {_fmt(t0, server_syn.time)}")
+                s4.passed(f"DNS query {name} from {PROXY_OUT} at {_fmt(t0, q[0])}; SYN {PROXY_OUT}:{server_syn.sport} -> {WEB}:443 at {_fmt(t0, server_syn.time)}",
+                          query_at(qmsgs, name, q[0]), server_syn)
             steps.append(s4)
             s5 = Step(f"{label}.5", f"{name}: the CONNECT status goes back to the client after the server connection")
             if down.startswith(b"HTTP/1.1 200") and server_syn and status_t is not None and status_t >= server_syn.time:
-                s5.passed(f"{_first_line(down)!r} at {_fmt(t0, status_t)}")
+                s5.passed(f"{_first_line(down)!r} at {_fmt(t0, status_t)}", status_seg, label=_first_line(down))
             steps.append(s5)
             hdr_end = down.find(b"\r\n\r\n") + 4
             tunnel_up = up[up.find(b"\r\n\r\n") + 4:]
@@ -370,7 +404,13 @@ class ExplicitScenario(_ProxyScenario):
                 cert = server_certificate(tunnel_down)
                 if tunnel_up and tunnel_up == srv_up and tunnel_down == srv_down and ch:
                     s6.passed(f"client->server {len(tunnel_up)} bytes identical on client eth0 and proxy eth1 "
-                              f"(ClientHello SNI={ch.sni}, {len(ch.raw)} bytes)")
+                              f"(ClientHello SNI={ch.sni}, {len(ch.raw)} bytes)",
+                              flow.seg_at(csegs, time_at(up_t, up.find(b"\r\n\r\n") + 4), CLIENT, PROXY_IN, sport=port),
+                              flow.first_data(ssegs, PROXY_OUT, WEB, sport=sport, dport=443),
+                              label=f"ClientHello SNI {ch.sni} (same bytes)")
+                    s6.attach(flow.first_data(ssegs, WEB, PROXY_OUT, sport=443, dport=sport),
+                              flow.seg_at(csegs, time_at(down_t, hdr_end), PROXY_IN, CLIENT, dport=port),
+                              label="ServerHello, the server's own certificate (same bytes)")
                     s6.passed(f"server->client {len(tunnel_down)} bytes identical; certificate the client got: "
                               f"{cert.issuer.rfc4514_string() if cert else 'n/a'} (lab CA: {bool(cert and signed_by(cert, lab.pki_dir / 'ca.pem'))})")
                 else:
@@ -390,7 +430,10 @@ class ExplicitScenario(_ProxyScenario):
                     good = cert is not None and signed_by(cert, lab.pki_dir / "proxy-ca.pem")
                     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) if cert else []
                     if ts <= tc and good and sans == [name]:
-                        s6.passed(f"server's ServerHello at {_fmt(t0, ts)}, proxy's ServerHello to the client at {_fmt(t0, tc)}")
+                        s6.passed(f"server's ServerHello at {_fmt(t0, ts)}, proxy's ServerHello to the client at {_fmt(t0, tc)}",
+                                  flow.seg_at(ssegs, ts, WEB, PROXY_OUT, dport=sport), label="ServerHello (the server's)")
+                        s6.attach(flow.seg_at(csegs, tc, PROXY_IN, CLIENT, dport=port),
+                                  label=f"ServerHello, a proxy-CA certificate for {name}")
                         s6.passed(f"client got certificate SAN={sans} issuer={cert.issuer.rfc4514_string()!r}, signature verifies with proxy-ca.pem (TLS 1.2 capture)")
                         s6.see(f"curl -v: {self._issuer_line(seen[name])}")
                         key_ok = not isinstance(cert.public_key(), ec.EllipticCurvePublicKey) or \
@@ -406,7 +449,11 @@ class ExplicitScenario(_ProxyScenario):
                 body = seen[name]["stdout"]
                 if ch_c and ch_s and ch_c.raw != ch_s.raw and f"hello from {name} over https" in body and rec and rec.get("decrypted"):
                     s7.passed(f"two different ClientHellos (client's {len(ch_c.raw)} bytes, proxy's {len(ch_s.raw)} bytes); "
-                              f"curl received {body.strip()!r}; proxy log bytes up/down {rec.get('bytes_up')}/{rec.get('bytes_down')}")
+                              f"curl received {body.strip()!r}; proxy log bytes up/down {rec.get('bytes_up')}/{rec.get('bytes_down')}",
+                              flow.seg_at(csegs, time_at(up_t, up.find(b"\r\n\r\n") + 4), CLIENT, PROXY_IN, sport=port),
+                              label=f"ClientHello ({len(ch_c.raw)} bytes)")
+                    s7.attach(flow.first_data(ssegs, PROXY_OUT, WEB, sport=sport, dport=443),
+                              label=f"another ClientHello ({len(ch_s.raw)} bytes, the proxy's)")
                 steps.append(s7)
         return steps
 
@@ -433,18 +480,24 @@ class TransparentScenario(_ProxyScenario):
             from_client = [s for s in wsegs if s.src == CLIENT and s.sport == port]
             s1 = Step(f"{label}.1", f"{name}: the proxy answers the client's TCP handshake to {WEB}:443 itself")
             if synack and not from_client:
+                syn = next((x for x in csegs if x.src == CLIENT and x.sport == port and x.flags == "S"), None)
+                # The addresses say web; the proxy's namespace is where the handshake ends.
                 s1.passed(f"SYN-ACK 'from' {WEB}:443 at {_fmt(t0, synack.time)} on client eth0; "
-                          f"no packet from {CLIENT}:{port} ever reaches web eth0")
+                          f"no packet from {CLIENT}:{port} ever reaches web eth0", syn, label="SYN (to web's address)", to="proxy")
+                s1.attach(synack, label="SYN-ACK (answered by the proxy)", frm="proxy")
             steps.append(s1)
             ch = client_hello_in(up)
             s2 = Step(f"{label}.2", f"{name}: the ClientHello carries SNI {name}; the proxy applies the FQDN policy")
             hello_t = time_at(up_t, 0) if up else None
             want = "deny" if name == BLOCKED else "allow"
             if ch and ch.sni == name and rec and rec.get("decision") == want:
-                s2.passed(f"ClientHello SNI={ch.sni} ({len(ch.raw)} bytes) at {_fmt(t0, hello_t)}")
-                s2.passed(f"proxy log: decision={rec['decision']} decrypted={rec.get('decrypted')} reason={rec.get('reason')!r} dialled={rec.get('dialled')}")
+                s2.passed(f"ClientHello SNI={ch.sni} ({len(ch.raw)} bytes) at {_fmt(t0, hello_t)}",
+                          flow.seg_at(csegs, hello_t, CLIENT, WEB, sport=port), label=f"ClientHello SNI {ch.sni}", to="proxy")
+                s2.passed(f"proxy log: decision={rec['decision']} decrypted={rec.get('decrypted')} reason={rec.get('reason')!r} dialled={rec.get('dialled')}",
+                          _log_note(rec))
             steps.append(s2)
-            q = [t for t, n in dns_queries(lab.pcap("proxy", "eth1"), PROXY_OUT) if n == name and hello_t and t >= hello_t]
+            qmsgs = dns_query_msgs(lab.pcap("proxy", "eth1"), PROXY_OUT)
+            q = [m.time for m in qmsgs if m.name == name and hello_t and m.time >= hello_t]
             server_syn = first_syn(ssegs, src=PROXY_OUT, dst=WEB, dport=443, after=hello_t or 0)
             if name == BLOCKED:
                 s3 = Step(f"{label}.3", f"{name}: denied: a block page over a proxy-CA certificate; nothing is resolved or opened for it")
@@ -453,7 +506,9 @@ class TransparentScenario(_ProxyScenario):
                     not rec.get("upstream")
                 body = seen[name]["stdout"]
                 if not q and cert and signed_by(cert, lab.pki_dir / "proxy-ca.pem") and "Blocked by the proxy" in body and not later_syn:
-                    s3.passed(f"curl received the block page ({body.strip()[:90]!r}...); certificate issuer {cert.issuer.rfc4514_string()!r}")
+                    s3.passed(f"curl received the block page ({body.strip()[:90]!r}...); certificate issuer {cert.issuer.rfc4514_string()!r}",
+                              flow.first_data(csegs, WEB, CLIENT, sport=443, dport=port),
+                              label="ServerHello, a proxy-CA certificate (block page follows)", frm="proxy")
                     s3.passed(f"no DNS query for {name} from {PROXY_OUT}; proxy log upstream={rec.get('upstream')}")
                 else:
                     s3.see(f"dns queries {len(q)}, cert={cert is not None}, body={body[:80]!r}")
@@ -461,11 +516,13 @@ class TransparentScenario(_ProxyScenario):
                 continue
             s3 = Step(f"{label}.3", f"{name}: the proxy resolves the SNI with DNS again")
             if q:
-                s3.passed(f"DNS query {name} A from {PROXY_OUT} to {DNS} at {_fmt(t0, q[0])}, after the ClientHello")
+                s3.passed(f"DNS query {name} A from {PROXY_OUT} to {DNS} at {_fmt(t0, q[0])}, after the ClientHello",
+                          query_at(qmsgs, name, q[0]))
             steps.append(s3)
             s4 = Step(f"{label}.4", f"{name}: the proxy opens TCP to the resolved address")
             if q and server_syn and server_syn.time >= q[0] and rec and rec.get("upstream") == f"{WEB}:443":
-                s4.passed(f"SYN {PROXY_OUT}:{server_syn.sport} -> {WEB}:443 at {_fmt(t0, server_syn.time)}; log upstream={rec['upstream']}")
+                s4.passed(f"SYN {PROXY_OUT}:{server_syn.sport} -> {WEB}:443 at {_fmt(t0, server_syn.time)}; log upstream={rec['upstream']}",
+                          server_syn)
             steps.append(s4)
             sport = server_syn.sport if server_syn else None
             srv_up, srv_up_t = stream(ssegs, PROXY_OUT, sport, WEB, 443)
@@ -475,14 +532,20 @@ class TransparentScenario(_ProxyScenario):
                 ch_s = client_hello_in(srv_up)
                 sh_c, sh_s = server_hello_offset(down), server_hello_offset(srv_down)
                 if ch and ch_s and ch.raw == ch_s.raw and sh_c == sh_s == 0 and srv_down[:200] == down[:200]:
-                    s5.passed(f"ClientHello {len(ch.raw)} bytes, byte-identical on client eth0 and proxy eth1")
-                    s5.passed("ServerHello flight identical on both sides")
+                    s5.passed(f"ClientHello {len(ch.raw)} bytes, byte-identical on client eth0 and proxy eth1",
+                              flow.first_data(ssegs, PROXY_OUT, WEB, sport=sport, dport=443), label=f"the same ClientHello SNI {ch.sni}")
+                    s5.passed("ServerHello flight identical on both sides",
+                              flow.first_data(ssegs, WEB, PROXY_OUT, sport=443, dport=sport), label="ServerHello")
+                    s5.attach(flow.first_data(csegs, WEB, CLIENT, sport=443, dport=port), label="the same ServerHello", frm="proxy")
                 steps.append(s5)
                 s6 = Step(f"{label}.6", f"{name}: every later byte passes as it is")
                 cert = server_certificate(down)
                 if up and up == srv_up and down == srv_down and rec and not rec.get("decrypted"):
                     s6.passed(f"{len(up)} bytes up and {len(down)} bytes down identical on both sides; "
-                              f"certificate the client got is the server's own (lab CA: {bool(cert and signed_by(cert, lab.pki_dir / 'ca.pem'))})")
+                              f"certificate the client got is the server's own (lab CA: {bool(cert and signed_by(cert, lab.pki_dir / 'ca.pem'))})",
+                              last_data(ssegs, WEB, PROXY_OUT, sport=443, dport=sport),
+                              label="last bytes from the server (identical on both legs)")
+                    s6.attach(last_data(csegs, WEB, CLIENT, sport=443, dport=port), label="the same last bytes", frm="proxy")
                 steps.append(s6)
             else:
                 s5 = Step(f"{label}.5", f"{name}: TLS with the server completes, then the client gets a proxy-CA certificate for {name}")
@@ -492,7 +555,10 @@ class TransparentScenario(_ProxyScenario):
                     ts, tc = time_at(srv_down_t, sh_s), time_at(down_t, sh_c)
                     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
                     if ts <= tc and signed_by(cert, lab.pki_dir / "proxy-ca.pem") and sans == [name]:
-                        s5.passed(f"server's ServerHello at {_fmt(t0, ts)}, proxy's ServerHello to the client at {_fmt(t0, tc)}")
+                        s5.passed(f"server's ServerHello at {_fmt(t0, ts)}, proxy's ServerHello to the client at {_fmt(t0, tc)}",
+                                  flow.seg_at(ssegs, ts, WEB, PROXY_OUT, dport=sport), label="ServerHello (the server's)")
+                        s5.attach(flow.seg_at(csegs, tc, WEB, CLIENT, dport=port),
+                                  label=f"ServerHello, a proxy-CA certificate for {name}", frm="proxy")
                         s5.passed(f"client got certificate SAN={sans} issuer={cert.issuer.rfc4514_string()!r} (TLS 1.2 capture); curl -v: {self._issuer_line(seen[name])}")
                 steps.append(s5)
                 s6 = Step(f"{label}.6", f"{name}: traffic is decrypted and re-encrypted in both directions")
@@ -500,7 +566,11 @@ class TransparentScenario(_ProxyScenario):
                 body = seen[name]["stdout"]
                 if ch and ch_s and ch.raw != ch_s.raw and f"hello from {name} over https" in body and rec and rec.get("decrypted"):
                     s6.passed(f"different ClientHellos on the two legs; curl received {body.strip()!r}; "
-                              f"log bytes up/down {rec.get('bytes_up')}/{rec.get('bytes_down')}")
+                              f"log bytes up/down {rec.get('bytes_up')}/{rec.get('bytes_down')}",
+                              flow.first_data(ssegs, PROXY_OUT, WEB, sport=sport, dport=443),
+                              label=f"another ClientHello ({len(ch_s.raw)} bytes, the proxy's)")
+                    s6.attach(last_data(csegs, WEB, CLIENT, sport=443, dport=port), label="re-encrypted bytes to the client",
+                              frm="proxy")
                 steps.append(s6)
         return steps
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import capture, evidence, procs
+from .. import capture, evidence, flow, procs
 from ..lab import Lab
 from ..report import Step
 from ..scenario import Scenario
@@ -51,7 +51,7 @@ LAN_DNS = "192.168.1.53"
 def dns_packets(path: Path) -> list[dict]:
     """Every DNS message in a capture (netns.evidence.dns), as plain dicts; answers are A records only."""
     return [{"t": m.time, "src": m.src, "dst": m.dst, "qr": int(m.response), "rcode": m.rcode, "qname": m.name,
-             "answers": [a for a in m.answers if ":" not in a], "opts": m.opts, "dport": m.dport}
+             "answers": [a for a in m.answers if ":" not in a], "opts": m.opts, "dport": m.dport, "rec": m}
             for m in evidence.dns(capture.read(path))]
 
 
@@ -257,7 +257,8 @@ class Roaming(_OnTheLan):
         rec = [(x["value"], x["iface"]) for x in st["servers"]]
         if rec == [(LAN_DNS, "eth0")] and [x["value"] for x in st["search"]] == ["corp.example"] \
                 and "nameserver 127.0.0.1" in seen["file_running"] and st["original_text"] == ORIGINAL:
-            s.passed(f"state file records {rec}, search corp.example, original text kept byte for byte")
+            s.passed(f"state file records {rec}, search corp.example, original text kept byte for byte",
+                     flow.note("laptop", f"state file: {LAN_DNS} on eth0 recorded; resolv.conf -> 127.0.0.1", seen["t_up"]))
             s.see("resolv.conf now: " + " | ".join(l for l in seen["file_running"].splitlines() if not l.startswith("#ztna-orig")))
         else:
             s.see(f"state: {st}; file: {seen['file_running']!r}")
@@ -269,9 +270,9 @@ class Roaming(_OnTheLan):
         q_cloud = [p for p in between(eth0, *up) if p["qname"] == INTRANET and p["dst"] in CLOUD]
         a = [p for p in between(lo, *up) if p["qname"] == INTRANET and p["qr"] and "192.168.1.20" in p["answers"]]
         if q_lo and q_lan and a and not q_cloud and seen["intranet"][0] == ["192.168.1.20"]:
-            s.passed(describe(q_lo[0], "laptop:lo"))
-            s.see(describe(q_lan[0], "laptop:eth0"))
-            s.see(describe(a[0], "laptop:lo"))
+            s.passed(describe(q_lo[0], "laptop:lo"), q_lo[0]["rec"])
+            s.see(describe(q_lan[0], "laptop:eth0"), q_lan[0]["rec"])
+            s.see(describe(a[0], "laptop:lo"), a[0]["rec"])
         else:
             s.see(f"dig: {seen['intranet']}; lo queries {len(q_lo)}, LAN queries {len(q_lan)}, cloud {len(q_cloud)}")
         steps.append(s)
@@ -281,10 +282,10 @@ class Roaming(_OnTheLan):
         q_lan = [p for p in between(eth0, *up) if p["qname"] == GOOD and p["dst"] == LAN_DNS]
         tagged = [p for p in q_cloud if (65001, DEVICE_ID.encode()) in p["opts"]]
         if tagged and not q_lan and seen["good"][0] == ["198.51.100.80"]:
-            s.passed(describe(tagged[0], "laptop:eth0"))
+            s.passed(describe(tagged[0], "laptop:eth0"), tagged[0]["rec"])
             ans = [p for p in between(eth0, *up) if p["qname"] == GOOD and p["qr"] and p["src"] in CLOUD]
             if ans:
-                s.see(describe(ans[0], "laptop:eth0"))
+                s.see(describe(ans[0], "laptop:eth0"), ans[0]["rec"])
         else:
             s.see(f"dig: {seen['good']}; cloud queries {len(q_cloud)} (with device id {len(tagged)}), LAN {len(q_lan)}")
         steps.append(s)
@@ -297,10 +298,11 @@ class Roaming(_OnTheLan):
         logged = [e for e in query_log(lab) if e.get("name", "").rstrip(".") == BAD and e.get("decision") == "blocked"
                   and e.get("device") == DEVICE_ID]
         if blocked and logged and "198.51.100.66" not in seen["bad"][0]:
-            s.passed(describe(blocked[0], "laptop:eth0") + "  (the real address 198.51.100.66 was not given)")
+            s.passed(describe(blocked[0], "laptop:eth0") + "  (the real address 198.51.100.66 was not given)", blocked[0]["rec"])
             e = logged[0]
             s.see(f"cloud query log: client {e.get('client')} device {e.get('device')} policy {e.get('policy')} "
-                  f"decision {e.get('decision')} category {e.get('category')}")
+                  f"decision {e.get('decision')} category {e.get('category')}",
+                  flow.note("cloud", f"query log: {BAD} blocked for device {e.get('device')}", e.get("time")))
         else:
             s.see(f"dig: {seen['bad']}; cloud answers: {[describe(p, 'eth0') for p in q]}; log entries {logged}")
         steps.append(s)
@@ -309,7 +311,7 @@ class Roaming(_OnTheLan):
         stt = seen["status_running"]
         if stt.get("state") == "protected" and stt.get("since") and stt.get("resolv_conf_points_at_stub"):
             s.passed(f"state {stt['state']} since {time.strftime('%H:%M:%S', time.localtime(stt['since']))}, "
-                     f"queries {stt.get('queries')}")
+                     f"queries {stt.get('queries')}", flow.note("laptop", f"status: {stt['state']}", seen["t_stop"]))
         else:
             s.see(f"status: {stt}")
         steps.append(s)
@@ -320,7 +322,8 @@ class Roaming(_OnTheLan):
                   and p["dst"] == LAN_DNS]
         via_lo = [p for p in between(lo, *after) if p["qname"] == INTRANET]
         if seen["file_after_stop"] == ORIGINAL and direct and not via_lo and seen["intranet_after_stop"][0] == ["192.168.1.20"]:
-            s.passed("resolv.conf == original; " + describe(direct[0], "laptop:eth0") + " (no loopback leg)")
+            s.passed("resolv.conf == original; " + describe(direct[0], "laptop:eth0") + " (no loopback leg)",
+                     flow.note("laptop", "resolv.conf is the original again", seen["t_stop"]), direct[0]["rec"])
         else:
             s.see(f"file {seen['file_after_stop']!r}; direct {len(direct)}; via lo {len(via_lo)}")
         steps.append(s)
@@ -329,11 +332,13 @@ class Roaming(_OnTheLan):
         sk = seen["status_after_kill"]
         if "127.0.0.1" in seen["file_after_kill"] and sk.get("state") == "not running" and "restore" in sk.get("detail", "") \
                 and seen["good_after_restart"][0] == ["198.51.100.80"] and seen["file_after_restart_stop"] == ORIGINAL:
-            s.passed(f"status after kill -9: {sk['state']}: {sk['detail']}")
+            s.passed(f"status after kill -9: {sk['state']}: {sk['detail']}",
+                     flow.note("laptop", f"after kill -9: resolv.conf -> dead stub; status {sk['state']}", seen["t_restart"]))
             log = Path(lab.log_dir / "roaming2.log").read_text()
             rec = [l for l in log.splitlines() if "recovery at start" in l]
             s.see(rec[0].split(" WARNING ")[-1] if rec else "(recovery line not in log)")
-            s.see("after the restarted client stopped: resolv.conf == original")
+            s.see("after the restarted client stopped: resolv.conf == original",
+                  flow.note("laptop", "restarted, then stopped: resolv.conf is the original", seen["t_end"]))
         else:
             s.see(f"file after kill {seen['file_after_kill']!r}; status {sk}; restart dig {seen['good_after_restart']}; "
                   f"final file {seen['file_after_restart_stop']!r}")
@@ -394,7 +399,7 @@ class RoamingVpnConflict(_OnTheLan):
         w = (seen["t_up"], seen["t_vpn"])
         q = [p for p in between(eth0, *w) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
         if q and seen["good_protected"][0] == ["198.51.100.80"]:
-            s.passed(describe(q[0], "laptop:eth0"))
+            s.passed(describe(q[0], "laptop:eth0"), q[0]["rec"])
         else:
             s.see(f"dig {seen['good_protected']}; cloud queries {len(q)}")
         steps.append(s)
@@ -402,7 +407,8 @@ class RoamingVpnConflict(_OnTheLan):
         s = Step("2", "the VPN keeps rewriting resolv.conf: the client detects the race and backs off")
         sc = seen["status_conflict"]
         if sc.get("reason") == "conflict" and sc.get("conflict", {}).get("backed_off"):
-            s.passed(f"status: {sc['state']} ({sc['reason']}): {sc['detail']}")
+            s.passed(f"status: {sc['state']} ({sc['reason']}): {sc['detail']}",
+                     flow.note("laptop", f"status: {sc['state']} ({sc['reason']}), backed off", sc.get("since")))
             s.see(f"since {time.strftime('%H:%M:%S', time.localtime(sc['since']))}, "
                   f"{sc['since'] - seen['t_vpn']:.1f}s after the VPN connected; VPN stand-in wrote {seen['writes_total']} times in all")
         else:
@@ -414,7 +420,8 @@ class RoamingVpnConflict(_OnTheLan):
         if seen["writes_during_quiet"] == 0 and "vpn-standin" in seen["file_backed_off"] \
                 and st2.get("reason") == "conflict":
             s.passed("the VPN wrote resolv.conf 0 times in 2s after the back-off; file: "
-                     + " | ".join(seen["file_backed_off"].splitlines()))
+                     + " | ".join(seen["file_backed_off"].splitlines()),
+                     flow.note("laptop", "resolv.conf keeps the VPN's settings; 0 rewrites in 2 s", seen["t_q"]))
         else:
             s.see(f"writes in the quiet 2s: {seen['writes_during_quiet']}; file {seen['file_backed_off']!r}; status {st2}")
         steps.append(s)
@@ -424,7 +431,7 @@ class RoamingVpnConflict(_OnTheLan):
         direct = [p for p in between(eth0, *w) if p["qname"] == INTRANET and not p["qr"] and p["src"] == "192.168.1.10"]
         via_lo = [p for p in between(lo, *w) if p["qname"] == INTRANET]
         if direct and not via_lo and seen["intranet_backed_off"][0] == ["192.168.1.20"]:
-            s.passed(describe(direct[0], "laptop:eth0"))
+            s.passed(describe(direct[0], "laptop:eth0"), direct[0]["rec"])
         else:
             s.see(f"dig {seen['intranet_backed_off']}; direct {len(direct)}; via lo {len(via_lo)}")
         steps.append(s)
@@ -436,15 +443,15 @@ class RoamingVpnConflict(_OnTheLan):
         w = (seen["t_back"], seen["t_stop"])
         q = [p for p in between(eth0, *w) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
         if sb.get("state") == "protected" and change and q and seen["good_back"][0] == ["198.51.100.80"]:
-            s.passed(change[0])
-            s.see(f"status: {sb['state']} again; " + describe(q[0], "laptop:eth0"))
+            s.passed(change[0], flow.note("laptop", "network change: vpn0 went; protection back", seen["t_back"]))
+            s.see(f"status: {sb['state']} again; " + describe(q[0], "laptop:eth0"), q[0]["rec"])
         else:
             s.see(f"status {sb}; log lines {change}; cloud queries {len(q)}")
         steps.append(s)
 
         s = Step("6", "on stop, the machine's original resolv.conf is back")
         if seen["file_final"] == ORIGINAL:
-            s.passed("resolv.conf == original")
+            s.passed("resolv.conf == original", flow.note("laptop", "resolv.conf is the original again", seen["t_stop"]))
         else:
             s.see(repr(seen["file_final"]))
         steps.append(s)
@@ -457,6 +464,8 @@ class RoamingMetric(Scenario):
     name = "roaming-metric"
     summary = "Roaming client and a VPN with a worse route metric: internal DNS fails by eth0, works with egress = \"learned\" (vpn0)"
     capture_extra = [("laptop", "lo")]
+    # vpn0 stands for the VPN's tunnel (a veth to the VPN gateway here): drawn as its band.
+    tunnels = [flow.Tunnel("VPN tunnel (vpn0)", ("laptop", "vpngw"), ["laptop:vpn0"])]
 
     def topology(self) -> Topology:
         t = Topology(self.name)
@@ -535,7 +544,8 @@ class RoamingMetric(Scenario):
 
         s = Step("1", f"the kernel routes the internal DNS server {LAN_DNS} by eth0 (metric 100), not by vpn0 (metric 500)")
         if "dev eth0" in seen["route_get"]:
-            s.passed(f"ip route get {LAN_DNS}: {seen['route_get'].strip()}")
+            s.passed(f"ip route get {LAN_DNS}: {seen['route_get'].strip()}",
+                     flow.note("laptop", f"ip route get {LAN_DNS}: dev eth0", seen["t_a"]))
             s.see("routes: " + " | ".join(l for l in seen["routes"].splitlines() if l.startswith("default")))
         else:
             s.see(seen["route_get"])
@@ -545,7 +555,9 @@ class RoamingMetric(Scenario):
         out = [p for p in between(eth0, *a) if p["qname"] == INTRANET and not p["qr"] and p["dst"] == LAN_DNS]
         on_vpn = [p for p in between(vpn0, *a) if p["qname"] == INTRANET]
         if out and not on_vpn and seen["intranet_route"][1] in ("SERVFAIL", "TIMEOUT") and not seen["intranet_route"][0]:
-            s.passed(describe(out[0], "laptop:eth0") + f"  -> dig says {seen['intranet_route'][1]}")
+            # The query leaves towards the ISP, which has no way to the corporate server: drawn to where it went.
+            s.passed(describe(out[0], "laptop:eth0") + f"  -> dig says {seen['intranet_route'][1]}", out[0]["rec"],
+                     label=f"query {INTRANET} A (by eth0; no answer: {seen['intranet_route'][1]})", to="isp")
             s.see("laptop:vpn0: no query")
         else:
             s.see(f"dig {seen['intranet_route']}; eth0 queries {len(out)}, vpn0 {len(on_vpn)}")
@@ -557,8 +569,8 @@ class RoamingMetric(Scenario):
         on_eth = [p for p in between(eth0, *b) if p["qname"] == INTRANET]
         srv = [(x["value"], x["iface"]) for x in seen["status_learned"].get("recorded_servers", [])]
         if out and ans and not on_eth and seen["intranet_learned"][0] == ["192.168.1.20"]:
-            s.passed(describe(out[0], "laptop:vpn0"))
-            s.see(describe(ans[0], "laptop:vpn0"))
+            s.passed(describe(out[0], "laptop:vpn0"), out[0]["rec"])
+            s.see(describe(ans[0], "laptop:vpn0"), ans[0]["rec"])
             s.see(f"laptop:eth0: no query for {INTRANET}; recorded servers {srv}")
         else:
             s.see(f"dig {seen['intranet_learned']}; vpn0 queries {len(out)}, answers {len(ans)}; eth0 {len(on_eth)}; {srv}")
@@ -568,7 +580,7 @@ class RoamingMetric(Scenario):
         ext = [p for p in between(eth0, seen["t_a"], seen["t_c"]) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
         ext_vpn = [p for p in between(vpn0, seen["t_a"], seen["t_c"]) if p["qname"] == GOOD]
         if len(ext) >= 2 and not ext_vpn and seen["good_route"][0] == seen["good_learned"][0] == ["198.51.100.80"]:
-            s.passed(describe(ext[0], "laptop:eth0"))
+            s.passed(describe(ext[0], "laptop:eth0"), ext[0]["rec"])
         else:
             s.see(f"eth0 {len(ext)}, vpn0 {len(ext_vpn)}; dig {seen['good_route']} {seen['good_learned']}")
         steps.append(s)
@@ -579,8 +591,9 @@ class RoamingMetric(Scenario):
         went = [l.split(" WARNING ")[-1] for l in log.splitlines() if "vpn0 went" in l]
         ext = [p for p in between(eth0, *c) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
         if seen["alive_gone"] and went and ext and seen["good_gone"][0] == ["198.51.100.80"] and sg.get("state") == "protected":
-            s.passed(went[0])
-            s.see(f"{INTRANET}: {seen['intranet_gone'][1]} (its only path is gone); " + describe(ext[0], "laptop:eth0"))
+            s.passed(went[0], flow.note("laptop", "log: vpn0 went; still serving", seen["t_c"]))
+            s.see(f"{INTRANET}: {seen['intranet_gone'][1]} (its only path is gone); " + describe(ext[0], "laptop:eth0"),
+                  ext[0]["rec"])
             s.see(f"status {sg['state']}; on stop resolv.conf is the VPN's file again: {seen['file_final'] == self.vpn_text}")
             if seen["file_final"] != self.vpn_text:
                 s.ok = False
