@@ -29,6 +29,21 @@ def normalize(name: str) -> str:
     return n
 
 
+def is_hostname(name: str) -> bool:
+    """True for a host name (normalized) as a proxy or a policy may be asked for, never an IP literal.
+
+    Labels of letters, digits, ``-`` (not first or last) and ``_`` (service
+    labels); a last label of digits only is an IPv4 literal, not a name."""
+    if not name or len(name) > 253 or name.rsplit(".", 1)[-1].isdigit():
+        return False
+    for label in name.split("."):
+        if not label or len(label) > 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        if not all(c.isascii() and c.isalnum() or c in "-_" for c in label):
+            return False
+    return True
+
+
 def normalize_pattern(pattern: str) -> str:
     p = pattern.strip()
     if p.startswith("*."):

@@ -5,7 +5,8 @@ be what a network engineer expects, and written in docs/proxy.md):
 
 * a pattern is an exact name (``bank.example.com``) or ``*.domain``, which
   matches every name *below* ``domain`` at any depth but not ``domain`` itself;
-* names compare case-insensitively, without a trailing dot;
+* names compare case-insensitively, without a trailing dot, international names
+  as punycode (``ztna.names``, the patterns the tunnel's policy uses too);
 * the deny list is read before the allow list (a deny always wins), and a name
   on neither gets the default action;
 * the do-not-decrypt list only matters for allowed names, and ``decrypt = false``
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+
+from ztna.names import BadName, PatternSet, is_hostname, normalize, normalize_pattern
 
 ALLOW = "allow"
 DENY = "deny"
@@ -29,52 +32,27 @@ class PolicyError(ValueError):
     """The policy configuration is inconsistent; the message says which entry and why."""
 
 
-def normalize(name: str) -> str:
-    return name.strip().rstrip(".").lower()
-
-
-def _valid_name(name: str) -> bool:
-    if not name or len(name) > 253:
-        return False
-    if name.rsplit(".", 1)[-1].isdigit():
-        return False  # an IPv4 literal (or a numeric TLD, which no real name has): not a name
-    for label in name.split("."):
-        if not label or len(label) > 63 or label.startswith("-") or label.endswith("-"):
-            return False
-        if not all(c.isalnum() and c.isascii() or c in "-_" for c in label):
-            return False
-    return True
-
-
 def valid_hostname(name: str) -> bool:
     """True for a DNS host name a proxy may be asked for (not an IP literal)."""
-    return _valid_name(normalize(name))
+    try:
+        return is_hostname(normalize(name))
+    except BadName:
+        return False
 
 
-@dataclass(frozen=True)
-class Pattern:
-    """``bank.example.com`` (exact) or ``*.example.com`` (anything below example.com)."""
-
-    text: str
-
-    @classmethod
-    def parse(cls, text: str) -> "Pattern":
-        t = normalize(text)
-        base = t[2:] if t.startswith("*.") else t
-        if not _valid_name(base):
-            raise PolicyError(f"{text!r} is not a host name or '*.domain' pattern")
-        return cls(t)
-
-    def matches(self, name: str) -> bool:
-        if self.text.startswith("*."):
-            return name.endswith(self.text[1:])
-        return name == self.text
-
-
-def _patterns(items, what: str) -> tuple[Pattern, ...]:
+def _patterns(items, what: str) -> PatternSet:
     if isinstance(items, str) or not isinstance(items, (list, tuple)):
         raise PolicyError(f"{what} must be a list of names, got {items!r}")
-    return tuple(Pattern.parse(i) for i in items)
+    out = PatternSet()
+    for item in items:
+        try:
+            p = normalize_pattern(item) if isinstance(item, str) else None
+        except BadName as exc:
+            raise PolicyError(f"{what}: {exc}") from exc
+        if p is None or not is_hostname(p[2:] if p.startswith("*.") else p):
+            raise PolicyError(f"{what}: {item!r} is not a host name or '*.domain' pattern")
+        out.add(p)
+    return out
 
 
 def _nets(items, what: str) -> tuple:
@@ -101,10 +79,10 @@ class Verdict:
 class Policy:
     """The whole filtering policy, built from the ``[policy]`` table of proxy.toml."""
 
-    allow: tuple[Pattern, ...] = ()
-    deny: tuple[Pattern, ...] = ()
+    allow: PatternSet = field(default_factory=PatternSet)
+    deny: PatternSet = field(default_factory=PatternSet)
     default: str = DENY
-    no_decrypt: tuple[Pattern, ...] = ()
+    no_decrypt: PatternSet = field(default_factory=PatternSet)
     decrypt: bool = True
     connect_ports: frozenset[int] = frozenset({443})
     http_ports: frozenset[int] = frozenset({80})
@@ -192,26 +170,32 @@ class Policy:
         return self._recall(("decide", name, port, kind), self._decide, name, port, kind)
 
     def _decide(self, name: str, port: int, kind: str) -> Verdict:
-        name = normalize(name)
         ports = self.http_ports if kind == "http" else self.connect_ports
         if port not in ports:
             return Verdict(DENY, False, f"port {port} is not an allowed {'HTTP' if kind == 'http' else 'TLS'} port "
                                         f"({', '.join(map(str, sorted(ports))) or 'none'})")
-        if not _valid_name(name):
+        try:
+            name = normalize(name)
+        except BadName:
+            pass  # judged (and refused) below as it came
+        if not is_hostname(name):
             return Verdict(DENY, False, f"{name[:80]!r} is not a host name (the policy filters names, not addresses)")
-        for p in self.deny:
-            if p.matches(name):
-                return Verdict(DENY, False, f"{name} matches deny {p.text}")
-        action, reason = self.default, f"{name} matches no rule; default {self.default}"
-        for p in self.allow:
-            if p.matches(name):
-                action, reason = ALLOW, f"{name} matches allow {p.text}"
-                break
+        hit = self.deny.match(name)
+        if hit is not None:
+            return Verdict(DENY, False, f"{name} matches deny {hit}")
+        hit = self.allow.match(name)
+        if hit is None:
+            action, reason = self.default, f"{name} matches no rule; default {self.default}"
+        else:
+            action, reason = ALLOW, f"{name} matches allow {hit}"
         if action == DENY:
             return Verdict(DENY, False, reason)
         return Verdict(ALLOW, self.wants_decrypt(name), reason)
 
     def wants_decrypt(self, name: str) -> bool:
         """Decrypt unless decryption is off or the name is a decryption exception."""
-        name = normalize(name)
-        return self.decrypt and not any(p.matches(name) for p in self.no_decrypt)
+        try:
+            name = normalize(name)
+        except BadName:
+            return False  # not a name: nothing to show a certificate for
+        return self.decrypt and name not in self.no_decrypt

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from gateway.proxy.policy import ALLOW, DENY, Pattern, Policy, PolicyError
+from gateway.proxy.policy import ALLOW, DENY, Policy, PolicyError
+from ztna.names import PatternSet
 
 
 def pol(**kw):
@@ -50,7 +51,7 @@ def test_ports():
 
 def test_ip_literals_and_garbage_are_not_names():
     p = pol(default="allow")
-    for n in ("203.0.113.80", "a..b", "-x.com", "x" * 300, "", "a b.com", "é.com"):
+    for n in ("203.0.113.80", "a..b", "-x.com", "x" * 300, "", "a b.com", "a\x00.com"):
         assert not p.decide(n, 443).allowed, n
 
 
@@ -96,12 +97,12 @@ def test_pattern_against_naive_reference():
         name = ".".join(rng.choice(labels) for _ in range(rng.randint(1, 4)))
         base = ".".join(rng.choice(labels) for _ in range(rng.randint(1, 3)))
         wildcard = rng.random() < 0.5
-        p = Pattern.parse(("*." if wildcard else "") + base)
+        p = PatternSet([("*." if wildcard else "") + base])
         if wildcard:
             want = name.split(".")[-len(base.split(".")):] == base.split(".") and len(name.split(".")) > len(base.split("."))
         else:
             want = name == base
-        assert p.matches(name) == want, (p, name)
+        assert (name in p) == want, (base, wildcard, name)
 
 
 def test_remembered_verdicts_equal_fresh_ones():
@@ -124,3 +125,11 @@ def test_memo_is_bounded():
     for i in range(10000):
         p.decide(f"h{i}.example.com", 443)
     assert len(p._memo) <= 4097
+
+
+def test_international_names_compare_as_punycode_both_ways():
+    p = pol(allow=["*.bücher.example"], deny=["böse.example"], default="deny")
+    assert p.decide("shop.BÜCHER.example", 443).allowed
+    assert p.decide("shop.xn--bcher-kva.example.", 443).allowed  # the same name, as a client sends it
+    v = p.decide("xn--bse-sna.example", 443)
+    assert not v.allowed and "matches deny xn--bse-sna.example" in v.reason
