@@ -18,7 +18,7 @@ import select
 import signal
 from pathlib import Path
 
-from ztna import files
+from ztna import files, resolvconf
 
 log = logging.getLogger("ztna.agent")
 
@@ -30,20 +30,22 @@ class TakeoverError(RuntimeError):
 
 
 def nameservers(text: str) -> list[str]:
-    """The ``nameserver`` addresses of a resolv.conf text, in order."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split("#", 1)[0].split()
-        if len(parts) >= 2 and parts[0] == "nameserver":
-            out.append(parts[1])
-    return out
+    """The ``nameserver`` addresses of a resolv.conf text, in order (TakeoverError if it is not one)."""
+    try:
+        return resolvconf.parse_untrusted(text).nameservers
+    except resolvconf.ResolvConfError as exc:
+        raise TakeoverError(f"the resolver file is not usable: {exc}") from exc
 
 
 def render(original: str, stub: str, state_path: Path, pid: int) -> str:
-    """The file the agent writes: its stub first, the original search/options kept."""
-    keep = [l for l in original.splitlines() if l.split()[:1] and l.split()[0] in ("search", "domain", "options")]
-    return "\n".join([f"{MARK} (pid {pid}); the original is kept in {state_path} and put back when it stops",
-                      f"nameserver {stub}", *keep]) + "\n"
+    """The file the agent writes: its stub first, the original search list and options kept."""
+    try:
+        rc = resolvconf.parse_untrusted(original)
+    except resolvconf.ResolvConfError as exc:
+        raise TakeoverError(f"the resolver file is not usable: {exc}") from exc
+    ours = resolvconf.ResolvConf(nameservers=[stub], search=rc.search, options=rc.options)
+    return resolvconf.render(ours, header=[f"{MARK} (pid {pid}); the original is kept in {state_path} "
+                                           "and put back when it stops"])
 
 
 def take_over(resolv: Path, stub: str, state_path: Path, pid: int) -> list[str]:

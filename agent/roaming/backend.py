@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ztna import files
 
-from . import resolvconf
+from ztna import resolvconf
 
 log = logging.getLogger("ztna.roaming")
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 
-from . import backend, resolvconf
+from ztna import resolvconf
+
+from . import backend
 from .config import Config, ConfigError, load
 
 DEFAULT_CONFIG = Path("/etc/ztna/roaming.toml")

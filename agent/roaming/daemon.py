@@ -22,7 +22,9 @@ import signal
 import time
 from pathlib import Path
 
-from . import backend, conflict, resolvconf, split
+from ztna import resolvconf
+
+from . import backend, conflict, split
 from . import status as st
 from .config import EGRESS_LEARNED, Config
 from .state import Learned, StateError, StateRecord, record, restore_plan

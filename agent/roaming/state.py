@@ -13,7 +13,7 @@ import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 
-from . import resolvconf
+from ztna import resolvconf
 
 FORMAT = 1
 

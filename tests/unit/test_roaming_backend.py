@@ -5,7 +5,8 @@ import socket
 
 import pytest
 
-from agent.roaming import backend, resolvconf
+from agent.roaming import backend
+from ztna import resolvconf
 
 
 def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from agent.roaming import resolvconf as rcf
+from ztna import resolvconf as rcf
 from agent.roaming.state import Learned, StateError, StateRecord, record, restore_plan
 
 ORIG = "nameserver 192.168.1.53\nsearch corp.example\n"

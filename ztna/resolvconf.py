@@ -1,5 +1,7 @@
 """resolv.conf as data: parse what a file says, render what we want it to say.
 
+Shared by the agent's DNS takeover (agent/takeover.py) and the roaming client.
+
 ``parse_untrusted`` reads text any program may have written (a VPN script, a
 person, a crashed tool) and lets only :class:`ResolvConfError` escape, with the
 line that was wrong.  Unknown keywords are kept as they are, as glibc ignores
