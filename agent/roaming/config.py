@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ztna.config import ConfigError, load_file
 
 from .conflict import ConflictPolicy
 
@@ -13,8 +14,6 @@ EGRESS_ROUTE = "route"      # internal queries follow the routing table (the ker
 EGRESS_LEARNED = "learned"  # internal queries leave by the interface their server was learned from
 
 
-class ConfigError(ValueError):
-    """A roaming.toml that cannot be used; the message names the setting."""
 
 
 @dataclass
@@ -128,10 +127,4 @@ def from_dict(doc: dict) -> Config:
 
 def load(path: Path) -> Config:
     """Read and validate a roaming.toml."""
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return from_dict(doc)
+    return from_dict(load_file(Path(path)))

@@ -7,9 +7,10 @@ names the file, the key and what to write instead.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ztna.config import ConfigError, load_file
 
 from .answers import Column
 from .names import BadName
@@ -17,8 +18,6 @@ from .policy import CategoryDB, DomainSet, Policy, PolicySet
 from .tunnel import TunnelConfig
 
 
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message says where and why."""
 
 
 @dataclass
@@ -133,12 +132,7 @@ def read_category_file(path: Path, db: CategoryDB) -> None:
 def load(path: Path) -> Config:
     """Read and check ``path``."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    doc = load_file(path)
     return from_dict(doc, path.parent, source=str(path))
 
 

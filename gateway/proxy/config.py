@@ -21,9 +21,10 @@ Example (docs/proxy.md explains every key)::
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ztna.config import ConfigError, load_file
 
 from .machine import BLOCK, EXPLICIT, PASSTHROUGH, TRANSPARENT, Limits
 from .policy import Policy, PolicyError
@@ -32,8 +33,6 @@ from .policy import Policy, PolicyError
 BUSY_POLL_MAX_US = 1000  # a spin longer than a millisecond is a thread's worth of CPU, not a poll
 
 
-class ConfigError(ValueError):
-    """proxy.toml is unusable; the message names the key and what to write instead."""
 
 
 @dataclass(frozen=True)
@@ -167,10 +166,4 @@ def from_dict(doc: dict) -> Config:
 
 def load(path: Path) -> Config:
     """Read and check ``path``."""
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return from_dict(doc)
+    return from_dict(load_file(Path(path)))

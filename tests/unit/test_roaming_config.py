@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from ztna.config import ConfigError
+
 from agent.roaming import config as cf
 
 
@@ -51,5 +53,6 @@ def test_bad_toml_and_missing_file(tmp_path):
     p.write_text("listen = \n")
     with pytest.raises(cf.ConfigError, match="not valid TOML"):
         cf.load(p)
-    with pytest.raises(cf.ConfigError, match="cannot read"):
+    with pytest.raises(cf.ConfigError, match="no such configuration file"):
         cf.load(tmp_path / "absent.toml")
+    assert cf.ConfigError is ConfigError  # one error type for every role's configuration
