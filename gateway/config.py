@@ -14,7 +14,7 @@ from .policy import Policy
 
 @dataclass
 class GatewayConfig:
-    """Every setting of the gateway; see docs/gateway.md."""
+    """Every setting of the gateway; see docs/agent.md ("The gateway")."""
 
     listen: str
     cert: str

@@ -367,7 +367,7 @@ class RoamingVpnConflict(_OnTheLan):
         seen["t_up"] = time.time()
         seen["good_protected"] = dig(lab, "laptop", GOOD)
         seen["t_vpn"] = time.time()
-        lab.start("laptop", [sys.executable, "-m", "netns.scenarios.vpn_standin", "--resolv-conf", str(rc),
+        lab.start("laptop", [sys.executable, "-m", "netns.vpn_standin", "--resolv-conf", str(rc),
                              "--server", LAN_DNS, "--search", "corp.example", "--iface", "vpn0", "--every", "0.3"],
                   name="vpn")
         seen["status_conflict"] = wait_status(lab, self.conf, "unprotected", reason="conflict", timeout=20)

@@ -3,4 +3,4 @@
 #   sudo scripts/bench.sh tunnel [--seconds N] [--json]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec .venv/bin/python -m netns.bench.tunnel "$@"
+exec .venv/bin/python scripts/bench/tunnel_bench.py "$@"

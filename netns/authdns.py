@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
-from .dnswire import BadPacket, formerr_for, parse_untrusted, serve_tcp_client
+from ztna.dnswire import BadPacket, formerr_for, parse_untrusted, serve_tcp_client
 
 log = logging.getLogger("ztna.authdns")
 

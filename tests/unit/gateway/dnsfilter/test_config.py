@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dnssec.answers import Column
-from gateway.dnssec.config import ConfigError, from_dict, load
+from gateway.dnsfilter.answers import Column
+from gateway.dnsfilter.config import ConfigError, from_dict, load
 
-DOC = Path(__file__).parents[2] / "docs" / "dns-security.md"
+DOC = Path(__file__).resolve().parents[4] / "docs" / "dns-security.md"
 
 
 def docs_example() -> str:
@@ -74,7 +74,7 @@ def test_bad_toml_and_missing_files(tmp_path):
 def test_explain_says_policy_verdict_and_answer(tmp_path):
     from click.testing import CliRunner
 
-    from gateway.dnssec.cli import dns
+    from gateway.dnsfilter.cli import dns
 
     (tmp_path / "categories.txt").write_text("ddns.bad.example dynamic-dns\n")
     (tmp_path / "block.txt").write_text("evil.example\n")

@@ -2,8 +2,8 @@ import json
 
 from click.testing import CliRunner
 
-from gateway.dnssec import querylog, stats
-from gateway.dnssec.cli import dns
+from gateway.dnsfilter import querylog, stats
+from gateway.dnsfilter.cli import dns
 
 RECORDS = [
     {"time": 10.0, "client": "198.51.100.10", "identity": "198.51.100.10", "policy": "office", "name": "malware.bad.example",

@@ -3,7 +3,7 @@ and writing its own resolv.conf, then keeps re-asserting that file, as some
 VPN clients do (SPEC.md §6, conflict 1).  On SIGTERM it "disconnects": it puts
 back the file it found and removes its interface.
 
-    python -m netns.scenarios.vpn_standin --resolv-conf PATH --server 192.168.1.53 \
+    python -m netns.vpn_standin --resolv-conf PATH --server 192.168.1.53 \
         --search corp.example --iface vpn0 --addr 10.8.0.2/24 --every 0.3
 
 The interface is a TUN device inside the namespace this runs in: it joins nothing.

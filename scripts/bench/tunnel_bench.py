@@ -1,6 +1,6 @@
 """Throughput through the ZTNA tunnel, against the plain routed path and OpenVPN.
 
-``python -m netns.bench.tunnel [--seconds 10] [--json]`` (as root; scripts/bench.sh tunnel)
+``python scripts/bench/tunnel_bench.py [--seconds 10] [--json]`` (as root; scripts/bench.sh tunnel)
 
 One lab, the agent scenario's hosts; iperf3 from ``client`` to ``app``:
   plain     routed client -> inet -> gateway -> app, no tunnel (the ceiling)
@@ -17,9 +17,9 @@ import os
 import sys
 import time
 
-from .. import procs
-from ..lab import Lab
-from ..scenarios.agent import APP, APP_IP, GW_PUBLIC, AgentScenario
+from netns import procs
+from netns.lab import Lab
+from netns.scenarios.agent import APP, APP_IP, GW_PUBLIC, AgentScenario
 
 VPN_NET = "10.8.0.0/24"
 

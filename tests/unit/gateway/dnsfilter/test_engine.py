@@ -2,9 +2,9 @@
 
 from dnslib import EDNS0, QTYPE, RR, A, CNAME, MX, TXT, DNSRecord
 
-from gateway.dnssec import wire
-from gateway.dnssec.config import from_dict
-from gateway.dnssec.engine import Drop, Engine, Forward, Reply
+from gateway.dnsfilter import wire
+from gateway.dnsfilter.config import from_dict
+from gateway.dnsfilter.engine import Drop, Engine, Forward, Reply
 from ztna.edns import add_device_id
 
 CLIENT = "198.51.100.10"
@@ -303,7 +303,7 @@ def _mixed_traffic(seed: int, n: int):
 
 def test_batch_path_counts_and_answers_as_one_query_at_a_time():
     """handle_batch inlines the detector's count for memo hits: same detections, windows and answers as observe()."""
-    from gateway.dnssec.tunnel import TunnelDetector
+    from gateway.dnsfilter.tunnel import TunnelDetector
     traffic = _mixed_traffic(5, 600)
     eng = engine(ratelimit={"qps": 0})
     ref = TunnelDetector(eng.detector.cfg)
@@ -341,7 +341,7 @@ def test_batch_memo_hits_give_the_same_bytes_and_lines_as_deciding_afresh():
     """A memo hit must say exactly what the full decision path (no memo) says for the same query."""
     import json
 
-    from gateway.dnssec.engine import _UNSET
+    from gateway.dnsfilter.engine import _UNSET
     eng = engine()
     names = [("www.good.example", "A"), ("malware.bad.example", "A"), ("listed.bad.example", "TXT"),
              ("gambling.bad.example", "AAAA")]

@@ -4,8 +4,8 @@ import pytest
 from dnslib import EDNS0, EDNSOption, QTYPE, RR, A, CNAME, DNSRecord, TXT
 from hypothesis import given, settings, strategies as st
 
-from gateway.dnssec import wire
-from gateway.dnssec.wire import BadMessage, parse_query_untrusted, parse_reply_untrusted
+from gateway.dnsfilter import wire
+from gateway.dnsfilter.wire import BadMessage, parse_query_untrusted, parse_reply_untrusted
 from ztna.edns import add_device_id
 
 
@@ -179,7 +179,7 @@ def test_truncated_answer_has_tc_and_question():
 
 def test_aged_answer_matches_a_rebuilt_answer_at_every_age():
     from dnslib import RR, A, CNAME, EDNS0, DNSRecord
-    from gateway.dnssec.wire import AgedAnswer, cached_answer, parse_query_untrusted, parse_reply_untrusted, query_bytes
+    from gateway.dnsfilter.wire import AgedAnswer, cached_answer, parse_query_untrusted, parse_reply_untrusted, query_bytes
     for edns in (False, True):
         r = DNSRecord.question("WWW.Example.org", "A")
         if edns:

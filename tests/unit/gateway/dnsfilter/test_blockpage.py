@@ -2,9 +2,9 @@ import ssl
 
 from cryptography.x509.oid import ExtensionOID
 
-from gateway.dnssec.blockpage import CertCache, describe, host_of, render_page, server_context, blocked_anywhere
-from gateway.dnssec.config import from_dict
-from gateway.dnssec.engine import Engine
+from gateway.dnsfilter.blockpage import CertCache, describe, host_of, render_page, server_context, blocked_anywhere
+from gateway.dnsfilter.config import from_dict
+from gateway.dnsfilter.engine import Engine
 from ztna import pki
 
 DOC = {"server": {"upstreams": ["203.0.113.53"]}, "blockpage": {"https_port": 0},

@@ -2,10 +2,10 @@ import base64
 import random
 from pathlib import Path
 
-from gateway.dnssec.names import parent_of
-from gateway.dnssec.tunnel import TunnelConfig, TunnelDetector, entropy
+from gateway.dnsfilter.names import parent_of
+from gateway.dnsfilter.tunnel import TunnelConfig, TunnelDetector, entropy
 
-ORDINARY = [l.strip() for l in (Path(__file__).parent / "data" / "ordinary_names.txt").read_text().splitlines()
+ORDINARY = [l.strip() for l in (Path(__file__).parent / "ordinary_names.txt").read_text().splitlines()
             if l.strip() and not l.startswith("#")]
 A, AAAA, TXT, NULL, HTTPS = 1, 28, 16, 10, 65
 

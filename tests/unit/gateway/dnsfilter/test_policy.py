@@ -2,9 +2,9 @@ import random
 
 import pytest
 
-from gateway.dnssec.answers import Column
-from gateway.dnssec.names import BadName, normalize, suffixes
-from gateway.dnssec.policy import CategoryDB, DomainSet, Policy, PolicySet, column_of_category
+from gateway.dnsfilter.answers import Column
+from gateway.dnsfilter.names import BadName, normalize, suffixes
+from gateway.dnsfilter.policy import CategoryDB, DomainSet, Policy, PolicySet, column_of_category
 import ipaddress
 
 

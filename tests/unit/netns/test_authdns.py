@@ -2,7 +2,7 @@ import struct
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from ztna.authdns import ZoneData, respond_untrusted
+from netns.authdns import ZoneData, respond_untrusted
 
 ZONE = """
 @ 60 IN SOA ns1 hostmaster 1 60 60 60 60

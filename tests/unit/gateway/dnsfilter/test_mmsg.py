@@ -7,9 +7,9 @@ import socket
 import pytest
 from dnslib import DNSRecord
 
-from gateway.dnssec import mmsg
-from gateway.dnssec.config import from_dict
-from gateway.dnssec.server import Resolver
+from gateway.dnsfilter import mmsg
+from gateway.dnsfilter.config import from_dict
+from gateway.dnsfilter.server import Resolver
 
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="libc without recvmmsg/sendmmsg")
 

@@ -3,7 +3,7 @@
 import pytest
 from dnslib import QTYPE
 
-from gateway.dnssec.answers import Action, Column, action, row_of
+from gateway.dnsfilter.answers import Action, Column, action, row_of
 
 COLUMNS = ["tunnel", "list", "security", "ddns", "content"]
 COL = {"tunnel": Column.TUNNEL, "list": Column.LIST, "security": Column.SECURITY, "ddns": Column.DDNS,

@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "scripts" / "bench"))
 
 import proxy_bench as bench  # noqa: E402
 

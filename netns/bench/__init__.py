@@ -1,1 +1,0 @@
-"""Benchmarks that run in the sealed lab (``scripts/bench.sh NAME``)."""
