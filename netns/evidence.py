@@ -33,6 +33,22 @@ class DnsMsg:
     sport: int = 0
     proto: str = "udp"
     at: tuple = ()  # (pcap file name, frame number), from capture.read
+    raw: bytes = b""  # the DNS message itself (over TCP without its length prefix)
+
+    @property
+    def a(self) -> list[str]:
+        """The IPv4 addresses of the answer section."""
+        return [x for x in self.answers if ":" not in x]
+
+    @property
+    def record(self):
+        """The whole message as dnslib reads it (every record type, EDNS options), or None if it cannot."""
+        from dnslib import DNSRecord
+
+        try:
+            return DNSRecord.parse(self.raw) if len(self.raw) >= 12 else None
+        except Exception:  # a capture may hold any bytes on port 53
+            return None
 
 
 def dns(pkts) -> list[DnsMsg]:
@@ -64,9 +80,10 @@ def dns(pkts) -> list[DnsMsg]:
                 # scapy gives some options (EDE) a class of their own without optdata
                 opts += [(o.optcode, bytes(getattr(o, "optdata", b"") or b"")) for o in getattr(rr, "rdata", [])
                          if hasattr(o, "optcode")]
+        raw = bytes(l4.payload)
         out.append(DnsMsg(float(p.time), p[IP].src, p[IP].dst, name, qtype, bool(d.qr), answers, d.rcode,
                           int(l4.dport), opts, int(l4.sport), "udp" if p.haslayer(UDP) else "tcp",
-                          getattr(p, "ztna_at", ())))
+                          getattr(p, "ztna_at", ()), raw[2:] if p.haslayer(TCP) else raw))
     return out
 
 

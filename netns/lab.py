@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 from ztna import files, pki
@@ -66,6 +67,15 @@ class Lab:
         except BaseException:
             self.down()
             raise
+
+    @contextmanager
+    def built(self):
+        """``up`` for the block, ``down`` after it, whatever happens inside (the tests' fixtures)."""
+        self.up()
+        try:
+            yield self
+        finally:
+            self.down()
 
     def down(self) -> list[str]:
         """Stop every process and capture, remove every namespace; never raises."""
@@ -179,3 +189,13 @@ def down_from_state(root: Path | None = None) -> list[str]:
     if state_path.exists():
         state_path.unlink()
     return removed
+
+
+@contextmanager
+def started(scenario, root: Path | None = None):
+    """``scenario``'s lab built and its services started (``lab.sc`` is the scenario); always torn down."""
+    lab = Lab(scenario.name, scenario.topology(), root=root)
+    with lab.built():
+        scenario.start(lab)
+        lab.sc = scenario
+        yield lab

@@ -152,22 +152,15 @@ def parse_dig(text: str) -> dict:
 
 
 def dns_packets(path: Path) -> list:
-    """(scapy packet, dnslib record, transport) for every DNS message in a capture."""
-    from dnslib import DNSRecord
-    from scapy.layers.inet import TCP, UDP
+    """(message, its dnslib record, "UDP" or "TCP") for every DNS message in a capture that dnslib reads.
 
+    The captured message (netns.evidence.dns) is the step's evidence; the
+    dnslib record has what the SPEC §4 checks look at (every type, EDE)."""
     out = []
-    for p in read(path):
-        for layer in (UDP, TCP):
-            if p.haslayer(layer) and 53 in (p[layer].sport, p[layer].dport):
-                payload = bytes(p[layer].payload)
-                if layer is TCP:
-                    payload = payload[2:]
-                if len(payload) >= 12:
-                    try:
-                        out.append((p, DNSRecord.parse(payload), layer.__name__))
-                    except Exception:
-                        pass
+    for m in evidence.dns(read(path)):
+        rec = m.record
+        if rec is not None:
+            out.append((m, rec, m.proto.upper()))
     return out
 
 
@@ -247,17 +240,16 @@ class DnsSecurity(Scenario):
     def verify(self, lab: Lab, seen: dict) -> list[Step]:
         truth = zone_records()
         client_pkts = dns_packets(lab.pcap("client", "eth0"))
-        from scapy.layers.inet import IP
 
         replies = {(rec.header.id, str(rec.q.qname).rstrip(".").lower()): (p, rec) for p, rec, tr in client_pkts
-                   if tr == "UDP" and rec.header.qr == 1 and p[IP].src == RESOLVER}
+                   if tr == "UDP" and rec.header.qr == 1 and p.src == RESOLVER}
         self._queries = {(rec.header.id, str(rec.q.qname).rstrip(".").lower()): p for p, rec, tr in client_pkts
-                         if tr == "UDP" and rec.header.qr == 0 and p[IP].dst == RESOLVER}
+                         if tr == "UDP" and rec.header.qr == 0 and p.dst == RESOLVER}
         # What the resolver asked upstream while the table was being asked (later steps ask more):
         # (name, type) -> the first such query packet.
         upstream_asked: dict = {}
         for p, rec, tr in dns_packets(lab.pcap("authdns", "eth0")):
-            if rec.header.qr == 0 and float(p.time) <= seen["table_done"]:
+            if rec.header.qr == 0 and p.time <= seen["table_done"]:
                 upstream_asked.setdefault((str(rec.q.qname).rstrip(".").lower(), _qtype(rec.q.qtype)), p)
         steps: list[Step] = []
         n = 0

@@ -21,6 +21,7 @@ the proxy CA.  curl's own ``-v`` output (issuer line) is recorded as well.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -132,9 +133,7 @@ def start_services(lab: Lab, *, mode: str, web_extra: list[str] = (), **toml) ->
 @contextmanager
 def both_proxies(name: str, root: Path, *, extra_policy: str = "connect_ports = [443, 444]\n"):
     """A lab with an explicit proxy (``proxy``) and a transparent one (``tproxy``) side by side; always torn down."""
-    lab = Lab(name, topology(name, transparent=True), root=root)
-    lab.up()
-    try:
+    with Lab(name, topology(name, transparent=True), root=root).built() as lab:
         start_services(lab, mode="explicit", extra_policy=extra_policy)
         conf = lab.write_conf("proxy-transparent.toml", proxy_toml(lab, mode="transparent", extra_policy=extra_policy))
         tp = lab.start("proxy", procs.ztna_argv("proxy", "run", "--config", str(conf)), name="tproxy")
@@ -142,8 +141,6 @@ def both_proxies(name: str, root: Path, *, extra_policy: str = "connect_ports = 
         procs.wait_until(lambda: lab.exec("proxy", ["nft", "list", "table", "ip", "ztna_proxy"]).returncode == 0,
                          what="the transparent proxy's nft table")
         yield lab
-    finally:
-        lab.down()
 
 
 def second_proxy(lab: Lab, name: str, port: int, extra_proxy: str = "") -> procs.Proc:
@@ -325,6 +322,83 @@ class _ProxyScenario(Scenario):
                 return line.strip("* ").strip()
         return "(curl printed no issuer)"
 
+    # ---- the checks both modes make of a decrypted site ----------------------------------------------
+    def _server_tls_first(self, lab: Lab, number: str, legs: "_Legs", seen: dict, t0: float) -> Step:
+        """TLS with the server completes before the client gets a proxy-CA certificate for the name."""
+        name = legs.name
+        st = Step(number, f"{name}: TLS with the server completes before the client gets a proxy-CA certificate for {name}")
+        tunnel_down = legs.down[legs.down_off:]
+        sh_s, sh_c = server_hello_offset(legs.srv_down), server_hello_offset(tunnel_down)
+        cert = server_certificate(tunnel_down)
+        if sh_s is None or sh_c is None or cert is None:
+            st.see(f"ServerHello to the proxy: {sh_s is not None}, to the client: {sh_c is not None}, "
+                   f"client's certificate read: {cert is not None}")
+            return st
+        ts, tc = time_at(legs.srv_down_t, sh_s), time_at(legs.down_t, legs.down_off + sh_c)
+        proxy_ca = lab.pki_dir / "proxy-ca.pem"
+        good = signed_by(cert, proxy_ca)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        if not (ts <= tc and good and sans == [name]):
+            st.see(f"server hello at {_fmt(t0, ts)}, client hello at {_fmt(t0, tc)}, cert ok={good}, SAN={sans}")
+            return st
+        st.passed(f"server's ServerHello at {_fmt(t0, ts)}, proxy's ServerHello to the client at {_fmt(t0, tc)}",
+                  flow.seg_at(legs.ssegs, ts, WEB, PROXY_OUT, dport=legs.sport), label="ServerHello (the server's)")
+        st.attach(flow.seg_at(legs.csegs, tc, legs.peer, CLIENT, dport=legs.port),
+                  label=f"ServerHello, a proxy-CA certificate for {name}", frm=legs.frm)
+        st.passed(f"client got certificate SAN={sans} issuer={cert.issuer.rfc4514_string()!r}, signature verifies "
+                  f"with proxy-ca.pem (TLS 1.2 capture); curl -v: {self._issuer_line(seen[name])}")
+        ca_key = x509.load_pem_x509_certificate(proxy_ca.read_bytes()).public_key()
+        if isinstance(cert.public_key(), ec.EllipticCurvePublicKey) and \
+                cert.public_key().public_numbers() == ca_key.public_numbers():
+            st.ok = False
+            st.see("the leaf key equals the proxy CA key")
+        return st
+
+    def _decrypted_both_ways(self, number: str, legs: "_Legs", seen: dict, rec: dict | None) -> Step:
+        """Two different ClientHellos on the two legs, the page came through, the log says decrypted."""
+        name = legs.name
+        st = Step(number, f"{name}: traffic is decrypted and re-encrypted in both directions")
+        ch_c, ch_s = client_hello_in(legs.up[legs.up_off:]), client_hello_in(legs.srv_up)
+        body = seen[name]["stdout"]
+        if ch_c and ch_s and ch_c.raw != ch_s.raw and f"hello from {name} over https" in body and rec and rec.get("decrypted"):
+            st.passed(f"two different ClientHellos (client's {len(ch_c.raw)} bytes, proxy's {len(ch_s.raw)} bytes); "
+                      f"curl received {body.strip()!r}; proxy log bytes up/down {rec.get('bytes_up')}/{rec.get('bytes_down')}",
+                      flow.seg_at(legs.csegs, time_at(legs.up_t, legs.up_off), CLIENT, legs.peer, sport=legs.port),
+                      label=f"ClientHello ({len(ch_c.raw)} bytes)", to=legs.frm)
+            st.attach(flow.first_data(legs.ssegs, PROXY_OUT, WEB, sport=legs.sport, dport=443),
+                      label=f"another ClientHello ({len(ch_s.raw)} bytes, the proxy's)")
+            st.attach(last_data(legs.csegs, legs.peer, CLIENT, sport=legs.peer_port, dport=legs.port),
+                      label="re-encrypted bytes to the client", frm=legs.frm)
+        return st
+
+
+@dataclass
+class _Legs:
+    """One site's connection on both legs: client <-> proxy (as the client saw it) and proxy <-> server.
+
+    ``up_off``/``down_off``: where the TLS bytes start in the client's streams
+    (after the CONNECT head and status in explicit mode); ``peer``: the address
+    the client talks to (the proxy's, or in transparent mode the server's, which
+    the proxy answers for: then ``frm`` draws those arrows from the proxy)."""
+
+    name: str
+    port: int
+    csegs: list
+    ssegs: list
+    up: bytes
+    up_t: list
+    down: bytes
+    down_t: list
+    up_off: int
+    down_off: int
+    sport: int | None
+    srv_up: bytes
+    srv_down: bytes
+    srv_down_t: list
+    peer: str
+    peer_port: int
+    frm: str | None = None
+
 
 class ExplicitScenario(_ProxyScenario):
     """Explicit forward proxy: CONNECT, FQDN policy, splice for the exception site, decryption otherwise."""
@@ -420,41 +494,10 @@ class ExplicitScenario(_ProxyScenario):
                     s6.see("but the proxy log says it decrypted")
                 steps.append(s6)
             else:
-                s6 = Step(f"{label}.6", f"{name}: TLS with the server completes before the client gets a proxy-CA certificate for {name}")
-                srv_hello = server_hello_offset(srv_down)
-                cli_hello = server_hello_offset(tunnel_down)
-                cert = server_certificate(tunnel_down)
-                if srv_hello is not None and cli_hello is not None:
-                    ts = time_at(srv_down_t, srv_hello)
-                    tc = time_at(down_t, hdr_end + cli_hello)
-                    good = cert is not None and signed_by(cert, lab.pki_dir / "proxy-ca.pem")
-                    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) if cert else []
-                    if ts <= tc and good and sans == [name]:
-                        s6.passed(f"server's ServerHello at {_fmt(t0, ts)}, proxy's ServerHello to the client at {_fmt(t0, tc)}",
-                                  flow.seg_at(ssegs, ts, WEB, PROXY_OUT, dport=sport), label="ServerHello (the server's)")
-                        s6.attach(flow.seg_at(csegs, tc, PROXY_IN, CLIENT, dport=port),
-                                  label=f"ServerHello, a proxy-CA certificate for {name}")
-                        s6.passed(f"client got certificate SAN={sans} issuer={cert.issuer.rfc4514_string()!r}, signature verifies with proxy-ca.pem (TLS 1.2 capture)")
-                        s6.see(f"curl -v: {self._issuer_line(seen[name])}")
-                        key_ok = not isinstance(cert.public_key(), ec.EllipticCurvePublicKey) or \
-                            cert.public_key().public_numbers() != x509.load_pem_x509_certificate((lab.pki_dir / 'proxy-ca.pem').read_bytes()).public_key().public_numbers()
-                        if not key_ok:
-                            s6.ok = False
-                            s6.see("the leaf key equals the proxy CA key")
-                    else:
-                        s6.see(f"server hello at {_fmt(t0, ts)}, client hello at {_fmt(t0, tc)}, cert ok={good}, SAN={sans}")
-                steps.append(s6)
-                s7 = Step(f"{label}.7", f"{name}: traffic is decrypted and re-encrypted in both directions")
-                ch_c, ch_s = client_hello_in(tunnel_up), client_hello_in(srv_up)
-                body = seen[name]["stdout"]
-                if ch_c and ch_s and ch_c.raw != ch_s.raw and f"hello from {name} over https" in body and rec and rec.get("decrypted"):
-                    s7.passed(f"two different ClientHellos (client's {len(ch_c.raw)} bytes, proxy's {len(ch_s.raw)} bytes); "
-                              f"curl received {body.strip()!r}; proxy log bytes up/down {rec.get('bytes_up')}/{rec.get('bytes_down')}",
-                              flow.seg_at(csegs, time_at(up_t, up.find(b"\r\n\r\n") + 4), CLIENT, PROXY_IN, sport=port),
-                              label=f"ClientHello ({len(ch_c.raw)} bytes)")
-                    s7.attach(flow.first_data(ssegs, PROXY_OUT, WEB, sport=sport, dport=443),
-                              label=f"another ClientHello ({len(ch_s.raw)} bytes, the proxy's)")
-                steps.append(s7)
+                legs = _Legs(name, port, csegs, ssegs, up, up_t, down, down_t, up.find(b"\r\n\r\n") + 4, hdr_end, sport,
+                             srv_up, srv_down, srv_down_t, PROXY_IN, EXPLICIT_PORT)
+                steps.append(self._server_tls_first(lab, f"{label}.6", legs, seen, t0))
+                steps.append(self._decrypted_both_ways(f"{label}.7", legs, seen, rec))
         return steps
 
 
@@ -548,30 +591,10 @@ class TransparentScenario(_ProxyScenario):
                     s6.attach(last_data(csegs, WEB, CLIENT, sport=443, dport=port), label="the same last bytes", frm="proxy")
                 steps.append(s6)
             else:
-                s5 = Step(f"{label}.5", f"{name}: TLS with the server completes, then the client gets a proxy-CA certificate for {name}")
-                sh_s, sh_c = server_hello_offset(srv_down), server_hello_offset(down)
-                cert = server_certificate(down)
-                if sh_s is not None and sh_c is not None and cert is not None:
-                    ts, tc = time_at(srv_down_t, sh_s), time_at(down_t, sh_c)
-                    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-                    if ts <= tc and signed_by(cert, lab.pki_dir / "proxy-ca.pem") and sans == [name]:
-                        s5.passed(f"server's ServerHello at {_fmt(t0, ts)}, proxy's ServerHello to the client at {_fmt(t0, tc)}",
-                                  flow.seg_at(ssegs, ts, WEB, PROXY_OUT, dport=sport), label="ServerHello (the server's)")
-                        s5.attach(flow.seg_at(csegs, tc, WEB, CLIENT, dport=port),
-                                  label=f"ServerHello, a proxy-CA certificate for {name}", frm="proxy")
-                        s5.passed(f"client got certificate SAN={sans} issuer={cert.issuer.rfc4514_string()!r} (TLS 1.2 capture); curl -v: {self._issuer_line(seen[name])}")
-                steps.append(s5)
-                s6 = Step(f"{label}.6", f"{name}: traffic is decrypted and re-encrypted in both directions")
-                ch_s = client_hello_in(srv_up)
-                body = seen[name]["stdout"]
-                if ch and ch_s and ch.raw != ch_s.raw and f"hello from {name} over https" in body and rec and rec.get("decrypted"):
-                    s6.passed(f"different ClientHellos on the two legs; curl received {body.strip()!r}; "
-                              f"log bytes up/down {rec.get('bytes_up')}/{rec.get('bytes_down')}",
-                              flow.first_data(ssegs, PROXY_OUT, WEB, sport=sport, dport=443),
-                              label=f"another ClientHello ({len(ch_s.raw)} bytes, the proxy's)")
-                    s6.attach(last_data(csegs, WEB, CLIENT, sport=443, dport=port), label="re-encrypted bytes to the client",
-                              frm="proxy")
-                steps.append(s6)
+                legs = _Legs(name, port, csegs, ssegs, up, up_t, down, down_t, 0, 0, sport, srv_up, srv_down, srv_down_t,
+                             WEB, 443, frm="proxy")
+                steps.append(self._server_tls_first(lab, f"{label}.5", legs, seen, t0))
+                steps.append(self._decrypted_both_ways(f"{label}.6", legs, seen, rec))
         return steps
 
 

@@ -48,25 +48,23 @@ LAN_DNS = "192.168.1.53"
 
 
 # ---- reading captures ---------------------------------------------------------
-def dns_packets(path: Path) -> list[dict]:
-    """Every DNS message in a capture (netns.evidence.dns), as plain dicts; answers are A records only."""
-    return [{"t": m.time, "src": m.src, "dst": m.dst, "qr": int(m.response), "rcode": m.rcode, "qname": m.name,
-             "answers": [a for a in m.answers if ":" not in a], "opts": m.opts, "dport": m.dport, "rec": m}
-            for m in evidence.dns(capture.read(path))]
+def dns_packets(path: Path) -> list[evidence.DnsMsg]:
+    """Every DNS message in a capture (netns.evidence.dns)."""
+    return evidence.dns(capture.read(path))
 
 
-def between(pkts: list[dict], t0: float, t1: float) -> list[dict]:
-    return [p for p in pkts if t0 <= p["t"] <= t1]
+def between(pkts: list[evidence.DnsMsg], t0: float, t1: float) -> list[evidence.DnsMsg]:
+    return [p for p in pkts if t0 <= p.time <= t1]
 
 
-def describe(p: dict, where: str) -> str:
-    kind = "answer" if p["qr"] else "query"
-    extra = f" -> {', '.join(p['answers'])}" if p["answers"] else (f" rcode {p['rcode']}" if p["qr"] else "")
+def describe(p: evidence.DnsMsg, where: str) -> str:
+    kind = "answer" if p.response else "query"
+    extra = f" -> {', '.join(p.a)}" if p.a else (f" rcode {p.rcode}" if p.response else "")
     dev = ""
-    for code, data in p["opts"]:
+    for code, data in p.opts:
         if code == 65001:
             dev = f" [EDNS0 device-id {data.decode(errors='replace')}]"
-    return f"{where}: {kind} {p['src']} -> {p['dst']} {p['qname']}{extra}{dev}"
+    return f"{where}: {kind} {p.src} -> {p.dst} {p.name}{extra}{dev}"
 
 
 # ---- driving the client -----------------------------------------------------------
@@ -265,27 +263,27 @@ class Roaming(_OnTheLan):
         steps.append(s)
 
         s = Step("2", f"{INTRANET} goes stub -> LAN server {LAN_DNS} out of eth0, never to the cloud")
-        q_lo = [p for p in between(lo, *up) if p["qname"] == INTRANET and not p["qr"] and p["dst"] == "127.0.0.1"]
-        q_lan = [p for p in between(eth0, *up) if p["qname"] == INTRANET and not p["qr"] and p["dst"] == LAN_DNS]
-        q_cloud = [p for p in between(eth0, *up) if p["qname"] == INTRANET and p["dst"] in CLOUD]
-        a = [p for p in between(lo, *up) if p["qname"] == INTRANET and p["qr"] and "192.168.1.20" in p["answers"]]
+        q_lo = [p for p in between(lo, *up) if p.name == INTRANET and not p.response and p.dst == "127.0.0.1"]
+        q_lan = [p for p in between(eth0, *up) if p.name == INTRANET and not p.response and p.dst == LAN_DNS]
+        q_cloud = [p for p in between(eth0, *up) if p.name == INTRANET and p.dst in CLOUD]
+        a = [p for p in between(lo, *up) if p.name == INTRANET and p.response and "192.168.1.20" in p.a]
         if q_lo and q_lan and a and not q_cloud and seen["intranet"][0] == ["192.168.1.20"]:
-            s.passed(describe(q_lo[0], "laptop:lo"), q_lo[0]["rec"])
-            s.see(describe(q_lan[0], "laptop:eth0"), q_lan[0]["rec"])
-            s.see(describe(a[0], "laptop:lo"), a[0]["rec"])
+            s.passed(describe(q_lo[0], "laptop:lo"), q_lo[0])
+            s.see(describe(q_lan[0], "laptop:eth0"), q_lan[0])
+            s.see(describe(a[0], "laptop:lo"), a[0])
         else:
             s.see(f"dig: {seen['intranet']}; lo queries {len(q_lo)}, LAN queries {len(q_lan)}, cloud {len(q_cloud)}")
         steps.append(s)
 
         s = Step("3", f"{GOOD} goes stub -> cloud resolver {CLOUD[0]} with EDNS0 device-id {DEVICE_ID}, not to the LAN server")
-        q_cloud = [p for p in between(eth0, *up) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
-        q_lan = [p for p in between(eth0, *up) if p["qname"] == GOOD and p["dst"] == LAN_DNS]
-        tagged = [p for p in q_cloud if (65001, DEVICE_ID.encode()) in p["opts"]]
+        q_cloud = [p for p in between(eth0, *up) if p.name == GOOD and not p.response and p.dst in CLOUD]
+        q_lan = [p for p in between(eth0, *up) if p.name == GOOD and p.dst == LAN_DNS]
+        tagged = [p for p in q_cloud if (65001, DEVICE_ID.encode()) in p.opts]
         if tagged and not q_lan and seen["good"][0] == ["198.51.100.80"]:
-            s.passed(describe(tagged[0], "laptop:eth0"), tagged[0]["rec"])
-            ans = [p for p in between(eth0, *up) if p["qname"] == GOOD and p["qr"] and p["src"] in CLOUD]
+            s.passed(describe(tagged[0], "laptop:eth0"), tagged[0])
+            ans = [p for p in between(eth0, *up) if p.name == GOOD and p.response and p.src in CLOUD]
             if ans:
-                s.see(describe(ans[0], "laptop:eth0"), ans[0]["rec"])
+                s.see(describe(ans[0], "laptop:eth0"), ans[0])
         else:
             s.see(f"dig: {seen['good']}; cloud queries {len(q_cloud)} (with device id {len(tagged)}), LAN {len(q_lan)}")
         steps.append(s)
@@ -293,12 +291,12 @@ class Roaming(_OnTheLan):
         s = Step("4", f"{BAD} is blocked by the cloud resolver under the device's own policy (EDNS0 device id)")
         from .roaming_cloud import query_log
 
-        q = [p for p in between(eth0, *up) if p["qname"] == BAD and p["qr"] and p["src"] in CLOUD]
-        blocked = [p for p in q if "198.51.100.66" not in p["answers"] and p["answers"]]
+        q = [p for p in between(eth0, *up) if p.name == BAD and p.response and p.src in CLOUD]
+        blocked = [p for p in q if "198.51.100.66" not in p.a and p.a]
         logged = [e for e in query_log(lab) if e.get("name", "").rstrip(".") == BAD and e.get("decision") == "blocked"
                   and e.get("device") == DEVICE_ID]
         if blocked and logged and "198.51.100.66" not in seen["bad"][0]:
-            s.passed(describe(blocked[0], "laptop:eth0") + "  (the real address 198.51.100.66 was not given)", blocked[0]["rec"])
+            s.passed(describe(blocked[0], "laptop:eth0") + "  (the real address 198.51.100.66 was not given)", blocked[0])
             e = logged[0]
             s.see(f"cloud query log: client {e.get('client')} device {e.get('device')} policy {e.get('policy')} "
                   f"decision {e.get('decision')} category {e.get('category')}",
@@ -318,12 +316,12 @@ class Roaming(_OnTheLan):
 
         s = Step("6", "on stop the original resolv.conf is back byte for byte and the LAN server is asked directly")
         after = (seen["t_stop"], seen["t_crash"])
-        direct = [p for p in between(eth0, *after) if p["qname"] == INTRANET and not p["qr"] and p["src"] == "192.168.1.10"
-                  and p["dst"] == LAN_DNS]
-        via_lo = [p for p in between(lo, *after) if p["qname"] == INTRANET]
+        direct = [p for p in between(eth0, *after) if p.name == INTRANET and not p.response and p.src == "192.168.1.10"
+                  and p.dst == LAN_DNS]
+        via_lo = [p for p in between(lo, *after) if p.name == INTRANET]
         if seen["file_after_stop"] == ORIGINAL and direct and not via_lo and seen["intranet_after_stop"][0] == ["192.168.1.20"]:
             s.passed("resolv.conf == original; " + describe(direct[0], "laptop:eth0") + " (no loopback leg)",
-                     flow.note("laptop", "resolv.conf is the original again", seen["t_stop"]), direct[0]["rec"])
+                     flow.note("laptop", "resolv.conf is the original again", seen["t_stop"]), direct[0])
         else:
             s.see(f"file {seen['file_after_stop']!r}; direct {len(direct)}; via lo {len(via_lo)}")
         steps.append(s)
@@ -397,9 +395,9 @@ class RoamingVpnConflict(_OnTheLan):
 
         s = Step("1", "before the VPN: protected, external names go through the stub to the cloud resolver")
         w = (seen["t_up"], seen["t_vpn"])
-        q = [p for p in between(eth0, *w) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
+        q = [p for p in between(eth0, *w) if p.name == GOOD and not p.response and p.dst in CLOUD]
         if q and seen["good_protected"][0] == ["198.51.100.80"]:
-            s.passed(describe(q[0], "laptop:eth0"), q[0]["rec"])
+            s.passed(describe(q[0], "laptop:eth0"), q[0])
         else:
             s.see(f"dig {seen['good_protected']}; cloud queries {len(q)}")
         steps.append(s)
@@ -428,10 +426,10 @@ class RoamingVpnConflict(_OnTheLan):
 
         s = Step("4", "meanwhile the machine still resolves, through the VPN's DNS server directly (no loopback leg)")
         w = (seen["t_q"], seen["t_disc"])
-        direct = [p for p in between(eth0, *w) if p["qname"] == INTRANET and not p["qr"] and p["src"] == "192.168.1.10"]
-        via_lo = [p for p in between(lo, *w) if p["qname"] == INTRANET]
+        direct = [p for p in between(eth0, *w) if p.name == INTRANET and not p.response and p.src == "192.168.1.10"]
+        via_lo = [p for p in between(lo, *w) if p.name == INTRANET]
         if direct and not via_lo and seen["intranet_backed_off"][0] == ["192.168.1.20"]:
-            s.passed(describe(direct[0], "laptop:eth0"), direct[0]["rec"])
+            s.passed(describe(direct[0], "laptop:eth0"), direct[0])
         else:
             s.see(f"dig {seen['intranet_backed_off']}; direct {len(direct)}; via lo {len(via_lo)}")
         steps.append(s)
@@ -441,10 +439,10 @@ class RoamingVpnConflict(_OnTheLan):
         log = Path(lab.log_dir / "roaming.log").read_text()
         change = [l.split(" WARNING ")[-1] for l in log.splitlines() if "network change" in l and "vpn0 went" in l]
         w = (seen["t_back"], seen["t_stop"])
-        q = [p for p in between(eth0, *w) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
+        q = [p for p in between(eth0, *w) if p.name == GOOD and not p.response and p.dst in CLOUD]
         if sb.get("state") == "protected" and change and q and seen["good_back"][0] == ["198.51.100.80"]:
             s.passed(change[0], flow.note("laptop", "network change: vpn0 went; protection back", seen["t_back"]))
-            s.see(f"status: {sb['state']} again; " + describe(q[0], "laptop:eth0"), q[0]["rec"])
+            s.see(f"status: {sb['state']} again; " + describe(q[0], "laptop:eth0"), q[0])
         else:
             s.see(f"status {sb}; log lines {change}; cloud queries {len(q)}")
         steps.append(s)
@@ -552,11 +550,11 @@ class RoamingMetric(Scenario):
         steps.append(s)
 
         s = Step("2", f"egress = \"route\": {INTRANET} leaves by eth0 and fails; nothing on vpn0")
-        out = [p for p in between(eth0, *a) if p["qname"] == INTRANET and not p["qr"] and p["dst"] == LAN_DNS]
-        on_vpn = [p for p in between(vpn0, *a) if p["qname"] == INTRANET]
+        out = [p for p in between(eth0, *a) if p.name == INTRANET and not p.response and p.dst == LAN_DNS]
+        on_vpn = [p for p in between(vpn0, *a) if p.name == INTRANET]
         if out and not on_vpn and seen["intranet_route"][1] in ("SERVFAIL", "TIMEOUT") and not seen["intranet_route"][0]:
             # The query leaves towards the ISP, which has no way to the corporate server: drawn to where it went.
-            s.passed(describe(out[0], "laptop:eth0") + f"  -> dig says {seen['intranet_route'][1]}", out[0]["rec"],
+            s.passed(describe(out[0], "laptop:eth0") + f"  -> dig says {seen['intranet_route'][1]}", out[0],
                      label=f"query {INTRANET} A (by eth0; no answer: {seen['intranet_route'][1]})", to="isp")
             s.see("laptop:vpn0: no query")
         else:
@@ -564,23 +562,23 @@ class RoamingMetric(Scenario):
         steps.append(s)
 
         s = Step("3", f"egress = \"learned\": {INTRANET} leaves by vpn0, where its server was learned, and resolves")
-        out = [p for p in between(vpn0, *b) if p["qname"] == INTRANET and not p["qr"] and p["dst"] == LAN_DNS]
-        ans = [p for p in between(vpn0, *b) if p["qname"] == INTRANET and p["qr"] and "192.168.1.20" in p["answers"]]
-        on_eth = [p for p in between(eth0, *b) if p["qname"] == INTRANET]
+        out = [p for p in between(vpn0, *b) if p.name == INTRANET and not p.response and p.dst == LAN_DNS]
+        ans = [p for p in between(vpn0, *b) if p.name == INTRANET and p.response and "192.168.1.20" in p.a]
+        on_eth = [p for p in between(eth0, *b) if p.name == INTRANET]
         srv = [(x["value"], x["iface"]) for x in seen["status_learned"].get("recorded_servers", [])]
         if out and ans and not on_eth and seen["intranet_learned"][0] == ["192.168.1.20"]:
-            s.passed(describe(out[0], "laptop:vpn0"), out[0]["rec"])
-            s.see(describe(ans[0], "laptop:vpn0"), ans[0]["rec"])
+            s.passed(describe(out[0], "laptop:vpn0"), out[0])
+            s.see(describe(ans[0], "laptop:vpn0"), ans[0])
             s.see(f"laptop:eth0: no query for {INTRANET}; recorded servers {srv}")
         else:
             s.see(f"dig {seen['intranet_learned']}; vpn0 queries {len(out)}, answers {len(ans)}; eth0 {len(on_eth)}; {srv}")
         steps.append(s)
 
         s = Step("4", "external names keep going to the cloud resolver by eth0 in both settings")
-        ext = [p for p in between(eth0, seen["t_a"], seen["t_c"]) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
-        ext_vpn = [p for p in between(vpn0, seen["t_a"], seen["t_c"]) if p["qname"] == GOOD]
+        ext = [p for p in between(eth0, seen["t_a"], seen["t_c"]) if p.name == GOOD and not p.response and p.dst in CLOUD]
+        ext_vpn = [p for p in between(vpn0, seen["t_a"], seen["t_c"]) if p.name == GOOD]
         if len(ext) >= 2 and not ext_vpn and seen["good_route"][0] == seen["good_learned"][0] == ["198.51.100.80"]:
-            s.passed(describe(ext[0], "laptop:eth0"), ext[0]["rec"])
+            s.passed(describe(ext[0], "laptop:eth0"), ext[0])
         else:
             s.see(f"eth0 {len(ext)}, vpn0 {len(ext_vpn)}; dig {seen['good_route']} {seen['good_learned']}")
         steps.append(s)
@@ -589,11 +587,11 @@ class RoamingMetric(Scenario):
         sg = seen["status_gone"]
         log = Path(lab.log_dir / "roaming-learned.log").read_text()
         went = [l.split(" WARNING ")[-1] for l in log.splitlines() if "vpn0 went" in l]
-        ext = [p for p in between(eth0, *c) if p["qname"] == GOOD and not p["qr"] and p["dst"] in CLOUD]
+        ext = [p for p in between(eth0, *c) if p.name == GOOD and not p.response and p.dst in CLOUD]
         if seen["alive_gone"] and went and ext and seen["good_gone"][0] == ["198.51.100.80"] and sg.get("state") == "protected":
             s.passed(went[0], flow.note("laptop", "log: vpn0 went; still serving", seen["t_c"]))
             s.see(f"{INTRANET}: {seen['intranet_gone'][1]} (its only path is gone); " + describe(ext[0], "laptop:eth0"),
-                  ext[0]["rec"])
+                  ext[0])
             s.see(f"status {sg['state']}; on stop resolv.conf is the VPN's file again: {seen['file_final'] == self.vpn_text}")
             if seen["file_final"] != self.vpn_text:
                 s.ok = False

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from netns import capture, evidence, procs
-from netns.lab import Lab
+from netns.lab import started
 from netns.scenarios.agent import APP, APP_IP, GW_NAME, GW_PUBLIC, HR, HR_IP, LAN, PRIV_DNS, PUBLIC_DNS, WWW, AgentScenario
 from ztna import pki
 
@@ -34,15 +34,8 @@ class TwoClients(AgentScenario):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    sc = TwoClients()
-    lab = Lab(sc.name, sc.topology(), root=tmp_path_factory.mktemp("lab"))
-    lab.up()
-    try:
-        sc.start(lab)
-        lab.sc = sc
+    with started(TwoClients(), tmp_path_factory.mktemp("lab")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def sh(lab, host, *argv, timeout=30):

@@ -7,7 +7,7 @@ import time
 import pytest
 from dnslib import DNSRecord
 
-from netns.lab import Lab
+from netns.lab import started
 from netns.scenarios.dns_security import CLIENT, CLIENT2, RESOLVER, BP_SECURITY, DnsSecurity, parse_dig
 
 pytestmark = pytest.mark.lab
@@ -16,17 +16,12 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
     sc = DnsSecurity()
-    lab = Lab(sc.name, sc.topology(), root=tmp_path_factory.mktemp("dns-lab"))
-    lab.up()
-    try:
-        sc.start(lab)
+    with started(sc, tmp_path_factory.mktemp("dns-lab")) as lab:
         lab.capture_all()
         seen = sc.drive(lab)
         time.sleep(0.3)
         lab.stop_captures()
         yield sc, lab, seen
-    finally:
-        lab.down()
 
 
 def dig(lab, *args, host="client"):

@@ -16,13 +16,9 @@ def lab(tmp_path):
     t.host("b").addr("eth0", "203.0.113.53/24").route("default", "203.0.113.1")
     t.link("a", "eth0", "r", "eth0")
     t.link("r", "eth1", "b", "eth0")
-    lab = Lab("framework", t, root=tmp_path / "run")
-    lab.up()
-    try:
+    with Lab("framework", t, root=tmp_path / "run").built() as lab:
         yield lab
-    finally:
-        lab.down()
-        assert not set(t.namespaces()) & builder.existing()
+    assert not set(t.namespaces()) & builder.existing()
 
 
 def test_routed_dns_query_is_captured_on_both_links(lab, tmp_path):

@@ -19,7 +19,7 @@ import dnsfuzz
 import legit
 from legit import Legit
 from netns import evidence, procs
-from netns.lab import Lab
+from netns.lab import started
 from netns.scenarios.dns_security import BP_DEFAULT, BP_SECURITY, CLIENT, CLIENT2, RESOLVER, DnsSecurity
 
 pytestmark = pytest.mark.lab
@@ -36,14 +36,8 @@ class HostileDns(DnsSecurity):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    sc = HostileDns()
-    lab = Lab(sc.name, sc.topology(), root=tmp_path_factory.mktemp("dns-hostile"))
-    lab.up()
-    try:
-        sc.start(lab)
+    with started(HostileDns(), tmp_path_factory.mktemp("dns-hostile")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def user(lab, *, tcp=False):

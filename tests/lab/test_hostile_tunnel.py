@@ -22,7 +22,7 @@ import pytest
 import dnsfuzz
 from legit import Legit, record
 from netns import capture, evidence, procs
-from netns.lab import Lab
+from netns.lab import Lab, started
 from netns.scenarios.agent import APP, GW_PUBLIC, HR
 from test_agent import TwoClients, captured, dig, log, sh
 from ztna import pki
@@ -43,15 +43,8 @@ class Hostile(TwoClients):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    sc = Hostile()
-    lab = Lab(sc.name, sc.topology(), root=tmp_path_factory.mktemp("lab"))
-    lab.up()
-    try:
-        sc.start(lab)
-        lab.sc = sc
+    with started(Hostile(), tmp_path_factory.mktemp("lab")) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def curl_argv(lab, name):

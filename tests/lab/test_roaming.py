@@ -24,16 +24,12 @@ def test_scenario(name):
 # ---- bad input ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab("roaming-bad", R.lan_topology("roaming-bad"), root=tmp_path_factory.mktemp("roaming-lab"))
-    lab.up()
-    try:
+    with Lab("roaming-bad", R.lan_topology("roaming-bad"), root=tmp_path_factory.mktemp("roaming-lab")).built() as lab:
         zones = R.write_zones(lab)
         R.start_lan(lab, zones)
         R.start_cloud(lab, zones)
         lab.set_resolvers("laptop", [])
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture()
