@@ -15,7 +15,7 @@ import json
 from dnslib import QTYPE
 from pathlib import Path
 
-from .. import capture, evidence, flow, procs
+from .. import capture, dig, evidence, flow, procs
 from ..lab import Lab
 from ..report import Step
 from ..scenario import Scenario
@@ -135,12 +135,10 @@ class AgentScenario(Scenario):
         host = self.clients[0][0]
         ca = str(lab.pki_dir / "ca.pem")
         seen = {}
-        r = lab.exec(host, ["dig", "+short", "+time=2", "+tries=1", APP])
-        seen["dig_app"] = r.stdout.decode().strip()
+        seen["dig_app"] = dig.short(lab, host, APP)
         r = lab.exec(host, ["curl", "-sS", "--max-time", "15", "--cacert", ca, f"https://{APP}/"])
         seen["curl_app"], seen["curl_app_rc"], seen["curl_app_err"] = r.stdout.decode(), r.returncode, r.stderr.decode()
-        r = lab.exec(host, ["dig", "+short", "+time=2", "+tries=1", "www.example.com"])
-        seen["dig_www"] = r.stdout.decode().strip()
+        seen["dig_www"] = dig.short(lab, host, "www.example.com")
         r = lab.exec(host, ["curl", "-sS", "--max-time", "10", "http://www.example.com/"])
         seen["curl_www"], seen["curl_www_rc"] = r.stdout.decode(), r.returncode
         r = lab.exec(host, procs.ztna_argv("agent", "status", "--json", "--state-dir", f"{lab.root}/agent-{host}"))

@@ -12,13 +12,12 @@ resolver's own table, so a wrong cell in the resolver is caught here.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 import time
 from pathlib import Path
 
-from .. import evidence, flow
+from .. import dig, evidence, flow
+from ..dig import norm_rdata
 from ..capture import read
 from ..lab import Lab
 from ..procs import wait_listening, ztna_argv
@@ -72,15 +71,6 @@ def zone_records() -> dict[tuple[str, str], set[str]]:
     return out
 
 
-def norm_rdata(rtype: str, text: str) -> str:
-    text = " ".join(text.split())
-    if rtype in ("A", "AAAA"):
-        ip = ipaddress.ip_address(text)
-        mapped = getattr(ip, "ipv4_mapped", None)
-        return f"::ffff:{mapped}" if mapped else str(ip)
-    return text.lower()
-
-
 def dns_toml(lab: Lab, server_extra: str = "") -> str:
     """The resolver's dns.toml; ``server_extra``: more ``[server]`` lines (a test's own limits)."""
     ca = lab.pki_dir / "ca"
@@ -128,27 +118,6 @@ devices = ["{DEVICE}"]
 block_categories = ["dns-tunneling-vpn", "malware", "phishing", "command-and-control"]
 block_lists = ["lab-block"]
 """
-
-
-def parse_dig(text: str) -> dict:
-    """status, id, answer records [(name, type, rdata)], EDE line, flags, from dig's output."""
-    out: dict = {"status": None, "id": None, "answers": [], "ede": "", "flags": "", "raw": text}
-    m = re.search(r"status: (\w+), id: (\d+)", text)
-    if m:
-        out["status"], out["id"] = m.group(1), int(m.group(2))
-    m = re.search(r";; flags: ([a-z ]+);", text)
-    if m:
-        out["flags"] = m.group(1)
-    m = re.search(r"; EDE: (.*)", text)
-    if m:
-        out["ede"] = m.group(1)
-    sect = re.search(r";; ANSWER SECTION:\n(.*?)(?:\n\n|\Z)", text, re.S)
-    if sect:
-        for line in sect.group(1).splitlines():
-            p = line.split(None, 4)
-            if len(p) == 5:
-                out["answers"].append((p[0].rstrip(".").lower(), p[3], norm_rdata(p[3], p[4]), int(p[1])))
-    return out
 
 
 def dns_packets(path: Path) -> list:
@@ -205,8 +174,7 @@ class DnsSecurity(Scenario):
         lab.set_resolvers("client", [RESOLVER])
 
     def _dig(self, lab: Lab, host: str, *args: str) -> dict:
-        r = lab.exec(host, ["dig", "+tries=1", "+time=3", f"@{RESOLVER}", *args], timeout=20)
-        d = parse_dig(r.stdout.decode(errors="replace"))
+        d = dig.ask(lab, host, f"@{RESOLVER}", *args)
         d["args"] = " ".join(args)
         return d
 

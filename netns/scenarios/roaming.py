@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .. import capture, evidence, flow, procs
+from .. import dig as lab_dig
 from ..lab import Lab
 from ..report import Step
 from ..scenario import Scenario
@@ -70,16 +71,8 @@ def describe(p: evidence.DnsMsg, where: str) -> str:
 # ---- driving the client -----------------------------------------------------------
 def dig(lab: Lab, host: str, name: str, *extra: str) -> tuple[list[str], str]:
     """Resolve ``name`` on ``host`` with dig through the host's own resolv.conf; (addresses, status)."""
-    r = lab.exec(host, ["dig", "+tries=1", "+time=3", "+nocookie", *extra, name, "A"], timeout=15)
-    text = r.stdout.decode(errors="replace")
-    status = "no answer"
-    for line in text.splitlines():
-        if "status:" in line:
-            status = line.split("status:")[1].split(",")[0].strip()
-    if "connection timed out" in text or "communications error" in text:
-        status = "TIMEOUT"
-    addrs = [l.split()[-1] for l in text.splitlines() if l and not l.startswith(";") and "\tA\t" in l]
-    return addrs, status
+    d = lab_dig.ask(lab, host, "+nocookie", *extra, name, "A", timeout=15)
+    return lab_dig.addresses(d), d["status"] or "no answer"
 
 
 def roaming_conf(lab: Lab, name: str, **over) -> Path:
@@ -133,13 +126,6 @@ def wait_status(lab: Lab, conf: Path, state: str, *, reason: str | None = None, 
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}; last status: {json.dumps(seen)[:600]}") from None
     return seen
-
-
-def kill9(lab: Lab, name: str) -> None:
-    """SIGKILL the client (a crash): nothing of it runs, whatever it left on disk stays."""
-    p = lab.procs.pop(name)
-    procs.stop(p, sig=signal.SIGKILL)
-    lab._save()
 
 
 # ---- the cloud resolver ------------------------------------------------------------
@@ -233,7 +219,7 @@ class Roaming(_OnTheLan):
         seen["intranet_after_stop"] = dig(lab, "laptop", INTRANET)
         seen["t_crash"] = time.time()
         start_client(lab, self.conf)
-        kill9(lab, "roaming")
+        lab.stop("roaming", sig=signal.SIGKILL)  # a crash: whatever it left on disk stays
         seen["file_after_kill"] = rc.read_text()
         seen["status_after_kill"] = status(lab, self.conf)
         seen["t_restart"] = time.time()

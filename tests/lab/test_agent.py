@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from netns import capture, evidence, procs
+from netns import dig as lab_dig
 from netns.lab import started
 from netns.scenarios.agent import APP, APP_IP, GW_NAME, GW_PUBLIC, HR, HR_IP, LAN, PRIV_DNS, PUBLIC_DNS, WWW, AgentScenario
 from ztna import pki
@@ -43,9 +44,7 @@ def sh(lab, host, *argv, timeout=30):
     return r.returncode, r.stdout.decode(), r.stderr.decode()
 
 
-def dig(lab, host, name, server=None):
-    argv = ["dig", "+short", "+time=2", "+tries=1", name] + ([f"@{server}"] if server else [])
-    return sh(lab, host, *argv)[1].strip()
+dig = lab_dig.short
 
 
 def curl(lab, host, url, *extra):

@@ -8,7 +8,8 @@ import pytest
 from dnslib import DNSRecord
 
 from netns.lab import started
-from netns.scenarios.dns_security import CLIENT, CLIENT2, RESOLVER, BP_SECURITY, DnsSecurity, parse_dig
+from netns import dig as lab_dig
+from netns.scenarios.dns_security import CLIENT, CLIENT2, RESOLVER, BP_SECURITY, DnsSecurity
 
 pytestmark = pytest.mark.lab
 
@@ -25,8 +26,7 @@ def running(tmp_path_factory):
 
 
 def dig(lab, *args, host="client"):
-    r = lab.exec(host, ["dig", "+tries=1", "+time=3", f"@{RESOLVER}", *args], timeout=20)
-    return parse_dig(r.stdout.decode())
+    return lab_dig.ask(lab, host, f"@{RESOLVER}", *args)
 
 
 def py(lab, code, host="client", timeout=60):

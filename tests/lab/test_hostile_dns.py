@@ -18,6 +18,7 @@ import pytest
 import dnsfuzz
 import legit
 from legit import Legit
+from netns import dig as lab_dig
 from netns import evidence, procs
 from netns.lab import started
 from netns.scenarios.dns_security import BP_DEFAULT, BP_SECURITY, CLIENT, CLIENT2, RESOLVER, DnsSecurity
@@ -121,11 +122,9 @@ def test_one_client_cannot_have_a_domain_blocked_for_everyone(lab):
     with user(lab) as u:
         res = rogue(lab, "poison", "good.example", CLIENT)
     assert res["queries"] == 40, res
-    after = lab.exec("client", ["dig", "+short", "+tries=1", "+time=2", "-b", CLIENT2, f"@{RESOLVER}",
-                                "www.good.example", "A"]).stdout.decode().strip()
+    after = lab_dig.short(lab, "client", "www.good.example", "-b", CLIENT2, server=RESOLVER)
     assert after == WWW, after  # the other client still gets the real answer
-    own = lab.exec("client", ["dig", "+short", "+tries=1", "+time=2", "-b", CLIENT, f"@{RESOLVER}",
-                              "www.good.example", "A"]).stdout.decode().strip()
+    own = lab_dig.short(lab, "client", "www.good.example", "-b", CLIENT, server=RESOLVER)
     assert own == BP_SECURITY, own  # the detector still works for the client whose queries look like a tunnel
     procs.wait_until(lambda: "under good.example" in (log := (lab.log_dir / "resolver.log").read_text())
                      and f"for client {CLIENT}" in log, timeout=5, what="the detection in the resolver's log")

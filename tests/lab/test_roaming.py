@@ -2,6 +2,7 @@
 the issue against a real client in a real namespace, asked with dig."""
 
 import json
+import signal
 import sys
 import time
 
@@ -72,7 +73,7 @@ def test_kill9_then_restore_by_hand(fresh):
     lab = fresh
     conf = R.roaming_conf(lab, "r.toml")
     R.start_client(lab, conf)
-    R.kill9(lab, "roaming")
+    lab.stop("roaming", sig=signal.SIGKILL)  # a crash: whatever it left on disk stays
     rc = lab.resolv_conf_path("laptop")
     assert "nameserver 127.0.0.1" in rc.read_text()
     # Nothing answers on loopback now: the machine has no working DNS until restored.
@@ -99,7 +100,7 @@ def test_restore_refuses_while_running(fresh):
 
 def _crash_and_edit_state(lab, conf, edit):
     R.start_client(lab, conf)
-    R.kill9(lab, "roaming")
+    lab.stop("roaming", sig=signal.SIGKILL)  # a crash: whatever it left on disk stays
     path = lab.conf_dir / "roaming-state" / "state.json"
     edit(path)
 
