@@ -34,6 +34,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from ztna import wire  # noqa: E402
 from ztna.ippacket import checksum  # noqa: E402
+from tlsprobe import client_hello  # noqa: E402  (beside this file)
 
 GW_NAME = "gateway.mycompany.net"
 
@@ -103,19 +104,6 @@ def tcp_segment(src, dst, sport, dport, flags, *, bad_sum=False):
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(seg))
     csum = checksum(pseudo + seg) ^ (0x5A5A if bad_sum else 0)
     return seg[:16] + struct.pack("!H", csum) + seg[18:]
-
-
-def client_hello_bytes():
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    inc, outg = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, outg, server_hostname=GW_NAME)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outg.read()
 
 
 def closed_by_server(s, seconds):
@@ -188,7 +176,7 @@ def main():
             out["closed_by_server"] = s.recv(100) == b""
         elif mode == "slowloris":
             s = socket.create_connection((host, port), timeout=5)
-            hello_bytes, sent, t0 = client_hello_bytes(), 0, time.monotonic()
+            hello_bytes, sent, t0 = client_hello(GW_NAME), 0, time.monotonic()
             s.settimeout(0.5)
             while time.monotonic() - t0 < float(rest[0]) and sent < len(hello_bytes):
                 try:

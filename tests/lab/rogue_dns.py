@@ -19,13 +19,13 @@ import base64
 import json
 import random
 import socket
-import ssl
 import sys
 import time
 
 from dnslib import DNSRecord
 
 from dnsfuzz import rcode  # beside this file: on the path of a script run from here
+from tlsprobe import client_hello
 
 
 def tally(results) -> dict:
@@ -80,12 +80,8 @@ def tcp_hold(server, n, seconds, bind=""):
     t0 = time.monotonic()
     live = {}  # socket -> when it opened
     lifetimes = []
-    while time.monotonic() - t0 < float(seconds):
-        while len(live) < int(n) and time.monotonic() - t0 < float(seconds):
-            s = opened()
-            if s is None:
-                break
-            live[s] = time.monotonic()
+
+    def reap() -> None:
         for s in list(live):
             try:
                 if s.recv(10) == b"":
@@ -96,7 +92,17 @@ def tcp_hold(server, n, seconds, bind=""):
             except OSError:
                 lifetimes.append(time.monotonic() - live.pop(s))
                 s.close()
+
+    while time.monotonic() - t0 < float(seconds):
+        while len(live) < int(n) and time.monotonic() - t0 < float(seconds):
+            s = opened()
+            if s is None:
+                break
+            live[s] = time.monotonic()
+        reap()
         time.sleep(0.05)
+    time.sleep(0.5)  # the last ones opened: the server's answer (a close, or nothing) has come by now
+    reap()
     for s in live:
         s.close()
     return {"opened": len(lifetimes) + len(live), "closed_at_once": sum(1 for t in lifetimes if t < 1.0),
@@ -129,14 +135,7 @@ def page_stall(server, addr, port, n, seconds, tls=""):
     """N connections to the block page at ADDR:PORT that send half a request head (or half a ClientHello
     with ``tls``) and wait; reports how long the server let them live (the server argument is unused)."""
     if tls:
-        ctx = ssl.create_default_context()
-        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        obj = ctx.wrap_bio(inc, out, server_hostname="malware.bad.example")
-        try:
-            obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        hello = out.read()
+        hello = client_hello("malware.bad.example")
         first = hello[: len(hello) // 2]
     else:
         first = b"GET / HTTP/1.1\r\nHost: malware.bad.example\r\nX-Slow: "

@@ -27,18 +27,7 @@ import ssl
 import sys
 import time
 
-
-def client_hello(sni: str | None) -> bytes:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, out, server_hostname=sni)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
+from tlsprobe import client_hello  # beside this file: on the path of a script run from here
 
 
 def status_of(sock: socket.socket) -> str:

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import textwrap
+from pathlib import Path
 import time
 
 import pytest
@@ -69,18 +70,10 @@ def good_transparent(lab):
 
 
 # For raw_client scripts (inserted as an indented line of the script): a real OpenSSL ClientHello
-# for decrypt.example.com, left in ``hello``.
-CLIENT_HELLO = textwrap.indent(textwrap.dedent("""
-    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-    i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(i, o, server_hostname="decrypt.example.com")
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    hello = o.read()
-""").strip(), " " * 8).lstrip()
-BANK_HELLO = CLIENT_HELLO.replace('"decrypt.example.com"', '"bank.example.com"')
+# for decrypt.example.com (tests/lab/tlsprobe.py), left in ``hello``.
+CLIENT_HELLO = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from tlsprobe import client_hello; "
+                f"hello = client_hello('decrypt.example.com')")
+BANK_HELLO = CLIENT_HELLO.replace("'decrypt.example.com'", "'bank.example.com'")
 
 
 def raw_client(lab, name, code):
