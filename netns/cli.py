@@ -84,8 +84,10 @@ def report_cmd(name: str, folder: Path | None) -> None:
 
 @lab.command("up")
 @click.argument("name")
-def up_cmd(name: str) -> None:
-    """Build scenario NAME and start its services, and leave it running."""
+@click.option("--no-capture", is_flag=True,
+              help="Start no tcpdump: for measuring by hand (a capture costs more CPU than the tunnel it watches).")
+def up_cmd(name: str, no_capture: bool) -> None:
+    """Build scenario NAME and start its services, and leave it running (every link captured, unless --no-capture)."""
     _need_root()
     try:
         sc = scenarios.get(name)
@@ -98,12 +100,14 @@ def up_cmd(name: str) -> None:
         raise click.ClickException(str(exc)) from exc
     try:
         sc.start(lab_)
-        lab_.capture_all(sc.capture_extra)
+        if not no_capture:
+            lab_.capture_all(sc.capture_extra)
     except BaseException:
         lab_.down()
         raise
     click.echo(f"lab {name} is up: namespaces {', '.join(lab_.topo.namespaces())}")
-    click.echo(f"state, logs and captures in {lab_.root}")
+    click.echo(f"state, logs and captures in {lab_.root}" if not no_capture else
+               f"state and logs in {lab_.root} (no captures: --no-capture)")
     hosts = ", ".join(lab_.topo.hosts)
     click.echo(f"hosts: {hosts}; run a command on one with: sudo ztna lab exec HOST -- CMD")
     me = os.path.abspath(sys.argv[0]) if os.path.basename(sys.argv[0]) == "ztna" else "ztna"

@@ -70,3 +70,24 @@ def test_a_second_lab_is_refused_without_harming_the_first(lab):
     with pytest.raises(builder.BuildError, match="already up"):
         same_root.up()
     assert set(lab.topo.namespaces()) <= builder.existing()
+
+
+@pytest.mark.parametrize("capture", [True, False], ids=["captured", "no-capture"])
+def test_lab_up_captures_every_link_unless_told_not_to(tmp_path, capture):
+    """`ztna lab up` leaves the lab running with tcpdump on every link; `--no-capture` starts none (for benches)."""
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, ZTNA_LAB_DIR=str(tmp_path / "run"))
+    argv = procs.ztna_argv("lab", "up", "proxy-explicit") + ([] if capture else ["--no-capture"])
+    up = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        state = json.loads((tmp_path / "run" / "state.json").read_text())
+        dumps = [p for p in state["procs"] if p["name"].startswith("tcpdump-")]
+        assert bool(dumps) == capture, state["procs"]
+        assert ("no captures" in up.stdout) == (not capture)
+    finally:
+        down = subprocess.run(procs.ztna_argv("lab", "down"), env=env, capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
