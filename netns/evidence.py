@@ -30,6 +30,7 @@ class DnsMsg:
     rcode: int
     dport: int = 53
     opts: list[tuple[int, bytes]] = field(default_factory=list)  # EDNS0 options (code, data)
+    cnames: list[str] = field(default_factory=list)  # CNAME targets of the answer section
 
 
 def dns(pkts) -> list[DnsMsg]:
@@ -47,7 +48,7 @@ def dns(pkts) -> list[DnsMsg]:
             name, qtype = q.qname.decode().rstrip(".").lower(), int(q.qtype)
         except Exception:  # no question, or one scapy could not dissect
             name, qtype = "", 0
-        answers = []
+        answers, cnames = [], []
         for i in range(d.ancount or 0):
             try:
                 rr = d.an[i]
@@ -55,6 +56,9 @@ def dns(pkts) -> list[DnsMsg]:
                 break
             if rr.type in (1, 28):
                 answers.append(str(rr.rdata))
+            elif rr.type == 5:
+                target = rr.rdata
+                cnames.append((target.decode() if isinstance(target, bytes) else str(target)).rstrip(".").lower())
         opts = []
         for rr in (d.ar or []) if d.arcount else []:
             if getattr(rr, "type", None) == 41:
@@ -62,7 +66,7 @@ def dns(pkts) -> list[DnsMsg]:
                 opts += [(o.optcode, bytes(getattr(o, "optdata", b"") or b"")) for o in getattr(rr, "rdata", [])
                          if hasattr(o, "optcode")]
         out.append(DnsMsg(float(p.time), p[IP].src, p[IP].dst, name, qtype, bool(d.qr), answers, d.rcode,
-                          int(l4.dport), opts))
+                          int(l4.dport), opts, cnames))
     return out
 
 

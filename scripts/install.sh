@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-pkgs=(iproute2 nftables tcpdump iperf3 bind9-dnsutils curl procps openssl ca-certificates)
+pkgs=(iproute2 nftables tcpdump iperf3 bind9-dnsutils curl procps openssl ca-certificates chromium chromium-driver libnss3-tools)
 if [ "${1:-}" = "--bench" ]; then
   pkgs+=(openvpn dnsperf dnsmasq unbound squid-openssl)
 fi
