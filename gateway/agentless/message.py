@@ -121,6 +121,8 @@ class Body:
             i += len(piece)
             if len(self.line) > http1.MAX_LINE:
                 raise BadMessage("chunk size or trailer line too long")
+            if self.state == "crlf" and not b"\r\n".startswith(self.line):
+                raise BadMessage("chunk data not followed by CRLF")
             if j < 0:
                 break
             line, self.line = self.line, b""
