@@ -158,7 +158,7 @@ class Exchange:
         if host != self.client.sni or port != 443:
             # RFC 9110 15.5.20: this connection cannot serve that authority (the TLS name decides the app).
             return self._refuse(421, "error", f"Host {hosts[0][:100]} is not the name this TLS connection was opened for "
-                                f"({self.client.sni})", close=length != 0)
+                                f"({self.client.sni})", close=True)  # the browser must open one for that name
         if not head.target.startswith("/"):
             return self._refuse(400, "error", f"request target {head.target[:80]!r} is not a path", close=True)
         path = head.target.split("?", 1)[0]
@@ -269,7 +269,15 @@ class Exchange:
                             close=length != 0)
 
     def _login_page(self, status: int, decision: str, reason: str, message: str, next_url: str, *headers) -> list:
-        csrf = self.gate.signer.csrf(self.app.name, self.now)
+        # Keep a CSRF token the browser still holds: a second sign-in page (a favicon's redirect, a
+        # second tab) must not replace the cookie under a form already shown.
+        csrf = rewrite.cookies(self.head).get(rewrite.CSRF_COOKIE, "")
+        try:
+            fields = self.gate.signer.open_untrusted(csrf, "csrf", host=self.app.name, now=self.now)
+            if fields["exp"] - self.now < 300:
+                raise ValueError("about to expire")
+        except (BadToken, ValueError):
+            csrf = self.gate.signer.csrf(self.app.name, self.now)
         if not message and "out=1" in self.head.target:
             message = "You are signed out."
         body = self.gate.backend.challenge(self.app.name, csrf=csrf, next_url=next_url, message=message,

@@ -45,6 +45,10 @@ class AgentlessScenario(AgentScenario):
     summary = "ZTNA agentless flow (SPEC §2): public CNAME, SNI routing on :443, sign-in, private DNS, reverse proxy"
     clients = [("client", "198.51.100.10", "alice")]
     browser = ("browser", BROWSER_IP)
+    extra_browsers: list[tuple[str, str]] = []  # more agentless hosts on the public side (tests)
+    # (name, auth, upstream port) of the published applications; every name has a CNAME to the gateway.
+    published = [(APP, "password", 443), (HR, "certificate", 443)]
+    private_extra = ""  # more private-zone records (tests)
     policy = {"alice": [APP], "bob": [HR], "carol": [HR]}
     try_this = [
         f"sudo {{ztna}} lab exec browser -- dig {APP}",
@@ -61,7 +65,7 @@ class AgentlessScenario(AgentScenario):
 
     def topology(self) -> Topology:
         t = Topology(self.name)
-        hosts = [(h, ip) for h, ip, _ in self.clients] + [self.browser]
+        hosts = [(h, ip) for h, ip, _ in self.clients] + [self.browser] + self.extra_browsers
         for host, ip in hosts:
             t.host(host).addr("eth0", f"{ip}/24").route("default", "198.51.100.1")
         inet = t.host("inet", forward=True)
@@ -85,12 +89,16 @@ class AgentlessScenario(AgentScenario):
         lab.issue("gateway", "gateway", dns=[GW_NAME])
         for name in (APP, HR):
             lab.issue(name, "server", dns=[name], ca=internal)  # what the app itself presents (internal CA)
+        for name, _, _ in self.published:
             lab.issue(f"public-{name}", "server", dns=[name])  # what the gateway presents for it (lab CA)
         for _, _, ident in self.clients:
             lab.issue(ident, "agent")
         lab.issue("carol", "client")
-        public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in PUBLIC_ZONES.items()]
-        private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}")
+        zones = dict(PUBLIC_ZONES)
+        zones["mycompany.net"] += "".join(f"{n.split('.')[0]} IN CNAME gateway\n" for n, _, _ in self.published
+                                          if n not in (APP, HR))
+        public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in zones.items()]
+        private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}{self.private_extra}")
         started = [
             (lab.start("inet", procs.ztna_argv("authdns", "run", "--listen", PUBLIC_DNS,
                                                *[a for z in public for a in ("--zone", str(z))]), name="public-dns"),
@@ -110,7 +118,8 @@ class AgentlessScenario(AgentScenario):
         self.start_gateway(lab)
         for p, ip, port, proto in started:
             procs.wait_listening(p, ip, port, proto)
-        lab.set_resolvers(self.browser[0], [PUBLIC_DNS])
+        for host, _ in [self.browser] + self.extra_browsers:
+            lab.set_resolvers(host, [PUBLIC_DNS])
         for host, _, ident in self.clients:
             self.start_agent(lab, host, ident)
 
@@ -118,8 +127,8 @@ class AgentlessScenario(AgentScenario):
         apps = "".join(
             f"\n[[agentless.app]]\nname = \"{name}\"\ncert = \"{lab.pki_dir}/public-{name}.pem\"\n"
             f"key = \"{lab.pki_dir}/public-{name}.key\"\nupstream_ca = \"{lab.pki_dir}/internal-ca.pem\"\n"
-            f"auth = \"{auth}\"\nidentity_header = \"{IDENTITY_HEADER}\"\n"
-            for name, auth in ((APP, "password"), (HR, "certificate")))
+            f"auth = \"{auth}\"\nupstream_port = {port}\nidentity_header = \"{IDENTITY_HEADER}\"\n"
+            for name, auth, port in self.published)
         return super().gateway_conf(lab) + (
             f"\n[agentless]\ntunnel_names = [\"{GW_NAME}\"]\nusers = \"{lab.conf_dir}/gateway-users.json\"\n"
             f"session_key = \"{lab.conf_dir}/gateway-session.key\"\naccess_log = \"{self.access_log(lab)}\"\n"
@@ -132,23 +141,25 @@ class AgentlessScenario(AgentScenario):
         return lab.log_dir / "gateway-access.jsonl"
 
     # ---- the user's action ------------------------------------------------------------------
-    def curl(self, lab: Lab, *args: str, jar: str | None = None, timeout: float = 15) -> tuple[int, str, str]:
+    def curl(self, lab: Lab, *args: str, jar: str | None = None, timeout: float = 15,
+             host: str | None = None) -> tuple[int, str, str]:
         argv = ["curl", "-sS", "--max-time", str(timeout), "--cacert", str(lab.pki_dir / "ca.pem")]
         if jar:
             argv += ["-c", jar, "-b", jar]
-        r = lab.exec(self.browser[0], argv + list(args), timeout=timeout + 5)
+        r = lab.exec(host or self.browser[0], argv + list(args), timeout=timeout + 5)
         return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
 
-    def sign_in(self, lab: Lab, user: str, password: str, jar: str, path: str = "/") -> tuple[int, str, str]:
+    def sign_in(self, lab: Lab, user: str, password: str, jar: str, path: str = "/",
+                host: str | None = None) -> tuple[int, str, str]:
         """What a person does: open the URL, land on the sign-in page, submit it, be sent back."""
-        rc, page, err = self.curl(lab, "-L", f"https://{APP}{path}", jar=jar)
+        rc, page, err = self.curl(lab, "-L", f"https://{APP}{path}", jar=jar, host=host)
         m = re.search(r'name=csrf value="([^"]+)"', page)
         if rc or not m:
             return rc or 1, page, err or "no sign-in form"
         nxt = re.search(r'name=next value="([^"]+)"', page).group(1)
         return self.curl(lab, "-L", "-w", "\n%{url_effective} %{http_code}", "--data-urlencode", f"user={user}",
                          "--data-urlencode", f"password={password}", "--data-urlencode", f"csrf={m.group(1)}",
-                         "--data-urlencode", f"next={nxt}", f"https://{APP}/.ztna/login", jar=jar)
+                         "--data-urlencode", f"next={nxt}", f"https://{APP}/.ztna/login", jar=jar, host=host)
 
     def drive(self, lab: Lab) -> dict:
         seen: dict = {}
