@@ -36,7 +36,7 @@ def run_cmd(config: Path) -> None:
     gw = Gateway(cfg, policy)
     if cfg.agentless is not None:
         try:
-            gw._agentless()  # now, so a bad key file or certificate stops the start, not the first browser
+            gw.agentless_front()  # now, so a bad key file or certificate stops the start, not the first browser
         except (OSError, ValueError, ssl.SSLError) as exc:
             raise click.ClickException(f"[agentless]: {exc}") from exc
     try:

@@ -175,7 +175,7 @@ class Gateway:
     async def _handshake(self, sock: socket.socket, peer: str) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.cfg.agentless is not None and await self._agentless().claim(sock, peer, self.cfg.handshake_timeout):
+        if self.cfg.agentless is not None and await self.agentless_front().claim(sock, peer, self.cfg.handshake_timeout):
             return  # SNI named a published application (served by gateway/agentless) or nothing we serve (refused)
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = FramedTLS(ssock, name=peer)
@@ -198,7 +198,7 @@ class Gateway:
                  sid, peer, identity, identity, issuer, cert.get("notAfter"), ssock.version())
         conn.start_reading()
 
-    def _agentless(self):
+    def agentless_front(self):
         # Port 443 is shared with browsers of published applications (SPEC §2); built on first use.
         if getattr(self, "_front", None) is None:
             from .agentless.server import Front

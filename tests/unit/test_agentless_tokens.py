@@ -95,3 +95,24 @@ def test_limiter_table_is_bounded():
     for i in range(1000):
         lim.failure(f"addr:{i}", float(i))
     assert len(lim.fails) <= 100
+
+
+def test_user_cli_add_passwd_remove(tmp_path):
+    from click.testing import CliRunner
+
+    from gateway.cli import gateway
+
+    f = str(tmp_path / "users.json")
+    run = CliRunner().invoke
+    r = run(gateway, ["user", "add", "--users-file", f, "--password-stdin", "alice"], input="first password\n")
+    assert r.exit_code == 0 and "added alice" in r.output
+    r = run(gateway, ["user", "add", "--users-file", f, "--password-stdin", "alice"], input="first password\n")
+    assert r.exit_code != 0 and "ztna gateway user passwd alice" in r.output
+    r = run(gateway, ["user", "passwd", "--users-file", f, "--password-stdin", "alice"], input="second password\n")
+    assert r.exit_code == 0 and users.UserStore(tmp_path / "users.json").verify("alice", "second password")
+    r = run(gateway, ["user", "remove", "--users-file", f, "bob"])
+    assert r.exit_code != 0 and "no user bob" in r.output
+    r = run(gateway, ["user", "remove", "--users-file", f, "alice"])
+    assert r.exit_code == 0 and users.UserStore(tmp_path / "users.json").users == {}
+    r = run(gateway, ["user", "add", "--config", str(tmp_path / "none.toml"), "--password-stdin", "x"], input="pw\n")
+    assert r.exit_code != 0 and "no such configuration file" in r.output
