@@ -181,8 +181,12 @@ class TLSServer(PlainServer):
         self.ctx = ctx
         super().__init__(addr, Handler)
 
+    nodelay = False
+
     def get_request(self):
         sock, addr = self.socket.accept()
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, addr
 
     def finish_request(self, request, client_address):
@@ -220,9 +224,12 @@ def main() -> None:
     ap.add_argument("--http-port", type=int, default=0)
     ap.add_argument("--reset-port", type=int, default=0)
     ap.add_argument("--cert", action="append", default=[], help="NAME=CERT.pem,KEY.pem (none: plain HTTP only)")
+    ap.add_argument("--nodelay", action="store_true",
+                    help="TCP_NODELAY on HTTPS connections (http.server writes head and body apart; benchmarks)")
     ap.add_argument("--identity-header", default="X-Ztna-User", help="the header naming the user the gateway asserted")
     a = ap.parse_args()
     Handler.identity_header = a.identity_header
+    TLSServer.nodelay = a.nodelay
     contexts = {}
     for spec in a.cert:
         name, _, files = spec.partition("=")

@@ -41,7 +41,7 @@ from .users import UserStore
 
 log = logging.getLogger("ztna.gateway.agentless")
 
-PIECE = 64 * 1024
+PIECE = 256 * 1024  # the most one read moves (asyncio's TLS reads 256 KiB at a time too)
 SO_RCVLOWAT = getattr(socket, "SO_RCVLOWAT", 18)
 
 
@@ -55,6 +55,12 @@ class Upstream:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str):
         self.reader, self.writer, self.address = reader, writer, address
         self.buf = b""
+        self.clean = True  # between exchanges: no request or answer half-way, so another browser may use it
+        self.idle_since = 0.0
+
+    @property
+    def usable(self) -> bool:
+        return self.clean and not self.buf and not self.writer.is_closing() and not self.reader.at_eof()
 
     def close(self) -> None:
         self.writer.close()
@@ -77,6 +83,10 @@ class Front:
                          session_ttl=cfg.session_ttl, user_limit=cfg.login_user_limit,
                          addr_limit=cfg.login_addr_limit, window=cfg.login_window, max_form=cfg.max_form)
         self.access = open(cfg.access_log, "a", buffering=1)
+        # Kept-alive connections to each app, shared by browser connections as nginx's upstream
+        # keepalive is: a browser that opens a new connection per request must not cost a TLS
+        # handshake with the app each time.
+        self.pool: dict[str, list[Upstream]] = {a.name: [] for a in cfg.apps}
         self.active = 0
         self.refused = 0
 
@@ -102,16 +112,11 @@ class Front:
         if isinstance(r, routing.Refuse):
             self.refused += 1
             log.warning("refused %s on port 443: %s (TLS alert %d)", peer, r.reason, r.alert)
-            try:
-                sock.send(tlswire.alert(r.alert))
-            except OSError:
-                pass
-            sock.close()
+            _alert_and_close(sock, r.alert)
             return True
         if self.active >= self.cfg.max_connections:
             log.warning("refused %s for %s: %d browser connections already", peer, r.app, self.active)
-            sock.send(tlswire.alert(tlswire.ALERT_INTERNAL_ERROR))
-            sock.close()
+            _alert_and_close(sock, tlswire.ALERT_INTERNAL_ERROR)
             return True
         asyncio.ensure_future(self._serve(sock, peer, r.app))
         return True
@@ -151,7 +156,28 @@ class Front:
             if writer is not None:
                 writer.close()
             if up is not None:
-                up.close()
+                self.release(name, up)
+
+    POOL_MAX, POOL_IDLE = 32, 30.0
+
+    def release(self, name: str, up: Upstream) -> None:
+        """Keep ``up`` for the next browser connection to ``name``, if it is clean and there is room."""
+        pool = self.pool[name]
+        if up.usable and len(pool) < self.POOL_MAX:
+            up.idle_since = time.monotonic()
+            pool.append(up)
+        else:
+            up.close()
+
+    def take(self, name: str) -> Upstream | None:
+        """A kept upstream connection to ``name`` that still looks alive (the newest first)."""
+        pool, now = self.pool[name], time.monotonic()
+        while pool:
+            up = pool.pop()
+            if up.usable and now - up.idle_since < self.POOL_IDLE:
+                return up
+            up.close()
+        return None
 
     def write_access(self, record: dict) -> None:
         self.access.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -199,9 +225,11 @@ class _BrowserConn:
         self.up: Upstream | None = None
 
     async def _read(self, timeout: float, what: str) -> bytes:
+        # asyncio.timeout, not wait_for: wait_for makes a task per call, a cost paid per read.
         try:
-            data = await asyncio.wait_for(self.reader.read(PIECE), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(PIECE)
+        except TimeoutError:
             raise TimeoutError(what) from None
         except (ConnectionError, ssl.SSLError, OSError):
             data = b""
@@ -209,9 +237,12 @@ class _BrowserConn:
 
     async def _write(self, data: bytes) -> None:
         self.writer.write(data)
+        if self.writer.transport.get_write_buffer_size() < PIECE:
+            return  # nothing to wait for: the common case for small answers
         try:
-            await asyncio.wait_for(self.writer.drain(), self.cfg.body_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.cfg.body_timeout):
+                await self.writer.drain()
+        except TimeoutError:
             raise _Closed(f"browser did not read for {self.cfg.body_timeout:g}s") from None
         except (ConnectionError, OSError) as exc:
             raise _Closed(str(exc)) from None
@@ -334,19 +365,27 @@ class _BrowserConn:
 
     # ---- relaying to the app ------------------------------------------------------------
     async def _forward(self, head, cmd: Forward, stats: dict, t0: float) -> bool:
-        fresh = self.up is None or self.up.writer.is_closing() or self.up.reader.at_eof()
+        fresh = self.up is None or not self.up.usable
         try:
             if fresh:
                 if self.up is not None:
                     self.up.close()
-                self.up = await self.front.connect_upstream(self.app)
+                self.up = self.front.take(self.app.name)
+                fresh = self.up is None  # a pooled one may have been closed by the app: retried below
+                if fresh:
+                    self.up = await self.front.connect_upstream(self.app)
         except _UpstreamError as exc:
             return await self._gateway_error(exc.status, exc.reason, stats, head)
         length = http1.body_length(head)
         for attempt in (1, 2):
             up = self.up
+            up.clean = False
             up.writer.write(cmd.head)
-            upload = asyncio.ensure_future(self._upload(Body(length), up))
+            if length == 0:  # no body to relay: no task for it
+                upload = asyncio.get_running_loop().create_future()
+                upload.set_result(True)
+            else:
+                upload = asyncio.ensure_future(self._upload(Body(length), up))
             try:
                 resp = await self._response_head(up, upload, t0, stats)
                 break
@@ -383,6 +422,8 @@ class _BrowserConn:
             await upload  # the request body was all sent before the app finished (or the app cut it short)
             if up_close or not upload.result():
                 self._drop_upstream()
+            else:
+                up.clean = True
             return not close and upload.result()
         except BadMessage as exc:
             self._drop_upstream()
@@ -439,6 +480,7 @@ class _BrowserConn:
 
     async def _response_head(self, up: Upstream, upload, t0: float, stats: dict):
         deadline = time.monotonic() + self.cfg.upstream_timeout
+        reader_task = None  # one pending read of the app's answer at a time (StreamReader allows no second)
         while True:
             try:
                 got = parse_response_head_untrusted(up.buf)
@@ -451,20 +493,29 @@ class _BrowserConn:
                     continue  # interim answers (100 Continue) are the gateway's business with the app
                 stats["upstream_ms"] = round((time.monotonic() - t0) * 1000, 2)
                 return resp
-            left = deadline - time.monotonic()
-            reader_task = asyncio.ensure_future(up.reader.read(PIECE))
-            waits = {reader_task} if upload.done() else {reader_task, upload}
-            done, _ = await asyncio.wait(waits, timeout=max(left, 0.001),
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if reader_task not in done:
-                reader_task.cancel()
-                if upload in done and not upload.result():
-                    raise _Closed("the browser stopped sending its request body")
-                if left <= 0 or not done:
-                    raise _UpstreamError(504, f"{self.app.name} did not answer within {self.cfg.upstream_timeout:g}s")
-                continue
+            left = max(deadline - time.monotonic(), 0.001)
+            late = _UpstreamError(504, f"{self.app.name} did not answer within {self.cfg.upstream_timeout:g}s")
             try:
-                data = reader_task.result()
+                if reader_task is None and upload.done():  # only the app to wait for: no task needed
+                    try:
+                        async with asyncio.timeout(left):
+                            data = await up.reader.read(PIECE)
+                    except TimeoutError:
+                        raise late from None
+                else:
+                    # The body is still going up: wait for the app's answer and for the upload alike,
+                    # so a browser that stalls mid-body ends the wait too.
+                    reader_task = reader_task or asyncio.ensure_future(up.reader.read(PIECE))
+                    waits = {reader_task} if upload.done() else {reader_task, upload}
+                    done, _ = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                    if reader_task not in done:
+                        if upload in done and upload.result():
+                            continue  # all of the body is up: keep waiting on the same read
+                        reader_task.cancel()
+                        if upload in done:
+                            raise _Closed("the browser stopped sending its request body")
+                        raise late
+                    data, reader_task = reader_task.result(), None
             except (ConnectionError, OSError, ssl.SSLError) as exc:
                 raise _UpstreamError(502, f"{self.app.name} broke the connection: {_why(exc)}") from None
             if not data:
@@ -478,8 +529,9 @@ class _BrowserConn:
             stats["bytes_out"] += len(part)
         while not body.done:
             try:
-                data = await asyncio.wait_for(up.reader.read(PIECE), self.cfg.upstream_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.cfg.upstream_timeout):
+                    data = await up.reader.read(PIECE)
+            except TimeoutError:
                 raise _Closed(f"{self.app.name} stalled mid-answer for {self.cfg.upstream_timeout:g}s") from None
             except (ConnectionError, OSError, ssl.SSLError) as exc:
                 raise _Closed(f"{self.app.name} broke the connection mid-answer: {_why(exc)}") from None
@@ -572,6 +624,22 @@ async def _peek(sock: socket.socket, timeout: float) -> tuple[tlswire.ClientHell
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVLOWAT, 1)
         except OSError:
             pass
+
+
+def _alert_and_close(sock: socket.socket, alert: int) -> None:
+    # Take the peeked ClientHello first: closing a socket with unread bytes sends RST, which
+    # can reach the client before it has read the alert.
+    try:
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    try:
+        sock.send(tlswire.alert(alert))
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
 
 
 def _why(exc: BaseException) -> str:
