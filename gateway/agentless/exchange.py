@@ -137,10 +137,12 @@ class Exchange:
 
     def _to_login(self, reason: str) -> list:
         head = self.head
+        # A cookie that was sent and refused (forged, expired, another app's, ended) is worth a warning.
+        decision = "login" if reason == "no session" else "bad-session"
         if head.method in ("GET", "HEAD"):
             where = f"{LOGIN}?next={urllib.parse.quote(safe_next(head.target), safe='/')}"
-            return self._respond(302, "login", reason, b"", ("Location", where))
-        return self._refuse(401, "login", reason, hint=f"Sign in at https://{self.app.name}{LOGIN} first.")
+            return self._respond(302, decision, reason, b"", ("Location", where))
+        return self._refuse(401, decision, reason, hint=f"Sign in at https://{self.app.name}{LOGIN} first.")
 
     # ---- events ---------------------------------------------------------------------
     def request(self, head: http1.RequestHead) -> list:

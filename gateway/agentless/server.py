@@ -30,6 +30,7 @@ from gateway.policy import Policy
 from gateway.proxy import http1
 from ztna import pki, tlswire
 
+from . import pages
 from . import route as routing
 from .auth import LocalPasswords
 from .config import AUTH_CERTIFICATE, AgentlessConfig, AppConfig
@@ -294,7 +295,6 @@ class _BrowserConn:
             self.buf += data
 
     async def _refuse_raw(self, status: int, reason: str) -> None:
-        from . import pages
         body = pages.refusal(status, pages.REASONS.get(status, "Error"), reason)
         resp = Respond(status, (("Content-Type", "text/html; charset=utf-8"),), body, close=True)
         log.warning("browser %s for %s: %d %s; connection closed", self.peer, self.app.name, status, reason)
@@ -345,7 +345,9 @@ class _BrowserConn:
                     "method": head.method, "path": rec.get("path"), **stats, "decision": rec.get("decision"),
                     "reason": rec.get("reason")}
             self.front.write_access(line)
-            lvl = logging.INFO if rec.get("decision") in ("allow", "login", "login-page", "logout") else logging.WARNING
+            # Allowed requests are in the access log already; the gateway's log keeps sign-ins and refusals.
+            lvl = {"allow": logging.DEBUG, "login": logging.INFO, "login-page": logging.DEBUG,
+                   "logout": logging.INFO}.get(rec.get("decision"), logging.WARNING)
             log.log(lvl, "browser %s %s %s %s -> %s: %s (%s)", self.client.address, rec.get("identity") or "-",
                     head.method, f"https://{self.app.name}{rec.get('path')}"[:200], stats["status"], rec.get("decision"),
                     rec.get("reason"))
@@ -385,7 +387,7 @@ class _BrowserConn:
                 upload = asyncio.get_running_loop().create_future()
                 upload.set_result(True)
             else:
-                upload = asyncio.ensure_future(self._upload(Body(length), up))
+                upload = asyncio.ensure_future(self._upload(Body(length), up, stats))
             try:
                 resp = await self._response_head(up, upload, t0, stats)
                 break
@@ -441,7 +443,6 @@ class _BrowserConn:
             self.up = None
 
     async def _gateway_error(self, status: int, reason: str, stats: dict, head) -> bool:
-        from . import pages
         body = pages.refusal(status, pages.REASONS.get(status, "Error"), reason)
         resp = Respond(status, (("Content-Type", "text/html; charset=utf-8"),), body, close=True).encode(method=head.method)
         stats["status"] = status
@@ -450,12 +451,13 @@ class _BrowserConn:
         await self._write(resp)
         return False
 
-    async def _upload(self, body: Body, up: Upstream) -> bool:
+    async def _upload(self, body: Body, up: Upstream, stats: dict) -> bool:
         """Relay the request body; True when it was all sent (False: the browser stalled or left)."""
         try:
             part, self.buf = body.feed_untrusted(self.buf)
             if part:
                 up.writer.write(part)
+                stats["bytes_in"] += len(part)
             while not body.done:
                 try:
                     data = await self._read(self.cfg.body_timeout, "body")
@@ -468,6 +470,7 @@ class _BrowserConn:
                     return False
                 part, self.buf = body.feed_untrusted(data)
                 up.writer.write(part)
+                stats["bytes_in"] += len(part)
                 await up.writer.drain()
             await up.writer.drain()
             return True
@@ -490,7 +493,12 @@ class _BrowserConn:
                 resp, n = got
                 up.buf = up.buf[n:]
                 if 100 <= resp.status < 200 and resp.status != 101:
-                    continue  # interim answers (100 Continue) are the gateway's business with the app
+                    # An interim answer (100 Continue) goes on to the browser: a client that sent
+                    # Expect: 100-continue waits for it before its body.
+                    interim = client_response(resp, close=False)
+                    await self._write(interim)
+                    stats["bytes_out"] += len(interim)
+                    continue
                 stats["upstream_ms"] = round((time.monotonic() - t0) * 1000, 2)
                 return resp
             left = max(deadline - time.monotonic(), 0.001)

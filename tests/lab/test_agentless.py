@@ -156,6 +156,8 @@ def test_bodies_stream_both_ways_in_bounded_memory(lab):
                             host="browser2", timeout=60)
         assert rc == 0, err
         assert json.loads(out) == {"bytes": size, "sha256": digest, "identity": "alice"}
+        line = [r for r in access(lab) if r["path"] == "/upload"][-1]
+        assert line["status"] == 200 and line["bytes_in"] >= size and line["upstream_ms"] is not None
     rc, out, err = curl(lab, "-b", lab.jar2, "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
                         f"https://{APP}/bytes/256000000", host="browser2", timeout=60)
     assert rc == 0 and out == "200 256000000", err
