@@ -348,9 +348,12 @@ class _BrowserConn:
             # Allowed requests are in the access log already; the gateway's log keeps sign-ins and refusals.
             lvl = {"allow": logging.DEBUG, "login": logging.INFO, "login-page": logging.DEBUG,
                    "logout": logging.INFO}.get(rec.get("decision"), logging.WARNING)
-            log.log(lvl, "browser %s %s %s %s -> %s: %s (%s)", self.client.address, rec.get("identity") or "-",
+            failed = f"; {stats['error']}" if stats.get("error") else ""
+            if failed or "connection ended" in (rec.get("reason") or ""):
+                lvl = logging.WARNING  # the app failed, or the connection broke: never only in the access log
+            log.log(lvl, "browser %s %s %s %s -> %s: %s (%s)%s", self.client.address, rec.get("identity") or "-",
                     head.method, f"https://{self.app.name}{rec.get('path')}"[:200], stats["status"], rec.get("decision"),
-                    rec.get("reason"))
+                    rec.get("reason"), failed)
         return keep
 
     async def _exact(self, n: int) -> bytes:

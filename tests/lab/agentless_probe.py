@@ -94,6 +94,17 @@ def stall_body(ca: str, cookie: str) -> dict:
     return {"status": status(got), "closed_after": closed}
 
 
+def idle(ca: str, cookie: str) -> dict:
+    """One request, its whole answer, then silence: when does the gateway close the kept-alive connection?"""
+    s = connect(ca)
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {APP}\r\nCookie: {cookie}\r\n\r\n".encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    more, closed = until_closed(s, 20)
+    return {"status": status(got), "closed_after": closed}
+
+
 def websocket(ca: str, cookie: str) -> dict:
     s = connect(ca)
     key = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -127,6 +138,8 @@ def main() -> None:
         out = slowloris(ca, int(arg))
     elif case == "stall":
         out = stall_body(ca, arg)
+    elif case == "idle":
+        out = idle(ca, arg)
     elif case == "websocket":
         out = websocket(ca, arg)
     else:

@@ -24,16 +24,23 @@ from netns.scenarios.agent import APP, GW_PUBLIC, HR
 from netns.scenarios.agentless import USERS, AgentlessScenario
 
 HERE = Path(__file__).parent
-DOWN = "down.mycompany.net"
+DOWN, BAD = "down.mycompany.net", "bad.mycompany.net"
 BIG = 16_000_000
 
 
 class Rig(AgentlessScenario):
     name = "agentless-test"
     extra_browsers = [("browser2", "198.51.100.31")]
-    published = AgentlessScenario.published + [(DOWN, "password", 8443)]
-    private_extra = "down IN A 192.168.1.20\n"  # nothing listens on its port 8443
-    policy = {**AgentlessScenario.policy, "alice": [APP, DOWN]}
+    published = AgentlessScenario.published + [(DOWN, "password", 8443), (BAD, "password", 443)]
+    # Nothing listens on down's port 8443; bad's upstream_ca is the lab CA, not the internal CA
+    # that signed every app certificate, so its certificate must be refused.
+    private_extra = "down IN A 192.168.1.20\nbad IN A 192.168.1.20\n"
+    policy = {**AgentlessScenario.policy, "alice": [APP, DOWN, BAD]}
+
+    def gateway_conf(self, lab):
+        text = super().gateway_conf(lab)
+        head, sep, tail = text.partition(f'name = "{BAD}"')
+        return head + sep + tail.replace(f"{lab.pki_dir}/internal-ca.pem", f"{lab.pki_dir}/ca.pem", 1)
     agentless_extra = ("header_timeout = 2\nidle_timeout = 5\nbody_timeout = 2\nupstream_timeout = 3\n"
                        "login_user_limit = 5\nlogin_addr_limit = 40\nlogin_window = 60\n")
 
@@ -181,6 +188,18 @@ def test_a_slow_app_gets_504_and_an_app_that_is_down_502(lab):
     assert any(r["status"] == 504 and r["path"] == "/slow/6" for r in access(lab))
     rc, out, _ = curl(lab, "-H", f"Cookie: {cookie_for(lab, host=DOWN)}", "-w", "\n%{http_code}", f"https://{DOWN}/")
     assert out.endswith("502") and "cannot connect to down.mycompany.net (192.168.1.20:8443)" in out
+
+
+def test_an_app_whose_certificate_does_not_chain_to_its_upstream_ca_gets_502(lab):
+    rc, out, _ = curl(lab, "-H", f"Cookie: {cookie_for(lab, host=BAD)}", "-w", "\n%{http_code}", f"https://{BAD}/")
+    assert out.endswith("502") and "certificate is not trusted" in out, out[-300:]
+    assert "bad.mycompany.net's certificate is not trusted" in gwlog(lab)
+
+
+def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(lab):
+    got = probe(lab, "idle", cookie_for(lab))
+    assert got["status"] == 200 and got["closed_after"] is not None and 4 < got["closed_after"] < 8, got
+    assert "idle for 5s, closed" in gwlog(lab)
 
 
 def test_client_certificate_app(lab):
