@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
+import sys
 from pathlib import Path
 
 import click
@@ -32,7 +34,99 @@ def run_cmd(config: Path) -> None:
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s gateway %(levelname)s %(message)s")
     if os.geteuid() != 0:
         raise click.ClickException("the gateway creates a TUN device and nftables rules: run it as root")
+    gw = Gateway(cfg, policy)
+    if cfg.agentless is not None:
+        try:
+            gw.agentless_front()  # now, so a bad key file or certificate stops the start, not the first browser
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise click.ClickException(f"[agentless]: {exc}") from exc
     try:
-        asyncio.run(Gateway(cfg, policy).run())
+        asyncio.run(gw.run())
     except (TunError, NftError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@gateway.group("user")
+def user() -> None:
+    """Local users of the agentless sign-in page (scrypt hashes in [agentless] users)."""
+
+
+def _store(config: Path, users_file: Path | None):
+    from .agentless.users import UserError, UserStore
+
+    if users_file is None:
+        from .config import load
+
+        try:
+            cfg, _ = load(config)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if cfg.agentless is None:
+            raise click.ClickException(f"{config} has no [agentless] section, so no users file: add one (docs/agentless.md)")
+        users_file = Path(cfg.agentless.users)
+    try:
+        return UserStore(users_file)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _password(stdin: bool) -> str:
+    if stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return click.prompt("password", hide_input=True, confirmation_prompt=True)
+
+
+_config_opt = click.option("--config", "config", type=click.Path(path_type=Path), default=Path("/etc/ztna/gateway.toml"),
+                           show_default=True, help="gateway.toml naming the users file")
+_users_opt = click.option("--users-file", type=click.Path(path_type=Path), help="the users file itself, instead of --config")
+_stdin_opt = click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
+
+
+@user.command("add")
+@_config_opt
+@_users_opt
+@_stdin_opt
+@click.argument("name")
+def user_add(config: Path, users_file: Path | None, password_stdin: bool, name: str) -> None:
+    """Add user NAME with a password (asked twice, or --password-stdin)."""
+    from .agentless.users import UserError
+
+    store = _store(config, users_file)
+    try:
+        store.add(name, _password(password_stdin))
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"added {name} to {store.path}")
+
+
+@user.command("passwd")
+@_config_opt
+@_users_opt
+@_stdin_opt
+@click.argument("name")
+def user_passwd(config: Path, users_file: Path | None, password_stdin: bool, name: str) -> None:
+    """Set a new password for user NAME (sessions already open keep running until they expire)."""
+    from .agentless.users import UserError
+
+    store = _store(config, users_file)
+    try:
+        store.passwd(name, _password(password_stdin))
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"changed the password of {name} in {store.path}")
+
+
+@user.command("remove")
+@_config_opt
+@_users_opt
+@click.argument("name")
+def user_remove(config: Path, users_file: Path | None, name: str) -> None:
+    """Remove user NAME: the next sign-in fails (sessions already open keep running until they expire)."""
+    from .agentless.users import UserError
+
+    store = _store(config, users_file)
+    try:
+        store.remove(name)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"removed {name} from {store.path}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ztna.config import ConfigError, load_file, section
@@ -33,6 +33,7 @@ class GatewayConfig:
     pressure_handshake_timeout: float = 2.0  # the deadline of new handshakes while half of max_pending wait
     queue_limit: int = 8 * 1024 * 1024
     log_level: str = "INFO"
+    agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig, from [agentless]
 
 
 def load(path: Path) -> tuple[GatewayConfig, Policy]:
@@ -62,4 +63,7 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
     for key in ("cert", "key", "ca"):
         if not Path(getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: [gateway] {key} = {getattr(cfg, key)} does not exist")
+    from .agentless.config import load as load_agentless
+
+    cfg.agentless = load_agentless(data, path, default_ca=cfg.ca)
     return cfg, Policy(table)

@@ -278,6 +278,8 @@ class Gateway:
     async def _handshake_gated(self, sock: socket.socket, peer: str, timeout: float):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.cfg.agentless is not None and await self.agentless_front().claim(sock, peer, self.cfg.handshake_timeout):
+            return  # SNI named a published application (served by gateway/agentless) or nothing we serve (refused)
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = FramedTLS(ssock, name=peer)
         try:
@@ -301,6 +303,13 @@ class Gateway:
         log.info("session %d from %s: identity %s (certificate CN=%s, issuer %s, valid until %s), %s",
                  sid, peer, identity, identity, issuer, cert.get("notAfter"), ssock.version())
         conn.start_reading()
+
+    def agentless_front(self):
+        # Port 443 is shared with browsers of published applications (SPEC §2); built on first use.
+        if getattr(self, "_front", None) is None:
+            from .agentless.server import Front
+            self._front = Front(self.cfg.agentless, self.policy, self._resolve)
+        return self._front
 
     def _on_close(self, s: Session, reason: str) -> None:
         self.sessions.pop(s.id, None)

@@ -34,6 +34,7 @@ class DnsMsg:
     proto: str = "udp"
     at: tuple = ()  # (pcap file name, frame number), from capture.read
     raw: bytes = b""  # the DNS message itself (over TCP without its length prefix)
+    cnames: list[str] = field(default_factory=list)  # CNAME targets of the answer section
 
     @property
     def a(self) -> list[str]:
@@ -66,7 +67,7 @@ def dns(pkts) -> list[DnsMsg]:
             name, qtype = q.qname.decode().rstrip(".").lower(), int(q.qtype)
         except Exception:  # no question, or one scapy could not dissect
             name, qtype = "", 0
-        answers = []
+        answers, cnames = [], []
         for i in range(d.ancount or 0):
             try:
                 rr = d.an[i]
@@ -74,6 +75,9 @@ def dns(pkts) -> list[DnsMsg]:
                 break
             if rr.type in (1, 28):
                 answers.append(str(rr.rdata))
+            elif rr.type == 5:
+                target = rr.rdata
+                cnames.append((target.decode() if isinstance(target, bytes) else str(target)).rstrip(".").lower())
         opts = []
         for rr in (d.ar or []) if d.arcount else []:
             if getattr(rr, "type", None) == 41:
@@ -83,7 +87,7 @@ def dns(pkts) -> list[DnsMsg]:
         raw = bytes(l4.payload)
         out.append(DnsMsg(float(p.time), p[IP].src, p[IP].dst, name, qtype, bool(d.qr), answers, d.rcode,
                           int(l4.dport), opts, int(l4.sport), "udp" if p.haslayer(UDP) else "tcp",
-                          getattr(p, "ztna_at", ()), raw[2:] if p.haslayer(TCP) else raw))
+                          getattr(p, "ztna_at", ()), raw[2:] if p.haslayer(TCP) else raw, cnames))
     return out
 
 

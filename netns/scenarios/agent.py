@@ -262,11 +262,11 @@ class AgentScenario(Scenario):
         return steps
 
 
-def web_argv(ip: str, *, http_port: int = 0, cert: tuple[str, Path, Path] | None = None) -> list[str]:
+def web_argv(ip: str, *, http_port: int = 0, cert: tuple[str, Path, Path] | None = None, nodelay: bool = False) -> list[str]:
     """The lab web server (netns.tlsweb) on ``ip``: HTTPS on 443 with ``cert`` (name, pem, key), and/or plain HTTP."""
     import sys
 
-    argv = [sys.executable, "-m", "netns.tlsweb", "--listen", ip]
+    argv = [sys.executable, "-m", "netns.tlsweb", "--listen", ip] + (["--nodelay"] if nodelay else [])
     if cert:
         argv += ["--cert", f"{cert[0]}={cert[1]},{cert[2]}"]
     if http_port:

@@ -1,0 +1,185 @@
+"""gateway.agentless.exchange: playbooks of one browser request's events and the commands answered."""
+
+import re
+import urllib.parse
+
+import pytest
+
+from gateway.agentless import exchange as x, rewrite
+from gateway.agentless.config import AppConfig
+from gateway.agentless.cookies import Signer
+from gateway.policy import Policy
+from gateway.proxy import http1
+
+APP, HR = "app.mycompany.net", "hr.mycompany.net"
+
+
+class FakeBackend:
+    """The Backend interface with a fixed table: the core never sees how a password is checked."""
+    name = "fake"
+
+    def challenge(self, app, *, csrf, next_url, message="", error=False):
+        return f"<form csrf={csrf} next={next_url}>{message}</form>".encode()
+
+    def claimed(self, form):
+        return form.get("user") or None
+
+    def verify(self, form):
+        return form.get("password") == "right"
+
+
+def gate(**kw):
+    apps = {APP: AppConfig(APP, "c", "k", "ca"), HR: AppConfig(HR, "c", "k", "ca", auth="certificate")}
+    g = x.Gate(apps, Policy({"alice": [APP], "bob": [HR], "carol": [HR]}), Signer(b"s" * 32), FakeBackend(),
+               session_ttl=3600, user_limit=kw.get("user_limit", 3), addr_limit=kw.get("addr_limit", 10), window=60)
+    return g
+
+
+def req(raw: str) -> http1.RequestHead:
+    return http1.parse_request_head_untrusted(raw.encode())[0]
+
+
+def get(g, path="/", *, host=APP, sni=APP, headers="", now=1000.0, cert=None):
+    ex = g.exchange(x.Client("198.51.100.30", sni, cert), now)
+    return ex, ex.request(req(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n"))
+
+
+def hdr(cmd, name):
+    return [v for k, v in cmd.headers if k.lower() == name.lower()]
+
+
+def sign_in(g, user="alice", password="right", now=1000.0, next_url="/wiki?a=1"):
+    ex, cmds = get(g, f"/.ztna/login?next={urllib.parse.quote(next_url)}", now=now)
+    (page,) = cmds
+    csrf = re.search(r"csrf=(\S+) ", page.body.decode()).group(1)
+    body = urllib.parse.urlencode({"user": user, "password": password, "csrf": csrf, "next": next_url}).encode()
+    ex = g.exchange(x.Client("198.51.100.30", APP), now)
+    cmds = ex.request(req(f"POST /.ztna/login HTTP/1.1\r\nHost: {APP}\r\nContent-Length: {len(body)}\r\n"
+                          f"Origin: https://{APP}\r\nCookie: {rewrite.CSRF_COOKIE}={csrf}\r\n\r\n"))
+    assert cmds == [x.ReadBody(len(body))]
+    cmds = ex.body(body)
+    if cmds and isinstance(cmds[0], x.CheckPassword):
+        cmds = ex.checked(g.backend.verify(cmds[0].form), now)
+    return ex, cmds
+
+
+def session_cookie(cmd):
+    c = [v for v in hdr(cmd, "set-cookie") if v.startswith(rewrite.SESSION_COOKIE + "=")][0]
+    return c.split(";")[0].split("=", 1)[1], c
+
+
+def test_no_session_redirects_to_login_with_the_first_url():
+    ex, (cmd,) = get(gate(), "/wiki/page?x=1")
+    assert cmd.status == 302 and hdr(cmd, "location") == ["/.ztna/login?next=/wiki/page%3Fx%3D1"]
+    assert ex.record["decision"] == "login" and ex.record["reason"] == "no session"
+
+
+def test_sign_in_sets_a_strict_cookie_and_sends_the_browser_back():
+    g = gate()
+    ex, (cmd,) = sign_in(g)
+    assert cmd.status == 303 and hdr(cmd, "location") == ["/wiki?a=1"]
+    token, attrs = session_cookie(cmd)
+    for attr in ("Path=/", "Secure", "HttpOnly", "SameSite=Lax", "Max-Age=3600"):
+        assert attr in attrs
+    assert "Domain" not in attrs  # __Host-: held for exactly this host
+    ex, cmds = get(g, "/wiki", headers=f"Cookie: other=1; {rewrite.SESSION_COOKIE}={token}\r\n", now=1001)
+    assert len(cmds) == 1 and isinstance(cmds[0], x.Forward)
+    assert b"X-Ztna-User: alice\r\n" in cmds[0].head and token.encode() not in cmds[0].head
+    assert ex.record["identity"] == "alice" and ex.record["decision"] == "allow"
+
+
+def test_wrong_password_then_rate_limit_per_user_and_per_address():
+    g = gate(user_limit=3, addr_limit=5)
+    for i in range(3):
+        ex, (cmd,) = sign_in(g, password="wrong", now=1000 + i)
+        assert cmd.status == 401 and ex.record["decision"] == "login-failed"
+    ex, (cmd,) = sign_in(g, password="right", now=1003)  # even the right password waits now
+    assert cmd.status == 429 and hdr(cmd, "retry-after") == ["58"] and b"this user" in cmd.body
+    ex, (cmd,) = sign_in(g, user="zed", password="wrong", now=1004)
+    ex, (cmd,) = sign_in(g, user="yan", password="wrong", now=1005)
+    ex, (cmd,) = sign_in(g, user="xu", password="right", now=1006)  # 5 failures from this address
+    assert cmd.status == 429 and b"this address" in cmd.body and ex.record["decision"] == "rate-limited"
+    ex, (cmd,) = sign_in(g, password="right", now=1070)  # the window has passed
+    assert cmd.status == 303
+
+
+@pytest.mark.parametrize("change,why", [
+    (lambda f, c, h: (f.replace("csrf=", "csrf=x"), c, h), "does not match"),
+    (lambda f, c, h: (f, "", h), "no CSRF token"),
+    (lambda f, c, h: (f, c, h + "Origin: https://evil.example\r\n"), "Origin"),
+])
+def test_csrf_refusals(change, why):
+    g = gate()
+    _, (page,) = get(g, "/.ztna/login")
+    csrf = re.search(r"csrf=(\S+) ", page.body.decode()).group(1)
+    form = urllib.parse.urlencode({"user": "alice", "password": "right", "csrf": csrf, "next": "/"})
+    form, cookie, extra = change(form, csrf, "")
+    ex = g.exchange(x.Client("198.51.100.30", APP), 1000)
+    cookie_line = f"Cookie: {rewrite.CSRF_COOKIE}={cookie}\r\n" if cookie else ""
+    ex.request(req(f"POST /.ztna/login HTTP/1.1\r\nHost: {APP}\r\nContent-Length: {len(form)}\r\n{cookie_line}{extra}\r\n"))
+    (cmd,) = ex.body(form.encode())
+    assert cmd.status == 403 and ex.record["decision"] == "csrf" and why in ex.record["reason"]
+
+
+def test_forged_expired_other_app_and_revoked_cookies_are_refused_with_their_reason():
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    body, mac = token.split(".")
+    forged = body[:-2] + ("AA" if body[-2:] != "AA" else "BB") + "." + mac
+    other, _ = Signer(b"s" * 32).session("alice", HR, 1000, 3600)
+    for tok, now, why in ((forged, 1001, "tampered"), (token, 1000 + 3600, "expired"), (other, 1001, "other-app")):
+        ex, (cmd,) = get(g, "/", headers=f"Cookie: {rewrite.SESSION_COOKIE}={tok}\r\n", now=now)
+        assert cmd.status == 302 and why in ex.record["reason"] and ex.record["decision"] == "bad-session", (why, ex.record)
+    ex, (cmd,) = get(g, "/.ztna/logout", headers=f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\n", now=1002)
+    assert cmd.status == 303 and hdr(cmd, "location")[0].startswith("/.ztna/login")
+    assert any("Max-Age=0" in c for c in hdr(cmd, "set-cookie")) and "alice" in ex.record["reason"]
+    ex, (cmd,) = get(g, "/", headers=f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\n", now=1003)
+    assert cmd.status == 302 and "ended by logout" in ex.record["reason"]
+
+
+def test_user_not_allowed_gets_403_naming_the_reason():
+    g = gate()
+    _, (cmd,) = sign_in(g, user="bob")
+    token, _ = session_cookie(cmd)
+    ex, (cmd,) = get(g, "/", headers=f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\n", now=1001)
+    assert cmd.status == 403 and b"not allowed to reach app.mycompany.net" in cmd.body
+    assert ex.record["decision"] == "deny" and ex.record["identity"] == "bob"
+
+
+def test_host_other_than_sni_is_421_and_framing_errors_close():
+    _, (cmd,) = get(gate(), host=HR)
+    assert cmd.status == 421 and cmd.close
+    _, (cmd,) = get(gate(), host=f"{APP}:8443")
+    assert cmd.status == 421
+    ex = gate().exchange(x.Client("198.51.100.30", APP), 0)
+    (cmd,) = ex.request(req(f"POST / HTTP/1.1\r\nHost: {APP}\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"))
+    assert cmd.status == 400 and cmd.close and "both" in ex.record["reason"]
+    ex = gate().exchange(x.Client("198.51.100.30", APP), 0)
+    (cmd,) = ex.request(req(f"GET / HTTP/1.1\r\nHost: {APP}\r\nHost: {APP}\r\n\r\n"))
+    assert cmd.status == 400 and cmd.close
+
+
+def test_certificate_app_uses_the_client_certificate_and_refuses_without_one():
+    ex, (cmd,) = get(gate(), host=HR, sni=HR, cert="carol")
+    assert isinstance(cmd, x.Forward) and b"X-Ztna-User: carol" in cmd.head
+    ex, (cmd,) = get(gate(), host=HR, sni=HR)
+    assert cmd.status == 403 and "no client certificate" in ex.record["reason"]
+    ex, (cmd,) = get(gate(), host=HR, sni=HR, cert="alice")
+    assert cmd.status == 403 and "alice" in ex.record["reason"]
+
+
+@pytest.mark.parametrize("target,want", [("/a?b", "/a?b"), ("//evil.example/", "/"), ("https://evil/", "/"),
+                                         ("/\\evil", "/"), ("/.ztna/logout", "/"), ("/a\x00", "/")])
+def test_next_url_stays_on_this_site(target, want):
+    assert x.safe_next(target) == want
+
+
+def test_login_form_limits():
+    g = gate()
+    ex = g.exchange(x.Client("198.51.100.30", APP), 0)
+    (cmd,) = ex.request(req(f"POST /.ztna/login HTTP/1.1\r\nHost: {APP}\r\nContent-Length: 100000\r\n\r\n"))
+    assert cmd.status == 413 and cmd.close
+    ex = g.exchange(x.Client("198.51.100.30", APP), 0)
+    (cmd,) = ex.request(req(f"POST /.ztna/login HTTP/1.1\r\nHost: {APP}\r\nTransfer-Encoding: chunked\r\n\r\n"))
+    assert cmd.status == 411
