@@ -14,18 +14,17 @@ import asyncio
 import ctypes
 import ipaddress
 import itertools
-import json
 import logging
 import os
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ztna import dnswire, pki, wire
+from ztna import dnswire, nft, pki, wire
+from ztna.nft import NftError
 from ztna.loglimit import LogLimiter, suffix
 from ztna.names import BadName, normalize
 from ztna.tlsconn import FramedTLS, server_context
@@ -40,16 +39,6 @@ log = logging.getLogger("ztna.gateway")
 
 NFT_TABLE = "ztna_gw"
 TUN_READ = 65536 + 128
-
-
-class NftError(RuntimeError):
-    """nftables refused the gateway's rules."""
-
-
-def nft(script: str) -> None:
-    p = subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True)
-    if p.returncode:
-        raise NftError(f"nft refused the rules: {p.stderr.strip()}")
 
 
 def nft_rules(tun: str, inside: str) -> str:
@@ -87,15 +76,7 @@ NFT_COUNTERS = ("ct_invalid", "inside_leak")
 
 def nft_counters() -> dict[str, int]:
     """Packets counted so far by the table's named counters."""
-    p = subprocess.run(["nft", "-j", "list", "counters", "table", "ip", NFT_TABLE], capture_output=True, text=True)
-    if p.returncode:
-        raise NftError(f"nft cannot list the counters of {NFT_TABLE}: {p.stderr.strip()}")
-    out = {}
-    for item in json.loads(p.stdout).get("nftables", []):
-        c = item.get("counter")
-        if c and c.get("name") in NFT_COUNTERS:
-            out[c["name"]] = int(c.get("packets", 0))
-    return out
+    return nft.counters(NFT_TABLE, NFT_COUNTERS)
 
 
 def _malloc_trim() -> bool:
@@ -171,8 +152,8 @@ class Gateway:
                 None, lambda: Tun(self.cfg.tun, [f"{self.pool.gateway_addr}/{prefix}"]))
             with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
                 f.write("1")
-            subprocess.run(["nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)  # left by a crash
-            nft(nft_rules(self.tun.name, self.cfg.inside_network))
+            nft.replace_table(NFT_TABLE, nft_rules(self.tun.name, self.cfg.inside_network),
+                              what="the gateway's rules")  # a table left by a crash goes first
             nft_on = True
             lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -197,7 +178,7 @@ class Gateway:
                 self.loop.remove_reader(lsock.fileno())
                 lsock.close()
             if nft_on:
-                subprocess.run(["nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)
+                nft.delete_table(NFT_TABLE)
             if self.tun is not None:
                 self.tun.close()
 
