@@ -17,14 +17,13 @@ import os
 import signal
 import socket
 import ssl
-import struct
 import time
 from collections import Counter
 from pathlib import Path
 
 from cryptography import x509
 
-from ztna import dnswire, pki, wire
+from ztna import dnsclient, dnswire, pki, wire
 from ztna.loglimit import LogLimiter, suffix
 from ztna.ippacket import NO_VNET, TCP_RST, TCP_SYN, BadPacket, ip4_text, parse_untrusted, refusal_for, icmp_unreachable_for
 from ztna.tlsconn import FramedTLS, client_context
@@ -452,18 +451,13 @@ class Agent:
 
     async def _forward_udp(self, data: bytes, addr, transport) -> None:
         for server in self.upstreams:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setblocking(False)
             try:
-                s.connect((server, 53))
-                s.send(data)
-                reply = await asyncio.wait_for(self.loop.sock_recv(s, 65535), 2.0)
-                transport.sendto(reply, addr)
-                return
-            except (OSError, asyncio.TimeoutError) as exc:
-                log.info("upstream %s did not answer: %s", server, exc or "timeout")
-            finally:
-                s.close()
+                reply = await dnsclient.query_udp(server, data, timeout=2.0)
+            except dnsclient.UpstreamError as exc:
+                log.info("upstream %s did not answer: %s", server, exc)
+                continue
+            transport.sendto(reply, addr)
+            return
         self.counters["dns_upstream_failed"] += 1
 
     async def _dns_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -478,15 +472,10 @@ class Agent:
     async def _forward_tcp(self, data: bytes) -> bytes:
         for server in self.upstreams:
             try:
-                r, w = await asyncio.wait_for(asyncio.open_connection(server, 53), 2.0)
-                w.write(struct.pack("!H", len(data)) + data)
-                await w.drain()
-                n = struct.unpack("!H", await asyncio.wait_for(r.readexactly(2), 2.0))[0]
-                reply = await asyncio.wait_for(r.readexactly(n), 2.0)
-                w.close()
-                return reply
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
-                log.info("upstream %s (tcp) did not answer: %s", server, exc or "timeout")
+                return await dnsclient.query_tcp(server, data, timeout=2.0)
+            except dnsclient.UpstreamError as exc:
+                log.info("upstream %s (tcp) did not answer: %s", server, exc)
+        self.counters["dns_upstream_failed"] += 1
         return b""
 
     # ---- status ------------------------------------------------------------
