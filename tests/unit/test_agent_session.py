@@ -11,6 +11,8 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from dnslib import DNSRecord
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
@@ -388,3 +390,23 @@ def test_stop_says_close_to_the_gateway():
     assert [f.fields for f in frames(cmds)] == [{"reason": "agent stopping"}]
     assert cmds[-1] == a.Close("agent stopping")
     assert agent().stop(5.0) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_any_bytes_from_the_gateway_give_commands_never_an_exception(chunks):
+    s = up()
+    cmds = []
+    for c in chunks:
+        cmds += s.receive_data(c, 1.0)
+        if cmds and isinstance(cmds[-1], a.Close):
+            break  # the shell closes the tunnel here; nothing more is read
+    assert all(type(c) in (a.Send, a.WriteTun, a.Close, a.Log) for c in cmds)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=80), max_size=8))
+def test_any_tun_packets_give_commands_never_an_exception(bufs):
+    s, addr = allowed()
+    cmds = s.tun_packets([NO_VNET + b for b in bufs] + list(bufs), 2.0)
+    assert all(type(c) in (a.Send, a.WriteTun, a.Connect, a.Log) for c in cmds)

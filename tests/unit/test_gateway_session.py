@@ -10,6 +10,8 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from gateway import session as g
@@ -424,3 +426,14 @@ def test_malformed_ip_in_a_data_frame_is_dropped_and_counted():
     junk = bytes([0x4F]) + bytes(19)  # IPv4 claiming a 60-byte header in 20 bytes
     cmds = s.receive_data(wire.data_header(10 + 20) + NO_VNET + junk, 1.0)
     assert kinds(cmds) == ["Log"] and s.nat.counters.malformed == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=6), st.integers(min_value=0, max_value=len(HELLO)))
+def test_any_bytes_after_any_prefix_of_a_hello_give_commands_never_an_exception(chunks, cut):
+    s = session()
+    cmds = s.receive_data(HELLO[:cut], 0.1)
+    for c in chunks:
+        cmds += s.receive_data(c, 0.2)
+    assert all(type(c) in (g.Send, g.WriteTun, g.Resolve, g.Bind, g.Close, g.Log) for c in cmds)
+    assert sum(isinstance(c, g.Close) for c in cmds) <= 1  # closed once, then nothing more is acted on
