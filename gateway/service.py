@@ -14,42 +14,31 @@ import asyncio
 import ctypes
 import ipaddress
 import itertools
-import json
 import logging
 import os
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ztna import dnswire, pki, wire
+from ztna import dnswire, nft, pki, wire
+from ztna.nft import NftError
 from ztna.loglimit import LogLimiter, suffix
-from ztna.names import BadName, normalize
 from ztna.tlsconn import FramedTLS, server_context
 from ztna.tun import Tun
 
 from .config import GatewayConfig
-from .nat import ClientNat, InsidePool
+from .nat import InsidePool
 from .pending import HandshakeGate
 from .policy import Policy
+from .session import Bind, Close, GatewaySession, Log, Resolve, Send, Unbind, WriteTun
 
 log = logging.getLogger("ztna.gateway")
 
 NFT_TABLE = "ztna_gw"
 TUN_READ = 65536 + 128
-
-
-class NftError(RuntimeError):
-    """nftables refused the gateway's rules."""
-
-
-def nft(script: str) -> None:
-    p = subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True)
-    if p.returncode:
-        raise NftError(f"nft refused the rules: {p.stderr.strip()}")
 
 
 def nft_rules(tun: str, inside: str) -> str:
@@ -87,15 +76,7 @@ NFT_COUNTERS = ("ct_invalid", "inside_leak")
 
 def nft_counters() -> dict[str, int]:
     """Packets counted so far by the table's named counters."""
-    p = subprocess.run(["nft", "-j", "list", "counters", "table", "ip", NFT_TABLE], capture_output=True, text=True)
-    if p.returncode:
-        raise NftError(f"nft cannot list the counters of {NFT_TABLE}: {p.stderr.strip()}")
-    out = {}
-    for item in json.loads(p.stdout).get("nftables", []):
-        c = item.get("counter")
-        if c and c.get("name") in NFT_COUNTERS:
-            out[c["name"]] = int(c.get("packets", 0))
-    return out
+    return nft.counters(NFT_TABLE, NFT_COUNTERS)
 
 
 def _malloc_trim() -> bool:
@@ -119,20 +100,19 @@ def _rss_mib() -> int:
 
 @dataclass
 class Session:
-    """One agent's tunnel."""
+    """One agent's connection: its TLS socket and the session core that decides for it."""
 
-    id: int
     peer: str
-    identity: str
     conn: FramedTLS
-    started: float
-    state: str = "hello"
-    nat: ClientNat | None = None
-    inside: bytes = b""
-    last_rx: float = 0.0
-    out: list = field(default_factory=list)
-    drops_logged: int = 0
-    queue_drops: int = 0
+    core: GatewaySession
+
+    @property
+    def id(self) -> int:
+        return self.core.id
+
+    @property
+    def identity(self) -> str:
+        return self.core.identity
 
 
 class Gateway:
@@ -171,8 +151,8 @@ class Gateway:
                 None, lambda: Tun(self.cfg.tun, [f"{self.pool.gateway_addr}/{prefix}"]))
             with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
                 f.write("1")
-            subprocess.run(["nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)  # left by a crash
-            nft(nft_rules(self.tun.name, self.cfg.inside_network))
+            nft.replace_table(NFT_TABLE, nft_rules(self.tun.name, self.cfg.inside_network),
+                              what="the gateway's rules")  # a table left by a crash goes first
             nft_on = True
             lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -197,7 +177,7 @@ class Gateway:
                 self.loop.remove_reader(lsock.fileno())
                 lsock.close()
             if nft_on:
-                subprocess.run(["nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)
+                nft.delete_table(NFT_TABLE)
             if self.tun is not None:
                 self.tun.close()
 
@@ -208,10 +188,7 @@ class Gateway:
             n += 1
             now = time.monotonic()
             for s in list(self.sessions.values()):
-                if now - s.last_rx > 3 * self.cfg.keepalive:
-                    s.conn.close(f"no word from the agent for {3 * self.cfg.keepalive:.0f}s")
-                elif s.nat is not None and n % 10 == 0:
-                    s.nat.expire(now)
+                self._perform(s, s.core.tick(now))
             if n % 2 == 0:
                 await self._read_nft()
 
@@ -294,8 +271,11 @@ class Gateway:
 
     def _start_session(self, conn: FramedTLS, ssock: ssl.SSLSocket, peer: str, identity: str) -> None:
         sid = next(self.ids)
-        s = Session(sid, peer, identity, conn, time.monotonic(), last_rx=time.monotonic())
-        conn.on_frames = lambda frames: self._on_frames(s, frames)
+        core = GatewaySession(sid, identity, policy=self.policy, pool=self.pool, agent_network=self.agent_net,
+                              now=time.monotonic(), keepalive=self.cfg.keepalive, queue_limit=self.cfg.queue_limit,
+                              counters=self.counters)
+        s = Session(peer, conn, core)
+        conn.on_data = lambda data: self._perform(s, core.receive_data(data, time.monotonic()))
         conn.on_close = lambda reason: self._on_close(s, reason)
         self.sessions[sid] = s
         cert = ssock.getpeercert()
@@ -313,136 +293,51 @@ class Gateway:
 
     def _on_close(self, s: Session, reason: str) -> None:
         self.sessions.pop(s.id, None)
-        if s.inside:
-            self.by_inside.pop(s.inside, None)
-            self.pool.give_back(s.inside)
-        c = s.nat.counters if s.nat else None
-        if s.conn.decoder.pending():
-            reason += f" ({s.conn.decoder.pending()} bytes of an unfinished frame dropped)"
+        core = s.core
+        nat = core.nat
+        self._perform(s, core.closed_by_shell())
+        c = nat.counters if nat else None
+        if core.decoder.pending():
+            reason += f" ({core.decoder.pending()} bytes of an unfinished frame dropped)"
         log.info("session %d %s closed after %.0fs: %s; %d bytes in, %d out%s", s.id, s.identity,
-                 time.monotonic() - s.started, reason, s.conn.bytes_in, s.conn.bytes_out,
+                 time.monotonic() - core.started, reason, s.conn.bytes_in, s.conn.bytes_out,
                  f"; dropped spoofed src {c.spoofed_src}, dst {c.spoofed_dst}, malformed {c.malformed}" if c else "")
 
-    # ---- frames from an agent ------------------------------------------------
-    def _on_frames(self, s: Session, frames: list) -> None:
-        now = time.monotonic()
-        s.last_rx = now
-        fd = self.tun.fd
-        for f in frames:
-            if s.conn.closed:
-                return
-            t = f.type
-            if t == wire.DATA:
-                if s.state != "up":
-                    s.conn.close("protocol error: DATA before HELLO")
-                    return
-                pkt = f.payload
-                verdict = s.nat.outbound(pkt, wire.VNET_HDR_LEN, bool(pkt[0] & 1), now)
-                if verdict is None:
-                    self._dropped(s)
-                    continue
-                key, new = verdict
-                if new:
-                    self._log_flow(s, key)
-                try:
-                    os.write(fd, pkt)
-                except OSError as exc:
-                    self.counters["tun_write_errors"] += 1
-                    log.debug("TUN write: %s", exc)
-            elif t == wire.HELLO:
-                self._hello(s, f.fields)
-            elif t == wire.LEASE:
-                self._lease(s, f.fields)
-            elif t == wire.RELEASE:
-                if s.nat is not None:
+    # ---- performing a session's commands ----------------------------------------
+    def _perform(self, s: Session, cmds: list) -> None:
+        for c in cmds:
+            t = type(c)
+            if t is WriteTun:
+                fd = self.tun.fd
+                for pkt in c.packets:
                     try:
-                        s.nat.release(socket.inet_aton(str(f.fields.get("addr"))))
-                    except OSError:
-                        s.conn.close("protocol error: RELEASE without a valid addr")
-            elif t == wire.KEEPALIVE:
-                s.conn.send(wire.frame(wire.KEEPALIVE))
-            elif t == wire.CLOSE:
-                s.conn.close(f"agent closed: {f.fields.get('reason', '')}")
+                        os.write(fd, pkt)
+                    except OSError as exc:
+                        self.counters["tun_write_errors"] += 1
+                        log.debug("TUN write: %s", exc)
+            elif t is Send:
+                s.conn.send(c.data)
+            elif t is Log:
+                log.log(c.level, "%s", c.message)
+            elif t is Resolve:
+                asyncio.ensure_future(self._resolve_lease(s, c))
+            elif t is Bind:
+                self.by_inside[c.inside] = s
+            elif t is Unbind:
+                if self.by_inside.get(c.inside) is s:
+                    del self.by_inside[c.inside]
+            elif t is Close:
+                s.conn.close(c.reason)
             else:
-                s.conn.close(f"protocol error: agent sent {wire.NAMES.get(t)}")
+                raise TypeError(f"unknown session command {c!r}")
 
-    def _log_flow(self, s: Session, key: tuple) -> None:
-        proto, sport, real, dport = key
-        entry = s.nat.flows.get(key)
-        fqdn = s.nat.routes[entry[0]].fqdn if entry and entry[0] in s.nat.routes else "?"
-        log.info("flow session %d %s %s :%d -> %s => %s:%d", s.id, s.identity,
-                 {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, str(proto)), sport, fqdn, socket.inet_ntoa(real), dport)
-
-    def _dropped(self, s: Session) -> None:
-        self.counters["dropped_spoofed"] += 1
-        s.drops_logged += 1
-        if s.drops_logged <= 5 or s.drops_logged % 1000 == 0:
-            c = s.nat.counters
-            log.warning("session %d %s: dropped a packet not from its address or not to one of its leases "
-                        "(spoofed src %d, dst %d, malformed %d so far)", s.id, s.identity, c.spoofed_src,
-                        c.spoofed_dst, c.malformed)
-
-    def _hello(self, s: Session, fields: dict) -> None:
-        if s.state != "hello":
-            s.conn.close("protocol error: HELLO twice")
-            return
-        if fields.get("version") != wire.VERSION:
-            s.conn.send(wire.control(wire.CLOSE, reason=f"protocol version {fields.get('version')} not supported"))
-            s.conn.close(f"agent speaks protocol version {fields.get('version')!r}")
-            return
+    async def _resolve_lease(self, s: Session, c: Resolve) -> None:
         try:
-            addr = ipaddress.IPv4Address(str(fields.get("tunnel_addr")))
-            if addr not in self.agent_net:
-                raise ValueError(f"{addr} is outside {self.agent_net}")
-        except ValueError as exc:
-            s.conn.close(f"protocol error: bad tunnel_addr: {exc}")
-            return
-        try:
-            s.inside = self.pool.take()
-        except RuntimeError as exc:
-            s.conn.send(wire.control(wire.CLOSE, reason=str(exc)))
-            s.conn.close(str(exc))
-            return
-        s.nat = ClientNat(addr.packed, s.inside)
-        self.by_inside[s.inside] = s
-        s.state = "up"
-        s.conn.send(wire.control(wire.WELCOME, version=wire.VERSION, identity=s.identity, session=s.id))
-        log.info("session %d %s: tunnel up, agent address %s, inside address %s", s.id, s.identity, addr,
-                 socket.inet_ntoa(s.inside))
-
-    def _lease(self, s: Session, fields: dict) -> None:
-        if s.state != "up":
-            s.conn.close("protocol error: LEASE before HELLO")
-            return
-        fqdn, addr = fields.get("fqdn"), fields.get("addr")
-        try:
-            name = normalize(str(fqdn))
-            a = ipaddress.IPv4Address(str(addr))
-            if a not in self.agent_net:
-                raise ValueError(f"{a} is outside {self.agent_net}")
-        except (BadName, ValueError) as exc:
-            s.conn.close(f"protocol error: bad LEASE: {exc}")
-            return
-        asyncio.ensure_future(self._decide_lease(s, name, a))
-
-    async def _decide_lease(self, s: Session, name: str, a: ipaddress.IPv4Address) -> None:
-        ok, why = self.policy.allows(s.identity, name)
-        real = None
-        if ok:
-            try:
-                real = await self._resolve(name)
-            except LookupError as exc:
-                ok, why = False, str(exc)
-        if s.conn.closed:
-            return
-        if ok:
-            s.nat.allow(a.packed, name, real)
-            log.info("session %d %s: lease %s %s => %s (private DNS); %s", s.id, s.identity, name, a,
-                     socket.inet_ntoa(real), why)
-        else:
-            self.counters["leases_denied"] += 1
-            log.warning("session %d %s: lease %s %s DENIED: %s", s.id, s.identity, name, a, why)
-        s.conn.send(wire.control(wire.LEASE_RESULT, fqdn=name, addr=str(a), allowed=ok, reason=why))
+            real, error = await self._resolve(c.name), ""
+        except LookupError as exc:
+            real, error = None, str(exc)
+        if not s.conn.closed:
+            self._perform(s, s.core.resolved(c.name, c.addr, real, error))
 
     async def _resolve(self, name: str) -> bytes:
         now = time.monotonic()
@@ -480,22 +375,19 @@ class Gateway:
             if len(buf) < 30:
                 continue
             s = by_inside.get(bytes(buf[26:30]))
-            if s is None or not s.nat.inbound(buf, wire.VNET_HDR_LEN, bool(buf[0] & 1), now):
+            if s is None:
                 self.counters["tun_unclaimed"] += 1
                 continue
-            if not s.out:
-                busy.append(s)
-            s.out.append(wire.data_header(len(buf)))
-            s.out.append(buf)
-        for s in busy:
-            data = b"".join(s.out)
-            s.out.clear()
-            if s.conn.queued > self.cfg.queue_limit:
-                # One slow agent must not hold the others' packets: drop its excess like a router queue.
-                s.queue_drops += 1
-                self.counters["queue_drops"] += 1
+            core = s.core
+            fresh = not core.out
+            if not core.reply(buf, now):
+                self.counters["tun_unclaimed"] += 1
                 continue
-            s.conn.send(data)
+            if fresh:
+                busy.append(s)
+        for s in busy:
+            # One write per session per burst, or its excess dropped (the session's queue rule).
+            self._perform(s, s.core.flush(s.conn.queued))
 
 
 def _tls_reason(exc: BaseException) -> str:

@@ -140,9 +140,12 @@ def _ip_header(src: bytes, dst: bytes, proto: int, payload_len: int, ttl: int = 
     return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
 
 
-def tcp_reset_for(pkt: bytes, off: int = 0) -> bytes:
-    """The RST a closed port would send in answer to this TCP segment (RFC 9293 §3.10.7.1)."""
-    f = parse_untrusted(pkt, off)
+def tcp_reset_for(pkt: bytes, off: int = 0, flow: Flow | None = None) -> bytes:
+    """The RST a closed port would send in answer to this TCP segment (RFC 9293 §3.10.7.1).
+
+    ``flow``: the packet's parse, when the caller has it (the packet is then not read again).
+    """
+    f = flow or parse_untrusted(pkt, off)
     if f.proto != TCP:
         raise BadPacket("not a TCP segment")
     l4 = off + f.ihl
@@ -160,28 +163,31 @@ def tcp_reset_for(pkt: bytes, off: int = 0) -> bytes:
     return _ip_header(f.dst, f.src, TCP, len(tcp)) + tcp
 
 
-def icmp_unreachable_for(pkt: bytes, off: int = 0, *, code: int = 1, src: bytes | None = None) -> bytes:
+def icmp_unreachable_for(pkt: bytes, off: int = 0, *, code: int = 1, src: bytes | None = None,
+                         flow: Flow | None = None) -> bytes:
     """ICMP destination unreachable (default: host unreachable) quoting the packet's header + 8 bytes."""
-    f = parse_untrusted(pkt, off)
+    f = flow or parse_untrusted(pkt, off)
     quoted = bytes(pkt[off:off + f.ihl + 8])
     icmp = struct.pack("!BBHI", 3, code, 0, 0) + quoted
     icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     return _ip_header(src or f.dst, f.src, ICMP, len(icmp)) + icmp
 
 
-def refusal_for(pkt: bytes, off: int = 0) -> bytes | None:
+def refusal_for(pkt: bytes, off: int = 0, flow: Flow | None = None) -> bytes | None:
     """What to answer a packet to an address nobody serves: RST for TCP, ICMP otherwise.
 
     UDP gets port unreachable: Linux reports it to UDP sockets at once
     (ECONNREFUSED), while host unreachable is a soft error that a UDP socket
     without IP_RECVERR never sees, so a client would wait for its time-out.
     None for packets that must not be answered (RSTs and ICMP errors, to avoid loops).
+    ``flow``: the packet's parse when the caller has it; a refused packet used to be
+    parsed three times on its way here (issue 13).
     """
-    f = parse_untrusted(pkt, off)
+    f = flow or parse_untrusted(pkt, off)
     if f.proto == TCP:
-        return None if f.flags & TCP_RST else tcp_reset_for(pkt, off)
+        return None if f.flags & TCP_RST else tcp_reset_for(pkt, off, f)
     if f.proto == UDP:
-        return icmp_unreachable_for(pkt, off, code=3)
+        return icmp_unreachable_for(pkt, off, code=3, flow=f)
     if f.proto == ICMP and pkt[off + f.ihl] not in (8,):
         return None  # never answer an ICMP error (or a reply) with an ICMP error
-    return icmp_unreachable_for(pkt, off)
+    return icmp_unreachable_for(pkt, off, flow=f)

@@ -1,10 +1,13 @@
-"""A non-blocking TLS socket on an asyncio loop, speaking ztna.wire frames.
+"""A non-blocking TLS socket on an asyncio loop, carrying the tunnel's frame stream.
 
 asyncio's own TLS transport copies every byte through Python-level buffers;
 driving an ``ssl.SSLSocket`` directly from ``add_reader``/``add_writer`` lets
 OpenSSL read and write the kernel socket itself.  One connection, one reader,
 one writer; writes that the socket cannot take yet wait in a queue whose size
-the owner watches (``queued``) to apply backpressure or drop.
+the owner watches (``queued``) to apply backpressure or drop.  The bytes read
+go to ``on_data`` as they come: the frames, and what a bad frame means, are the
+sessions' business (agent/session.py, gateway/session.py), not the socket's.
+ztna/conntest.py is its in-memory twin for unit tests.
 """
 
 from __future__ import annotations
@@ -14,28 +17,25 @@ import logging
 import ssl
 from typing import Callable
 
-from . import wire
-
 log = logging.getLogger("ztna.tls")
 
 READ_CHUNK = 256 * 1024
 
 
 class FramedTLS:
-    """Frames over one TLS connection.  ``on_frames(list)`` and ``on_close(reason)`` are called on the loop."""
+    """One TLS connection.  ``on_data(bytes)`` and ``on_close(reason)`` are called on the loop."""
 
     def __init__(self, sock: ssl.SSLSocket, *, name: str,
-                 on_frames: Callable[[list], None] | None = None,
+                 on_data: Callable[[bytes], None] | None = None,
                  on_close: Callable[[str], None] | None = None,
                  on_blocked: Callable[[bool], None] | None = None):
         self.sock = sock
         self.fd = sock.fileno()
         self.name = name
         self.loop = asyncio.get_running_loop()
-        self.on_frames = on_frames
+        self.on_data = on_data
         self.on_close = on_close
         self.on_blocked = on_blocked
-        self.decoder = wire.Decoder()
         self._inflight: bytes | memoryview | None = None
         self._queue: list[bytes] = []
         self.queued = 0
@@ -71,7 +71,6 @@ class FramedTLS:
             self.loop.add_reader(self.fd, self._on_readable)
 
     def _on_readable(self) -> None:
-        frames: list = []
         for _ in range(64):
             try:
                 data = self.sock.recv(READ_CHUNK)
@@ -80,38 +79,23 @@ class FramedTLS:
             except ssl.SSLWantWriteError:
                 break
             except (ssl.SSLError, OSError) as exc:
-                self._deliver(frames)
                 self.close(f"{type(exc).__name__}: {exc}")
                 return
             if not data:
-                self._deliver(frames)
                 self.close("peer closed the connection")
                 return
             self.bytes_in += len(data)
-            try:
-                frames.extend(self.decoder.feed_untrusted(data))
-            except wire.BadFrame as exc:
-                # The good frames before the bad one are still the peer's word (a HELLO is answered);
-                # then the peer is told why, and the connection closes.
-                frames.extend(exc.frames)
-                self._deliver(frames)
-                reason = f"protocol error: {exc}"
-                self.send(wire.control(wire.CLOSE, reason=reason))
-                self.close(reason)
+            if self.on_data is not None:
+                self.on_data(data)
+            if self.closed:  # the owner closed it over what it read
                 return
         else:
             # Read budget spent: come back after the others had their turn.
             self.loop.call_soon(self._on_readable)
-            self._deliver(frames)
             return
         if self.sock.pending() and not self.closed:
             # Bytes waiting inside OpenSSL, where epoll cannot see them.
             self.loop.call_soon(self._on_readable)
-        self._deliver(frames)
-
-    def _deliver(self, frames: list) -> None:
-        if frames and self.on_frames is not None:
-            self.on_frames(frames)
 
     # ---- writing ---------------------------------------------------------
     def send(self, data: bytes) -> None:

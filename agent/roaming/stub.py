@@ -11,17 +11,16 @@ nothing a client sends stops the server.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 
-from ztna import edns
+from ztna import dnsclient, edns
+from ztna.dnsclient import UpstreamError
 from ztna.dnswire import BadPacket, formerr_for, parse_untrusted, serve_tcp_client
 
 from . import split
@@ -31,10 +30,6 @@ from .status import CloudHealth
 log = logging.getLogger("ztna.roaming")
 
 PROBE_SUFFIX = "ztna-probe.invalid"
-
-
-class UpstreamError(Exception):
-    """No usable answer from one upstream server."""
 
 
 @dataclass
@@ -136,14 +131,12 @@ class Forwarder:
             iface = s.iface if pin else ""
             try:
                 t0 = time.monotonic()
-                if tcp:
-                    out = await forward_tcp(s.value, port, payload, iface=iface, timeout=self.timeout)
-                else:
-                    out = await forward_udp(s.value, port, payload, q.header.id, iface=iface, timeout=self.timeout)
+                ask = dnsclient.query_tcp if tcp else dnsclient.query_udp
+                out = await ask(s.value, payload, port=port, iface=iface, timeout=self.timeout)
                 log.info("query %s %s%s answered in %.0f ms", what, s.value, f" via {iface}" if iface else "",
                          (time.monotonic() - t0) * 1000)
                 return out
-            except (UpstreamError, OSError, asyncio.TimeoutError) as exc:
+            except UpstreamError as exc:
                 log.warning("query %s %s%s failed: %s", what, s.value, f" via {iface}" if iface else "",
                             str(exc) or type(exc).__name__)
         return None
@@ -171,67 +164,6 @@ def _for_client(reply: bytes, ident: int, client_has_opt: bool) -> bytes:
     else:
         r.ar = [rr for rr in r.ar if rr.rtype != QTYPE.OPT]
     return r.pack()
-
-
-def _socket(kind: int, iface: str) -> socket.socket:
-    s = socket.socket(socket.AF_INET, kind)
-    s.setblocking(False)
-    if iface:
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
-        except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                # The interface the server was learned from is gone: the kernel's
-                # route is the best remaining path, so do not fail the query.
-                log.warning("interface %s is gone; sending by the routing table instead", iface)
-            else:
-                s.close()
-                raise
-    return s
-
-
-async def forward_udp(server: str, port: int, payload: bytes, ident: int, *, iface: str = "", timeout: float = 1.5) -> bytes:
-    """Send one query over UDP (out of ``iface`` if given) and return the matching reply."""
-    loop = asyncio.get_running_loop()
-    s = _socket(socket.SOCK_DGRAM, iface)
-    try:
-        await loop.sock_connect(s, (server, port))
-        await loop.sock_sendall(s, payload)
-        deadline = loop.time() + timeout
-        while True:
-            data = await asyncio.wait_for(loop.sock_recv(s, 65535), max(0.01, deadline - loop.time()))
-            try:
-                r = parse_untrusted(data)
-            except BadPacket:
-                continue  # not an answer we can use; keep waiting for the real one
-            if r.header.id == ident and r.header.qr:
-                return data
-    finally:
-        s.close()
-
-
-async def forward_tcp(server: str, port: int, payload: bytes, *, iface: str = "", timeout: float = 1.5) -> bytes:
-    """Send one query over TCP (out of ``iface`` if given) and return the reply."""
-    loop = asyncio.get_running_loop()
-    s = _socket(socket.SOCK_STREAM, iface)
-    try:
-        await asyncio.wait_for(loop.sock_connect(s, (server, port)), timeout)
-        await loop.sock_sendall(s, struct.pack("!H", len(payload)) + payload)
-        buf = b""
-        deadline = loop.time() + timeout
-        while len(buf) < 2 or len(buf) < 2 + struct.unpack("!H", buf[:2])[0]:
-            chunk = await asyncio.wait_for(loop.sock_recv(s, 65535), max(0.01, deadline - loop.time()))
-            if not chunk:
-                raise UpstreamError("connection closed before a full reply")
-            buf += chunk
-        data = buf[2:2 + struct.unpack("!H", buf[:2])[0]]
-        try:
-            parse_untrusted(data)
-        except BadPacket as exc:
-            raise UpstreamError(str(exc)) from None
-        return data
-    finally:
-        s.close()
 
 
 class _UDP(asyncio.DatagramProtocol):

@@ -1,7 +1,7 @@
 """nftables for transparent mode: redirect client TLS ports to the proxy's listener.
 
 ``ruleset`` is pure (it renders the table as ``nft -f`` text, which the unit
-tests compare); ``install``/``remove`` run ``nft`` in the namespace the proxy
+tests compare); ``install``/``remove`` run ``nft`` (through ``ztna.nft``) in the namespace the proxy
 itself runs in.  REDIRECT keeps the original destination in conntrack, which
 the proxy reads back with SO_ORIGINAL_DST (it logs it, and never connects there
 unless a passthrough action says so).
@@ -9,11 +9,8 @@ unless a passthrough action says so).
 
 from __future__ import annotations
 
-import subprocess
-
-
-class NftError(RuntimeError):
-    """nft refused the ruleset or is missing."""
+from ztna import nft
+from ztna.nft import NftError  # noqa: F401  (the proxy's callers catch it by this name)
 
 
 def ruleset(table: str, *, client_networks: list[str], ports: list[int], listen_port: int) -> str:
@@ -30,25 +27,15 @@ def ruleset(table: str, *, client_networks: list[str], ports: list[int], listen_
     )
 
 
-def _nft(args: list[str], text: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(["nft", *args], input=text, capture_output=True, text=True, timeout=10)
-    except FileNotFoundError as exc:
-        raise NftError("nft is not installed (apt-get install nftables)") from exc
-
-
 def install(table: str, text: str) -> None:
     """Replace table ``table`` with ``text`` atomically."""
-    _nft(["delete", "table", "ip", table])  # a leftover from a crashed run; absence is fine
-    out = _nft(["-f", "-"], text)
-    if out.returncode:
-        raise NftError(f"nft refused the transparent-mode table: {out.stderr.strip()}")
+    nft.replace_table(table, text, what="the transparent-mode table")
 
 
 def remove(table: str) -> bool:
     """Delete the table; True if it existed."""
-    return _nft(["delete", "table", "ip", table]).returncode == 0
+    return nft.delete_table(table)
 
 
 def exists(table: str) -> bool:
-    return _nft(["list", "table", "ip", table]).returncode == 0
+    return nft.table_exists(table)

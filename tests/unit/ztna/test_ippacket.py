@@ -115,3 +115,16 @@ def test_no_refusal_for_rst_or_icmp_errors():
     assert P.refusal_for(bytes(IP() / TCP(flags="R"))) is None
     assert P.refusal_for(bytes(IP() / ICMP(type=3))) is None
     assert P.refusal_for(bytes(IP() / ICMP(type=8))) is not None
+
+
+@pytest.mark.parametrize("pkt", [
+    bytes(IP(src="100.64.0.1", dst="100.64.9.9") / TCP(sport=40000, dport=443, flags="S", seq=1000)),
+    bytes(IP(src="100.64.0.1", dst="100.64.9.9") / TCP(flags="A", seq=5, ack=777)),
+    bytes(IP(src="100.64.0.1", dst="100.64.9.9") / UDP(sport=5000, dport=53) / Raw(b"abcdefgh")),
+    bytes(IP(src="100.64.0.1", dst="100.64.9.9") / ICMP(type=8)),
+])
+def test_a_refusal_from_the_callers_parse_is_the_refusal_from_the_bytes(pkt):
+    """The agent hands its parse on (issue 13: a refused packet was parsed three times)."""
+    f = P.parse_untrusted(pkt)
+    assert P.refusal_for(pkt, 0, f) == P.refusal_for(pkt)
+    assert P.icmp_unreachable_for(pkt, flow=f) == P.icmp_unreachable_for(pkt)

@@ -1,0 +1,335 @@
+"""One agent's tunnel at the gateway, as a sans-IO state machine.
+
+Theory of operation
+-------------------
+The shell (gateway/service.py) accepts TCP, completes mutual TLS and learns the
+identity from the client certificate; then it creates a :class:`GatewaySession`
+and from that moment only reports what happened (bytes from the agent, a reply
+packet from the TUN, a private-DNS answer, a timer tick, the connection gone)
+and performs the commands the session returns, in order.  The session never
+touches a socket, the TUN or a clock: time comes in as ``now``.
+
+States (SPEC.md §1 steps 5-8; frames as in ztna/wire.py)::
+
+    hello --HELLO {version 1, tunnel_addr in agent_network}--> up   (Bind, WELCOME)
+          --anything but HELLO, KEEPALIVE, RELEASE-->          closed (protocol error)
+    up    --LEASE {fqdn, addr in agent_network}-->  policy says no:  LEASE_RESULT denied
+                                                   policy says yes: Resolve, later
+          --resolved(...)-->                        NAT route + LEASE_RESULT allowed (or denied: no address)
+          --DATA-->      NAT outbound (anti-spoofing: the agent's address, to one of its
+                         allowed leases; else dropped and counted) -> WriteTun
+          --RELEASE-->   the route and its flows forgotten
+          --KEEPALIVE--> KEEPALIVE back
+          --CLOSE, HELLO again, a frame only the gateway sends-->  closed
+    any   --a bad frame (unknown type, too long, JSON not an object or too deep)-->
+              the good frames before it in the same read are acted on, then
+              CLOSE {reason} and Close
+    any   --no bytes for 3 x keepalive (tick)-->  Close
+
+Replies from the LAN come through the gateway's one TUN: the shell finds the
+session by the inside address (``Bind``), ``reply`` maps each packet back and
+queues its frame; at the end of the read burst ``flush`` hands the burst to
+the shell as one write, or drops it when the connection already holds more
+than ``queue_limit`` bytes (one slow agent must not stall the others).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections import Counter
+from dataclasses import dataclass
+
+from ztna import wire
+from ztna.names import BadName, normalize
+
+from .nat import ClientNat, InsidePool
+from .policy import Policy
+
+HELLO = "hello"
+UP = "up"
+CLOSED = "closed"
+
+PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
+
+
+# ---- commands (what the shell must do) ---------------------------------------
+@dataclass(frozen=True)
+class Send:
+    """Write these bytes (whole frames) to the agent's TLS connection."""
+    data: bytes
+
+
+@dataclass(frozen=True)
+class WriteTun:
+    """Write each packet (virtio-net header first) to the gateway's TUN, in order."""
+    packets: list
+
+
+@dataclass(frozen=True)
+class Resolve:
+    """Ask private DNS for ``name`` (A), then call ``resolved(name, addr, ...)``."""
+    name: str
+    addr: bytes
+
+
+@dataclass(frozen=True)
+class Bind:
+    """TUN packets to ``inside`` belong to this session from now on."""
+    inside: bytes
+
+
+@dataclass(frozen=True)
+class Unbind:
+    """``inside`` no longer belongs to this session."""
+    inside: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection (``closed`` is then called); frames sent before it go first."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Log:
+    """One line for the gateway's log."""
+    level: int
+    message: str
+
+
+class GatewaySession:
+    """The decisions for one agent's tunnel (see the module docstring)."""
+
+    def __init__(self, sid: int, identity: str, *, policy: Policy, pool: InsidePool,
+                 agent_network: ipaddress.IPv4Network, now: float, keepalive: float = 15.0,
+                 queue_limit: int = 8 * 1024 * 1024, counters: Counter | None = None):
+        self.id = sid
+        self.identity = identity
+        self.policy = policy
+        self.pool = pool
+        self.agent_net = agent_network
+        self.keepalive = keepalive
+        self.queue_limit = queue_limit
+        self.counters = counters if counters is not None else Counter()  # shared with the gateway's
+        self.state = HELLO
+        self.decoder = wire.Decoder()
+        self.nat: ClientNat | None = None
+        self.inside = b""
+        self.started = now
+        self.last_rx = now
+        self.last_expire = now
+        self.out: list = []  # reply frames of the current TUN burst
+        self.asking: dict[tuple[str, bytes], list] = {}  # (name, addr) -> [policy reason, LEASEs waiting]
+        self.drops_logged = 0
+        self.queue_drops = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    def _close(self, cmds: list, reason: str, *, tell: bool = False) -> list:
+        """End the session: CLOSE {reason} to the agent first when ``tell``."""
+        self.state = CLOSED
+        if tell:
+            cmds.append(Send(wire.control(wire.CLOSE, reason=reason)))
+        cmds.append(Close(reason))
+        return cmds
+
+    # ---- events --------------------------------------------------------------
+    def receive_data(self, data: bytes, now: float) -> list:
+        """Bytes from the agent's TLS connection."""
+        if self.state == CLOSED:
+            return []
+        self.last_rx = now
+        try:
+            frames = self.decoder.feed_untrusted(data)
+            bad = None
+        except wire.BadFrame as exc:
+            # The good frames before the bad one are still the agent's word (a HELLO is answered).
+            frames, bad = exc.frames, exc
+        cmds: list = []
+        pkts: list = []
+        nat = self.nat
+        for f in frames:
+            if f.type == wire.DATA:
+                if nat is None:
+                    if pkts:
+                        cmds.append(WriteTun(pkts))
+                    return self._close(cmds, "protocol error: DATA before HELLO")
+                pkt = f.payload
+                verdict = nat.outbound(pkt, wire.VNET_HDR_LEN, bool(pkt[0] & 1), now)
+                if verdict is None:
+                    self._dropped(cmds)
+                    continue
+                if verdict[1]:
+                    cmds.append(self._flow_line(verdict[0]))
+                pkts.append(pkt)
+                continue
+            if pkts:
+                cmds.append(WriteTun(pkts))
+                pkts = []
+            self._control(f, now, cmds)
+            if self.state == CLOSED:
+                return cmds
+            nat = self.nat
+        if pkts:
+            cmds.append(WriteTun(pkts))
+        if bad is not None:
+            return self._close(cmds, f"protocol error: {bad}", tell=True)
+        return cmds
+
+    def resolved(self, name: str, addr: bytes, real: bytes | None, error: str = "") -> list:
+        """Private DNS answered ``Resolve(name, addr)``: ``real`` is the address, or None and ``error``."""
+        waiting = self.asking.get((name, addr))
+        if waiting is None or self.state != UP:
+            return []
+        why = waiting[0]
+        waiting[1] -= 1
+        if not waiting[1]:
+            del self.asking[(name, addr)]
+        a = socket.inet_ntoa(addr)
+        if real is None:
+            return self._denied(name, a, error)
+        self.nat.allow(addr, name, real)
+        return [Log(logging.INFO, f"session {self.id} {self.identity}: lease {name} {a} => "
+                                  f"{socket.inet_ntoa(real)} (private DNS); {why}"),
+                Send(wire.control(wire.LEASE_RESULT, fqdn=name, addr=a, allowed=True, reason=why))]
+
+    def tick(self, now: float) -> list:
+        """Called about once a second."""
+        if self.state == CLOSED:
+            return []
+        if now - self.last_rx > 3 * self.keepalive:
+            return self._close([], f"no word from the agent for {3 * self.keepalive:.0f}s")
+        if self.nat is not None and now - self.last_expire >= 10.0:
+            self.last_expire = now
+            self.nat.expire(now)
+        return []
+
+    def closed_by_shell(self) -> list:
+        """The connection is gone (for whatever reason): give the inside address back."""
+        self.state = CLOSED
+        self.asking.clear()
+        self.out.clear()
+        if not self.inside:
+            return []
+        inside, self.inside = self.inside, b""
+        self.pool.give_back(inside)
+        return [Unbind(inside)]
+
+    # ---- replies from the LAN (hot path) ------------------------------------------
+    def reply(self, buf: bytearray, now: float) -> bool:
+        """A TUN packet to this session's inside address: mapped back and queued, or False (no flow claims it)."""
+        if self.nat is None or not self.nat.inbound(buf, wire.VNET_HDR_LEN, bool(buf[0] & 1), now):
+            return False
+        self.out.append(wire.data_header(len(buf)))
+        self.out.append(buf)
+        return True
+
+    def flush(self, queued: int) -> list:
+        """End of a TUN burst; ``queued`` is what the connection still holds unsent."""
+        if not self.out:
+            return []
+        data = b"".join(self.out)
+        self.out.clear()
+        if self.state == CLOSED:
+            return []
+        if queued > self.queue_limit:
+            # A router queue's answer to a slow receiver: drop the excess, never block the reader.
+            self.queue_drops += 1
+            self.counters["queue_drops"] += 1
+            return []
+        return [Send(data)]
+
+    # ---- control frames ------------------------------------------------------------
+    def _control(self, f: wire.Frame, now: float, cmds: list) -> None:
+        t = f.type
+        if t == wire.HELLO:
+            self._hello(f.fields, cmds)
+        elif t == wire.LEASE:
+            self._lease(f.fields, cmds)
+        elif t == wire.RELEASE:
+            if self.nat is not None:
+                try:
+                    self.nat.release(socket.inet_aton(str(f.fields.get("addr"))))
+                except OSError:
+                    self._close(cmds, "protocol error: RELEASE without a valid addr")
+        elif t == wire.KEEPALIVE:
+            cmds.append(Send(wire.frame(wire.KEEPALIVE)))
+        elif t == wire.CLOSE:
+            self._close(cmds, f"agent closed: {f.fields.get('reason', '')}")
+        else:
+            self._close(cmds, f"protocol error: agent sent {wire.NAMES.get(t)}")
+
+    def _hello(self, fields: dict, cmds: list) -> None:
+        if self.state != HELLO:
+            self._close(cmds, "protocol error: HELLO twice")
+            return
+        version = fields.get("version")
+        if version != wire.VERSION:
+            self.state = CLOSED
+            cmds.append(Send(wire.control(wire.CLOSE, reason=f"protocol version {version} not supported")))
+            cmds.append(Close(f"agent speaks protocol version {version!r}"))
+            return
+        try:
+            addr = ipaddress.IPv4Address(str(fields.get("tunnel_addr")))
+            if addr not in self.agent_net:
+                raise ValueError(f"{addr} is outside {self.agent_net}")
+        except ValueError as exc:
+            self._close(cmds, f"protocol error: bad tunnel_addr: {exc}")
+            return
+        try:
+            self.inside = self.pool.take()
+        except RuntimeError as exc:
+            self._close(cmds, str(exc), tell=True)
+            return
+        self.nat = ClientNat(addr.packed, self.inside)
+        self.state = UP
+        cmds.append(Bind(self.inside))
+        cmds.append(Send(wire.control(wire.WELCOME, version=wire.VERSION, identity=self.identity, session=self.id)))
+        cmds.append(Log(logging.INFO, f"session {self.id} {self.identity}: tunnel up, agent address {addr}, "
+                                      f"inside address {socket.inet_ntoa(self.inside)}"))
+
+    def _lease(self, fields: dict, cmds: list) -> None:
+        if self.state != UP:
+            self._close(cmds, "protocol error: LEASE before HELLO")
+            return
+        try:
+            name = normalize(str(fields.get("fqdn")))
+            a = ipaddress.IPv4Address(str(fields.get("addr")))
+            if a not in self.agent_net:
+                raise ValueError(f"{a} is outside {self.agent_net}")
+        except (BadName, ValueError) as exc:
+            self._close(cmds, f"protocol error: bad LEASE: {exc}")
+            return
+        ok, why = self.policy.allows(self.identity, name)
+        if not ok:
+            cmds.extend(self._denied(name, str(a), why))
+            return
+        waiting = self.asking.setdefault((name, a.packed), [why, 0])
+        waiting[1] += 1
+        cmds.append(Resolve(name, a.packed))
+
+    def _denied(self, name: str, a: str, why: str) -> list:
+        self.counters["leases_denied"] += 1
+        return [Log(logging.WARNING, f"session {self.id} {self.identity}: lease {name} {a} DENIED: {why}"),
+                Send(wire.control(wire.LEASE_RESULT, fqdn=name, addr=a, allowed=False, reason=why))]
+
+    # ---- the data path's rare lines ------------------------------------------------
+    def _flow_line(self, key: tuple) -> Log:
+        proto, sport, real, dport = key
+        entry = self.nat.flows.get(key)
+        fqdn = self.nat.routes[entry[0]].fqdn if entry and entry[0] in self.nat.routes else "?"
+        return Log(logging.INFO, f"flow session {self.id} {self.identity} {PROTOCOLS.get(proto, str(proto))} "
+                                 f":{sport} -> {fqdn} => {socket.inet_ntoa(real)}:{dport}")
+
+    def _dropped(self, cmds: list) -> None:
+        self.counters["dropped_spoofed"] += 1
+        self.drops_logged += 1
+        if self.drops_logged <= 5 or self.drops_logged % 1000 == 0:
+            c = self.nat.counters
+            cmds.append(Log(logging.WARNING, f"session {self.id} {self.identity}: dropped a packet not from its "
+                                             f"address or not to one of its leases (spoofed src {c.spoofed_src}, "
+                                             f"dst {c.spoofed_dst}, malformed {c.malformed} so far)"))
