@@ -187,7 +187,7 @@ class Agent:
                 if addrs:
                     return addrs[0]
                 last = LookupError(f"{server} answered {dnswire.rcode_name(rec)} with no address")
-            except (OSError, TimeoutError, dnswire.BadPacket) as exc:
+            except (OSError, TimeoutError, dnswire.BadMessage) as exc:
                 last = exc
         raise LookupError(f"cannot find gateway {self.cfg.gateway} through public DNS ({', '.join(self.upstreams)}): {last}")
 
@@ -250,7 +250,7 @@ class Agent:
         self.counters["dns_queries"] += 1
         try:
             q = dnswire.parse_untrusted(data)
-        except dnswire.BadPacket as exc:
+        except dnswire.BadMessage as exc:
             return self._malformed(data, proto, source, str(exc))
         d, cmds = self.core.dns_query(q, time.monotonic())
         self._perform(cmds)

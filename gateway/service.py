@@ -348,7 +348,7 @@ class Gateway:
         for server in self.cfg.private_dns:
             try:
                 rec = await self.loop.run_in_executor(None, lambda: dnswire.ask(server, name, "A", timeout=2.0))
-            except (OSError, TimeoutError, dnswire.BadPacket) as exc:
+            except (OSError, TimeoutError, dnswire.BadMessage) as exc:
                 last = f"private DNS {server} did not answer: {exc}"
                 continue
             addrs = dnswire.addresses(rec, "A")

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
-from ztna.dnswire import BadPacket, formerr_for, parse_untrusted, serve_tcp_client
+from ztna.dnswire import BadMessage, formerr_for, parse_untrusted, serve_tcp_client
 
 log = logging.getLogger("ztna.authdns")
 
@@ -102,7 +102,7 @@ def respond_untrusted(zone: ZoneData, data: bytes) -> bytes | None:
     """Answer raw query bytes; None means drop (not even a header to answer)."""
     try:
         q = parse_untrusted(data)
-    except BadPacket as exc:
+    except BadMessage as exc:
         reply = formerr_for(data)
         log.info("%s malformed query: %s", "FORMERR for" if reply else "dropped", exc)
         return reply

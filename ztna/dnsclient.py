@@ -20,7 +20,7 @@ import logging
 import socket
 import struct
 
-from .dnswire import BadPacket, parse_untrusted
+from .dnswire import BadMessage, parse_untrusted
 
 log = logging.getLogger("ztna.dnsclient")
 
@@ -33,7 +33,7 @@ def _question(payload: bytes) -> tuple:
     """(ID, question) a reply must carry to answer ``payload``."""
     try:
         q = parse_untrusted(payload)
-    except BadPacket as exc:
+    except BadMessage as exc:
         raise UpstreamError(f"the query itself is not DNS: {exc}") from None
     qs = tuple((str(x.qname).lower(), x.qtype, x.qclass) for x in q.questions)
     return q.header.id, qs
@@ -43,7 +43,7 @@ def mismatch_untrusted(reply: bytes, expect: tuple) -> str | None:
     """None when ``reply`` answers the query ``expect`` describes; otherwise why not."""
     try:
         r = parse_untrusted(reply)
-    except BadPacket as exc:
+    except BadMessage as exc:
         return f"not DNS: {exc}"
     ident, qs = expect
     if not r.header.qr:

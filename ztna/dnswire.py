@@ -1,6 +1,6 @@
 """DNS wire helpers shared by every role: parse untrusted messages, ask a server.
 
-``parse_untrusted`` lets exactly one error escape (:class:`BadPacket`).
+``parse_untrusted`` lets exactly one error escape (:class:`BadMessage`).
 """
 
 from __future__ import annotations
@@ -14,23 +14,30 @@ from dnslib.buffer import BufferError
 from dnslib.dns import DNSError
 
 
-class BadPacket(Exception):
-    """Bytes from the network that are not a usable DNS message."""
+class BadMessage(Exception):
+    """Bytes from the network that are not a usable DNS message, for every role that reads DNS.
+
+    ``rcode`` is the answer a server should give (FORMERR by default; None:
+    drop it, there is nothing to answer, e.g. a message shorter than a header)."""
+
+    def __init__(self, why: str, rcode: int | None = 1):
+        super().__init__(why)
+        self.rcode = rcode
 
 
 MAX_UDP = 4096
 
 
 def parse_untrusted(data: bytes) -> DNSRecord:
-    """Parse a DNS message from the network; only BadPacket escapes."""
+    """Parse a DNS message from the network; only BadMessage escapes."""
     if len(data) < 12:
-        raise BadPacket(f"DNS message of {len(data)} bytes is shorter than a header")
+        raise BadMessage(f"DNS message of {len(data)} bytes is shorter than a header")
     try:
         return DNSRecord.parse(data)
     except (DNSError, BufferError, ValueError, IndexError, KeyError, struct.error, UnicodeError) as exc:
-        raise BadPacket(f"malformed DNS message: {exc}") from exc
+        raise BadMessage(f"malformed DNS message: {exc}") from exc
     except Exception as exc:  # dnslib raises assorted types on hostile input
-        raise BadPacket(f"malformed DNS message: {type(exc).__name__}: {exc}") from exc
+        raise BadMessage(f"malformed DNS message: {type(exc).__name__}: {exc}") from exc
 
 
 def qname_of(rec: DNSRecord) -> str:
@@ -52,7 +59,7 @@ def ask(server: str, name: str, qtype: str = "A", *, port: int = 53, timeout: fl
                     data, _ = s.recvfrom(MAX_UDP)
                     try:
                         r = parse_untrusted(data)
-                    except BadPacket:
+                    except BadMessage:
                         continue
                     if r.header.id == q.header.id:
                         break

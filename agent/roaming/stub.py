@@ -21,7 +21,7 @@ from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 
 from ztna import dnsclient, edns
 from ztna.dnsclient import UpstreamError
-from ztna.dnswire import BadPacket, formerr_for, parse_untrusted, serve_tcp_client
+from ztna.dnswire import BadMessage, formerr_for, parse_untrusted, serve_tcp_client
 
 from . import split
 from .state import Learned
@@ -66,7 +66,7 @@ class Forwarder:
         """The reply bytes for a query from a local client, or None to drop it."""
         try:
             q = parse_untrusted(data)
-        except BadPacket as exc:
+        except BadMessage as exc:
             reply = formerr_for(data)
             if reply is not None:
                 self.counters.formerr += 1
@@ -154,7 +154,7 @@ def _for_client(reply: bytes, ident: int, client_has_opt: bool) -> bytes:
     """The upstream reply as the client must see it: its id, and no OPT it did not ask for."""
     try:
         r = parse_untrusted(reply)
-    except BadPacket:
+    except BadMessage:
         return reply  # checked before; unreachable in practice
     r.header.id = ident
     if client_has_opt:

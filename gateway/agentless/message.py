@@ -5,7 +5,7 @@ defences); this module adds what a *reverse* proxy also reads: the app's
 response head (:func:`parse_response_head_untrusted`), where a response body
 ends (:func:`response_length`, RFC 9112 6.3) and :class:`Body`, which follows
 a body of either side as it streams past, so the relay knows where it ends
-without ever holding it whole.  Only :class:`BadMessage` escapes.
+without ever holding it whole.  Only :class:`BadResponse` escapes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gateway.proxy import http1
 CHUNKED, UNTIL_CLOSE = "chunked", "close"
 
 
-class BadMessage(Exception):
+class BadResponse(Exception):
     """A response head or a body's framing that cannot be relayed."""
 
 
@@ -44,21 +44,21 @@ def parse_response_head_untrusted(buf: bytes, *, max_head: int = http1.MAX_HEAD)
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         if len(buf) > max_head:
-            raise BadMessage(f"response head larger than {max_head} bytes")
+            raise BadResponse(f"response head larger than {max_head} bytes")
         return None
     if end + 4 > max_head:
-        raise BadMessage(f"response head larger than {max_head} bytes")
+        raise BadResponse(f"response head larger than {max_head} bytes")
     lines = buf[:end].split(b"\r\n")
     if len(lines) - 1 > http1.MAX_HEADERS:
-        raise BadMessage(f"response has more than {http1.MAX_HEADERS} header fields")
+        raise BadResponse(f"response has more than {http1.MAX_HEADERS} header fields")
     version, _, rest = lines[0].partition(b" ")
     code, _, reason = rest.partition(b" ")
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise BadMessage(f"status line {lines[0][:80]!r} is not 'HTTP/1.x NNN reason'")
+        raise BadResponse(f"status line {lines[0][:80]!r} is not 'HTTP/1.x NNN reason'")
     try:
         headers = tuple(http1._field(line) for line in lines[1:])
     except http1.BadRequest as exc:
-        raise BadMessage(f"response header: {exc}") from None
+        raise BadResponse(f"response header: {exc}") from None
     return ResponseHead(version.decode(), int(code), reason.decode("latin-1"), headers), end + 4
 
 
@@ -73,7 +73,7 @@ def response_length(method: str, head: ResponseHead) -> int | str:
     if cl:
         values = {v.strip() for c in cl for v in c.split(",")}
         if len(values) != 1 or not next(iter(values)).isdigit() or len(next(iter(values))) > 18:
-            raise BadMessage(f"bad Content-Length {cl!r} from the app")
+            raise BadResponse(f"bad Content-Length {cl!r} from the app")
         return int(next(iter(values)))
     return UNTIL_CLOSE
 
@@ -120,23 +120,23 @@ class Body:
             self.line += piece
             i += len(piece)
             if len(self.line) > http1.MAX_LINE:
-                raise BadMessage("chunk size or trailer line too long")
+                raise BadResponse("chunk size or trailer line too long")
             if self.state == "crlf" and not b"\r\n".startswith(self.line):
-                raise BadMessage("chunk data not followed by CRLF")
+                raise BadResponse("chunk data not followed by CRLF")
             if j < 0:
                 break
             line, self.line = self.line, b""
             if not line.endswith(b"\r\n"):
-                raise BadMessage("bare LF in chunked framing")
+                raise BadResponse("bare LF in chunked framing")
             line = line[:-2]
             if self.state == "crlf":
                 if line:
-                    raise BadMessage("chunk data not followed by CRLF")
+                    raise BadResponse("chunk data not followed by CRLF")
                 self.state = "size"
             elif self.state == "size":
                 size = line.split(b";", 1)[0].strip()
                 if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
-                    raise BadMessage(f"bad chunk size {line[:20]!r}")
+                    raise BadResponse(f"bad chunk size {line[:20]!r}")
                 self.left = int(size, 16)
                 self.state = "data" if self.left else "trailer"
             elif not line:  # trailer section ends with an empty line

@@ -36,7 +36,7 @@ from .auth import LocalPasswords
 from .config import AUTH_CERTIFICATE, AgentlessConfig, AppConfig
 from .cookies import Signer, load_or_create_key
 from .exchange import CheckPassword, Client, Forward, Gate, ReadBody, Respond
-from .message import UNTIL_CLOSE, BadMessage, Body, parse_response_head_untrusted, response_length
+from .message import UNTIL_CLOSE, BadResponse, Body, parse_response_head_untrusted, response_length
 from .rewrite import client_response
 from .users import UserStore
 
@@ -430,7 +430,7 @@ class _BrowserConn:
             else:
                 up.clean = True
             return not close and upload.result()
-        except BadMessage as exc:
+        except BadResponse as exc:
             self._drop_upstream()
             if stats["bytes_out"] == 0:
                 await self._gateway_error(502, f"the app's answer cannot be relayed: {exc}", stats, head)
@@ -477,7 +477,7 @@ class _BrowserConn:
                 await up.writer.drain()
             await up.writer.drain()
             return True
-        except BadMessage as exc:
+        except BadResponse as exc:
             log.warning("browser %s for %s: bad request body framing: %s; closed", self.peer, self.app.name, exc)
             self.writer.close()
             return False
@@ -490,7 +490,7 @@ class _BrowserConn:
         while True:
             try:
                 got = parse_response_head_untrusted(up.buf)
-            except BadMessage as exc:
+            except BadResponse as exc:
                 raise _UpstreamError(502, f"the app's answer cannot be relayed: {exc}") from None
             if got is not None:
                 resp, n = got

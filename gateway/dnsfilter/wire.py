@@ -18,6 +18,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
+from ztna.dnswire import BadMessage  # the one error for a DNS message that cannot be used
 from ztna.edns import DEVICE_ID_OPTION, MAX_DEVICE_ID
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -33,13 +34,6 @@ MAX_RRS = 512
 _H = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 
-
-class BadMessage(Exception):
-    """A message the resolver cannot use; ``rcode`` is the answer to give (None: drop)."""
-
-    def __init__(self, why: str, rcode: int | None = FORMERR):
-        super().__init__(why)
-        self.rcode = rcode
 
 
 @dataclass(slots=True)

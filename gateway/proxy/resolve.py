@@ -53,7 +53,7 @@ def lookup(servers: list[str] | tuple[str, ...], name: str, timeout: float = 2.0
         except (OSError, TimeoutError) as exc:
             last = str(exc)
             continue
-        except dnswire.BadPacket as exc:
+        except dnswire.BadMessage as exc:
             last = f"malformed answer from {server}: {exc}"
             continue
         rcode = dnswire.rcode_name(rec)

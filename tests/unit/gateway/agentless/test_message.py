@@ -42,7 +42,7 @@ def test_counted_body(step):
 
 @pytest.mark.parametrize("bad", [b"zz\r\n", b"5\r\nhelloXX", b"5\nhello\r\n", b"1" * 20 + b"\r\n", b"5" + b" " * 9000])
 def test_bad_chunked_framing_raises_badmessage(bad):
-    with pytest.raises(m.BadMessage):
+    with pytest.raises(m.BadResponse):
         m.Body(m.CHUNKED).feed_untrusted(bad)
 
 
@@ -51,7 +51,7 @@ def test_bad_chunked_framing_raises_badmessage(bad):
 def test_fuzz_chunked_raises_only_badmessage(data):
     try:
         m.Body(m.CHUNKED).feed_untrusted(data)
-    except m.BadMessage:
+    except m.BadResponse:
         pass
 
 
@@ -69,10 +69,10 @@ def test_response_head_and_length_rules():
     assert m.parse_response_head_untrusted(b"HTTP/1.1 200 OK\r\n") is None
     for bad in (b"HTTP/2 200 OK\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\n folded\r\n\r\n",
                 b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n"):
-        with pytest.raises(m.BadMessage):
+        with pytest.raises(m.BadResponse):
             m.parse_response_head_untrusted(bad)
     h, _ = m.parse_response_head_untrusted(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n")
-    with pytest.raises(m.BadMessage):
+    with pytest.raises(m.BadResponse):
         m.response_length("GET", h)
 
 
