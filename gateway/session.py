@@ -52,6 +52,9 @@ UP = "up"
 CLOSED = "closed"
 
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
+# Private-DNS lookups one session may have waiting at once: a LEASE flood of distinct names
+# must not start a lookup each without end (the agent leases one name at a time per flow).
+MAX_LOOKUPS = 64
 
 
 # ---- commands (what the shell must do) ---------------------------------------
@@ -121,7 +124,7 @@ class GatewaySession:
         self.last_rx = now
         self.last_expire = now
         self.out: list = []  # reply frames of the current TUN burst
-        self.asking: dict[tuple[str, bytes], list] = {}  # (name, addr) -> [policy reason, LEASEs waiting]
+        self.asking: dict[tuple[str, bytes], str] = {}  # (name, addr) being looked up -> the policy's reason
         self.drops_logged = 0
         self.queue_drops = 0
 
@@ -182,13 +185,9 @@ class GatewaySession:
 
     def resolved(self, name: str, addr: bytes, real: bytes | None, error: str = "") -> list:
         """Private DNS answered ``Resolve(name, addr)``: ``real`` is the address, or None and ``error``."""
-        waiting = self.asking.get((name, addr))
-        if waiting is None or self.state != UP:
+        why = self.asking.pop((name, addr), None)
+        if why is None or self.state != UP:
             return []
-        why = waiting[0]
-        waiting[1] -= 1
-        if not waiting[1]:
-            del self.asking[(name, addr)]
         a = socket.inet_ntoa(addr)
         if real is None:
             return self._denied(name, a, error)
@@ -297,7 +296,10 @@ class GatewaySession:
             self._close(cmds, "protocol error: LEASE before HELLO")
             return
         try:
-            name = normalize(str(fields.get("fqdn")))
+            fqdn = fields.get("fqdn")
+            if not isinstance(fqdn, str):
+                raise ValueError(f"fqdn {fqdn!r} is not a name")
+            name = normalize(fqdn)
             a = ipaddress.IPv4Address(str(fields.get("addr")))
             if a not in self.agent_net:
                 raise ValueError(f"{a} is outside {self.agent_net}")
@@ -308,8 +310,14 @@ class GatewaySession:
         if not ok:
             cmds.extend(self._denied(name, str(a), why))
             return
-        waiting = self.asking.setdefault((name, a.packed), [why, 0])
-        waiting[1] += 1
+        key = (name, a.packed)
+        if key in self.asking:
+            return  # the same LEASE again while its lookup runs: the one answer serves both
+        if len(self.asking) >= MAX_LOOKUPS:
+            cmds.extend(self._denied(name, str(a), f"{MAX_LOOKUPS} private-DNS lookups of this session are "
+                                                   "waiting already; lease again later"))
+            return
+        self.asking[key] = why
         cmds.append(Resolve(name, a.packed))
 
     def _denied(self, name: str, a: str, why: str) -> list:

@@ -207,6 +207,27 @@ def main():
             s = tls(host, port, *rest[:3], *(rest[3:4]))
             out["version"] = s.version()
             out["welcome"] = hello(s)
+        elif mode == "lease-flood":
+            # N LEASEs for distinct names the policy allows, in one write; count the answers.
+            s = tls(host, port, *rest[:3])
+            d = wire.Decoder()
+            out["welcome"] = hello(s, d)
+            n = int(rest[3])
+            s.sendall(b"".join(wire.control(wire.LEASE, fqdn=f"n{i}.flood.mycompany.net",
+                                            addr=f"100.64.{2 + i // 250}.{i % 250 + 1}") for i in range(n)))
+            results, deadline = [], time.time() + 20
+            s.settimeout(1)
+            while len(results) < n and time.time() < deadline:
+                try:
+                    data = s.recv(65536)
+                except (socket.timeout, TimeoutError):
+                    continue
+                if not data:
+                    break
+                results += [f.fields for f in d.feed_untrusted(data) if f.type == wire.LEASE_RESULT]
+            out["answered"] = len(results)
+            out["reasons"] = sorted({r.get("reason", "")[:60] for r in results})
+            after(s, d, out)
         elif mode == "lease":
             s = tls(host, port, *rest[:3])
             d = wire.Decoder()

@@ -35,6 +35,8 @@ HANDSHAKE_TIMEOUT = 4
 
 class Hostile(TwoClients):
     name = "agent-hostile"
+    # A wildcard for alice, so a LEASE flood is of names the policy allows (each one a private-DNS lookup).
+    policy = {**TwoClients.policy, "alice": [*TwoClients.policy["alice"], "*.flood.mycompany.net"]}
 
     def gateway_conf(self, lab: Lab) -> str:
         # A short handshake deadline keeps the stalled-handshake cases short.
@@ -261,6 +263,20 @@ def test_bad_frames_close_only_that_session(lab, mode):
     assert lab.procs["gateway"].alive()
     user.assert_clean()
     record(f"frames: {mode}", attempts, f"session closed: {why}", user)
+
+
+def test_a_lease_flood_is_answered_and_bounded_without_closing_the_session(lab):
+    # 300 LEASEs for distinct allowed names in one write: the gateway looks up at most 64 at once
+    # (gateway/session.py MAX_LOOKUPS) and answers every one (NXDOMAIN from private DNS, or "waiting
+    # already"); the session stays open and bob is served.
+    ca, cert, key = pki_files(lab)
+    with bob(lab) as user:
+        res = rogue(lab, "client", "lease-flood", GW_PUBLIC, 443, ca, cert, key, 300)
+    assert res["welcome"]["identity"] == "alice" and res["answered"] == 300, res
+    assert res["after"] == "open", res
+    assert lab.procs["gateway"].alive()
+    user.assert_clean()
+    record("frames: 300 LEASEs for distinct allowed names", 300, f"all answered ({'; '.join(res['reasons'])[:80]})", user)
 
 
 # ---- spoofed and INVALID packets through the tunnel -----------------------------------------------

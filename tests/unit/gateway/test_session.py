@@ -181,6 +181,8 @@ def test_lease_private_dns_cannot_resolve_is_denied_with_the_reason():
     ({"fqdn": APP, "addr": "nope"}, "bad LEASE"),
     ({"fqdn": "bad..name", "addr": LEASE}, "bad LEASE"),
     ({"fqdn": "a" * 300, "addr": LEASE}, "bad LEASE"),
+    ({"addr": LEASE}, "bad LEASE: fqdn None is not a name"),  # not the name "none"
+    ({"fqdn": 5, "addr": LEASE}, "bad LEASE: fqdn 5 is not a name"),
 ])
 def test_a_bad_lease_is_a_protocol_error(fields, why):
     s = up()
@@ -201,13 +203,24 @@ def test_an_answer_nobody_asked_for_does_nothing():
     assert ip4(LEASE) not in s.nat.routes
 
 
-def test_the_same_lease_twice_gets_two_answers():
+def test_the_same_lease_twice_while_it_is_looked_up_is_one_lookup_and_one_answer():
     s = up()
     lease = wire.control(wire.LEASE, fqdn=APP, addr=LEASE)
-    assert len(s.receive_data(lease + lease, 0.2)) == 2
-    assert len(frames(s.resolved(APP, ip4(LEASE), ip4(APP_REAL)))) == 1
+    assert s.receive_data(lease + lease, 0.2) == [g.Resolve(APP, ip4(LEASE))]
     assert len(frames(s.resolved(APP, ip4(LEASE), ip4(APP_REAL)))) == 1
     assert s.resolved(APP, ip4(LEASE), ip4(APP_REAL)) == []
+    assert s.receive_data(lease, 0.3) == [g.Resolve(APP, ip4(LEASE))]  # asked again later: looked up again
+
+
+def test_a_lease_flood_of_distinct_names_is_bounded_in_lookups():
+    s = up()
+    flood = b"".join(wire.control(wire.LEASE, fqdn=f"n{i}.apps.mycompany.net", addr=f"100.64.1.{i % 250 + 1}")
+                     for i in range(g.MAX_LOOKUPS + 10))
+    cmds = s.receive_data(flood, 0.2)
+    assert kinds(cmds).count("Resolve") == g.MAX_LOOKUPS
+    denied = [f for f in frames(cmds) if f.type == wire.LEASE_RESULT]
+    assert len(denied) == 10 and all(not f.fields["allowed"] and "lookups" in f.fields["reason"] for f in denied)
+    assert s.state == g.UP  # refused, not closed: the lookups already asked still get their answers
 
 
 # ---- data, anti-spoofing ------------------------------------------------------------------------
