@@ -338,9 +338,9 @@ class Conn:
             rec["error"] = f"internal: {type(exc).__name__}: {exc}"
         self.finish()
 
-    def abort(self) -> None:
-        """The proxy is stopping."""
-        self.flow.record["error"] = "proxy stopping"
+    def abort(self, why: str = "proxy stopping") -> None:
+        """The proxy is stopping, or a reloaded policy refuses this connection (``why``)."""
+        self.flow.record["error"] = why
         if self.task is not None:
             # Its _part finishes the connection; the callback covers a task cancelled before it ran.
             self.task.add_done_callback(lambda _t: self.finish())
