@@ -82,7 +82,7 @@ def _type_name(want) -> str:
 
 _TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
 _QUOTED = re.compile(r"'([^'\n]{1,200})'|\"([^\"\n]{1,200})\"")
-_KEYS = re.compile(r"unknown .*?keys?(?:\(s\))?:? ([A-Za-z0-9_, -]+?)(?:;|\(|$)")
+_KEYS = re.compile(r"unknown [^:;]*?: ?([A-Za-z0-9_, -]+?) *(?:;|\(|$)|unknown key\(s\) ([A-Za-z0-9_, -]+?);")
 _TABLE_KEY = re.compile(r"\[[A-Za-z0-9_.\-]+\]\.? ?([A-Za-z_][A-Za-z0-9_]*)|\b[a-z_]+\.([a-z_]+) must\b")
 
 
@@ -100,7 +100,7 @@ def locate(text: str, message: str) -> int | None:
     keys: list[str] = []
     m = _KEYS.search(message)
     if m:
-        keys += [k.strip() for k in m.group(1).split(",") if k.strip()]
+        keys += [k.strip() for k in (m.group(1) or m.group(2)).split(",") if k.strip()]
     for m in _TABLE_KEY.finditer(message):
         keys.append(m.group(1) or m.group(2))
     values = [a or b for a, b in _QUOTED.findall(message)]

@@ -129,6 +129,28 @@ def read_category_file(path: Path, db: CategoryDB) -> None:
             raise ConfigError(f"{path}:{n}: {exc}") from exc
 
 
+_KNOWN = {
+    "server": {"listen", "port", "upstreams", "query_log", "upstream_timeout", "block_ttl", "negative_ttl", "max_ttl",
+               "cache_size", "tcp_idle", "tcp_per_client", "udp_batch"},
+    "ratelimit": {"qps", "burst"},
+    "blockpage": {"address", "address6", "addresses", "addresses6", "serve", "http_port", "https_port", "ca_cert",
+                  "ca_key"},
+    "categories": {"files", "domains", "security"},
+    "lists": {"domains", "files"},
+    "policy": {"name", "networks", "devices", "block_categories", "block_lists", "allow_lists"},
+}
+
+
+def _known(table, kind: str, where: str, source: str) -> None:
+    """A typo in a key must not be silently ignored (it would leave a setting at its default)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table")
+    unknown = set(table) - _KNOWN[kind]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) in [{where}]: {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(_KNOWN[kind]))}")
+
+
 def load(path: Path) -> Config:
     """Read and check ``path``."""
     path = Path(path)
@@ -146,6 +168,12 @@ def from_dict(doc: dict, base: Path = Path("."), *, source: str = "dns.toml") ->
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
+    for kind in ("server", "ratelimit", "blockpage", "categories"):
+        _known(doc.get(kind, {}), kind, kind, source)
+    for lname, ldoc in doc.get("lists", {}).items():
+        _known(ldoc, "lists", f"lists.{lname}", source)
+    for i, pdoc in enumerate(doc.get("policy", [])):
+        _known(pdoc, "policy", f"policy[{i}]", source)
     srv = doc.get("server", {})
     listen = [_addr(a, "server.listen") for a in _strs(srv, "listen", "server")] or ["127.0.0.1"]
     upstreams = [_hostport(u, "server.upstreams") for u in _strs(srv, "upstreams", "server")]

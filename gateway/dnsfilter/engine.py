@@ -130,6 +130,7 @@ class Engine:
         self.cache = AnswerCache(cfg.cache_size, cfg.max_ttl)
         self.detector = TunnelDetector(cfg.tunnel)
         self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
+        self._burst = cfg.rate_burst
         self._verdicts: dict[tuple[str, str, str | None], Verdict] = {}
         self._selected: dict[tuple[str, str | None], Policy | None] = {}
         self._drops_reported: dict[str, int] = {}
@@ -137,6 +138,23 @@ class Engine:
         self._memo: dict[str, dict[bytes, _Memo]] = {p.name: {} for p in cfg.policies.policies}
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
+
+    def apply(self, cfg: Config) -> None:
+        """Put a reloaded configuration in force (``reload.plan`` said it may be applied live).
+
+        Verdicts, policy choices and finished answers were made under the old
+        policies, so they go; the answer cache holds upstream answers, which
+        no policy changed, and stays.  A query already forwarded finishes under
+        the policy it was decided with."""
+        self.cfg = cfg
+        self.policies = cfg.policies
+        self._verdicts = {}
+        self._selected = {}
+        self._memo = {p.name: {} for p in cfg.policies.policies}
+        if (cfg.rate_qps, cfg.rate_burst) != (self.limiter.qps, self._burst):
+            self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
+            self._burst = cfg.rate_burst
+            self._drops_reported = {}
 
     # ---- helpers ----------------------------------------------------------
     def _select(self, source: str, device: str | None) -> Policy | None:

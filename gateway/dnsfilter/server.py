@@ -13,8 +13,14 @@ import socket
 import struct
 import time
 
+from pathlib import Path
+
+from ztna.config import ConfigError, describe
+
+from . import config as config_mod
 from . import mmsg, upstream
 from .config import Config
+from .reload import ReloadRefused, plan
 from .engine import Drop, Engine, Forward, Reply
 from .querylog import QueryLog
 from .tunnel import EVERYONE
@@ -159,6 +165,30 @@ class Resolver:
             except OSError as exc:
                 log.info("could not answer %s: %s", fwd.log.get("client"), exc)
             self._finish(out, t0)
+
+    # ---- live reload -----------------------------------------------------------
+    def reload(self, path: Path) -> tuple[bool, str, list[str]]:
+        """Read ``path`` again and put its policies, lists and categories in force (SIGHUP).
+
+        (ok, message, changes); a file that does not load or a change that
+        takes a restart leaves everything in force as it was."""
+        try:
+            new = config_mod.load(path)
+            changes = plan(self.cfg, new)
+        except ConfigError as exc:
+            msg = f"reload refused, the running configuration stays: {describe(path, exc)}"
+            log.error("%s", msg)
+            return False, msg, []
+        except ReloadRefused as exc:
+            msg = f"reload refused, the running configuration stays: {path}: {exc}"
+            log.error("%s", msg)
+            return False, msg, []
+        self.cfg = new
+        self.engine.apply(new)
+        msg = (f"reloaded {path}: {len(new.policies.policies)} policies, "
+               f"{len(new.policies.categories)} categorised domains; {len(changes)} change(s)")
+        log.warning("%s%s", msg, "".join(f"\n  {c}" for c in changes))
+        return True, msg, changes
 
     # ---- listeners -----------------------------------------------------------
     async def start(self) -> list:

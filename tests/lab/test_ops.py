@@ -112,3 +112,92 @@ def test_proxy_reload_takes_a_new_policy_and_refuses_broken_files(plab):
     assert st["reloads"] == 5 and st["last_reload"]["ok"] is False
     lab.stop("preload")
     assert not (run_dir / "proxy.json").exists() and not (run_dir / "proxy.pid").exists()
+
+
+# ---- the DNS security resolver ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dlab(tmp_path_factory):
+    from netns.lab import started
+    from netns.scenarios.dns_security import DnsSecurity
+
+    with started(DnsSecurity(), tmp_path_factory.mktemp("dns-ops")) as lab:
+        yield lab
+
+
+def reload_dns(lab):
+    r = lab.exec("cloud", procs.ztna_argv("dns", "reload", "--run-dir", str(lab.root / "run-dns")), timeout=30)
+    return r.returncode, r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+
+
+def test_dns_reload_takes_new_lists_keeps_tcp_sessions_and_refuses_broken_files(dlab):
+    from netns import dig
+    from netns.scenarios.dns_security import BP_LIST, DATA, RESOLVER
+
+    lab = dlab
+    conf = lab.conf_dir / "dns.toml"
+    ask = lambda name: dig.ask(lab, "client", f"@{RESOLVER}", name, "A")  # noqa: E731
+    assert dig.addresses(ask("ns1.good.example")) == ["203.0.113.53"]   # allowed before the reload
+
+    # A DNS-over-TCP session opened before the reload, asked again after it.
+    session = lab.write_conf("tcp-session.py", textwrap.dedent(f"""
+        import socket, struct, sys, time
+        from dnslib import DNSRecord
+        s = socket.create_connection(("{RESOLVER}", 53), timeout=10)
+        def ask(name):
+            q = DNSRecord.question(name).pack()
+            s.sendall(struct.pack("!H", len(q)) + q)
+            n = struct.unpack("!H", s.recv(2))[0]
+            data = b""
+            while len(data) < n:
+                data += s.recv(n - len(data))
+            return [str(r.rdata) for r in DNSRecord.parse(data).rr]
+        print("before", ask("www.good.example"), flush=True)
+        while "go" not in open("{lab.conf_dir / 'tcp-go'}").read():
+            time.sleep(0.05)
+        print("after", ask("ns1.good.example"), flush=True)
+    """))
+    (lab.conf_dir / "tcp-go").write_text("")
+    lab.start("client", [sys.executable, str(session)], name="tcp-session")
+    procs.wait_until(lambda: "before" in (lab.log_dir / "tcp-session.log").read_text(), what="the TCP session")
+
+    good = ["dig", "+tries=1", "+time=3", f"@{RESOLVER}", "www.good.example", "A"]
+    with Legit(lab, "client", good, check=lambda rc, out: rc == 0 and "status: NOERROR" in out
+               and "203.0.113.80" in out) as user:
+        extra = lab.write_conf("extra-block.txt", "# added by the reload test\nns1.good.example\n")
+        text = conf.read_text()
+        block_files = f'files = ["{DATA / "block.txt"}"]'
+        assert block_files in text
+        conf.write_text(text.replace(block_files, f'files = ["{DATA / "block.txt"}", "{extra}"]'))
+        rc, out = reload_dns(lab)
+        assert rc == 0 and "reloaded" in out and "list lab-block: 1 -> 2 domains" in out, out
+        assert dig.addresses(ask("ns1.good.example")) == [BP_LIST]
+        (lab.conf_dir / "tcp-go").write_text("go")
+        procs.wait_until(lambda: "after" in (lab.log_dir / "tcp-session.log").read_text(),
+                         what="the TCP session's second answer")
+        assert f"after ['{BP_LIST}']" in (lab.log_dir / "tcp-session.log").read_text()
+
+        good_text = conf.read_text()
+        lines = good_text.splitlines()
+        cats = lab.write_conf("bad-categories.txt", "casino.example gambling\nlonely-name-without-category\n")
+        broken = {
+            "syntax": (lines[:2] + ["port = = 53"] + lines[2:], "dns.toml:3:", "not valid TOML"),
+            "unknown key": ([x.replace("block_ttl = 30", "block_ttl = 30\ncolour = 5") for x in lines],
+                            f"dns.toml:{lines.index('block_ttl = 30') + 2}:", "colour"),
+            "bad category line": ([x.replace(f'files = ["{DATA / "categories.txt"}"]',
+                                             f'files = ["{DATA / "categories.txt"}", "{cats}"]') for x in lines],
+                                  "bad-categories.txt:2:", "expected 'domain category"),
+            "restart-only": ([x.replace("block_ttl = 30", "block_ttl = 30\nport = 5353") for x in lines], None,
+                             "port changed, which takes a restart"),
+        }
+        for case, (text, where, reason) in broken.items():
+            conf.write_text("\n".join(text) + "\n")
+            rc, out = reload_dns(lab)
+            assert rc == 1 and "reload refused" in out and reason in out, (case, out)
+            if where:
+                assert where in out, (case, out)
+            assert dig.addresses(ask("ns1.good.example")) == [BP_LIST], case  # the reloaded lists stay
+        conf.write_text(good_text)
+    user.assert_clean()
+    assert "reload refused" in (lab.log_dir / "resolver.log").read_text()
+    assert lab.procs["resolver"].alive()

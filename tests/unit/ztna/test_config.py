@@ -38,3 +38,11 @@ def test_describe_without_a_line(tmp_path):
     f = tmp_path / "p.toml"
     f.write_text("[proxy]\n")
     assert describe(f, ConfigError(f"{f}: missing [policy]")) == f"{f}: missing [policy]"
+
+
+@pytest.mark.parametrize("message", [
+    "dns.toml: unknown key(s) in [proxy]: colour; known: a, b",
+    "p.toml: [proxy] has unknown key(s) colour; known: mode",
+])
+def test_locate_every_roles_unknown_key_wording(message):
+    assert locate(TEXT, message) == 3
