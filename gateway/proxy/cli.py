@@ -81,6 +81,30 @@ def reload_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
         raise SystemExit(1)
 
 
+@proxy.command("stats")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="proxy.toml")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats_cmd(config_path: Path, as_json: bool) -> None:
+    """The transparent proxy's nft counters: QUIC (UDP to the redirected ports) rejected or let through.
+
+    Run it in the network namespace the proxy runs in (the table lives there)."""
+    from . import nft
+
+    cfg = _load(config_path)
+    if cfg.mode != "transparent":
+        raise click.ClickException(f"{config_path}: explicit mode installs no nft table; nothing to count")
+    t = cfg.transparent
+    try:
+        packets, nbytes = nft.counter(t.nft_table)
+    except nft.NftError as exc:
+        raise click.ClickException(f"{exc} (is the proxy running, in this network namespace?)") from exc
+    if as_json:
+        click.echo(json.dumps({"table": t.nft_table, "quic": t.quic, "quic_packets": packets, "quic_bytes": nbytes}))
+        return
+    verb = "rejected" if t.quic == nft.REJECT else "let through (quic = \"allow\")"
+    click.echo(f"QUIC (UDP {', '.join(map(str, t.ports))}) from clients: {packets} datagram(s), {nbytes} bytes {verb}")
+
+
 @proxy.command("check")
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="proxy.toml")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -231,8 +231,9 @@ def run(cfg: Config, *, config_path: Path | None = None, run_dir: Path | None = 
         table = cfg.transparent.nft_table
         nets = [str(n) for n in proxy.policy.client_networks]
         nft.install(table, nft.ruleset(table, client_networks=nets, ports=list(cfg.transparent.ports),
-                                       listen_port=cfg.listen[1]))
-        log.info("transparent: nft table ip %s redirects %s from %s", table, cfg.transparent.ports, ", ".join(nets))
+                                       listen_port=cfg.listen[1], quic=cfg.transparent.quic))
+        log.info("transparent: nft table ip %s redirects TCP %s from %s; UDP to those ports (QUIC): %s",
+                 table, cfg.transparent.ports, ", ".join(nets), cfg.transparent.quic)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -257,6 +258,14 @@ def run(cfg: Config, *, config_path: Path | None = None, run_dir: Path | None = 
             runner.run(main())
     finally:
         if table:
+            try:
+                packets, nbytes = nft.counter(table)
+                proxy.write_log({"ts": ts(), "event": "stop", "quic": cfg.transparent.quic, "quic_packets": packets,
+                                 "quic_bytes": nbytes})
+                log.info("transparent: %d QUIC (UDP %s) datagram(s) %s", packets, cfg.transparent.ports,
+                         "rejected" if cfg.transparent.quic == nft.REJECT else "let through")
+            except nft.NftError as exc:
+                log.warning("transparent: QUIC counter unreadable: %s", exc)
             nft.remove(table)
             log.info("transparent: nft table ip %s removed", table)
         if state is not None:

@@ -114,6 +114,61 @@ def test_proxy_reload_takes_a_new_policy_and_refuses_broken_files(plab):
     assert not (run_dir / "proxy.json").exists() and not (run_dir / "proxy.pid").exists()
 
 
+def test_quic_to_a_blocked_site_is_rejected_and_counted(plab):
+    # HTTP/3 is UDP 443: without the rule it is routed past the transparent proxy's policy.
+    from scapy.layers.inet import UDP
+
+    from netns import capture
+
+    lab = plab
+    stats = procs.ztna_argv("proxy", "stats", "--config", str(lab.conf_dir / "proxy-transparent.toml"), "--json")
+
+    def counted():
+        r = lab.exec("proxy", stats)
+        assert r.returncode == 0, r.stderr.decode()
+        return json.loads(r.stdout)["quic_packets"]
+
+    before = counted()
+    lab.capture_all()
+    probe = lab.write_conf("quic-probe.py", textwrap.dedent(f"""
+        import socket, time
+        out = []
+        for port in (443, 4433):  # 4433: a UDP port nobody redirects, which must reach the web host
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # unconnected: no errors come back to it
+            for i in range(5):
+                u.sendto(b"\\xc0quic-initial-stand-in-%d" % i, ("{sc.WEB}", port))
+                time.sleep(0.05)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(1.0)
+            s.connect(("{sc.WEB}", port))
+            s.send(b"\\xc0one-more")
+            try:
+                s.recv(100)
+                out.append("answered")
+            except ConnectionRefusedError:
+                out.append("refused")  # ICMP port unreachable: a browser falls back to TCP at once
+            except socket.timeout:
+                out.append("timeout")
+        print(" ".join(out))
+    """))
+    with Legit(lab, "client", ["curl", "-sS", "--max-time", "10", "--cacert", str(lab.pki_dir / "ca.pem"),
+                               "https://bank.example.com/"],
+               check=lambda rc, out: rc == 0 and "hello from bank.example.com" in out) as user:
+        r = lab.exec("client", [sys.executable, str(probe)], timeout=30)
+    lab.stop_captures()
+    user.assert_clean()
+    assert r.returncode == 0, r.stderr.decode()
+    first, second = r.stdout.decode().split()
+    assert first == "refused", r.stdout  # the proxy host answered with port unreachable
+    udp = [p[UDP].dport for p in capture.read(lab.pcap("web", "eth0")) if UDP in p]
+    assert 443 not in udp, "a UDP 443 datagram reached the web host past the proxy"
+    assert udp.count(4433) == 6 and second == "refused"  # the capture sees UDP that is routed (web has no 4433)
+    assert counted() - before == 6
+    lab.stop("tproxy")  # the count is also logged at stop
+    stop = [x for x in jlines(lab.log_dir / "tproxy.log") if x.get("event") == "stop"]
+    assert stop and stop[0]["quic"] == "reject" and stop[0]["quic_packets"] >= 6, stop
+
+
 # ---- the DNS security resolver ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
