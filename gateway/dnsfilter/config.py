@@ -67,6 +67,8 @@ class Config:
     tcp_idle: float = 10.0
     tcp_per_client: int = 16
     udp_batch: bool = True
+    # Sources whose EDNS0 device ids are believed (None: every served source, the behaviour before the option).
+    device_id_networks: tuple | None = None
     source: str = "dns.toml"
 
 
@@ -131,7 +133,7 @@ def read_category_file(path: Path, db: CategoryDB) -> None:
 
 _KNOWN = {
     "server": {"listen", "port", "upstreams", "query_log", "upstream_timeout", "block_ttl", "negative_ttl", "max_ttl",
-               "cache_size", "tcp_idle", "tcp_per_client", "udp_batch"},
+               "cache_size", "tcp_idle", "tcp_per_client", "udp_batch", "device_id_networks"},
     "ratelimit": {"qps", "burst"},
     "blockpage": {"address", "address6", "addresses", "addresses6", "serve", "http_port", "https_port", "ca_cert",
                   "ca_key"},
@@ -180,6 +182,13 @@ def from_dict(doc: dict, base: Path = Path("."), *, source: str = "dns.toml") ->
     if not upstreams:
         raise ConfigError(f"{source}: server.upstreams is empty; name at least one DNS server to forward to")
     log_path = _get(srv, "query_log", str, "", "server")
+    device_nets = None
+    if "device_id_networks" in srv:
+        try:
+            device_nets = tuple(ipaddress.ip_network(n, strict=False)
+                                for n in _strs(srv, "device_id_networks", "server"))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: server.device_id_networks: {exc}") from exc
 
     bp_doc = doc.get("blockpage", {})
     by_reason = {k: _addr(v, f"blockpage.addresses.{k}") for k, v in bp_doc.get("addresses", {}).items()}
@@ -274,5 +283,6 @@ def from_dict(doc: dict, base: Path = Path("."), *, source: str = "dns.toml") ->
         tcp_idle=_get(srv, "tcp_idle", float, 10.0, "server"),
         tcp_per_client=_get(srv, "tcp_per_client", int, 16, "server"),
         udp_batch=_get(srv, "udp_batch", bool, True, "server"),
+        device_id_networks=device_nets,
         source=source,
     )

@@ -13,6 +13,7 @@ upstream -> CNAME inspection of the answer chain -> truncation to the client's b
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from dataclasses import dataclass
@@ -136,6 +137,7 @@ class Engine:
         self._drops_reported: dict[str, int] = {}
         # policy name -> query bytes without the ID -> finished answer (see _Memo)
         self._memo: dict[str, dict[bytes, _Memo]] = {p.name: {} for p in cfg.policies.policies}
+        self._trust_memos()
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
 
@@ -151,10 +153,39 @@ class Engine:
         self._verdicts = {}
         self._selected = {}
         self._memo = {p.name: {} for p in cfg.policies.policies}
+        self._trust_memos()
         if (cfg.rate_qps, cfg.rate_burst) != (self.limiter.qps, self._burst):
             self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
             self._burst = cfg.rate_burst
             self._drops_reported = {}
+
+    def _trust_memos(self) -> None:
+        """With ``device_id_networks`` set, answers to sources whose device ids are ignored live in memos
+        of their own: the same query bytes (device option included) mean another policy there."""
+        self._trusted: dict[str, bool] = {}
+        self._memo_untrusted: dict[str, dict[bytes, _Memo]] = {p.name: {} for p in self.cfg.policies.policies}
+
+    def device_trusted(self, source: str) -> bool:
+        """Whether a device id from ``source`` may choose the policy (``server.device_id_networks``)."""
+        nets = self.cfg.device_id_networks
+        if nets is None:
+            return True
+        hit = self._trusted.get(source)
+        if hit is None:
+            if len(self._trusted) > 65_536:
+                self._trusted.clear()
+            try:
+                a = ipaddress.ip_address(source)
+                if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped:
+                    a = a.ipv4_mapped
+                hit = any(a.version == n.version and a in n for n in nets)
+            except ValueError:
+                hit = False
+            self._trusted[source] = hit
+        return hit
+
+    def _memo_of(self, policy: Policy, source: str) -> dict:
+        return self._memo[policy.name] if self.device_trusted(source) else self._memo_untrusted[policy.name]
 
     # ---- helpers ----------------------------------------------------------
     def _select(self, source: str, device: str | None) -> Policy | None:
@@ -190,6 +221,9 @@ class Engine:
                 rec["device"] = q.device
             elif q.bad_device:
                 rec["note"] = "malformed device-id option ignored"
+            elif q.ignored_device:
+                # not naming the source: a memo hit replays this note for other sources
+                rec["note"] = f"device id {q.ignored_device!r} ignored: source not in server.device_id_networks"
         else:
             rec["identity"] = source
         rec["decision"] = decision
@@ -249,7 +283,7 @@ class Engine:
                     continue
                 if source is not last:  # datagrams come in runs from one sender: look it up once a run
                     pol = self._select(source, None)
-                    memo = None if pol is None else self._memo[pol.name]
+                    memo = None if pol is None else self._memo_of(pol, source)
                     # The log line's head only changes with the time and the client.
                     head = stamp + source + '","identity":'
                     head_ident = f'{head}"{source}"'
@@ -353,6 +387,9 @@ class Engine:
             return self._refuse(q, source, now, "bad-query", wire.REFUSED, note=f"class {q.qclass} not served")
         if q.qtype == wire.T_OPT:
             return self._refuse(q, source, now, "bad-query", wire.FORMERR, note="OPT as a question type")
+        if q.device is not None and not self.device_trusted(source):
+            # Anyone can put any device id in a query (docs/dns-security.md, "Device identity").
+            q.ignored_device, q.device = q.device, None
         policy = self._select(source, q.device)
         if policy is None:
             return self._refuse(q, source, now, "not-served", wire.REFUSED,

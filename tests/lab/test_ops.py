@@ -256,3 +256,34 @@ def test_dns_reload_takes_new_lists_keeps_tcp_sessions_and_refuses_broken_files(
     user.assert_clean()
     assert "reload refused" in (lab.log_dir / "resolver.log").read_text()
     assert lab.procs["resolver"].alive()
+
+
+def test_dns_device_ids_trusted_only_from_listed_networks(dlab):
+    # The device id is not authenticated: with server.device_id_networks set (here by a live reload),
+    # one from another source is ignored and the network's policy answers.
+    from netns import dig
+    from netns.scenarios.dns_security import BP_DEFAULT, CLIENT, CLIENT2, DEVICE, RESOLVER
+
+    lab = dlab
+    conf = lab.conf_dir / "dns.toml"
+    opt = f"+ednsopt=65001:{DEVICE.encode().hex()}"
+
+    def gambling(src):
+        return dig.addresses(dig.ask(lab, "client", f"@{RESOLVER}", "-b", src, opt, "gambling.bad.example", "A"))
+
+    real = ["203.0.113.105"]  # the device's policy does not block gambling
+    assert gambling(CLIENT) == real and gambling(CLIENT2) == real  # default: believed from every served source
+    text = conf.read_text()
+    conf.write_text(text.replace("block_ttl = 30", f'block_ttl = 30\ndevice_id_networks = ["{CLIENT}/32"]'))
+    rc, out = reload_dns(lab)
+    assert rc == 0 and "device_id_networks" in out, out
+    try:
+        assert gambling(CLIENT) == real
+        for _ in range(2):  # decided, then replayed from the memo: the same answer
+            assert gambling(CLIENT2) == [BP_DEFAULT]
+        procs.wait_until(lambda: any(
+            r.get("client") == CLIENT2 and "device id 'laptop-1' ignored" in r.get("note", "")
+            for r in jlines(lab.log_dir / "dns-queries.jsonl")), what="the ignored device id in the query log")
+    finally:
+        conf.write_text(text)
+        assert reload_dns(lab)[0] == 0
