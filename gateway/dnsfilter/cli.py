@@ -54,6 +54,7 @@ def run_cmd(config_path: Path, run_dir: Path | None, verbose: bool) -> None:
             loop.add_signal_handler(s, stop.set)
         r = server.Resolver(cfg)
         await r.start()
+        r.start_metrics()
         if cfg.blockpage.serve:
             await blockpage.serve(r.engine)
         state = runstate.RunState(run_dir, "dns", config=config_path) if run_dir else None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ztna.config import ConfigError, load_file
+from ztna.metrics import parse_listen
 
 from .answers import Column
 from .names import BadName
@@ -69,6 +70,7 @@ class Config:
     udp_batch: bool = True
     # Sources whose EDNS0 device ids are believed (None: every served source, the behaviour before the option).
     device_id_networks: tuple | None = None
+    metrics_listen: tuple[str, int] | None = None  # [metrics] listen: the Prometheus endpoint, off when None
     source: str = "dns.toml"
 
 
@@ -135,6 +137,7 @@ _KNOWN = {
     "server": {"listen", "port", "upstreams", "query_log", "upstream_timeout", "block_ttl", "negative_ttl", "max_ttl",
                "cache_size", "tcp_idle", "tcp_per_client", "udp_batch", "device_id_networks"},
     "ratelimit": {"qps", "burst"},
+    "metrics": {"listen"},
     "blockpage": {"address", "address6", "addresses", "addresses6", "serve", "http_port", "https_port", "ca_cert",
                   "ca_key"},
     "categories": {"files", "domains", "security"},
@@ -166,11 +169,11 @@ def from_dict(doc: dict, base: Path = Path("."), *, source: str = "dns.toml") ->
         pp = Path(p)
         return pp if pp.is_absolute() else base / pp
 
-    known = {"server", "ratelimit", "blockpage", "categories", "lists", "tunneling", "policy"}
+    known = {"server", "ratelimit", "blockpage", "categories", "lists", "tunneling", "policy", "metrics"}
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
-    for kind in ("server", "ratelimit", "blockpage", "categories"):
+    for kind in ("server", "ratelimit", "blockpage", "categories", "metrics"):
         _known(doc.get(kind, {}), kind, kind, source)
     for lname, ldoc in doc.get("lists", {}).items():
         _known(ldoc, "lists", f"lists.{lname}", source)
@@ -284,5 +287,7 @@ def from_dict(doc: dict, base: Path = Path("."), *, source: str = "dns.toml") ->
         tcp_per_client=_get(srv, "tcp_per_client", int, 16, "server"),
         udp_batch=_get(srv, "udp_batch", bool, True, "server"),
         device_id_networks=device_nets,
+        metrics_listen=(parse_listen(doc["metrics"]["listen"], "[metrics] listen")
+                        if doc.get("metrics", {}).get("listen") else None),
         source=source,
     )

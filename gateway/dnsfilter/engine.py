@@ -111,6 +111,7 @@ class _Memo:
     counts: bool = False       # the detector counts this name in its parent's window (it is not the parent)
     txt: bool = False          # a TXT/NULL query (the detector counts those)
     block_key: tuple | None = None  # (client, name) of the last ``recent_blocks`` entry this hit refreshed
+    count_key: tuple = ()  # metrics.key_of(its log record): what each hit adds to Engine.counts
 
 
 MEMO_FIXED_SECONDS = 60.0
@@ -132,6 +133,7 @@ class Engine:
         self.detector = TunnelDetector(cfg.tunnel)
         self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
         self._burst = cfg.rate_burst
+        self.dropped_before = 0
         self._verdicts: dict[tuple[str, str, str | None], Verdict] = {}
         self._selected: dict[tuple[str, str | None], Policy | None] = {}
         self._drops_reported: dict[str, int] = {}
@@ -140,6 +142,8 @@ class Engine:
         self._trust_memos()
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
+        # metrics.key_of(log record) -> queries; memo hits counted here, the rest by the shell (metrics.count)
+        self.counts: dict[tuple, int] = {}
 
     def apply(self, cfg: Config) -> None:
         """Put a reloaded configuration in force (``reload.plan`` said it may be applied live).
@@ -155,6 +159,7 @@ class Engine:
         self._memo = {p.name: {} for p in cfg.policies.policies}
         self._trust_memos()
         if (cfg.rate_qps, cfg.rate_burst) != (self.limiter.qps, self._burst):
+            self.dropped_before += self.limiter.total_dropped  # the metric counts on across the new limiter
             self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
             self._burst = cfg.rate_burst
             self._drops_reported = {}
@@ -273,6 +278,7 @@ class Engine:
         strong, rnd, uniq, minq, share = (dcfg.strong_random, dcfg.random_names, dcfg.unique_names,
                                           dcfg.min_queries, dcfg.txt_share)
         recent = self.recent_blocks
+        counts = self.counts
         stamp = f'{{"time":{now:.3f},"client":"'
         last = memo = head = head_ident = None  # the previous datagram's sender and what was found for it
         for i, data in enumerate(datas):
@@ -336,6 +342,8 @@ class Engine:
                         if len(recent) > 10_000:
                             recent.clear()
                         recent[key] = m.block
+                    ck = m.count_key
+                    counts[ck] = counts.get(ck, 0) + 1
                     # The three lists grow together, after everything that could fail.
                     lines.append(head + m.ident + m.rest if m.ident is not None else head_ident + m.rest)
                     answers.append(answer)
@@ -370,13 +378,14 @@ class Engine:
         else:
             expires = now + MEMO_FIXED_SECONDS
         rest = json.dumps(log, separators=(",", ":"))[1:-1]
+        ck = (log["decision"], log.get("column"), log.get("rcode"), bool(log.get("cached")))
         watched = self.detector.cfg.enabled and "." in q.qname
         parent = self.detector.parent(q.qname) if watched else None
         memo[body] = _Memo(
             out.data[2:] if out.up is None else b"", q, out.up, out.stored, expires,
             self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None,
             json.dumps(ident) if q.device else None, ("," + rest) if rest else "",
-            parent=parent, counts=parent != q.qname, txt=q.qtype in (T_TXT, T_NULL))
+            parent=parent, counts=parent != q.qname, txt=q.qtype in (T_TXT, T_NULL), count_key=ck)
 
     def _decide(self, data: bytes, source: str, now: float, tcp: bool, memo_key, tunnel) -> Reply | Drop | Forward:
         try:

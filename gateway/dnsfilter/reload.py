@@ -15,7 +15,8 @@ from __future__ import annotations
 from .config import Config
 
 # What the running process was built from: sockets, listeners, files, sizes.
-RESTART_ONLY = ("listen", "port", "udp_batch", "query_log", "blockpage", "cache_size", "max_ttl", "tunnel")
+RESTART_ONLY = ("listen", "port", "udp_batch", "query_log", "blockpage", "cache_size", "max_ttl", "tunnel",
+                "metrics_listen")
 LIVE = ("upstreams", "upstream_timeout", "block_ttl", "negative_ttl", "rate_qps", "rate_burst", "tcp_idle",
         "tcp_per_client", "device_id_networks")
 

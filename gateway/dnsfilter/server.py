@@ -18,7 +18,7 @@ from pathlib import Path
 from ztna.config import ConfigError, describe
 
 from . import config as config_mod
-from . import mmsg, upstream
+from . import metrics, mmsg, upstream
 from .config import Config
 from .reload import ReloadRefused, plan
 from .engine import Drop, Engine, Forward, Reply
@@ -44,13 +44,16 @@ class Resolver:
         self._tcp_refused: dict[str, int] = {}  # refused since the last report, per client address
         self._reported = 0
         self._udp: list[socket.socket] = []
+        self.upstream_failures = 0  # questions no upstream answered (metrics)
+        self.exporter = None
 
     # ---- one message -------------------------------------------------------
     def _finish(self, out: Reply | Drop, t0: float) -> None:
         """Write ``out``'s query-log line with its latency (a memo hit's comes as the line so far)."""
-        if type(out) is Reply and out.line is not None:
+        if type(out) is Reply and out.line is not None:  # a memo hit: the engine counted it
             self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
         elif out.log is not None:
+            metrics.count(self.engine.counts, out.log)
             out.log["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
             self.qlog.write(out.log)
 
@@ -145,8 +148,10 @@ class Resolver:
             if lines:
                 tail = f',"latency_ms":{ms:.3f}}}\n'
                 qlog.write_line(tail.join(lines) + tail)
+            counts = self.engine.counts
             for rec in recs:
                 rec["latency_ms"] = round(ms, 3)
+                metrics.count(counts, rec)
                 qlog.write(rec)
             if len(datas) < bs.batch:
                 return
@@ -158,6 +163,8 @@ class Resolver:
         except Exception:  # never lose the waiting clients to a bug
             log.exception("forwarding %s failed", key)
             up = None
+        if up is None:
+            self.upstream_failures += 1
         for fwd, send, t0 in self._inflight.pop(key, []):
             out = self.engine.complete(fwd, up, time.time())
             try:
@@ -165,6 +172,23 @@ class Resolver:
             except OSError as exc:
                 log.info("could not answer %s: %s", fwd.log.get("client"), exc)
             self._finish(out, t0)
+
+    # ---- metrics -----------------------------------------------------------------
+    def metric_families(self) -> list:
+        """What a scrape reads (on the exporter's thread: only reads of ints and a copied dict)."""
+        eng = self.engine
+        return metrics.families(eng.counts, rate_limited=eng.dropped_before + eng.limiter.total_dropped,
+                                upstream_failures=self.upstream_failures, cache_entries=len(eng.cache._d))
+
+    def start_metrics(self) -> None:
+        """Serve /metrics on ``[metrics] listen`` when set (off by default)."""
+        if self.cfg.metrics_listen is None:
+            return
+        from ztna.metrics import Exporter
+
+        self.exporter = Exporter(self.metric_families)
+        self.exporter.start(self.cfg.metrics_listen)
+        log.info("metrics on http://%s:%d/metrics", *self.cfg.metrics_listen)
 
     # ---- live reload -----------------------------------------------------------
     def reload(self, path: Path) -> tuple[bool, str, list[str]]:
@@ -279,6 +303,8 @@ class Resolver:
                 writer.close()
 
     def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
         for sock in self._udp:
             try:
                 asyncio.get_running_loop().remove_reader(sock.fileno())

@@ -373,6 +373,7 @@ class Conn:
         c = self.c
         self.flow.record.update(ts=ts(), bytes_up=c.up, bytes_down=c.down,
                                 duration_ms=round((time.monotonic() - self.t0) * 1000, 1))
+        p.counts.add(self.flow.record)
         p.write_log(self.flow.record)
 
 

@@ -20,7 +20,7 @@ from .policy import Policy
 
 # Config fields a running proxy cannot take over: its listening socket, its nft
 # table and its decryptor were made from them at start.
-RESTART_ONLY = ("mode", "listen", "transparent", "trust_store", "ca_cert", "ca_key", "log")
+RESTART_ONLY = ("mode", "listen", "transparent", "trust_store", "ca_cert", "ca_key", "log", "metrics_listen")
 
 
 class ReloadRefused(ValueError):

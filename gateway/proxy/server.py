@@ -25,7 +25,7 @@ from ztna import runstate
 from ztna.config import ConfigError, describe
 
 from . import config as config_mod
-from . import machine, nft
+from . import machine, metrics, nft
 from . import reload as reload_mod
 from .config import Config
 from .conn import Conn, ts
@@ -80,6 +80,8 @@ class Proxy:
         self.logf = sys.stdout if cfg.log == "-" else open(cfg.log, "a", buffering=1)
         self._log_lines: list[str] = []
         self._log_timer: asyncio.TimerHandle | None = None
+        self.counts = metrics.Counts()  # Conn.finish adds each connection's record
+        self.exporter = None
 
     # ---- logging ------------------------------------------------------------------
     def write_log(self, record: dict) -> None:
@@ -147,8 +149,10 @@ class Proxy:
                     loop.call_later(0.05, resume)
                     return
                 if len(self.conns) >= self.cfg.max_connections:
-                    self.write_log({"ts": ts(), "mode": self.cfg.mode, "client": f"{addr[0]}:{addr[1]}",
-                                    "decision": "error", "reason": f"over max_connections ({self.cfg.max_connections})"})
+                    rec = {"ts": ts(), "mode": self.cfg.mode, "client": f"{addr[0]}:{addr[1]}",
+                           "decision": "error", "reason": f"over max_connections ({self.cfg.max_connections})"}
+                    self.counts.add(rec)
+                    self.write_log(rec)
                     csock.close()
                     continue
                 Conn(self, csock, addr).start()
@@ -165,6 +169,27 @@ class Proxy:
             if self.conns:  # connections in their decryption part end as their tasks unwind
                 await asyncio.gather(*(c.task for c in self.conns if c.task), return_exceptions=True)
             self.flush_log()
+
+    # ---- metrics ------------------------------------------------------------------------
+    def metric_families(self) -> list:
+        """What a scrape reads (the exporter's thread); the QUIC count is read from nft then."""
+        quic = None
+        if self.cfg.mode == machine.TRANSPARENT:
+            try:
+                quic = nft.counter(self.cfg.transparent.nft_table)[0]
+            except nft.NftError:
+                pass
+        return self.counts.families(open_connections=len(self.conns), quic_packets=quic)
+
+    def start_metrics(self) -> None:
+        """Serve /metrics on ``[metrics] listen`` when set (off by default)."""
+        if self.cfg.metrics_listen is None:
+            return
+        from ztna.metrics import Exporter
+
+        self.exporter = Exporter(self.metric_families)
+        self.exporter.start(self.cfg.metrics_listen)
+        log.info("metrics on http://%s:%d/metrics", *self.cfg.metrics_listen)
 
     # ---- live reload ------------------------------------------------------------------
     def reload(self, path: Path) -> tuple[bool, str, list[str]]:
@@ -201,6 +226,8 @@ class Proxy:
         return True, msg, list(p.changes)
 
     def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
         self.flush_log()  # connections cancelled at exit logged after serve returned
         if self.reactor is not None:
             self.reactor.close()
@@ -251,6 +278,7 @@ def run(cfg: Config, *, config_path: Path | None = None, run_dir: Path | None = 
                 state.reloaded(ok=ok, message=msg, changes=changes, now=time.time())
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        proxy.start_metrics()
         await proxy.serve(stop, ready=state.write if state else None)
 
     try:
