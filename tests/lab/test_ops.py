@@ -362,3 +362,23 @@ class TestDnsResolver:
         assert delta("ztna_dns_refusals_total", 'reason="not-served"') == 1
         assert delta("ztna_dns_cache_hits_total") >= 1   # the second www.good.example
         assert ("ztna_dns_upstream_failures_total", "") in after
+
+    def test_status_lists_the_running_resolver_and_a_refused_reload(self, dlab):
+        lab = dlab
+        argv = procs.ztna_argv("status", "--run-dir", str(lab.root / "run-dns"), "--agent-state-dir",
+                               str(lab.root / "no-agent"), "--roaming-state-dir", str(lab.root / "no-roaming"))
+        r = lab.exec("cloud", argv + ["--json"])
+        rows = {x["role"]: x for x in json.loads(r.stdout)}
+        assert r.returncode == 0 and rows["dns"]["state"] == "running", r.stdout
+        assert rows["dns"]["pid"] == lab.procs["resolver"].pid and rows["proxy"]["state"] == "not running"
+        conf = lab.conf_dir / "dns.toml"
+        good = conf.read_text()
+        conf.write_text(good + "\n[server\n")
+        try:
+            assert reload_dns(lab)[0] == 1
+            r = lab.exec("cloud", argv)
+            assert r.returncode == 1 and b"last reload REFUSED" in r.stdout, r.stdout
+        finally:
+            conf.write_text(good)
+            assert reload_dns(lab)[0] == 0
+        assert lab.exec("cloud", argv).returncode == 0
