@@ -26,17 +26,18 @@ class ReloadRefused(ValueError):
 
 
 def _policy_summary(cfg: Config) -> dict[str, tuple]:
-    """name -> what the policy is made of (lists by name and size, so a list file's new lines show)."""
+    """name -> what the policy is made of (its lists by name: their contents are compared apart)."""
     return {p.name: (tuple(map(str, p.networks)), tuple(sorted(p.devices)), tuple(sorted(p.block_categories)),
-                     tuple((n, len(d)) for n, d in p.block_lists), tuple((n, len(d)) for n, d in p.allow_lists))
+                     tuple(n for n, _ in p.block_lists), tuple(n for n, _ in p.allow_lists))
             for p in cfg.policies.policies}
 
 
-def _lists(cfg: Config) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _lists(cfg: Config) -> dict[str, set]:
+    """list name -> its domains (a list file can change without a line of dns.toml changing)."""
+    out: dict[str, set] = {}
     for p in cfg.policies.policies:
         for n, d in (*p.block_lists, *p.allow_lists):
-            out[n] = len(d)
+            out[n] = d._names
     return out
 
 
@@ -53,9 +54,15 @@ def plan(old: Config, new: Config) -> list[str]:
     changes += [f"policy {n}: removed" for n in po if n not in pn]
     changes += [f"policy {n}: changed" for n in pn if n in po and po[n] != pn[n]]
     lo, ln = _lists(old), _lists(new)
-    changes += [f"list {n}: {lo.get(n, 0)} -> {c} domains" for n, c in sorted(ln.items()) if lo.get(n) != c]
-    if len(old.policies.categories) != len(new.policies.categories):
-        changes.append(f"categories: {len(old.policies.categories)} -> {len(new.policies.categories)} domains")
+    for n in sorted(ln):
+        was = lo.get(n, set())
+        if was != ln[n]:
+            changes.append(f"list {n}: {len(was)} -> {len(ln[n])} domains "
+                           f"(+{len(ln[n] - was)} -{len(was - ln[n])})")
+    co, cn = old.policies.categories._cats, new.policies.categories._cats
+    if co != cn:
+        changed = sum(1 for d in set(co) | set(cn) if co.get(d) != cn.get(d))
+        changes.append(f"categories: {len(co)} -> {len(cn)} domains ({changed} changed)")
     if old.policies.extra_security != new.policies.extra_security:
         changes.append(f"categories.security: {sorted(new.policies.extra_security)}")
     changes += [f"server {k}: {getattr(old, k)!r} -> {getattr(new, k)!r}" for k in LIVE

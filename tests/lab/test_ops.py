@@ -277,7 +277,7 @@ class TestDnsResolver:
             assert block_files in text
             conf.write_text(text.replace(block_files, f'files = ["{DATA / "block.txt"}", "{extra}"]'))
             rc, out = reload_dns(lab)
-            assert rc == 0 and "reloaded" in out and "list lab-block: 1 -> 2 domains" in out, out
+            assert rc == 0 and "reloaded" in out and "list lab-block: 1 -> 2 domains (+1 -0)" in out, out
             assert dig.addresses(ask("ns1.good.example")) == [BP_LIST]
             (lab.conf_dir / "tcp-go").write_text("go")
             procs.wait_until(lambda: "after" in (lab.log_dir / "tcp-session.log").read_text(),

@@ -26,7 +26,7 @@ def doc(**over):
 def test_the_plan_names_what_changes():
     new = doc(lists__block={"domains": ["listed.bad.example", "more.bad.example"]}, server__block_ttl=60)
     changes = plan(from_dict(DOC), from_dict(new))
-    assert "list block: 1 -> 2 domains" in changes and "policy office: changed" in changes
+    assert "list block: 1 -> 2 domains (+1 -0)" in changes and not any(c.startswith("policy") for c in changes)
     assert "server block_ttl: 30 -> 60" in changes
     added = copy.deepcopy(DOC)
     added["policy"].append({"name": "guests", "networks": ["192.0.2.0/24"]})
@@ -90,3 +90,11 @@ def test_a_new_rate_limit_takes_effect():
     assert eng.limiter is old  # unchanged limits keep their buckets
     eng.apply(from_dict(doc(ratelimit={"qps": 5, "burst": 5})))
     assert eng.limiter.qps == 5
+
+
+def test_a_list_of_the_same_size_with_other_domains_is_a_change():
+    new = doc(lists__block={"domains": ["other.bad.example"]},
+              categories__domains={**DOC["categories"]["domains"], "tunnel.bad.example": "malware"})
+    changes = plan(from_dict(DOC), from_dict(new))
+    assert "list block: 1 -> 1 domains (+1 -1)" in changes
+    assert "categories: 4 -> 4 domains (1 changed)" in changes
