@@ -123,11 +123,12 @@ class TestProxy:
                 r = lab.exec("client", curl_argv(lab, "https://bank.example.com/", RELOAD_PORT) + ["-v"])
                 assert b"403" in r.stderr, (case, r.stderr[-400:])  # still the reloaded policy
             conf.write_text(good_text)
+            assert reload_proxy(lab, run_dir)[0] == 0  # the file on disk is what runs again
             assert "reload refused" in (lab.log_dir / "preload.log").read_text()
         user.assert_clean()
         assert p.alive()
         st = json.loads((run_dir / "proxy.json").read_text())
-        assert st["reloads"] == 5 and st["last_reload"]["ok"] is False
+        assert st["reloads"] == 6 and st["last_reload"]["ok"] is True
         lab.stop("preload")
         assert not (run_dir / "proxy.json").exists() and not (run_dir / "proxy.pid").exists()
 
@@ -305,6 +306,7 @@ class TestDnsResolver:
                     assert where in out, (case, out)
                 assert dig.addresses(ask("ns1.good.example")) == [BP_LIST], case  # the reloaded lists stay
             conf.write_text(good_text)
+            assert reload_dns(lab)[0] == 0  # the file on disk is what runs again
         user.assert_clean()
         assert "reload refused" in (lab.log_dir / "resolver.log").read_text()
         assert lab.procs["resolver"].alive()
