@@ -90,11 +90,10 @@ class TestProxy:
 
         good = curl_argv(lab, "https://decrypt.example.com/", RELOAD_PORT)
         with Legit(lab, "client", good, check=lambda rc, out: rc == 0 and "hello from decrypt.example.com" in out) as user:
-            # 1. a new policy: bank.example.com taken off (denied)
-            conf.write_text(conf.read_text().replace('deny = ["blocked.example.com"]',
-                                                     'deny = ["blocked.example.com", "bank.example.com"]'))
+            # 1. a new policy: the allow list no longer covers bank.example.com (default deny)
+            conf.write_text(conf.read_text().replace('allow = ["*.example.com"]', 'allow = ["decrypt.example.com"]'))
             rc, out = reload_proxy(lab, run_dir)
-            assert rc == 0 and "reloaded" in out and "+bank.example.com" in out, out
+            assert rc == 0 and "reloaded" in out and "[policy] allow: +decrypt.example.com -*.example.com" in out, out
             r = lab.exec("client", curl_argv(lab, "https://bank.example.com/", RELOAD_PORT) + ["-v"])
             assert r.returncode != 0 and b"403" in r.stderr, r.stderr[-600:]
             procs.wait_until(lambda: "ended" in (lab.log_dir / "hold-bank.log").read_text(),
@@ -102,7 +101,7 @@ class TestProxy:
             assert "ended data" not in (lab.log_dir / "hold-bank.log").read_text()
             ended = [x for x in jlines(lab.log_dir / "preload.log")
                      if x.get("name") == "bank.example.com" and "policy reloaded" in str(x.get("error"))]
-            assert ended and "matches deny bank.example.com" in ended[0]["error"], ended
+            assert ended and "bank.example.com matches no rule; default deny" in ended[0]["error"], ended
 
             # 2. broken files: each refused with file, line and reason; the running policy stays
             good_text = conf.read_text()
@@ -110,8 +109,8 @@ class TestProxy:
             broken = {
                 "syntax": (lines[:3] + ["listen = = 1"] + lines[3:], 4, "not valid TOML"),
                 "unknown key": (lines[:3] + ["colour = 'blue'"] + lines[3:], 4, "colour"),
-                "bad pattern": ([x.replace('allow = ["*.example.com"]', 'allow = ["*.example.com", "bad..name"]')
-                                 for x in lines], lines.index('allow = ["*.example.com"]') + 1, "bad..name"),
+                "bad pattern": ([x.replace('allow = ["decrypt.example.com"]', 'allow = ["decrypt.example.com", "bad..name"]')
+                                 for x in lines], lines.index('allow = ["decrypt.example.com"]') + 1, "bad..name"),
                 "restart-only": ([x.replace(f":{RELOAD_PORT}", f":{RELOAD_PORT + 1}") for x in lines], None, "listen changed"),
             }
             for case, (text, line, reason) in broken.items():
