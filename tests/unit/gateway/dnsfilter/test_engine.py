@@ -443,19 +443,3 @@ def test_device_id_networks_must_be_networks():
 
     with pytest.raises(ConfigError, match="device_id_networks"):
         engine(server={**DOC["server"], "device_id_networks": ["not-a-net"]})
-
-
-def test_counts_for_metrics_include_memo_hits():
-    from gateway.dnsfilter import metrics
-
-    eng = engine()
-    for _ in range(3):  # decided once, then replayed from the memo twice
-        out = ask(eng, "listed.bad.example", "TXT")
-        if out.log is not None:
-            metrics.count(eng.counts, out.log)  # what the shell does for a decided query
-    fams = {f.name: dict(f.samples) for f in metrics.families(eng.counts, rate_limited=4, upstream_failures=1,
-                                                              cache_entries=0)}
-    assert fams["ztna_dns_queries"] == {("blocked",): 3, ("rate-limited",): 4}
-    assert fams["ztna_dns_refusals"] == {("blocked-destination-list",): 3, ("rate-limited",): 4}
-    assert fams["ztna_dns_blocked"] == {("destination-list",): 3}
-    assert fams["ztna_dns_upstream_failures"] == {(): 1}
