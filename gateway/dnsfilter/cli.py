@@ -79,6 +79,8 @@ def run_cmd(config_path: Path, run_dir: Path | None, verbose: bool) -> None:
 
     try:
         asyncio.run(main())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc}; is another DNS server running on that address?") from exc
 

@@ -188,7 +188,13 @@ class Proxy:
         from ztna.metrics import Exporter
 
         self.exporter = Exporter(self.metric_families)
-        self.exporter.start(self.cfg.metrics_listen)
+        try:
+            self.exporter.start(self.cfg.metrics_listen)
+        except OSError as exc:
+            self.exporter = None
+            host, port = self.cfg.metrics_listen
+            raise ConfigError(f"[metrics] listen = '{host}:{port}': cannot listen there ({exc.strerror}); "
+                              "choose a free port on an address of this host") from None
         log.info("metrics on http://%s:%d/metrics", *self.cfg.metrics_listen)
 
     # ---- live reload ------------------------------------------------------------------
