@@ -25,6 +25,7 @@ ROLES: dict[str, tuple[str, str, str]] = {
     "proxy": ("gateway.proxy.cli", "proxy", "HTTPS forward proxy, explicit and transparent."),
     "roaming": ("agent.roaming.cli", "roaming", "Roaming DNS client: loopback takeover and split DNS."),
     "lab": ("netns.cli", "lab", "Sealed network-namespace lab: build, run and verify scenarios."),
+    "status": ("ztna.status", "status_cmd", "Which roles run on this machine, and their health."),
 }
 
 

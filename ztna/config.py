@@ -7,6 +7,7 @@ defaults and rejects unknown keys (a typo must not be silently ignored).
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -77,3 +78,53 @@ def _type_name(want) -> str:
     if origin is dict:
         return "a table"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(want, str(want))
+
+
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+_QUOTED = re.compile(r"'([^'\n]{1,200})'|\"([^\"\n]{1,200})\"")
+_KEYS = re.compile(r"unknown [^:;]*?: ?([A-Za-z0-9_, -]+?) *(?:;|\(|$)|unknown key\(s\) ([A-Za-z0-9_, -]+?);")
+_TABLE_KEY = re.compile(r"\[[A-Za-z0-9_.\-]+\]\.? ?([A-Za-z_][A-Za-z0-9_]*)|\b[a-z_]+\.([a-z_]+) must\b")
+
+
+def locate(text: str, message: str) -> int | None:
+    """The line of ``text`` (a TOML file) that ``message`` (a ConfigError's) is about, best effort.
+
+    Why best effort: the loaders check parsed TOML, which keeps no line numbers;
+    the message names the key or the value, and the first line that holds it is
+    almost always the one to fix.  tomllib's own errors carry their line.
+    """
+    m = _TOML_AT.search(message)
+    if m:
+        return int(m.group(1))
+    lines = text.splitlines()
+    keys: list[str] = []
+    m = _KEYS.search(message)
+    if m:
+        keys += [k.strip() for k in (m.group(1) or m.group(2)).split(",") if k.strip()]
+    for m in _TABLE_KEY.finditer(message):
+        keys.append(m.group(1) or m.group(2))
+    values = [a or b for a, b in _QUOTED.findall(message)]
+    for v in values:  # a bad value is more precise than its key (a list spans lines)
+        for n, line in enumerate(lines, 1):
+            code = line.split("#", 1)[0]
+            if f'"{v}"' in code or f"'{v}'" in code:
+                return n
+    for k in keys:
+        pat = re.compile(rf"^\s*[\"']?{re.escape(k)}[\"']?\s*=")
+        for n, line in enumerate(lines, 1):
+            if pat.match(line):
+                return n
+    return None
+
+
+def describe(path: Path, exc: Exception) -> str:
+    """``FILE:LINE: reason`` for a ConfigError raised while loading ``path`` (no line when none is found)."""
+    msg = str(exc)
+    prefix = f"{path}: "
+    if msg.startswith(prefix):
+        msg = msg[len(prefix):]
+    try:
+        line = locate(Path(path).read_text(errors="replace"), msg)
+    except OSError:
+        line = None
+    return f"{path}:{line}: {msg}" if line else f"{path}: {msg}"

@@ -49,18 +49,41 @@ def replace_table(table: str, text: str, *, family: str = "ip", what: str | None
     apply(text, what=what or f"table {family} {table}")
 
 
+def counters_untrusted(text: str) -> dict[str, tuple[int, int]]:
+    """(packets, bytes) of every named counter in ``nft -j list counter(s)`` output; NftError if it is not nft's JSON."""
+    try:
+        items = json.loads(text).get("nftables", [])
+    except (ValueError, AttributeError) as exc:
+        raise NftError(f"nft printed something that is not its JSON: {exc}") from None
+    out = {}
+    for item in items if isinstance(items, list) else ():
+        c = item.get("counter") if isinstance(item, dict) else None
+        if isinstance(c, dict) and isinstance(c.get("name"), str):
+            packets, nbytes = c.get("packets", 0), c.get("bytes", 0)
+            if isinstance(packets, int) and isinstance(nbytes, int):
+                out[c["name"]] = (packets, nbytes)
+    return out
+
+
+def counter_untrusted(text: str, name: str) -> tuple[int, int]:
+    """(packets, bytes) of counter ``name`` in nft's JSON; NftError if it is absent or garbled."""
+    got = counters_untrusted(text)
+    if name not in got:
+        raise NftError(f"no counter {name!r} in nft's output")
+    return got[name]
+
+
 def counters(table: str, names: tuple[str, ...] | None = None, family: str = "ip") -> dict[str, int]:
     """Packets counted so far by the named counters of ``table`` (all of them, or ``names``)."""
     p = _nft(["-j", "list", "counters", "table", family, table])
     if p.returncode:
         raise NftError(f"nft cannot list the counters of {table}: {p.stderr.strip()}")
-    try:
-        items = json.loads(p.stdout).get("nftables", [])
-    except ValueError as exc:
-        raise NftError(f"nft printed counters of {table} that are not JSON: {exc}") from exc
-    out = {}
-    for item in items:
-        c = item.get("counter") if isinstance(item, dict) else None
-        if c and (names is None or c.get("name") in names):
-            out[c["name"]] = int(c.get("packets", 0))
-    return out
+    return {n: pb[0] for n, pb in counters_untrusted(p.stdout).items() if names is None or n in names}
+
+
+def counter(table: str, name: str, family: str = "ip") -> tuple[int, int]:
+    """(packets, bytes) of the named counter ``name`` in ``family table``."""
+    p = _nft(["-j", "list", "counter", family, table, name])
+    if p.returncode:
+        raise NftError(f"cannot read counter {name} of table {family} {table}: {p.stderr.strip() or 'no such table'}")
+    return counter_untrusted(p.stdout, name)

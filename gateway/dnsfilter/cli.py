@@ -7,9 +7,12 @@ import ipaddress
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 
 import click
+
+from ztna import runstate
 
 from .config import ConfigError, load
 
@@ -29,9 +32,15 @@ def dns() -> None:
 @dns.command("run")
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The resolver's TOML configuration (format: docs/dns-security.md).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to keep dns.pid and dns.json (for `ztna dns reload` and `ztna status`); "
+                   "/run/ztna by convention, one folder per instance.")
 @click.option("--verbose", is_flag=True, help="Log every block-page request and upstream problem.")
-def run_cmd(config_path: Path, verbose: bool) -> None:
-    """Serve DNS on the configured addresses (UDP and TCP) and the block page."""
+def run_cmd(config_path: Path, run_dir: Path | None, verbose: bool) -> None:
+    """Serve DNS on the configured addresses (UDP and TCP) and the block page.
+
+    SIGHUP (or `ztna dns reload`) reads the configuration, its lists and its
+    category files again; a file that does not load leaves the running one in force."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("ztna.dns").setLevel(logging.INFO)
@@ -45,18 +54,60 @@ def run_cmd(config_path: Path, verbose: bool) -> None:
             loop.add_signal_handler(s, stop.set)
         r = server.Resolver(cfg)
         await r.start()
+        r.start_metrics()
         if cfg.blockpage.serve:
             await blockpage.serve(r.engine)
+        state = runstate.RunState(run_dir, "dns", config=config_path) if run_dir else None
+
+        def on_hup() -> None:
+            ok, msg, changes = r.reload(config_path)
+            if state is not None:
+                state.reloaded(ok=ok, message=msg, changes=changes, now=time.time())
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        if state is not None:
+            state.write()
         click.echo(f"ztna dns: serving {', '.join(cfg.listen)} port {cfg.port}; "
                    f"{len(cfg.policies.policies)} policies, {len(cfg.policies.categories)} categorised domains; "
                    f"query log {cfg.query_log or 'off'}", err=True)
-        await stop.wait()
-        r.close()
+        try:
+            await stop.wait()
+        finally:
+            if state is not None:
+                state.remove()
+            r.close()
 
     try:
         asyncio.run(main())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc}; is another DNS server running on that address?") from exc
+
+
+@dns.command("reload")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("/run/ztna"),
+              show_default=True, help="The --run-dir the resolver was started with.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the resolver's answer.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def reload_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
+    """Make the running resolver read its configuration, lists and categories again (SIGHUP).
+
+    Exit status 0: the new policies are in force; 1: refused (file, line and
+    reason printed), the old ones stay.
+    """
+    try:
+        r = runstate.request_reload(run_dir, "dns", timeout=timeout)
+    except runstate.RunStateError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"ok": r.ok, "message": r.message, "changes": r.changes}, indent=2))
+    else:
+        click.echo(r.message, err=not r.ok)
+        for c in r.changes:
+            click.echo(f"  {c}")
+    if not r.ok:
+        raise SystemExit(1)
 
 
 @dns.command("explain")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ztna.config import ConfigError, load_file
+from ztna.metrics import parse_listen
 
 from .answers import Column
 from .names import BadName
@@ -67,6 +68,9 @@ class Config:
     tcp_idle: float = 10.0
     tcp_per_client: int = 16
     udp_batch: bool = True
+    # Sources whose EDNS0 device ids are believed (None: every served source, the behaviour before the option).
+    device_id_networks: tuple | None = None
+    metrics_listen: tuple[str, int] | None = None  # [metrics] listen: the Prometheus endpoint, off when None
     source: str = "dns.toml"
 
 
@@ -129,6 +133,29 @@ def read_category_file(path: Path, db: CategoryDB) -> None:
             raise ConfigError(f"{path}:{n}: {exc}") from exc
 
 
+_KNOWN = {
+    "server": {"listen", "port", "upstreams", "query_log", "upstream_timeout", "block_ttl", "negative_ttl", "max_ttl",
+               "cache_size", "tcp_idle", "tcp_per_client", "udp_batch", "device_id_networks"},
+    "ratelimit": {"qps", "burst"},
+    "metrics": {"listen"},
+    "blockpage": {"address", "address6", "addresses", "addresses6", "serve", "http_port", "https_port", "ca_cert",
+                  "ca_key"},
+    "categories": {"files", "domains", "security"},
+    "lists": {"domains", "files"},
+    "policy": {"name", "networks", "devices", "block_categories", "block_lists", "allow_lists"},
+}
+
+
+def _known(table, kind: str, where: str, source: str) -> None:
+    """A typo in a key must not be silently ignored (it would leave a setting at its default)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] must be a table")
+    unknown = set(table) - _KNOWN[kind]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) in [{where}]: {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(_KNOWN[kind]))}")
+
+
 def load(path: Path) -> Config:
     """Read and check ``path``."""
     path = Path(path)
@@ -142,16 +169,29 @@ def from_dict(doc: dict, base: Path = Path("."), *, source: str = "dns.toml") ->
         pp = Path(p)
         return pp if pp.is_absolute() else base / pp
 
-    known = {"server", "ratelimit", "blockpage", "categories", "lists", "tunneling", "policy"}
+    known = {"server", "ratelimit", "blockpage", "categories", "lists", "tunneling", "policy", "metrics"}
     unknown = set(doc) - known
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
+    for kind in ("server", "ratelimit", "blockpage", "categories", "metrics"):
+        _known(doc.get(kind, {}), kind, kind, source)
+    for lname, ldoc in doc.get("lists", {}).items():
+        _known(ldoc, "lists", f"lists.{lname}", source)
+    for i, pdoc in enumerate(doc.get("policy", [])):
+        _known(pdoc, "policy", f"policy[{i}]", source)
     srv = doc.get("server", {})
     listen = [_addr(a, "server.listen") for a in _strs(srv, "listen", "server")] or ["127.0.0.1"]
     upstreams = [_hostport(u, "server.upstreams") for u in _strs(srv, "upstreams", "server")]
     if not upstreams:
         raise ConfigError(f"{source}: server.upstreams is empty; name at least one DNS server to forward to")
     log_path = _get(srv, "query_log", str, "", "server")
+    device_nets = None
+    if "device_id_networks" in srv:
+        try:
+            device_nets = tuple(ipaddress.ip_network(n, strict=False)
+                                for n in _strs(srv, "device_id_networks", "server"))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: server.device_id_networks: {exc}") from exc
 
     bp_doc = doc.get("blockpage", {})
     by_reason = {k: _addr(v, f"blockpage.addresses.{k}") for k, v in bp_doc.get("addresses", {}).items()}
@@ -246,5 +286,8 @@ def from_dict(doc: dict, base: Path = Path("."), *, source: str = "dns.toml") ->
         tcp_idle=_get(srv, "tcp_idle", float, 10.0, "server"),
         tcp_per_client=_get(srv, "tcp_per_client", int, 16, "server"),
         udp_batch=_get(srv, "udp_batch", bool, True, "server"),
+        device_id_networks=device_nets,
+        metrics_listen=(parse_listen(doc["metrics"]["listen"], "[metrics] listen")
+                        if doc.get("metrics", {}).get("listen") else None),
         source=source,
     )

@@ -13,6 +13,7 @@ upstream -> CNAME inspection of the answer chain -> truncation to the client's b
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class _Memo:
     counts: bool = False       # the detector counts this name in its parent's window (it is not the parent)
     txt: bool = False          # a TXT/NULL query (the detector counts those)
     block_key: tuple | None = None  # (client, name) of the last ``recent_blocks`` entry this hit refreshed
+    count_key: tuple = ()  # metrics.key_of(its log record): what each hit adds to Engine.counts
 
 
 MEMO_FIXED_SECONDS = 60.0
@@ -130,13 +132,65 @@ class Engine:
         self.cache = AnswerCache(cfg.cache_size, cfg.max_ttl)
         self.detector = TunnelDetector(cfg.tunnel)
         self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
+        self._burst = cfg.rate_burst
+        self.dropped_before = 0
         self._verdicts: dict[tuple[str, str, str | None], Verdict] = {}
         self._selected: dict[tuple[str, str | None], Policy | None] = {}
         self._drops_reported: dict[str, int] = {}
         # policy name -> query bytes without the ID -> finished answer (see _Memo)
         self._memo: dict[str, dict[bytes, _Memo]] = {p.name: {} for p in cfg.policies.policies}
+        self._trust_memos()
         # (client, name) -> what the block page should say; bounded.
         self.recent_blocks: dict[tuple[str, str], dict] = {}
+        # metrics.key_of(log record) -> queries; memo hits counted here, the rest by the shell (metrics.count)
+        self.counts: dict[tuple, int] = {}
+
+    def apply(self, cfg: Config) -> None:
+        """Put a reloaded configuration in force (``reload.plan`` said it may be applied live).
+
+        Verdicts, policy choices and finished answers were made under the old
+        policies, so they go; the answer cache holds upstream answers, which
+        no policy changed, and stays.  A query already forwarded finishes under
+        the policy it was decided with."""
+        self.cfg = cfg
+        self.policies = cfg.policies
+        self._verdicts = {}
+        self._selected = {}
+        self._memo = {p.name: {} for p in cfg.policies.policies}
+        self._trust_memos()
+        if (cfg.rate_qps, cfg.rate_burst) != (self.limiter.qps, self._burst):
+            self.dropped_before += self.limiter.total_dropped  # the metric counts on across the new limiter
+            self.limiter = RateLimiter(cfg.rate_qps, cfg.rate_burst or 2 * cfg.rate_qps)
+            self._burst = cfg.rate_burst
+            self._drops_reported = {}
+
+    def _trust_memos(self) -> None:
+        """With ``device_id_networks`` set, answers to sources whose device ids are ignored live in memos
+        of their own: the same query bytes (device option included) mean another policy there."""
+        self._trusted: dict[str, bool] = {}
+        self._memo_untrusted: dict[str, dict[bytes, _Memo]] = {p.name: {} for p in self.cfg.policies.policies}
+
+    def device_trusted(self, source: str) -> bool:
+        """Whether a device id from ``source`` may choose the policy (``server.device_id_networks``)."""
+        nets = self.cfg.device_id_networks
+        if nets is None:
+            return True
+        hit = self._trusted.get(source)
+        if hit is None:
+            if len(self._trusted) > 65_536:
+                self._trusted.clear()
+            try:
+                a = ipaddress.ip_address(source)
+                if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped:
+                    a = a.ipv4_mapped
+                hit = any(a.version == n.version and a in n for n in nets)
+            except ValueError:
+                hit = False
+            self._trusted[source] = hit
+        return hit
+
+    def _memo_of(self, policy: Policy, source: str) -> dict:
+        return self._memo[policy.name] if self.device_trusted(source) else self._memo_untrusted[policy.name]
 
     # ---- helpers ----------------------------------------------------------
     def _select(self, source: str, device: str | None) -> Policy | None:
@@ -172,6 +226,9 @@ class Engine:
                 rec["device"] = q.device
             elif q.bad_device:
                 rec["note"] = "malformed device-id option ignored"
+            elif q.ignored_device:
+                # not naming the source: a memo hit replays this note for other sources
+                rec["note"] = f"device id {q.ignored_device!r} ignored: source not in server.device_id_networks"
         else:
             rec["identity"] = source
         rec["decision"] = decision
@@ -221,6 +278,7 @@ class Engine:
         strong, rnd, uniq, minq, share = (dcfg.strong_random, dcfg.random_names, dcfg.unique_names,
                                           dcfg.min_queries, dcfg.txt_share)
         recent = self.recent_blocks
+        counts = self.counts
         stamp = f'{{"time":{now:.3f},"client":"'
         last = memo = head = head_ident = None  # the previous datagram's sender and what was found for it
         for i, data in enumerate(datas):
@@ -231,7 +289,7 @@ class Engine:
                     continue
                 if source is not last:  # datagrams come in runs from one sender: look it up once a run
                     pol = self._select(source, None)
-                    memo = None if pol is None else self._memo[pol.name]
+                    memo = None if pol is None else self._memo_of(pol, source)
                     # The log line's head only changes with the time and the client.
                     head = stamp + source + '","identity":'
                     head_ident = f'{head}"{source}"'
@@ -284,6 +342,8 @@ class Engine:
                         if len(recent) > 10_000:
                             recent.clear()
                         recent[key] = m.block
+                    ck = m.count_key
+                    counts[ck] = counts.get(ck, 0) + 1
                     # The three lists grow together, after everything that could fail.
                     lines.append(head + m.ident + m.rest if m.ident is not None else head_ident + m.rest)
                     answers.append(answer)
@@ -318,13 +378,14 @@ class Engine:
         else:
             expires = now + MEMO_FIXED_SECONDS
         rest = json.dumps(log, separators=(",", ":"))[1:-1]
+        ck = (log["decision"], log.get("column"), log.get("rcode"), bool(log.get("cached")))
         watched = self.detector.cfg.enabled and "." in q.qname
         parent = self.detector.parent(q.qname) if watched else None
         memo[body] = _Memo(
             out.data[2:] if out.up is None else b"", q, out.up, out.stored, expires,
             self.recent_blocks.get((source, q.qname)) if log["decision"] == "blocked" else None,
             json.dumps(ident) if q.device else None, ("," + rest) if rest else "",
-            parent=parent, counts=parent != q.qname, txt=q.qtype in (T_TXT, T_NULL))
+            parent=parent, counts=parent != q.qname, txt=q.qtype in (T_TXT, T_NULL), count_key=ck)
 
     def _decide(self, data: bytes, source: str, now: float, tcp: bool, memo_key, tunnel) -> Reply | Drop | Forward:
         try:
@@ -335,6 +396,9 @@ class Engine:
             return self._refuse(q, source, now, "bad-query", wire.REFUSED, note=f"class {q.qclass} not served")
         if q.qtype == wire.T_OPT:
             return self._refuse(q, source, now, "bad-query", wire.FORMERR, note="OPT as a question type")
+        if q.device is not None and not self.device_trusted(source):
+            # Anyone can put any device id in a query (docs/dns-security.md, "Device identity").
+            q.ignored_device, q.device = q.device, None
         policy = self._select(source, q.device)
         if policy is None:
             return self._refuse(q, source, now, "not-served", wire.REFUSED,

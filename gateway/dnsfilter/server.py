@@ -13,8 +13,14 @@ import socket
 import struct
 import time
 
-from . import mmsg, upstream
+from pathlib import Path
+
+from ztna.config import ConfigError, describe
+
+from . import config as config_mod
+from . import metrics, mmsg, upstream
 from .config import Config
+from .reload import ReloadRefused, plan
 from .engine import Drop, Engine, Forward, Reply
 from .querylog import QueryLog
 from .tunnel import EVERYONE
@@ -38,13 +44,16 @@ class Resolver:
         self._tcp_refused: dict[str, int] = {}  # refused since the last report, per client address
         self._reported = 0
         self._udp: list[socket.socket] = []
+        self.upstream_failures = 0  # questions no upstream answered (metrics)
+        self.exporter = None
 
     # ---- one message -------------------------------------------------------
     def _finish(self, out: Reply | Drop, t0: float) -> None:
         """Write ``out``'s query-log line with its latency (a memo hit's comes as the line so far)."""
-        if type(out) is Reply and out.line is not None:
+        if type(out) is Reply and out.line is not None:  # a memo hit: the engine counted it
             self.qlog.write_line(f'{out.line},"latency_ms":{(time.perf_counter() - t0) * 1000:.3f}}}\n')
         elif out.log is not None:
+            metrics.count(self.engine.counts, out.log)
             out.log["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
             self.qlog.write(out.log)
 
@@ -139,8 +148,10 @@ class Resolver:
             if lines:
                 tail = f',"latency_ms":{ms:.3f}}}\n'
                 qlog.write_line(tail.join(lines) + tail)
+            counts = self.engine.counts
             for rec in recs:
                 rec["latency_ms"] = round(ms, 3)
+                metrics.count(counts, rec)
                 qlog.write(rec)
             if len(datas) < bs.batch:
                 return
@@ -152,6 +163,8 @@ class Resolver:
         except Exception:  # never lose the waiting clients to a bug
             log.exception("forwarding %s failed", key)
             up = None
+        if up is None:
+            self.upstream_failures += 1
         for fwd, send, t0 in self._inflight.pop(key, []):
             out = self.engine.complete(fwd, up, time.time())
             try:
@@ -159,6 +172,53 @@ class Resolver:
             except OSError as exc:
                 log.info("could not answer %s: %s", fwd.log.get("client"), exc)
             self._finish(out, t0)
+
+    # ---- metrics -----------------------------------------------------------------
+    def metric_families(self) -> list:
+        """What a scrape reads (on the exporter's thread: only reads of ints and a copied dict)."""
+        eng = self.engine
+        return metrics.families(eng.counts, rate_limited=eng.dropped_before + eng.limiter.total_dropped,
+                                upstream_failures=self.upstream_failures, cache_entries=len(eng.cache._d))
+
+    def start_metrics(self) -> None:
+        """Serve /metrics on ``[metrics] listen`` when set (off by default)."""
+        if self.cfg.metrics_listen is None:
+            return
+        from ztna.metrics import Exporter
+
+        self.exporter = Exporter(self.metric_families)
+        try:
+            self.exporter.start(self.cfg.metrics_listen)
+        except OSError as exc:
+            self.exporter = None
+            host, port = self.cfg.metrics_listen
+            raise ConfigError(f"[metrics] listen = '{host}:{port}': cannot listen there ({exc.strerror}); "
+                              "choose a free port on an address of this host") from None
+        log.info("metrics on http://%s:%d/metrics", *self.cfg.metrics_listen)
+
+    # ---- live reload -----------------------------------------------------------
+    def reload(self, path: Path) -> tuple[bool, str, list[str]]:
+        """Read ``path`` again and put its policies, lists and categories in force (SIGHUP).
+
+        (ok, message, changes); a file that does not load or a change that
+        takes a restart leaves everything in force as it was."""
+        try:
+            new = config_mod.load(path)
+            changes = plan(self.cfg, new)
+        except ConfigError as exc:
+            msg = f"reload refused, the running configuration stays: {describe(path, exc)}"
+            log.error("%s", msg)
+            return False, msg, []
+        except ReloadRefused as exc:
+            msg = f"reload refused, the running configuration stays: {path}: {exc}"
+            log.error("%s", msg)
+            return False, msg, []
+        self.cfg = new
+        self.engine.apply(new)
+        msg = (f"reloaded {path}: {len(new.policies.policies)} policies, "
+               f"{len(new.policies.categories)} categorised domains; {len(changes)} change(s)")
+        log.warning("%s%s", msg, "".join(f"\n  {c}" for c in changes))
+        return True, msg, changes
 
     # ---- listeners -----------------------------------------------------------
     async def start(self) -> list:
@@ -249,6 +309,8 @@ class Resolver:
                 writer.close()
 
     def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
         for sock in self._udp:
             try:
                 asyncio.get_running_loop().remove_reader(sock.fileno())

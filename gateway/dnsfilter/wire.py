@@ -51,6 +51,7 @@ class Query:
     do: bool = False
     device: str | None = None
     bad_device: bool = False
+    ignored_device: str | None = None  # carried, but from a source not in server.device_id_networks
 
     @property
     def rd(self) -> bool:

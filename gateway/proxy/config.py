@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ztna.config import ConfigError, load_file
+from ztna.metrics import parse_listen
 
 from .machine import BLOCK, EXPLICIT, PASSTHROUGH, TRANSPARENT, Limits
 from .policy import Policy, PolicyError
@@ -41,6 +42,7 @@ class TransparentConfig:
 
     ports: tuple[int, ...] = (443,)
     nft_table: str = "ztna_proxy"
+    quic: str = "reject"  # UDP to the same ports: "reject" (ICMP port unreachable) or "allow"; counted either way
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Config:
     idle_timeout: float = 300.0
     busy_poll_us: int = 20
     transparent: TransparentConfig = field(default_factory=TransparentConfig)
+    metrics_listen: tuple[str, int] | None = None  # [metrics] listen: the Prometheus endpoint, off when None
 
     def policy(self, own_addresses=()) -> Policy:
         try:
@@ -73,7 +76,7 @@ class Config:
 _PROXY_KEYS = {"mode", "listen", "resolvers", "trust_store", "ca_cert", "ca_key", "log", "max_connections",
                "connect_timeout", "handshake_timeout", "idle_timeout", "first_bytes_timeout", "head_max", "hello_max",
                "busy_poll_us"}
-_TRANSPARENT_KEYS = {"ports", "nft_table", "on_no_sni", "on_not_tls", "on_ech"}
+_TRANSPARENT_KEYS = {"ports", "nft_table", "on_no_sni", "on_not_tls", "on_ech", "quic"}
 
 
 def _hostport(text: str, what: str) -> tuple[str, int]:
@@ -96,9 +99,14 @@ def _number(d: dict, key: str, default: float, *, minimum: float = 0.001) -> flo
 
 def from_dict(doc: dict) -> Config:
     """Build and check a Config from parsed TOML."""
-    unknown_tables = set(doc) - {"proxy", "policy", "transparent"}
+    unknown_tables = set(doc) - {"proxy", "policy", "transparent", "metrics"}
     if unknown_tables:
-        raise ConfigError(f"unknown tables: {', '.join(sorted(unknown_tables))} (known: proxy, policy, transparent)")
+        raise ConfigError(f"unknown tables: {', '.join(sorted(unknown_tables))} "
+                          "(known: proxy, policy, transparent, metrics)")
+    mdoc = doc.get("metrics", {})
+    if not isinstance(mdoc, dict) or set(mdoc) - {"listen"}:
+        raise ConfigError(f"unknown [metrics] keys: {', '.join(sorted(set(mdoc) - {'listen'}))} (known: listen)")
+    metrics_listen = parse_listen(mdoc["listen"], "[metrics] listen") if mdoc.get("listen") else None
     p = doc.get("proxy")
     if not isinstance(p, dict):
         raise ConfigError("missing [proxy] table")
@@ -134,6 +142,10 @@ def from_dict(doc: dict) -> Config:
     table = t.get("nft_table", "ztna_proxy")
     if not isinstance(table, str) or not table.replace("_", "").isalnum() or len(table) > 32:
         raise ConfigError(f"[transparent] nft_table {table!r} must be letters, digits and '_'")
+    quic = t.get("quic", "reject")
+    if quic not in ("reject", "allow"):
+        raise ConfigError(f"[transparent] quic must be 'reject' (UDP to the redirected ports refused, so browsers "
+                          f"use TCP through the proxy) or 'allow' (routed past the policy), not {quic!r}")
     paths = {}
     for key in ("trust_store", "ca_cert", "ca_key"):
         paths[key] = Path(p[key]) if key in p else None
@@ -158,7 +170,7 @@ def from_dict(doc: dict) -> Config:
         log=str(p.get("log", "-")), max_connections=int(_number(p, "max_connections", 1024, minimum=1)),
         connect_timeout=_number(p, "connect_timeout", 5.0), handshake_timeout=_number(p, "handshake_timeout", 10.0),
         idle_timeout=_number(p, "idle_timeout", 300.0), busy_poll_us=int(busy),
-        transparent=TransparentConfig(tuple(ports), table), **paths,
+        transparent=TransparentConfig(tuple(ports), table, quic), metrics_listen=metrics_listen, **paths,
     )
     cfg.policy()  # check the policy table now, with a clear error
     return cfg

@@ -338,9 +338,9 @@ class Conn:
             rec["error"] = f"internal: {type(exc).__name__}: {exc}"
         self.finish()
 
-    def abort(self) -> None:
-        """The proxy is stopping."""
-        self.flow.record["error"] = "proxy stopping"
+    def abort(self, why: str = "proxy stopping") -> None:
+        """The proxy is stopping, or a reloaded policy refuses this connection (``why``)."""
+        self.flow.record["error"] = why
         if self.task is not None:
             # Its _part finishes the connection; the callback covers a task cancelled before it ran.
             self.task.add_done_callback(lambda _t: self.finish())
@@ -373,6 +373,7 @@ class Conn:
         c = self.c
         self.flow.record.update(ts=ts(), bytes_up=c.up, bytes_down=c.down,
                                 duration_ms=round((time.monotonic() - self.t0) * 1000, 1))
+        p.counts.add(self.flow.record)
         p.write_log(self.flow.record)
 
 

@@ -19,8 +19,14 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
-from . import machine, nft
+from ztna import runstate
+from ztna.config import ConfigError, describe
+
+from . import config as config_mod
+from . import machine, metrics, nft
+from . import reload as reload_mod
 from .config import Config
 from .conn import Conn, ts
 from .decrypt import Decryptor
@@ -63,6 +69,7 @@ class Proxy:
     def __init__(self, cfg: Config, *, own_addresses: list[str] | None = None):
         self.cfg = cfg
         own = own_addresses if own_addresses is not None else local_addresses()
+        self.own = own
         self.policy = cfg.policy(own_addresses=own)
         self.dns = DnsCache()
         # Only blocking DNS look-ups run here; splicing runs on the loop.
@@ -73,6 +80,8 @@ class Proxy:
         self.logf = sys.stdout if cfg.log == "-" else open(cfg.log, "a", buffering=1)
         self._log_lines: list[str] = []
         self._log_timer: asyncio.TimerHandle | None = None
+        self.counts = metrics.Counts()  # Conn.finish adds each connection's record
+        self.exporter = None
 
     # ---- logging ------------------------------------------------------------------
     def write_log(self, record: dict) -> None:
@@ -140,8 +149,10 @@ class Proxy:
                     loop.call_later(0.05, resume)
                     return
                 if len(self.conns) >= self.cfg.max_connections:
-                    self.write_log({"ts": ts(), "mode": self.cfg.mode, "client": f"{addr[0]}:{addr[1]}",
-                                    "decision": "error", "reason": f"over max_connections ({self.cfg.max_connections})"})
+                    rec = {"ts": ts(), "mode": self.cfg.mode, "client": f"{addr[0]}:{addr[1]}",
+                           "decision": "error", "reason": f"over max_connections ({self.cfg.max_connections})"}
+                    self.counts.add(rec)
+                    self.write_log(rec)
                     csock.close()
                     continue
                 Conn(self, csock, addr).start()
@@ -159,7 +170,70 @@ class Proxy:
                 await asyncio.gather(*(c.task for c in self.conns if c.task), return_exceptions=True)
             self.flush_log()
 
+    # ---- metrics ------------------------------------------------------------------------
+    def metric_families(self) -> list:
+        """What a scrape reads (the exporter's thread); the QUIC count is read from nft then."""
+        quic = None
+        if self.cfg.mode == machine.TRANSPARENT:
+            try:
+                quic = nft.counter(self.cfg.transparent.nft_table)[0]
+            except nft.NftError:
+                pass
+        return self.counts.families(open_connections=len(self.conns), quic_packets=quic)
+
+    def start_metrics(self) -> None:
+        """Serve /metrics on ``[metrics] listen`` when set (off by default)."""
+        if self.cfg.metrics_listen is None:
+            return
+        from ztna.metrics import Exporter
+
+        self.exporter = Exporter(self.metric_families)
+        try:
+            self.exporter.start(self.cfg.metrics_listen)
+        except OSError as exc:
+            self.exporter = None
+            host, port = self.cfg.metrics_listen
+            raise ConfigError(f"[metrics] listen = '{host}:{port}': cannot listen there ({exc.strerror}); "
+                              "choose a free port on an address of this host") from None
+        log.info("metrics on http://%s:%d/metrics", *self.cfg.metrics_listen)
+
+    # ---- live reload ------------------------------------------------------------------
+    def reload(self, path: Path) -> tuple[bool, str, list[str]]:
+        """Read ``path`` again and put it in force (SIGHUP); (ok, message, changes).
+
+        A file that does not load, or a change that needs a restart, leaves the
+        running configuration exactly as it was."""
+        try:
+            new = config_mod.load(path)
+            p = reload_mod.plan(self.cfg, new, own_addresses=self.own, decrypting=self.decryptor is not None)
+        except ConfigError as exc:
+            msg = f"reload refused, the running configuration stays: {describe(path, exc)}"
+            log.error("%s", msg)
+            return False, msg, []
+        except reload_mod.ReloadRefused as exc:
+            msg = f"reload refused, the running configuration stays: {path}: {exc}"
+            log.error("%s", msg)
+            return False, msg, []
+        self.cfg, self.policy = p.config, p.policy
+        if self.reactor is not None:
+            self.reactor.busy = p.config.busy_poll_us / 1e6
+        conns = [c for c in self.conns if not c.done]
+        for c in conns:  # from now on every open connection's next decision is the new policy's
+            c.flow.policy = p.policy
+        ends = reload_mod.to_end(p.policy, [
+            reload_mod.Open(c.flow.client[0], c.flow.name, c.flow.port, c.flow.kind) for c in conns])
+        for i, why in ends:
+            conns[i].abort(why)
+        msg = (f"reloaded {path}: {len(p.changes)} change(s), {len(ends)} open connection(s) ended, "
+               f"{len(conns) - len(ends)} kept")
+        log.info("%s%s", msg, "".join(f"\n  {c}" for c in p.changes))
+        self.write_log({"ts": ts(), "event": "reload", "config": str(path), "changes": list(p.changes),
+                        "ended": len(ends), "kept": len(conns) - len(ends)})
+        return True, msg, list(p.changes)
+
     def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
         self.flush_log()  # connections cancelled at exit logged after serve returned
         if self.reactor is not None:
             self.reactor.close()
@@ -178,16 +252,21 @@ def _dump_state(proxy: "Proxy") -> None:
     sys.stderr.flush()
 
 
-def run(cfg: Config) -> None:
-    """Run until SIGTERM/SIGINT; in transparent mode the nft table exists exactly as long as the proxy."""
+def run(cfg: Config, *, config_path: Path | None = None, run_dir: Path | None = None) -> None:
+    """Run until SIGTERM/SIGINT; in transparent mode the nft table exists exactly as long as the proxy.
+
+    SIGHUP reloads ``config_path`` (``Proxy.reload``); with ``run_dir`` the pid
+    and state files (``ztna.runstate``) are written there for ``ztna proxy reload``."""
     proxy = Proxy(cfg)
+    state = runstate.RunState(run_dir, "proxy", config=config_path) if run_dir else None
     table = None
     if cfg.mode == machine.TRANSPARENT:
         table = cfg.transparent.nft_table
         nets = [str(n) for n in proxy.policy.client_networks]
         nft.install(table, nft.ruleset(table, client_networks=nets, ports=list(cfg.transparent.ports),
-                                       listen_port=cfg.listen[1]))
-        log.info("transparent: nft table ip %s redirects %s from %s", table, cfg.transparent.ports, ", ".join(nets))
+                                       listen_port=cfg.listen[1], quic=cfg.transparent.quic))
+        log.info("transparent: nft table ip %s redirects TCP %s from %s; UDP to those ports (QUIC): %s",
+                 table, cfg.transparent.ports, ", ".join(nets), cfg.transparent.quic)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -195,13 +274,34 @@ def run(cfg: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, _dump_state, proxy)  # for people: where is each connection waiting?
-        await proxy.serve(stop)
+
+        def on_hup() -> None:
+            if config_path is None:
+                log.error("SIGHUP: no configuration file to reload")
+                return
+            ok, msg, changes = proxy.reload(config_path)
+            if state is not None:
+                state.reloaded(ok=ok, message=msg, changes=changes, now=time.time())
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        proxy.start_metrics()
+        await proxy.serve(stop, ready=state.write if state else None)
 
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(main())
     finally:
         if table:
+            try:
+                packets, nbytes = nft.counter(table)
+                proxy.write_log({"ts": ts(), "event": "stop", "quic": cfg.transparent.quic, "quic_packets": packets,
+                                 "quic_bytes": nbytes})
+                log.info("transparent: %d QUIC (UDP %s) datagram(s) %s", packets, cfg.transparent.ports,
+                         "rejected" if cfg.transparent.quic == nft.REJECT else "let through")
+            except nft.NftError as exc:
+                log.warning("transparent: QUIC counter unreadable: %s", exc)
             nft.remove(table)
             log.info("transparent: nft table ip %s removed", table)
+        if state is not None:
+            state.remove()
         proxy.close()

@@ -166,7 +166,9 @@ class DnsSecurity(Scenario):
         zones = [a for z in sorted(DATA.glob("*.zone")) for a in ("--zone", str(z))]
         auth = lab.start("authdns", ztna_argv("authdns", "run", *zones, "--listen", UPSTREAM), name="authdns")
         wait_listening(auth, UPSTREAM, 53, "udp")
-        dns = lab.start("cloud", ztna_argv("dns", "run", "--config", str(conf), "--verbose"), name="resolver")
+        # --run-dir: its pid and state files, for `ztna dns reload` (tests/lab/test_ops.py)
+        dns = lab.start("cloud", ztna_argv("dns", "run", "--config", str(conf), "--verbose",
+                                           "--run-dir", str(lab.root / "run-dns")), name="resolver")
         wait_listening(dns, RESOLVER, 53, "udp")
         wait_listening(dns, RESOLVER, 53, "tcp")
         wait_listening(dns, BP_DEFAULT, 80, "tcp")

@@ -76,7 +76,7 @@ def test_counters_errors_are_nft_errors(fake, monkeypatch, tmp_path):
     out = tmp_path / "out.json"
     out.write_text("not json")
     monkeypatch.setenv("FAKE_NFT_OUT", str(out))
-    with pytest.raises(nft.NftError, match="not JSON"):
+    with pytest.raises(nft.NftError, match="not its JSON"):
         nft.counters("t")
     monkeypatch.setenv("FAKE_NFT_RC", "1")
     monkeypatch.setenv("FAKE_NFT_ERR", "No such file or directory")

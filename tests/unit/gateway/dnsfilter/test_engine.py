@@ -1,5 +1,7 @@
 """Playbooks for the resolver's core: bytes in, decisions out, time passed in."""
 
+import json
+
 from dnslib import EDNS0, QTYPE, RR, A, CNAME, MX, TXT, DNSRecord
 
 from gateway.dnsfilter import wire
@@ -415,3 +417,29 @@ def test_a_tunnel_verdict_on_one_client_never_reaches_another_through_the_memo()
     for _ in range(3):  # the other client: the real answer, memo hit or not, before and after mallory's block
         assert str(_batch_answer(eng, "www.good.example", other, now + 2).rr[0].rdata) == "203.0.113.7"
     assert str(_batch_answer(eng, "www.good.example", mallory, now + 3).rr[0].rdata) == "192.0.2.80"
+
+
+def test_device_ids_only_from_trusted_networks_when_configured():
+    # Default: a device id from any served source picks its policy (the behaviour before the option).
+    assert ask(engine(), "gambling.bad.example", source="198.51.100.200", device="laptop-1").log["policy"] == "roaming"
+    eng = engine(server={**DOC["server"], "device_id_networks": ["198.51.100.0/25"]})
+    trusted = ask(eng, "gambling.bad.example", device="laptop-1")
+    assert isinstance(trusted, Forward) and trusted.log["policy"] == "roaming" and trusted.log["device"] == "laptop-1"
+    for _ in range(3):  # the first decides, the next are memo hits: every one under the network's policy
+        out = ask(eng, "gambling.bad.example", source="198.51.100.200", device="laptop-1")
+        assert str(parsed(out).rr[0].rdata) == "192.0.2.80"
+        line = out.log or json.loads(out.line + ',"latency_ms":0}')
+        assert line["identity"] == "198.51.100.200" and "device" not in line
+        assert "ignored: source not in server.device_id_networks" in line["note"]
+    # ...and a trusted source's later identical query is not answered from the untrusted memo
+    again = ask(eng, "gambling.bad.example", device="laptop-1")
+    assert isinstance(again, Forward) and again.log["policy"] == "roaming"
+
+
+def test_device_id_networks_must_be_networks():
+    import pytest
+
+    from gateway.dnsfilter.config import ConfigError
+
+    with pytest.raises(ConfigError, match="device_id_networks"):
+        engine(server={**DOC["server"], "device_id_networks": ["not-a-net"]})

@@ -6,6 +6,7 @@ import pytest
 from cryptography import x509
 
 from gateway.proxy import config, nft
+from ztna import nft as ztna_nft
 from gateway.proxy.certs import LeafCache
 from ztna import pki
 
@@ -88,8 +89,39 @@ def test_nft_ruleset_text():
     text = nft.ruleset("ztna_proxy", client_networks=["198.51.100.0/24"], ports=[443, 8443], listen_port=15443)
     assert text == (
         "table ip ztna_proxy {\n"
+        "\tcounter quic {\n"
+        "\t}\n"
         "\tchain prerouting {\n"
         "\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
         "\t\tip saddr { 198.51.100.0/24 } tcp dport { 443, 8443 } counter redirect to :15443\n"
         "\t}\n"
+        "\tchain forward {\n"
+        "\t\ttype filter hook forward priority filter; policy accept;\n"
+        "\t\tip saddr { 198.51.100.0/24 } udp dport { 443, 8443 } counter name quic "
+        "reject with icmp type port-unreachable\n"
+        "\t}\n"
         "}\n")
+    allow = nft.ruleset("t", client_networks=["10.0.0.0/8"], ports=[443], listen_port=1, quic="allow")
+    assert "udp dport { 443 } counter name quic accept\n" in allow and "reject" not in allow
+
+
+def test_quic_setting():
+    assert config.from_dict(BASE).transparent.quic == "reject"
+    assert config.from_dict(with_("transparent", quic="allow")).transparent.quic == "allow"
+    with pytest.raises(config.ConfigError, match="quic must be 'reject'"):
+        config.from_dict(with_("transparent", quic="drop"))
+
+
+@pytest.mark.parametrize("text, want", [
+    ('{"nftables": [{"metainfo": {}}, {"counter": {"family": "ip", "name": "quic", "table": "t", '
+     '"handle": 1, "packets": 3, "bytes": 120}}]}', (3, 120)),
+    ('{"nftables": [{"counter": {"name": "other", "packets": 3, "bytes": 1}}]}', None),
+    ('{"nftables": [{"counter": {"name": "quic", "packets": "3", "bytes": 1}}]}', None),
+    ("not json", None), ("[1, 2]", None), ("", None),
+])
+def test_counter_untrusted(text, want):
+    if want is None:
+        with pytest.raises(nft.NftError):
+            ztna_nft.counter_untrusted(text, "quic")
+    else:
+        assert ztna_nft.counter_untrusted(text, "quic") == want
