@@ -147,10 +147,9 @@ class TunnelDetector:
             return None
         w = self._w.get(key)
         if w is None or now - w.start > cfg.window:
-            if w is None:
-                if len(self._w) >= cfg.max_parents:
-                    self._expire(now)
-                self._asked(parent, client, now)
+            if w is None and len(self._w) >= cfg.max_parents:
+                self._expire(now)
+            self._asked(parent, client, now)  # every new window of a client counts, or popularity lapses after one
             w = self._w[key] = _Window(now)
         w.queries += 1
         if qtype in (T_TXT, T_NULL):

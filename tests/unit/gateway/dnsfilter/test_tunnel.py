@@ -122,3 +122,15 @@ def test_client_windows_are_bounded_too():
     for i in range(1000):
         det.observe("www.site.example", A, float(i), client=f"10.0.{i // 256}.{i % 256}")
     assert len(det._w) <= 100
+
+
+def test_a_popular_domain_stays_popular_in_later_windows():
+    """Popularity is counted per window: the same clients asking a minute later keep the guard up."""
+    det = TunnelDetector(TunnelConfig(domain_sources=3, popular_sources=20, window=60.0))
+    for t in (0.0, 61.0, 122.0):
+        for i in range(25):
+            det.observe(f"www{i % 3}.good.example", A, t + i * 0.01, client=f"198.51.100.{100 + i}")
+        assert det.popular("good.example", t + 1.0), t
+    for k in range(5):
+        poison(det, f"198.51.100.{60 + k}", 123.0 + k)
+    assert det.classified("www.good.example", 130.0, "198.51.100.10") is None
