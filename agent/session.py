@@ -142,7 +142,8 @@ class AgentSession:
                 # Only this machine's own traffic to a lease may enter the tunnel (issue 19): a forged
                 # source stops here, counted, instead of being left to the gateway.
                 c["dropped_spoofed_src"] += 1
-                quiet = self.bad_log.allow(("spoofed", f.src), now)
+                # One budget for the kind, not one per forged address: each packet may forge another.
+                quiet = self.bad_log.allow("spoofed", now)
                 if quiet is not None:
                     cmds.append(Log(logging.WARNING, f"dropped a packet from {ip4_text(f.src)} to {ip4_text(f.dst)} "
                                                      f"on the TUN: not this agent's address {self.address_text}"

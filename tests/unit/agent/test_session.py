@@ -232,6 +232,15 @@ def test_a_forged_source_is_dropped_counted_and_logged_at_a_bounded_rate():
     assert s.counters["dropped_spoofed_src"] == 5
 
 
+def test_forged_sources_each_new_share_one_log_budget():
+    """A flood forging a new source every packet writes one line per interval, not one per packet."""
+    s, addr = allowed()
+    forged = [syn(addr, src=f"100.64.{i // 250}.{i % 250 + 2}") for i in range(500)]
+    cmds = s.tun_packets(forged, 2.0)
+    assert kinds(cmds).count("Log") == 1
+    assert s.counters["dropped_spoofed_src"] == 500
+
+
 def test_not_ipv4_and_malformed_are_dropped_and_counted():
     s = agent()
     v6 = NO_VNET + bytes([0x60]) + bytes(39)
