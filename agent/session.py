@@ -354,9 +354,14 @@ class AgentSession:
                     out += [wire.data_header(len(buf)), buf]
                 self._send(cmds, b"".join(out), now)
         else:
-            lease.state = "denied"
-            cmds.append(Log(logging.WARNING, f"lease {lease.fqdn} {lease.addr_text} denied by the gateway: "
-                                             f"{fields.get('reason')}"))
+            retry = fields.get("retry") is True
+            # A refusal the gateway marks for retry (its lookups busy, private DNS failing) holds for the
+            # flows waiting now; the next packet to the lease asks again instead of a RST for good.
+            lease.state = "new" if retry else "denied"
+            if retry:
+                self.announced.discard(addr)
+            cmds.append(Log(logging.WARNING, f"lease {lease.fqdn} {lease.addr_text} denied by the gateway"
+                                             f"{' for now' if retry else ''}: {fields.get('reason')}"))
             refusals: list = []
             for buf, f in waiting:
                 self._refuse(buf, f, "denied by the gateway", refusals, cmds)

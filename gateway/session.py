@@ -190,7 +190,7 @@ class GatewaySession:
             return []
         a = socket.inet_ntoa(addr)
         if real is None:
-            return self._denied(name, a, error)
+            return self._denied(name, a, error, retry=True)  # private DNS may answer the next time
         self.nat.allow(addr, name, real)
         return [Log(logging.INFO, f"session {self.id} {self.identity}: lease {name} {a} => "
                                   f"{socket.inet_ntoa(real)} (private DNS); {why}"),
@@ -315,15 +315,20 @@ class GatewaySession:
             return  # the same LEASE again while its lookup runs: the one answer serves both
         if len(self.asking) >= MAX_LOOKUPS:
             cmds.extend(self._denied(name, str(a), f"{MAX_LOOKUPS} private-DNS lookups of this session are "
-                                                   "waiting already; lease again later"))
+                                                   "waiting already; lease again later", retry=True))
             return
         self.asking[key] = why
         cmds.append(Resolve(name, a.packed))
 
-    def _denied(self, name: str, a: str, why: str) -> list:
+    def _denied(self, name: str, a: str, why: str, *, retry: bool = False) -> list:
+        """Refuse a lease; ``retry``: the refusal is for now (the agent asks again on its next packet)."""
         self.counters["leases_denied"] += 1
-        return [Log(logging.WARNING, f"session {self.id} {self.identity}: lease {name} {a} DENIED: {why}"),
-                Send(wire.control(wire.LEASE_RESULT, fqdn=name, addr=a, allowed=False, reason=why))]
+        fields = {"fqdn": name, "addr": a, "allowed": False, "reason": why}
+        if retry:
+            fields["retry"] = True
+        return [Log(logging.WARNING, f"session {self.id} {self.identity}: lease {name} {a} DENIED"
+                                     f"{' for now' if retry else ''}: {why}"),
+                Send(wire.control(wire.LEASE_RESULT, **fields))]
 
     # ---- the data path's rare lines ------------------------------------------------
     def _flow_line(self, key: tuple) -> Log:

@@ -12,7 +12,7 @@ frames into one TLS write.
       HELLO {version, tunnel_addr}  ---->
                                     <----  WELCOME {version, identity, session}
       LEASE {fqdn, addr}            ---->  (policy check, private DNS lookup)
-                                    <----  LEASE_RESULT {fqdn, addr, allowed, reason}
+                                    <----  LEASE_RESULT {fqdn, addr, allowed, reason[, retry: for now only]}
       DATA vnet+packet              <--->  DATA vnet+packet
       RELEASE {addr}                ---->
       KEEPALIVE                     <--->  KEEPALIVE

@@ -176,6 +176,19 @@ def test_a_denied_lease_refuses_its_waiting_packets_and_every_later_one():
     assert s.counters["refused"] == 2
 
 
+def test_a_refusal_for_now_refuses_the_waiting_packets_and_the_next_packet_asks_again():
+    s = up()
+    addr = lease(s)
+    s.tun_packets([syn(addr)], 1.0)
+    refusal = wire.control(wire.LEASE_RESULT, fqdn=APP, addr=addr, allowed=False, retry=True,
+                           reason="64 private-DNS lookups of this session are waiting already; lease again later")
+    cmds = s.receive_data(refusal, 1.1)
+    assert kinds(cmds)[-1] == "WriteTun" and "denied by the gateway for now" in cmds[0].message
+    cmds = s.tun_packets([syn(addr, sport=2)], 1.2)  # not refused for good: leased again
+    assert [f.type for f in frames(cmds)] == [wire.LEASE]
+    assert [f.type for f in frames(s.receive_data(result(addr), 1.3))] == [wire.DATA]
+
+
 def test_a_result_for_a_lease_reclaimed_meanwhile_is_ignored():
     s = up()
     assert s.receive_data(result("100.64.0.99"), 1.0) == []

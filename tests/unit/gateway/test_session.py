@@ -158,6 +158,7 @@ def test_lease_the_policy_refuses_is_denied_at_once_without_a_lookup():
     assert kinds(cmds) == ["Log", "Send"] and cmds[0].level == logging.WARNING
     f = frames(cmds)[0]
     assert f.fields["allowed"] is False and f.fields["reason"] == "identity 'alice' is not allowed to reach hr.mycompany.net"
+    assert "retry" not in f.fields  # the policy says no: for good
     assert s.counters["leases_denied"] == 1 and ip4(LEASE) not in s.nat.routes
 
 
@@ -173,6 +174,7 @@ def test_lease_private_dns_cannot_resolve_is_denied_with_the_reason():
     cmds = s.resolved(APP, ip4(LEASE), None, "private DNS 192.168.1.53 has no address for app.mycompany.net (NXDOMAIN)")
     f = frames(cmds)[0]
     assert f.fields["allowed"] is False and "NXDOMAIN" in f.fields["reason"]
+    assert f.fields["retry"] is True  # private DNS may answer the next time: the agent asks again
     assert s.counters["leases_denied"] == 1
 
 
@@ -219,7 +221,8 @@ def test_a_lease_flood_of_distinct_names_is_bounded_in_lookups():
     cmds = s.receive_data(flood, 0.2)
     assert kinds(cmds).count("Resolve") == g.MAX_LOOKUPS
     denied = [f for f in frames(cmds) if f.type == wire.LEASE_RESULT]
-    assert len(denied) == 10 and all(not f.fields["allowed"] and "lookups" in f.fields["reason"] for f in denied)
+    assert len(denied) == 10 and all(not f.fields["allowed"] and "lookups" in f.fields["reason"] and f.fields["retry"]
+                                     for f in denied)
     assert s.state == g.UP  # refused, not closed: the lookups already asked still get their answers
 
 
