@@ -20,7 +20,6 @@ import logging
 import socket
 import struct
 
-from .dnswire import BadMessage, parse_untrusted
 
 log = logging.getLogger("ztna.dnsclient")
 
@@ -29,29 +28,43 @@ class UpstreamError(Exception):
     """No usable answer from one upstream server; the message says why."""
 
 
-def _question(payload: bytes) -> tuple:
-    """(ID, question) a reply must carry to answer ``payload``."""
-    try:
-        q = parse_untrusted(payload)
-    except BadMessage as exc:
-        raise UpstreamError(f"the query itself is not DNS: {exc}") from None
-    qs = tuple((str(x.qname).lower(), x.qtype, x.qclass) for x in q.questions)
-    return q.header.id, qs
+def _question(payload: bytes) -> tuple[bytes, bytes]:
+    """(ID, question count and section in lower case) that a reply must repeat to answer ``payload``.
+
+    Read from the bytes, not through a parser: the callers have parsed the query
+    already and parse the answer themselves, and this runs on every forward."""
+    if len(payload) < 12:
+        raise UpstreamError(f"the query itself is not DNS: {len(payload)} bytes is shorter than a header")
+    off = 12
+    for _ in range(struct.unpack_from("!H", payload, 4)[0]):
+        while True:
+            if off >= len(payload):
+                raise UpstreamError("the query itself is not DNS: its question runs past the end")
+            n = payload[off]
+            if n & 0xC0:
+                raise UpstreamError("the query itself has a compressed question; it is not forwarded")
+            off += 1 + n
+            if n == 0:
+                break
+        off += 4
+    if off > len(payload):
+        raise UpstreamError("the query itself is not DNS: its question is cut short")
+    return payload[:2], payload[4:6] + payload[12:off].lower()
 
 
-def mismatch_untrusted(reply: bytes, expect: tuple) -> str | None:
-    """None when ``reply`` answers the query ``expect`` describes; otherwise why not."""
-    try:
-        r = parse_untrusted(reply)
-    except BadMessage as exc:
-        return f"not DNS: {exc}"
-    ident, qs = expect
-    if not r.header.qr:
+def mismatch_untrusted(reply: bytes, expect: tuple[bytes, bytes]) -> str | None:
+    """None when ``reply`` answers the query ``expect`` describes (``_question``); otherwise why not.
+
+    The ID, the QR bit and the question (compared without case, as resolvers may
+    echo it in other case) decide; the rest of the reply is its reader's to judge."""
+    ident, qsec = expect
+    if len(reply) < 12:
+        return f"not DNS: {len(reply)} bytes is shorter than a header"
+    if not reply[2] & 0x80:
         return "a query, not a response"
-    if r.header.id != ident:
-        return f"ID {r.header.id}, the query's is {ident}"
-    got = tuple((str(x.qname).lower(), x.qtype, x.qclass) for x in r.questions)
-    if got != qs:
+    if reply[:2] != ident:
+        return f"ID {int.from_bytes(reply[:2], 'big')}, the query's is {int.from_bytes(ident, 'big')}"
+    if reply[4:6] + reply[12:10 + len(qsec)].lower() != qsec:
         return "a question other than the query's"
     return None
 
@@ -80,18 +93,15 @@ async def query_udp(server: str, payload: bytes, *, port: int = 53, iface: str =
     s = _socket(socket.SOCK_DGRAM, iface)
     ignored = 0
     try:
-        await loop.sock_connect(s, (server, port))
-        await loop.sock_sendall(s, payload)
-        deadline = loop.time() + timeout
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise asyncio.TimeoutError
-            data = await asyncio.wait_for(loop.sock_recv(s, 65535), left)
-            if mismatch_untrusted(data, expect) is None:
-                return data
-            ignored += 1  # not the answer (stale, forged, garbage): keep waiting for the real one
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):  # one deadline for the whole exchange, not a task per datagram
+            await loop.sock_connect(s, (server, port))
+            await loop.sock_sendall(s, payload)
+            while True:
+                data = await loop.sock_recv(s, 65535)
+                if mismatch_untrusted(data, expect) is None:
+                    return data
+                ignored += 1  # not the answer (stale, forged, garbage): keep waiting for the real one
+    except TimeoutError:
         raise UpstreamError(f"no answer from {server} within {timeout:g}s"
                             + (f" ({ignored} replies for another query ignored)" if ignored else "")) from None
     except OSError as exc:

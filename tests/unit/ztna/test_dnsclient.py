@@ -127,6 +127,13 @@ def test_tcp_closed_early_is_an_error():
 
 
 def test_mismatch_untrusted_never_raises_on_noise():
-    expect = (1, (("a.example.", 1, 1),))
+    expect = dnsclient._question(DNSRecord.question("a.example").pack())
     for junk in (b"", b"\x00" * 11, b"\xff" * 40, bytes(range(256))):
         assert dnsclient.mismatch_untrusted(junk, expect) is not None
+
+
+def test_a_query_that_is_not_one_is_not_forwarded():
+    good = DNSRecord.question("a.example").pack()
+    for bad in (good[:11], good[:15], good[:12] + b"\xc0\x0c\x00\x01\x00\x01"):
+        with pytest.raises(dnsclient.UpstreamError, match="the query itself"):
+            dnsclient._question(bad)
