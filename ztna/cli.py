@@ -62,6 +62,29 @@ def root() -> None:
     """ztna: zero-trust access and secure-edge flows, run for real on Linux."""
 
 
+def reload_role(role: str, run_dir, timeout: float, as_json: bool) -> None:
+    """``ztna ROLE reload``: ask the running ROLE to read its config again and say what happened.
+
+    Exit status 0: the new config is in force; 1: refused (file, line and reason
+    printed), the old one stays."""
+    import json
+
+    from . import runstate
+
+    try:
+        r = runstate.request_reload(run_dir, role, timeout=timeout)
+    except runstate.RunStateError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"ok": r.ok, "message": r.message, "changes": r.changes}, indent=2))
+    else:
+        click.echo(r.message, err=not r.ok)
+        for c in r.changes:
+            click.echo(f"  {c}")
+    if not r.ok:
+        raise SystemExit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -11,12 +11,15 @@ on a thread of its own, bound to the one configured address.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .config import ConfigError
 
 COUNTER, GAUGE = "counter", "gauge"
+
+log = logging.getLogger("ztna.metrics")
 
 
 @dataclass
@@ -86,3 +89,19 @@ class Exporter:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def serve(families: Callable[[], Iterable[Family]], listen: tuple[str, int] | None) -> "Exporter | None":
+    """A role's ``[metrics] listen``: None when unset (off by default), else a started Exporter.
+
+    A port that cannot be had is a configuration error the person can act on."""
+    if listen is None:
+        return None
+    exporter = Exporter(families)
+    try:
+        exporter.start(listen)
+    except OSError as exc:
+        raise ConfigError(f"[metrics] listen = '{listen[0]}:{listen[1]}': cannot listen there ({exc.strerror}); "
+                          "choose a free port on an address of this host") from None
+    log.info("metrics on http://%s:%d/metrics", *listen)
+    return exporter

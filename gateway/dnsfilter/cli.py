@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ztna import runstate
+from ztna.cli import reload_role
 
 from .config import ConfigError, load
 
@@ -96,18 +97,7 @@ def reload_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
     Exit status 0: the new policies are in force; 1: refused (file, line and
     reason printed), the old ones stay.
     """
-    try:
-        r = runstate.request_reload(run_dir, "dns", timeout=timeout)
-    except runstate.RunStateError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps({"ok": r.ok, "message": r.message, "changes": r.changes}, indent=2))
-    else:
-        click.echo(r.message, err=not r.ok)
-        for c in r.changes:
-            click.echo(f"  {c}")
-    if not r.ok:
-        raise SystemExit(1)
+    reload_role("dns", run_dir, timeout, as_json)
 
 
 @dns.command("explain")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from ztna.cli import reload_role
+
 from . import config as config_mod
 
 
@@ -65,20 +67,7 @@ def reload_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
     Exit status 0: the new policy is in force (open connections it refuses are
     ended); 1: refused (file, line and reason printed), the old one stays.
     """
-    from ztna import runstate
-
-    try:
-        r = runstate.request_reload(run_dir, "proxy", timeout=timeout)
-    except runstate.RunStateError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if as_json:
-        click.echo(json.dumps({"ok": r.ok, "message": r.message, "changes": r.changes}, indent=2))
-    else:
-        click.echo(r.message, err=not r.ok)
-        for c in r.changes:
-            click.echo(f"  {c}")
-    if not r.ok:
-        raise SystemExit(1)
+    reload_role("proxy", run_dir, timeout, as_json)
 
 
 @proxy.command("stats")

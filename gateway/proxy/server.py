@@ -183,19 +183,9 @@ class Proxy:
 
     def start_metrics(self) -> None:
         """Serve /metrics on ``[metrics] listen`` when set (off by default)."""
-        if self.cfg.metrics_listen is None:
-            return
-        from ztna.metrics import Exporter
+        from ztna import metrics as ztna_metrics
 
-        self.exporter = Exporter(self.metric_families)
-        try:
-            self.exporter.start(self.cfg.metrics_listen)
-        except OSError as exc:
-            self.exporter = None
-            host, port = self.cfg.metrics_listen
-            raise ConfigError(f"[metrics] listen = '{host}:{port}': cannot listen there ({exc.strerror}); "
-                              "choose a free port on an address of this host") from None
-        log.info("metrics on http://%s:%d/metrics", *self.cfg.metrics_listen)
+        self.exporter = ztna_metrics.serve(self.metric_families, self.cfg.metrics_listen)
 
     # ---- live reload ------------------------------------------------------------------
     def reload(self, path: Path) -> tuple[bool, str, list[str]]:
