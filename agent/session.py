@@ -41,6 +41,7 @@ from ztna import wire
 from ztna.ippacket import NO_VNET, TCP_RST, TCP_SYN, BadPacket, icmp_unreachable_for, ip4_text, parse_untrusted, refusal_for
 from ztna.loglimit import LogLimiter, suffix
 from ztna.names import PatternSet
+from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
 
 from .dnsdecide import Decision, decide
 from .leases import Lease, LeasePool
@@ -55,36 +56,11 @@ RETRY = 1.0  # seconds between two attempts to build the tunnel
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
-# ---- commands (what the shell must do) ---------------------------------------
-@dataclass(frozen=True)
-class Send:
-    """Write these bytes (whole frames) to the tunnel."""
-    data: bytes
-
-
-@dataclass(frozen=True)
-class WriteTun:
-    """Write each packet (virtio-net header first) to the TUN, in order."""
-    packets: list
-
-
+# ---- commands (what the shell must do; Send, WriteTun, Close, Log: ztna.tunnelcmds) --------
 @dataclass(frozen=True)
 class Connect:
     """Build the tunnel (gateway's address from public DNS, TCP, TLS); then call
     ``tunnel_up`` or ``tunnel_failed``."""
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the tunnel (``tunnel_closed`` is then called); frames sent before it go first."""
-    reason: str
-
-
-@dataclass(frozen=True)
-class Log:
-    """One line for the agent's log."""
-    level: int
-    message: str
 
 
 class AgentSession:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from ztna import wire
 from ztna.names import BadName, normalize
+from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
 
 from .nat import ClientNat, InsidePool
 from .policy import Policy
@@ -57,19 +58,7 @@ PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 MAX_LOOKUPS = 64
 
 
-# ---- commands (what the shell must do) ---------------------------------------
-@dataclass(frozen=True)
-class Send:
-    """Write these bytes (whole frames) to the agent's TLS connection."""
-    data: bytes
-
-
-@dataclass(frozen=True)
-class WriteTun:
-    """Write each packet (virtio-net header first) to the gateway's TUN, in order."""
-    packets: list
-
-
+# ---- commands (what the shell must do; Send, WriteTun, Close, Log: ztna.tunnelcmds) --------
 @dataclass(frozen=True)
 class Resolve:
     """Ask private DNS for ``name`` (A), then call ``resolved(name, addr, ...)``."""
@@ -87,19 +76,6 @@ class Bind:
 class Unbind:
     """``inside`` no longer belongs to this session."""
     inside: bytes
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the connection (``closed`` is then called); frames sent before it go first."""
-    reason: str
-
-
-@dataclass(frozen=True)
-class Log:
-    """One line for the gateway's log."""
-    level: int
-    message: str
 
 
 class GatewaySession:
