@@ -155,6 +155,7 @@ class Exchange:
         try:
             host, port = http1.split_authority(hosts[0], default_port=443)
             length = http1.body_length(head)
+            http1.hop_by_hop(head)  # a Connection naming Content-Length would smuggle a request past the app
         except http1.BadRequest as exc:
             return self._refuse(exc.status, "error", str(exc), close=True)
         if host != self.client.sni or port != 443:

@@ -4,7 +4,9 @@ Towards the app (:func:`upstream_request`):
 
 * hop-by-hop fields go (RFC 9110 7.6.1: ``Connection`` and every field it
   names, ``Keep-Alive``, ``TE``, ``Upgrade``...), except the ``Upgrade`` of a
-  WebSocket handshake, which the gateway relays on purpose;
+  WebSocket handshake, which the gateway relays on purpose; a ``Connection``
+  naming ``Content-Length``, ``Transfer-Encoding`` or ``Host`` is refused
+  (:func:`gateway.proxy.http1.hop_by_hop`, checked by the exchange first);
 * ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
   ``Forwarded`` (RFC 7239) are *replaced*, never appended to: the gateway is
   the first hop anybody can trust, so what a browser claims there is dropped;
@@ -32,7 +34,7 @@ OURS = (SESSION_COOKIE, CSRF_COOKIE)
 FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
 
 
-def _hop_by_hop(headers, connection_values: list[str]) -> set[str]:
+def _response_hop_by_hop(connection_values: list[str]) -> set[str]:
     drop = set(http1.HOP_BY_HOP)
     for v in connection_values:
         drop |= {t.strip().lower() for t in v.split(",") if t.strip()}
@@ -72,7 +74,7 @@ def _for_node(client: str) -> str:
 def upstream_request(head: http1.RequestHead, *, client: str, host: str, identity_header: str, identity: str) -> bytes:
     """The request head the app receives (see the module docstring)."""
     upgrade = is_websocket(head)
-    drop = _hop_by_hop(head.headers, head.all("connection")) | FORWARDING | {identity_header.lower()}
+    drop = http1.hop_by_hop(head) | FORWARDING | {identity_header.lower()}
     lines = [f"{head.method} {head.target} HTTP/1.1"]
     for k, v in head.headers:
         lk = k.lower()
@@ -93,7 +95,7 @@ def upstream_request(head: http1.RequestHead, *, client: str, host: str, identit
 
 def client_response(head: ResponseHead, *, close: bool, upgrade: bool = False) -> bytes:
     """The response head the browser receives."""
-    drop = _hop_by_hop(head.headers, head.all("connection"))
+    drop = _response_hop_by_hop(head.all("connection"))
     lines = [f"HTTP/1.1 {head.status} {head.reason}"]
     for k, v in head.headers:
         lk = k.lower()

@@ -183,3 +183,17 @@ def test_login_form_limits():
     ex = g.exchange(x.Client("198.51.100.30", APP), 0)
     (cmd,) = ex.request(req(f"POST /.ztna/login HTTP/1.1\r\nHost: {APP}\r\nTransfer-Encoding: chunked\r\n\r\n"))
     assert cmd.status == 411
+
+
+@pytest.mark.parametrize("named", ["content-length", "Content-Length", "transfer-encoding", "host"])
+def test_connection_naming_a_framing_or_routing_field_is_refused_before_the_app(named):
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    smuggled = f"GET /admin HTTP/1.1\r\nHost: {APP}\r\nX-Ztna-User: admin\r\n\r\n"
+    ex = g.exchange(x.Client("198.51.100.30", APP), 1001)
+    (cmd,) = ex.request(req(f"POST / HTTP/1.1\r\nHost: {APP}\r\nConnection: keep-alive, {named}\r\n"
+                            f"Content-Length: {len(smuggled)}\r\nCookie: {rewrite.SESSION_COOKIE}={token}\r\n\r\n"))
+    assert isinstance(cmd, x.Respond) and cmd.status == 400 and cmd.close
+    assert ex.record["decision"] == "error" and "Connection" in ex.record["reason"]
+    assert named.lower() in ex.record["reason"]
