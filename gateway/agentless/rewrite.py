@@ -11,7 +11,8 @@ Towards the app (:func:`upstream_request`):
   ``Forwarded`` (RFC 7239) are *replaced*, never appended to: the gateway is
   the first hop anybody can trust, so what a browser claims there is dropped;
 * the identity header (``X-Ztna-User`` unless configured) is always the
-  gateway's: any copy the client sent is removed first, whatever its case;
+  gateway's: any copy the client sent is removed first, whatever its case and
+  whether it spells ``-`` as ``_`` (as are the forwarding fields);
 * the gateway's own cookies are taken out of ``Cookie``: the app never sees
   the session token.
 
@@ -74,11 +75,14 @@ def _for_node(client: str) -> str:
 def upstream_request(head: http1.RequestHead, *, client: str, host: str, identity_header: str, identity: str) -> bytes:
     """The request head the app receives (see the module docstring)."""
     upgrade = is_websocket(head)
-    drop = http1.hop_by_hop(head) | FORWARDING | {identity_header.lower()}
+    drop = http1.hop_by_hop(head)
+    # Compared with "_" read as "-": CGI, WSGI, PHP, Rack (and nginx with underscores_in_headers)
+    # map X_Ztna_User and X-Ztna-User alike to HTTP_X_ZTNA_USER, so either spelling is a spoof.
+    ours = FORWARDING | {identity_header.lower().replace("_", "-")}
     lines = [f"{head.method} {head.target} HTTP/1.1"]
     for k, v in head.headers:
         lk = k.lower()
-        if lk in drop:
+        if lk in drop or lk.replace("_", "-") in ours:
             continue
         if lk == "cookie":
             v = _without_our_cookies(v)

@@ -197,3 +197,15 @@ def test_connection_naming_a_framing_or_routing_field_is_refused_before_the_app(
     assert isinstance(cmd, x.Respond) and cmd.status == 400 and cmd.close
     assert ex.record["decision"] == "error" and "Connection" in ex.record["reason"]
     assert named.lower() in ex.record["reason"]
+
+
+def test_identity_and_forwarding_headers_spelled_with_underscores_are_stripped():
+    # WSGI/CGI/PHP/Rack map X_Ztna_User and X-Ztna-User alike to HTTP_X_ZTNA_USER: the client's copy must go.
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    ex, (cmd,) = get(g, "/", headers=f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\nX_Ztna_User: admin\r\n"
+                     "x_ztna-USER: admin2\r\nX_Forwarded_For: 10.9.9.9\r\nX-Real_IP: 10.9.9.8\r\nX_Other: kept\r\n", now=1001)
+    assert isinstance(cmd, x.Forward)
+    assert b"admin" not in cmd.head and b"10.9.9." not in cmd.head
+    assert b"X-Ztna-User: alice\r\n" in cmd.head and b"X_Other: kept\r\n" in cmd.head
