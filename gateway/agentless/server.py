@@ -602,6 +602,7 @@ async def _peek(sock: socket.socket, timeout: float) -> tuple[tlswire.ClientHell
     """The ClientHello, read without taking it from the socket; (None, why) when there is none."""
     loop = asyncio.get_running_loop()
     need = 5
+    seen = -1  # bytes the last peek returned; -1 before the first
     try:
         async with asyncio.timeout(timeout):
             while True:
@@ -613,7 +614,12 @@ async def _peek(sock: socket.socket, timeout: float) -> tuple[tlswire.ClientHell
                     return None, str(exc)
                 if data == b"":
                     return None, "the client closed before its ClientHello"
+                if data is not None and len(data) <= seen:
+                    # Woken (the low-water mark not reached) with nothing new: only a FIN does that, and
+                    # epoll would report it readable again at once, for ever (a busy loop until the timeout).
+                    return None, f"the client closed before its ClientHello ({len(data)} of {need} bytes came)"
                 if data:
+                    seen = len(data)
                     try:
                         hello, need = routing.peek_untrusted(data)
                     except tlswire.BadTLS as exc:
