@@ -25,10 +25,12 @@ import logging
 import socket
 import ssl
 import time
+from collections import Counter
 
 from gateway.policy import Policy
 from gateway.proxy import http1
 from ztna import pki, tlswire
+from ztna.loglimit import LogLimiter, suffix
 
 from . import pages
 from . import route as routing
@@ -88,8 +90,15 @@ class Front:
         # keepalive is: a browser that opens a new connection per request must not cost a TLS
         # handshake with the app each time.
         self.pool: dict[str, list[Upstream]] = {a.name: [] for a in cfg.apps}
-        self.active = 0
         self.refused = 0
+        self._start_counting()
+
+    def _start_counting(self) -> None:
+        # Browser connections leave the gateway's handshake gate once claimed, so their TLS handshakes,
+        # head waits and keep-alives are bounded here: in total and per source address.
+        self.active = 0
+        self.by_source: Counter = Counter()
+        self.busy_log = LogLimiter(interval=10.0)
 
     def _server_context(self, app: AppConfig) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -115,16 +124,34 @@ class Front:
             log.warning("refused %s on port 443: %s (TLS alert %d)", peer, r.reason, r.alert)
             _alert_and_close(sock, r.alert)
             return True
+        source = peer.rpartition(":")[0]
+        why = None
         if self.active >= self.cfg.max_connections:
-            log.warning("refused %s for %s: %d browser connections already", peer, r.app, self.active)
+            why = f"{self.active} browser connections already (max_connections)"
+        elif self.by_source[source] >= self.cfg.max_connections_per_source:
+            why = f"{self.by_source[source]} browser connections from {source} already (max_connections_per_source)"
+        if why is not None:
+            self.refused += 1
+            quiet = self.busy_log.allow(source, time.monotonic())
+            if quiet is not None:
+                log.warning("refused %s for %s: %s%s", peer, r.app, why, suffix(quiet))
             _alert_and_close(sock, tlswire.ALERT_INTERNAL_ERROR)
             return True
-        asyncio.ensure_future(self._serve(sock, peer, r.app))
+        # Counted now, not in the task: claims finishing in the same loop turn must see each other.
+        self.active += 1
+        self.by_source[source] += 1
+        task = asyncio.ensure_future(self._serve(sock, peer, r.app))
+        task.add_done_callback(lambda _: self._left(source))  # also when cancelled before it ran
         return True
+
+    def _left(self, source: str) -> None:
+        self.active -= 1
+        self.by_source[source] -= 1
+        if self.by_source[source] <= 0:
+            del self.by_source[source]
 
     # ---- one browser connection --------------------------------------------------------
     async def _serve(self, sock: socket.socket, peer: str, name: str) -> None:
-        self.active += 1
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=PIECE)
         proto = asyncio.StreamReaderProtocol(reader)
@@ -153,7 +180,6 @@ class Front:
         except Exception:  # a bug must end this connection, never the gateway
             log.exception("browser %s for %s: unexpected error", peer, name)
         finally:
-            self.active -= 1
             if writer is not None:
                 writer.close()
             if up is not None:

@@ -77,3 +77,45 @@ def test_a_hello_sent_in_two_parts_is_still_read_whole():
     assert server.recv(len(data) + 10, socket.MSG_PEEK) == data
     client.close()
     server.close()
+
+
+class Cfg:
+    max_connections, max_connections_per_source = 5, 2
+
+
+def test_browser_connections_are_counted_at_claim_and_bounded_per_source(monkeypatch, caplog):
+    # Counted before the task runs: claims in one loop turn must not overshoot; and one address
+    # may hold only max_connections_per_source of them (its TLS handshakes and head waits included).
+    served = []
+
+    async def serve(self, sock, peer, name):
+        served.append(peer)
+        await asyncio.sleep(0.05)
+        sock.close()
+
+    monkeypatch.setattr(Front, "_serve", serve)
+    front = bare_front()
+    front.cfg = Cfg()
+    front._start_counting()
+    data = hello("app.mycompany.net")
+    pairs = [loopback_pair() for _ in range(4)] + [loopback_pair() for _ in range(4)]
+    for c, _ in pairs:
+        c.sendall(data)
+
+    async def go():
+        peers = [f"10.0.0.1:{i}" for i in range(4)] + [f"10.0.0.{2 + i}:1" for i in range(4)]
+        got = await asyncio.gather(*(front.claim(s, p, 2.0) for (_, s), p in zip(pairs, peers)))
+        counted = front.active
+        await asyncio.sleep(0.2)
+        return got, counted
+
+    with caplog.at_level("WARNING"):
+        got, counted = asyncio.run(go())
+    assert got == [True] * 8
+    assert sorted(served) == ["10.0.0.1:0", "10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1", "10.0.0.4:1"]
+    assert counted == 5 and front.active == 0
+    assert caplog.text.count("browser connections from 10.0.0.1 already") == 1  # rate-limited: 2 refusals, 1 line
+    assert "browser connections already" in caplog.text  # 10.0.0.5: over max_connections
+    for c, s in pairs:
+        c.close()
+        s.close()
