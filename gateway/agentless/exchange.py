@@ -123,6 +123,7 @@ class Exchange:
         self.gate, self.app, self.client, self.now = gate, app, client, now
         self.head: http1.RequestHead | None = None
         self.form: dict[str, str] = {}
+        self.checking: tuple[str, str] | None = None  # the limiter keys of a password check in flight
         self.record: dict = {"app": app.name, "client": client.address, "identity": None,
                              "decision": None, "reason": None}
 
@@ -206,10 +207,22 @@ class Exchange:
             return self._login_page(429, "rate-limited", f"failed sign-ins for {user} from {self.client.address} over "
                                     f"the limit; refused for {int(wait) + 1}s", text, next_url,
                                     ("Retry-After", str(int(wait) + 1)))
+        # In flight from now until checked() or abandon(): concurrent POSTs must see this one.
+        self.checking = (f"user:{user}", f"addr:{self.client.address}")
+        self.gate.by_user.begin(self.checking[0])
+        self.gate.by_addr.begin(self.checking[1])
         return [CheckPassword(self.form)]
+
+    def abandon(self) -> None:
+        """The password check issued will not report (the browser left, or it was never run)."""
+        if self.checking is not None:
+            self.gate.by_user.end(self.checking[0])
+            self.gate.by_addr.end(self.checking[1])
+            self.checking = None
 
     def checked(self, ok: bool, now: float) -> list:
         """The backend's verdict on the form."""
+        self.abandon()  # settled: counted below as a failure or a success instead
         user = self.gate.backend.claimed(self.form) or "?"
         next_url = safe_next(self.form.get("next", "/"))
         if not ok:

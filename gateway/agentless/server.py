@@ -366,6 +366,7 @@ class _BrowserConn:
             keep = False
             ex.record["reason"] = f"{ex.record.get('reason')}; connection ended: {exc or 'timeout'}"
         finally:
+            ex.abandon()  # a password check that never reported must not hold its rate-limit slot
             rec = ex.record
             line = {"time": _now(), "identity": rec.get("identity"), "app": rec["app"], "client": rec["client"],
                     "method": head.method, "path": rec.get("path"), **stats, "decision": rec.get("decision"),

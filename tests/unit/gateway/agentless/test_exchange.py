@@ -209,3 +209,45 @@ def test_identity_and_forwarding_headers_spelled_with_underscores_are_stripped()
     assert isinstance(cmd, x.Forward)
     assert b"admin" not in cmd.head and b"10.9.9." not in cmd.head
     assert b"X-Ztna-User: alice\r\n" in cmd.head and b"X_Other: kept\r\n" in cmd.head
+
+
+def login_post(g, user, password, now=1000.0):
+    """A sign-in POST up to its password check: (exchange, the commands after the body)."""
+    _, (page,) = get(g, "/.ztna/login", now=now)
+    csrf = re.search(r"csrf=(\S+) ", page.body.decode()).group(1)
+    body = urllib.parse.urlencode({"user": user, "password": password, "csrf": csrf, "next": "/"}).encode()
+    ex = g.exchange(x.Client("198.51.100.30", APP), now)
+    ex.request(req(f"POST /.ztna/login HTTP/1.1\r\nHost: {APP}\r\nContent-Length: {len(body)}\r\n"
+                   f"Origin: https://{APP}\r\nCookie: {rewrite.CSRF_COOKIE}={csrf}\r\n\r\n"))
+    return ex, ex.body(body)
+
+
+def test_logins_issued_before_any_result_count_against_the_limit_while_in_flight():
+    # The password check runs off the loop: N POSTs that all arrive before the first result must
+    # not all be checked (the limit counts failures plus checks in flight).
+    g = gate(user_limit=3, addr_limit=10)
+    pending = [login_post(g, "alice", "wrong", now=1000 + i / 10) for i in range(6)]
+    checks = [ex for ex, cmds in pending if isinstance(cmds[0], x.CheckPassword)]
+    refused = [cmds[0] for ex, cmds in pending if not isinstance(cmds[0], x.CheckPassword)]
+    assert len(checks) == 3 and all(c.status == 429 and hdr(c, "retry-after") for c in refused)
+    for ex in checks:
+        (cmd,) = ex.checked(False, 1001)
+        assert cmd.status == 401
+    _, cmds = login_post(g, "alice", "right", now=1002)
+    assert cmds[0].status == 429  # three failures now, no longer in flight
+    # The address limit counts in flight too, across user names.
+    g = gate(user_limit=3, addr_limit=4)
+    got = [login_post(g, f"u{i}", "wrong")[1][0] for i in range(6)]
+    assert [isinstance(c, x.CheckPassword) for c in got] == [True] * 4 + [False] * 2
+
+
+def test_a_check_that_succeeds_or_is_abandoned_frees_its_slot():
+    g = gate(user_limit=2, addr_limit=10)
+    ex1, (c1,) = login_post(g, "alice", "right")
+    ex2, (c2,) = login_post(g, "alice", "right")
+    assert isinstance(c1, x.CheckPassword) and isinstance(c2, x.CheckPassword)
+    assert login_post(g, "alice", "right")[1][0].status == 429
+    assert ex1.checked(True, 1000)[0].status == 303
+    ex2.abandon()  # the browser left while its password was being checked
+    ex2.abandon()  # twice is harmless
+    assert isinstance(login_post(g, "alice", "right")[1][0], x.CheckPassword)
