@@ -213,6 +213,12 @@ class Exchange:
         self.gate.by_addr.begin(self.checking[1])
         return [CheckPassword(self.form)]
 
+    def busy(self) -> list:
+        """The password checks are all taken: 503, and this attempt counts for nothing."""
+        self.abandon()
+        return self._refuse(503, "error", "sign-in busy: every password check worker is taken and the queue is full",
+                            hint="Try again in a moment.", headers=(("Retry-After", "1"),))
+
     def abandon(self) -> None:
         """The password check issued will not report (the browser left, or it was never run)."""
         if self.checking is not None:

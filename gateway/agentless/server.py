@@ -35,6 +35,7 @@ from ztna.loglimit import LogLimiter, suffix
 from . import pages
 from . import route as routing
 from .auth import LocalPasswords
+from .checks import PasswordChecks
 from .config import AUTH_CERTIFICATE, AgentlessConfig, AppConfig
 from .cookies import Signer, load_or_create_key
 from .exchange import CheckPassword, Client, Forward, Gate, ReadBody, Respond
@@ -82,6 +83,8 @@ class Front:
         self.upstream_ctx = {a.name: _upstream_context(a) for a in cfg.apps}
         self.store = UserStore(cfg.users)
         self.backend = LocalPasswords(self.store)
+        # Not the default executor: that one resolves apps with the private DNS server for agents too.
+        self.checks = PasswordChecks(workers=cfg.login_workers, queue=cfg.login_queue)
         self.gate = Gate(self.apps, policy, Signer(load_or_create_key(cfg.session_key)), self.backend,
                          session_ttl=cfg.session_ttl, user_limit=cfg.login_user_limit,
                          addr_limit=cfg.login_addr_limit, window=cfg.login_window, max_form=cfg.max_form)
@@ -358,8 +361,11 @@ class _BrowserConn:
                     body_read = True
                     cmds = ex.body(data)
                 elif isinstance(cmd, CheckPassword):
-                    ok = await asyncio.get_running_loop().run_in_executor(None, self.front.backend.verify, cmd.form)
-                    cmds = ex.checked(ok, time.time())
+                    check = self.front.checks.submit(self.front.backend.verify, cmd.form)
+                    if check is None:
+                        cmds = ex.busy()
+                    else:
+                        cmds = ex.checked(await check, time.time())
                 elif isinstance(cmd, Forward):
                     keep = await self._forward(head, cmd, stats, t0)
         except (_Closed, TimeoutError) as exc:

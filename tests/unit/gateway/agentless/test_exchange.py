@@ -251,3 +251,13 @@ def test_a_check_that_succeeds_or_is_abandoned_frees_its_slot():
     ex2.abandon()  # the browser left while its password was being checked
     ex2.abandon()  # twice is harmless
     assert isinstance(login_post(g, "alice", "right")[1][0], x.CheckPassword)
+
+
+def test_password_checks_busy_is_503_with_retry_after_and_frees_the_slot():
+    g = gate(user_limit=1, addr_limit=10)
+    ex, (cmd,) = login_post(g, "alice", "right")
+    assert isinstance(cmd, x.CheckPassword)
+    (cmd,) = ex.busy()
+    assert cmd.status == 503 and hdr(cmd, "retry-after") == ["1"] and ex.record["decision"] == "error"
+    assert "busy" in ex.record["reason"]
+    assert isinstance(login_post(g, "alice", "right")[1][0], x.CheckPassword)  # not counted as a failure
