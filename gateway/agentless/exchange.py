@@ -237,7 +237,8 @@ class Exchange:
             return self._login_page(401, "login-failed", f"wrong user name or password for {user!r}",
                                     "Wrong user name or password.", next_url)
         self.gate.by_user.success(f"user:{user}")
-        token, s = self.gate.signer.session(user, self.app.name, now, self.gate.session_ttl)
+        token, s = self.gate.signer.session(user, self.app.name, now, self.gate.session_ttl,
+                                            self.gate.backend.stamp(user) or "")
         return self._respond(303, "login", f"signed in as {user} (backend {self.gate.backend.name}); session until "
                              f"{s.expires}", b"", ("Location", next_url),
                              _cookie(rewrite.SESSION_COOKIE, token, int(self.gate.session_ttl)),
@@ -258,6 +259,11 @@ class Exchange:
             return None, f"session cookie refused: {exc}"
         if s.sid in self.gate.revoked:
             return None, "session cookie refused: ended by logout"
+        stamp = self.gate.backend.stamp(s.identity)
+        if stamp is None:
+            return None, f"session cookie refused: user {s.identity} no longer exists"
+        if not hmac.compare_digest(stamp, s.stamp):
+            return None, f"session cookie refused: the password of {s.identity} changed since this sign-in"
         return s.identity, f"session of {s.identity}"
 
     def _own(self, path: str, length) -> list:

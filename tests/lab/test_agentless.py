@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.agentless.auth import LocalPasswords
 from gateway.agentless.cookies import Signer
 from gateway.agentless.rewrite import SESSION_COOKIE
+from gateway.agentless.users import UserStore
 from legit import Legit, record
 from netns import evidence, procs
 from netns.lab import Lab, run_dir
@@ -71,7 +73,9 @@ def signer(lab) -> Signer:
 
 def cookie_for(lab, user="alice", host=APP, now=None, ttl=3600) -> str:
     import time
-    token, _ = signer(lab).session(user, host, now or time.time(), ttl)
+    # A session names the user's credential version (a removed user's or an old password's ends).
+    stamp = LocalPasswords(UserStore(lab.conf_dir / "gateway-users.json")).stamp(user) or ""
+    token, _ = signer(lab).session(user, host, now or time.time(), ttl, stamp)
     return f"{SESSION_COOKIE}={token}"
 
 

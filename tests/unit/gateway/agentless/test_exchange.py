@@ -27,6 +27,12 @@ class FakeBackend:
     def verify(self, form):
         return form.get("password") == "right"
 
+    def __init__(self):
+        self.versions: dict[str, str | None] = {}  # user -> credential version; None: removed
+
+    def stamp(self, user):
+        return self.versions.get(user, "v1")
+
 
 def gate(**kw):
     apps = {APP: AppConfig(APP, "c", "k", "ca"), HR: AppConfig(HR, "c", "k", "ca", auth="certificate")}
@@ -261,3 +267,20 @@ def test_password_checks_busy_is_503_with_retry_after_and_frees_the_slot():
     assert cmd.status == 503 and hdr(cmd, "retry-after") == ["1"] and ex.record["decision"] == "error"
     assert "busy" in ex.record["reason"]
     assert isinstance(login_post(g, "alice", "right")[1][0], x.CheckPassword)  # not counted as a failure
+
+
+@pytest.mark.parametrize("change,why", [(None, "no longer exists"), ("v2", "password of alice changed")])
+def test_a_session_ends_when_its_user_is_removed_or_changes_password(change, why):
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    cookie = f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\n"
+    assert isinstance(get(g, "/", headers=cookie, now=1001)[1][0], x.Forward)
+    g.backend.versions["alice"] = change  # ztna gateway user remove / passwd alice
+    ex, (cmd,) = get(g, "/", headers=cookie, now=1002)
+    assert cmd.status == 302 and ex.record["decision"] == "bad-session" and why in ex.record["reason"], ex.record
+    if change:  # signing in again with the new password gives a session that works
+        _, (cmd,) = sign_in(g, now=1003)
+        token, _ = session_cookie(cmd)
+        ex, (cmd,) = get(g, "/", headers=f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\n", now=1004)
+        assert isinstance(cmd, x.Forward)

@@ -146,3 +146,18 @@ def test_limiter_against_a_naive_count():
         recent = [t for k, t in log if k == key and t > now - 10][-4:]
         want = 0.0 if len(recent) < 4 else recent[0] + 10 - now
         assert abs(lim.retry_after(key, now) - want) < 1e-9
+
+
+def test_local_passwords_stamp_changes_with_passwd_and_is_none_after_remove(tmp_path):
+    from gateway.agentless.auth import LocalPasswords
+    p = tmp_path / "users.json"
+    cli = users.UserStore(p)
+    cli.add("alice", "correct horse")
+    backend = LocalPasswords(users.UserStore(p))  # the running gateway's own copy
+    first = backend.stamp("alice")
+    assert first and backend.stamp("alice") == first and "correct" not in first
+    assert backend.stamp("nobody") is None
+    cli.passwd("alice", "battery staple")  # another process: the gateway sees it by the file's mtime
+    assert backend.stamp("alice") not in (None, first)
+    cli.remove("alice")
+    assert backend.stamp("alice") is None
