@@ -73,9 +73,20 @@ class CheckPassword:
 
 @dataclass(frozen=True)
 class Forward:
-    """Send ``head`` to the app, then relay the body and the answer; ``upgrade``: a WebSocket handshake."""
+    """Send ``head`` to the app, then relay the body and the answer; ``upgrade``: a WebSocket handshake.
+
+    ``retry``: a kept-alive upstream connection that breaks before any answer may be replaced and the
+    request sent again (only safe, bodiless requests: the app may have acted on it before closing).
+    """
     head: bytes
     upgrade: bool = False
+    retry: bool = False
+
+
+# Sent again without the browser knowing only if repeating them cannot act twice: the safe methods
+# (RFC 9110 9.2.1). PUT and DELETE are idempotent (9.2.2) but a repeat can still answer differently
+# (a 404 for the second DELETE), so they are not retried either.
+RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 @dataclass(frozen=True)
@@ -181,7 +192,7 @@ class Exchange:
         self.record["decision"], self.record["reason"] = "allow", f"{why}; {reason}"
         up = rewrite.upstream_request(head, client=self.client.address, host=self.app.name,
                                       identity_header=self.app.identity_header, identity=identity)
-        return [Forward(up, upgrade=rewrite.is_websocket(head))]
+        return [Forward(up, upgrade=rewrite.is_websocket(head), retry=head.method in RETRY_METHODS and length == 0)]
 
     def body(self, data: bytes) -> list:
         """The login form's body (after ReadBody)."""

@@ -430,9 +430,9 @@ class _BrowserConn:
             except _UpstreamError as exc:
                 upload.cancel()
                 self._drop_upstream()
-                if attempt == 1 and not fresh and length == 0 and exc.status == 502:
-                    # A kept-alive connection the app had closed meanwhile: nothing was processed, so one
-                    # new connection may carry the same bodiless request (RFC 9110 9.2.2).
+                if attempt == 1 and not fresh and cmd.retry and exc.status == 502:
+                    # A kept-alive connection the app had closed meanwhile: one new connection may carry
+                    # the same request if it is safe and bodiless (the exchange says; RFC 9112 9.3.1.1).
                     try:
                         self.up = await self.front.connect_upstream(self.app)
                         continue

@@ -284,3 +284,19 @@ def test_a_session_ends_when_its_user_is_removed_or_changes_password(change, why
         token, _ = session_cookie(cmd)
         ex, (cmd,) = get(g, "/", headers=f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\n", now=1004)
         assert isinstance(cmd, x.Forward)
+
+
+@pytest.mark.parametrize("method,body,retry", [
+    ("GET", "", True), ("HEAD", "", True), ("OPTIONS", "", True),
+    ("POST", "", False), ("DELETE", "", False), ("PATCH", "", False), ("PUT", "", False),
+    ("GET", "Content-Length: 3\r\n", False),  # a body is not kept to be sent twice
+])
+def test_only_safe_bodiless_requests_may_be_retried_on_a_new_upstream_connection(method, body, retry):
+    # A kept-alive connection the app closed may have processed the request before closing:
+    # repeating a POST or a DELETE could act twice (RFC 9110 9.2.2, RFC 9112 9.3.1.1).
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    ex = g.exchange(x.Client("198.51.100.30", APP), 1001)
+    (cmd,) = ex.request(req(f"{method} / HTTP/1.1\r\nHost: {APP}\r\n{body}Cookie: {rewrite.SESSION_COOKIE}={token}\r\n\r\n"))
+    assert isinstance(cmd, x.Forward) and cmd.retry is retry
