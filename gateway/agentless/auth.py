@@ -11,6 +11,7 @@ provider and ``verify`` with the code exchange) never touches the proxy.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 from . import pages
@@ -30,6 +31,12 @@ class Backend(Protocol):
 
     def verify(self, form: dict[str, str]) -> bool:
         """True when the form proves the claimed user (may block: called off the loop)."""
+
+    def stamp(self, user: str) -> str | None:
+        """A short version of ``user``'s credentials, None when the user no longer exists (cheap: per request).
+
+        Sealed in the session at sign-in and compared on every request, so removing the user or
+        changing the password ends the sessions signed in before."""
 
 
 class LocalPasswords:
@@ -53,3 +60,14 @@ class LocalPasswords:
         except UserError:
             pass  # keep the users read last time; the file is being fixed
         return self.store.verify(form.get("user", "").strip(), form.get("password", ""))
+
+    def stamp(self, user: str) -> str | None:
+        try:
+            self.store.refresh()  # a stat; the file is read again only when its mtime changed
+        except UserError:
+            pass
+        stored = self.store.users.get(user)
+        if stored is None:
+            return None
+        # A hash of the stored hash (salt included): changes with every passwd, says nothing of the password.
+        return hashlib.sha256(stored.encode()).hexdigest()[:16]

@@ -47,7 +47,10 @@ class AgentlessConfig:
     login_user_limit: int = 5  # failed logins per user name ...
     login_addr_limit: int = 20  # ... and per source address ...
     login_window: float = 300.0  # ... within this many seconds
+    login_workers: int = 2  # threads that run password checks (scrypt), apart from the DNS lookups' ...
+    login_queue: int = 16  # ... and checks that may wait for one; past that, 503 with Retry-After
     max_connections: int = 2000
+    max_connections_per_source: int = 64  # browser connections from one address at once
     max_form: int = 8192
     apps: list[AppConfig] = field(default_factory=list, init=False)
 
@@ -92,6 +95,11 @@ def load(data: dict, path: Path, *, default_ca: str) -> AgentlessConfig | None:
         cfg.apps.append(app)
     if not Path(cfg.client_ca).is_file():
         raise ConfigError(f"{path}: [agentless] client_ca = {cfg.client_ca} does not exist")
+    for n in ("max_connections", "max_connections_per_source", "login_workers"):
+        if getattr(cfg, n) < 1:
+            raise ConfigError(f"{path}: [agentless] {n} must be 1 or more")
+    if cfg.login_queue < 0:
+        raise ConfigError(f"{path}: [agentless] login_queue must be 0 or more")
     for t in ("header_timeout", "idle_timeout", "body_timeout", "upstream_connect_timeout", "upstream_timeout", "session_ttl"):
         if getattr(cfg, t) <= 0:
             raise ConfigError(f"{path}: [agentless] {t} must be positive")

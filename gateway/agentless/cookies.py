@@ -44,6 +44,7 @@ class Session:
     issued: int
     expires: int
     sid: str
+    stamp: str = ""  # the backend's credential version at sign-in (Backend.stamp)
 
 
 def _b64(data: bytes) -> str:
@@ -93,15 +94,17 @@ class Signer:
         return fields
 
     # ---- the session cookie ----------------------------------------------------
-    def session(self, identity: str, host: str, now: float, ttl: float) -> tuple[str, Session]:
-        s = Session(identity, host, int(now), int(now + ttl), secrets.token_urlsafe(12))
-        return self.seal("session", {"u": identity, "h": host, "iat": s.issued, "exp": s.expires, "sid": s.sid}), s
+    def session(self, identity: str, host: str, now: float, ttl: float, stamp: str = "") -> tuple[str, Session]:
+        s = Session(identity, host, int(now), int(now + ttl), secrets.token_urlsafe(12), stamp)
+        return self.seal("session", {"u": identity, "h": host, "iat": s.issued, "exp": s.expires, "sid": s.sid,
+                                     "pw": stamp}), s
 
     def open_session_untrusted(self, token: str, host: str, now: float) -> Session:
         f = self.open_untrusted(token, "session", host=host, now=now)
         if not isinstance(f.get("u"), str) or not isinstance(f.get("sid"), str) or not isinstance(f.get("iat"), int):
             raise BadToken("malformed", "session token lacks its fields")
-        return Session(f["u"], host, f["iat"], f["exp"], f["sid"])
+        stamp = f.get("pw", "")
+        return Session(f["u"], host, f["iat"], f["exp"], f["sid"], stamp if isinstance(stamp, str) else "")
 
     # ---- the login form's CSRF token ---------------------------------------------
     def csrf(self, host: str, now: float, ttl: float = 900) -> str:

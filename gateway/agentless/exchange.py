@@ -73,9 +73,20 @@ class CheckPassword:
 
 @dataclass(frozen=True)
 class Forward:
-    """Send ``head`` to the app, then relay the body and the answer; ``upgrade``: a WebSocket handshake."""
+    """Send ``head`` to the app, then relay the body and the answer; ``upgrade``: a WebSocket handshake.
+
+    ``retry``: a kept-alive upstream connection that breaks before any answer may be replaced and the
+    request sent again (only safe, bodiless requests: the app may have acted on it before closing).
+    """
     head: bytes
     upgrade: bool = False
+    retry: bool = False
+
+
+# Sent again without the browser knowing only if repeating them cannot act twice: the safe methods
+# (RFC 9110 9.2.1). PUT and DELETE are idempotent (9.2.2) but a repeat can still answer differently
+# (a 404 for the second DELETE), so they are not retried either.
+RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class Exchange:
         self.gate, self.app, self.client, self.now = gate, app, client, now
         self.head: http1.RequestHead | None = None
         self.form: dict[str, str] = {}
+        self.checking: tuple[str, str] | None = None  # the limiter keys of a password check in flight
         self.record: dict = {"app": app.name, "client": client.address, "identity": None,
                              "decision": None, "reason": None}
 
@@ -155,6 +167,7 @@ class Exchange:
         try:
             host, port = http1.split_authority(hosts[0], default_port=443)
             length = http1.body_length(head)
+            http1.hop_by_hop(head)  # a Connection naming Content-Length would smuggle a request past the app
         except http1.BadRequest as exc:
             return self._refuse(exc.status, "error", str(exc), close=True)
         if host != self.client.sni or port != 443:
@@ -179,7 +192,7 @@ class Exchange:
         self.record["decision"], self.record["reason"] = "allow", f"{why}; {reason}"
         up = rewrite.upstream_request(head, client=self.client.address, host=self.app.name,
                                       identity_header=self.app.identity_header, identity=identity)
-        return [Forward(up, upgrade=rewrite.is_websocket(head))]
+        return [Forward(up, upgrade=rewrite.is_websocket(head), retry=head.method in RETRY_METHODS and length == 0)]
 
     def body(self, data: bytes) -> list:
         """The login form's body (after ReadBody)."""
@@ -205,10 +218,28 @@ class Exchange:
             return self._login_page(429, "rate-limited", f"failed sign-ins for {user} from {self.client.address} over "
                                     f"the limit; refused for {int(wait) + 1}s", text, next_url,
                                     ("Retry-After", str(int(wait) + 1)))
+        # In flight from now until checked() or abandon(): concurrent POSTs must see this one.
+        self.checking = (f"user:{user}", f"addr:{self.client.address}")
+        self.gate.by_user.begin(self.checking[0])
+        self.gate.by_addr.begin(self.checking[1])
         return [CheckPassword(self.form)]
+
+    def busy(self) -> list:
+        """The password checks are all taken: 503, and this attempt counts for nothing."""
+        self.abandon()
+        return self._refuse(503, "error", "sign-in busy: every password check worker is taken and the queue is full",
+                            hint="Try again in a moment.", headers=(("Retry-After", "1"),))
+
+    def abandon(self) -> None:
+        """The password check issued will not report (the browser left, or it was never run)."""
+        if self.checking is not None:
+            self.gate.by_user.end(self.checking[0])
+            self.gate.by_addr.end(self.checking[1])
+            self.checking = None
 
     def checked(self, ok: bool, now: float) -> list:
         """The backend's verdict on the form."""
+        self.abandon()  # settled: counted below as a failure or a success instead
         user = self.gate.backend.claimed(self.form) or "?"
         next_url = safe_next(self.form.get("next", "/"))
         if not ok:
@@ -217,7 +248,8 @@ class Exchange:
             return self._login_page(401, "login-failed", f"wrong user name or password for {user!r}",
                                     "Wrong user name or password.", next_url)
         self.gate.by_user.success(f"user:{user}")
-        token, s = self.gate.signer.session(user, self.app.name, now, self.gate.session_ttl)
+        token, s = self.gate.signer.session(user, self.app.name, now, self.gate.session_ttl,
+                                            self.gate.backend.stamp(user) or "")
         return self._respond(303, "login", f"signed in as {user} (backend {self.gate.backend.name}); session until "
                              f"{s.expires}", b"", ("Location", next_url),
                              _cookie(rewrite.SESSION_COOKIE, token, int(self.gate.session_ttl)),
@@ -238,6 +270,11 @@ class Exchange:
             return None, f"session cookie refused: {exc}"
         if s.sid in self.gate.revoked:
             return None, "session cookie refused: ended by logout"
+        stamp = self.gate.backend.stamp(s.identity)
+        if stamp is None:
+            return None, f"session cookie refused: user {s.identity} no longer exists"
+        if not hmac.compare_digest(stamp, s.stamp):
+            return None, f"session cookie refused: the password of {s.identity} changed since this sign-in"
         return s.identity, f"session of {s.identity}"
 
     def _own(self, path: str, length) -> list:

@@ -12,7 +12,7 @@ import html
 REASONS = {200: "OK", 302: "Found", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
            413: "Content Too Large", 421: "Misdirected Request", 429: "Too Many Requests",
-           431: "Request Header Fields Too Large", 502: "Bad Gateway", 504: "Gateway Timeout",
+           431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
            505: "HTTP Version Not Supported"}
 
 _STYLE = ("body{font-family:sans-serif;max-width:34em;margin:4em auto;color:#222}"

@@ -4,12 +4,15 @@ Towards the app (:func:`upstream_request`):
 
 * hop-by-hop fields go (RFC 9110 7.6.1: ``Connection`` and every field it
   names, ``Keep-Alive``, ``TE``, ``Upgrade``...), except the ``Upgrade`` of a
-  WebSocket handshake, which the gateway relays on purpose;
+  WebSocket handshake, which the gateway relays on purpose; a ``Connection``
+  naming ``Content-Length``, ``Transfer-Encoding`` or ``Host`` is refused
+  (:func:`gateway.proxy.http1.hop_by_hop`, checked by the exchange first);
 * ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
   ``Forwarded`` (RFC 7239) are *replaced*, never appended to: the gateway is
   the first hop anybody can trust, so what a browser claims there is dropped;
 * the identity header (``X-Ztna-User`` unless configured) is always the
-  gateway's: any copy the client sent is removed first, whatever its case;
+  gateway's: any copy the client sent is removed first, whatever its case and
+  whether it spells ``-`` as ``_`` (as are the forwarding fields);
 * the gateway's own cookies are taken out of ``Cookie``: the app never sees
   the session token.
 
@@ -32,7 +35,7 @@ OURS = (SESSION_COOKIE, CSRF_COOKIE)
 FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
 
 
-def _hop_by_hop(headers, connection_values: list[str]) -> set[str]:
+def _response_hop_by_hop(connection_values: list[str]) -> set[str]:
     drop = set(http1.HOP_BY_HOP)
     for v in connection_values:
         drop |= {t.strip().lower() for t in v.split(",") if t.strip()}
@@ -72,11 +75,14 @@ def _for_node(client: str) -> str:
 def upstream_request(head: http1.RequestHead, *, client: str, host: str, identity_header: str, identity: str) -> bytes:
     """The request head the app receives (see the module docstring)."""
     upgrade = is_websocket(head)
-    drop = _hop_by_hop(head.headers, head.all("connection")) | FORWARDING | {identity_header.lower()}
+    drop = http1.hop_by_hop(head)
+    # Compared with "_" read as "-": CGI, WSGI, PHP, Rack (and nginx with underscores_in_headers)
+    # map X_Ztna_User and X-Ztna-User alike to HTTP_X_ZTNA_USER, so either spelling is a spoof.
+    ours = FORWARDING | {identity_header.lower().replace("_", "-")}
     lines = [f"{head.method} {head.target} HTTP/1.1"]
     for k, v in head.headers:
         lk = k.lower()
-        if lk in drop:
+        if lk in drop or lk.replace("_", "-") in ours:
             continue
         if lk == "cookie":
             v = _without_our_cookies(v)
@@ -93,7 +99,7 @@ def upstream_request(head: http1.RequestHead, *, client: str, host: str, identit
 
 def client_response(head: ResponseHead, *, close: bool, upgrade: bool = False) -> bytes:
     """The response head the browser receives."""
-    drop = _hop_by_hop(head.headers, head.all("connection"))
+    drop = _response_hop_by_hop(head.all("connection"))
     lines = [f"HTTP/1.1 {head.status} {head.reason}"]
     for k, v in head.headers:
         lk = k.lower()

@@ -25,14 +25,17 @@ import logging
 import socket
 import ssl
 import time
+from collections import Counter
 
 from gateway.policy import Policy
 from gateway.proxy import http1
 from ztna import pki, tlswire
+from ztna.loglimit import LogLimiter, suffix
 
 from . import pages
 from . import route as routing
 from .auth import LocalPasswords
+from .checks import PasswordChecks
 from .config import AUTH_CERTIFICATE, AgentlessConfig, AppConfig
 from .cookies import Signer, load_or_create_key
 from .exchange import CheckPassword, Client, Forward, Gate, ReadBody, Respond
@@ -80,6 +83,8 @@ class Front:
         self.upstream_ctx = {a.name: _upstream_context(a) for a in cfg.apps}
         self.store = UserStore(cfg.users)
         self.backend = LocalPasswords(self.store)
+        # Not the default executor: that one resolves apps with the private DNS server for agents too.
+        self.checks = PasswordChecks(workers=cfg.login_workers, queue=cfg.login_queue)
         self.gate = Gate(self.apps, policy, Signer(load_or_create_key(cfg.session_key)), self.backend,
                          session_ttl=cfg.session_ttl, user_limit=cfg.login_user_limit,
                          addr_limit=cfg.login_addr_limit, window=cfg.login_window, max_form=cfg.max_form)
@@ -88,8 +93,15 @@ class Front:
         # keepalive is: a browser that opens a new connection per request must not cost a TLS
         # handshake with the app each time.
         self.pool: dict[str, list[Upstream]] = {a.name: [] for a in cfg.apps}
-        self.active = 0
         self.refused = 0
+        self._start_counting()
+
+    def _start_counting(self) -> None:
+        # Browser connections leave the gateway's handshake gate once claimed, so their TLS handshakes,
+        # head waits and keep-alives are bounded here: in total and per source address.
+        self.active = 0
+        self.by_source: Counter = Counter()
+        self.busy_log = LogLimiter(interval=10.0)
 
     def _server_context(self, app: AppConfig) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -115,16 +127,34 @@ class Front:
             log.warning("refused %s on port 443: %s (TLS alert %d)", peer, r.reason, r.alert)
             _alert_and_close(sock, r.alert)
             return True
+        source = peer.rpartition(":")[0]
+        why = None
         if self.active >= self.cfg.max_connections:
-            log.warning("refused %s for %s: %d browser connections already", peer, r.app, self.active)
+            why = f"{self.active} browser connections already (max_connections)"
+        elif self.by_source[source] >= self.cfg.max_connections_per_source:
+            why = f"{self.by_source[source]} browser connections from {source} already (max_connections_per_source)"
+        if why is not None:
+            self.refused += 1
+            quiet = self.busy_log.allow(source, time.monotonic())
+            if quiet is not None:
+                log.warning("refused %s for %s: %s%s", peer, r.app, why, suffix(quiet))
             _alert_and_close(sock, tlswire.ALERT_INTERNAL_ERROR)
             return True
-        asyncio.ensure_future(self._serve(sock, peer, r.app))
+        # Counted now, not in the task: claims finishing in the same loop turn must see each other.
+        self.active += 1
+        self.by_source[source] += 1
+        task = asyncio.ensure_future(self._serve(sock, peer, r.app))
+        task.add_done_callback(lambda _: self._left(source))  # also when cancelled before it ran
         return True
+
+    def _left(self, source: str) -> None:
+        self.active -= 1
+        self.by_source[source] -= 1
+        if self.by_source[source] <= 0:
+            del self.by_source[source]
 
     # ---- one browser connection --------------------------------------------------------
     async def _serve(self, sock: socket.socket, peer: str, name: str) -> None:
-        self.active += 1
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=PIECE)
         proto = asyncio.StreamReaderProtocol(reader)
@@ -153,7 +183,6 @@ class Front:
         except Exception:  # a bug must end this connection, never the gateway
             log.exception("browser %s for %s: unexpected error", peer, name)
         finally:
-            self.active -= 1
             if writer is not None:
                 writer.close()
             if up is not None:
@@ -332,14 +361,18 @@ class _BrowserConn:
                     body_read = True
                     cmds = ex.body(data)
                 elif isinstance(cmd, CheckPassword):
-                    ok = await asyncio.get_running_loop().run_in_executor(None, self.front.backend.verify, cmd.form)
-                    cmds = ex.checked(ok, time.time())
+                    check = self.front.checks.submit(self.front.backend.verify, cmd.form)
+                    if check is None:
+                        cmds = ex.busy()
+                    else:
+                        cmds = ex.checked(await check, time.time())
                 elif isinstance(cmd, Forward):
                     keep = await self._forward(head, cmd, stats, t0)
         except (_Closed, TimeoutError) as exc:
             keep = False
             ex.record["reason"] = f"{ex.record.get('reason')}; connection ended: {exc or 'timeout'}"
         finally:
+            ex.abandon()  # a password check that never reported must not hold its rate-limit slot
             rec = ex.record
             line = {"time": _now(), "identity": rec.get("identity"), "app": rec["app"], "client": rec["client"],
                     "method": head.method, "path": rec.get("path"), **stats, "decision": rec.get("decision"),
@@ -397,9 +430,9 @@ class _BrowserConn:
             except _UpstreamError as exc:
                 upload.cancel()
                 self._drop_upstream()
-                if attempt == 1 and not fresh and length == 0 and exc.status == 502:
-                    # A kept-alive connection the app had closed meanwhile: nothing was processed, so one
-                    # new connection may carry the same bodiless request (RFC 9110 9.2.2).
+                if attempt == 1 and not fresh and cmd.retry and exc.status == 502:
+                    # A kept-alive connection the app had closed meanwhile: one new connection may carry
+                    # the same request if it is safe and bodiless (the exchange says; RFC 9112 9.3.1.1).
                     try:
                         self.up = await self.front.connect_upstream(self.app)
                         continue
@@ -602,6 +635,7 @@ async def _peek(sock: socket.socket, timeout: float) -> tuple[tlswire.ClientHell
     """The ClientHello, read without taking it from the socket; (None, why) when there is none."""
     loop = asyncio.get_running_loop()
     need = 5
+    seen = -1  # bytes the last peek returned; -1 before the first
     try:
         async with asyncio.timeout(timeout):
             while True:
@@ -613,7 +647,12 @@ async def _peek(sock: socket.socket, timeout: float) -> tuple[tlswire.ClientHell
                     return None, str(exc)
                 if data == b"":
                     return None, "the client closed before its ClientHello"
+                if data is not None and len(data) <= seen:
+                    # Woken (the low-water mark not reached) with nothing new: only a FIN does that, and
+                    # epoll would report it readable again at once, for ever (a busy loop until the timeout).
+                    return None, f"the client closed before its ClientHello ({len(data)} of {need} bytes came)"
                 if data:
+                    seen = len(data)
                     try:
                         hello, need = routing.peek_untrusted(data)
                     except tlswire.BadTLS as exc:

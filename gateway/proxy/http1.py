@@ -168,16 +168,35 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-a
                         "proxy-authenticate", "te", "trailer", "upgrade"})
 
 
+# Fields a client may not declare hop-by-hop: a proxy that dropped them would forward a body
+# sized by a Content-Length the next hop never sees (it reads the body as a second request:
+# smuggling), or a request without its Host.
+NOT_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "host"})
+
+
+def hop_by_hop(head: RequestHead) -> set[str]:
+    """The lower-case names of the fields a proxy drops from ``head`` (RFC 9110 7.6.1).
+
+    :data:`HOP_BY_HOP` and every field the ``Connection`` header names.  A
+    ``Connection`` naming a field in :data:`NOT_HOP_BY_HOP` raises
+    BadRequest(400): refusing is safer than either obeying or ignoring it.
+    """
+    named = {t.strip().lower() for v in head.all("connection") for t in v.split(",") if t.strip()}
+    bad = named & NOT_HOP_BY_HOP
+    if bad:
+        raise BadRequest(400, f"Connection names {', '.join(sorted(bad))}: a field that frames or routes the "
+                              "request cannot be hop-by-hop (a proxy dropping it would let the body smuggle a request)")
+    return set(HOP_BY_HOP) | named
+
+
 def origin_request(head: RequestHead, path: str, *, host_header: str) -> bytes:
     """Rewrite an absolute-form proxy request for the origin.
 
     Origin-form target, no hop-by-hop fields, one request per connection, and a
     Host taken from the target (RFC 9112 3.2.2: the proxy replaces the client's).
+    Raises BadRequest for a ``Connection`` that names a framing field (:func:`hop_by_hop`).
     """
-    drop = set(HOP_BY_HOP) | {"host"}
-    for v in head.all("connection"):
-        drop |= {t.strip().lower() for t in v.split(",")}
-    drop.discard("transfer-encoding")
+    drop = hop_by_hop(head) | {"host"}
     lines = [f"{head.method} {path} {head.version}", f"Host: {host_header}"]
     lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in drop]
     lines.append("Connection: close")

@@ -36,8 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from gateway.agentless.auth import LocalPasswords  # noqa: E402
 from gateway.agentless.cookies import Signer  # noqa: E402
 from gateway.agentless.rewrite import SESSION_COOKIE  # noqa: E402
+from gateway.agentless.users import UserStore  # noqa: E402
 from netns import procs  # noqa: E402
 from netns.lab import Lab  # noqa: E402
 from netns.scenarios.agent import APP, APP_IP, GW_PUBLIC, PRIV_DNS  # noqa: E402
@@ -188,7 +190,9 @@ def main() -> int:
                                                                               lab.pki_dir / f"{APP}.key")),
                                        name="web-app"), APP_IP, 443)
         lab.set_resolvers("gateway", [PRIV_DNS])  # mitmproxy looks the app up like the gateway: private DNS
-        token, _ = Signer((lab.conf_dir / "gateway-session.key").read_bytes()).session("alice", APP, time.time(), 3600)
+        stamp = LocalPasswords(UserStore(lab.conf_dir / "gateway-users.json")).stamp("alice") or ""
+        token, _ = Signer((lab.conf_dir / "gateway-session.key").read_bytes()).session("alice", APP, time.time(), 3600,
+                                                                                        stamp)
         contenders = [
             {"label": "ztna", "port": PORTS["ztna"], "pid": lab.procs["gateway"].pid, "cookie": f"{SESSION_COOKIE}={token}"},
             {"label": "nginx", "port": PORTS["nginx"], "pid": start_nginx(lab).pid, "cookie": None},

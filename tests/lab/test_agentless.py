@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.agentless.auth import LocalPasswords
 from gateway.agentless.cookies import Signer
 from gateway.agentless.rewrite import SESSION_COOKIE
+from gateway.agentless.users import UserStore
 from legit import Legit, record
 from netns import evidence, procs
 from netns.lab import Lab, run_dir
@@ -71,7 +73,9 @@ def signer(lab) -> Signer:
 
 def cookie_for(lab, user="alice", host=APP, now=None, ttl=3600) -> str:
     import time
-    token, _ = signer(lab).session(user, host, now or time.time(), ttl)
+    # A session names the user's credential version (a removed user's or an old password's ends).
+    stamp = LocalPasswords(UserStore(lab.conf_dir / "gateway-users.json")).stamp(user) or ""
+    token, _ = signer(lab).session(user, host, now or time.time(), ttl, stamp)
     return f"{SESSION_COOKIE}={token}"
 
 
@@ -290,6 +294,9 @@ def test_a_client_stalling_mid_body_is_cut_off(lab):
     record("client stalls mid-body (3)", 3, "both connections closed after the 2 s body timeout", user)
 
 
+_SMUGGLED = "GET /smuggled HTTP/1.1\r\nHost: app.mycompany.net\r\nX-Ztna-User: admin\r\n\r\n"
+
+
 @pytest.mark.parametrize("raw,why", [
     ("POST / HTTP/1.1\\r\\nHost: app.mycompany.net\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n"
      "0\\r\\n\\r\\nGET /smuggled HTTP/1.1\\r\\nHost: app.mycompany.net\\r\\n\\r\\n", "both Transfer-Encoding and Content-Length"),
@@ -297,6 +304,10 @@ def test_a_client_stalling_mid_body_is_cut_off(lab):
     ("POST / HTTP/1.1\\r\\nHost: app.mycompany.net\\r\\nContent-Length: -1\\r\\n\\r\\n", "bad Content-Length"),
     ("POST / HTTP/1.1\\r\\nHost: app.mycompany.net\\r\\nTransfer-Encoding: chunked, identity\\r\\n\\r\\n", "does not end in chunked"),
     ("GET / HTTP/1.1\\r\\nHost: app.mycompany.net\\r\\nX-A: 1\\r\\n folded\\r\\n\\r\\n", "obsolete line folding"),
+    # Signed in: were Content-Length dropped as hop-by-hop, the app would read the body as a request of its own.
+    ("POST /conn-smuggle HTTP/1.1\\r\\nHost: app.mycompany.net\\r\\nCookie: {cookie}\\r\\n"
+     "Connection: keep-alive, content-length\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(_SMUGGLED), _SMUGGLED.replace("\r\n", "\\r\\n")),
+     "Connection names content-length"),
 ])
 def test_smuggling_attempts_get_400_and_close(lab, raw, why):
     with legit(lab) as user:
@@ -304,6 +315,8 @@ def test_smuggling_attempts_get_400_and_close(lab, raw, why):
     assert all(g["status"] == 400 and g["closed_after"] is not None and g["responses"] == 1 for g in got), got
     assert why in gwlog(lab)
     assert not any(r.get("path") == "/smuggled" for r in access(lab))
+    app_log = Path(lab.procs["web-app"].log).read_text(errors="replace")
+    assert "/smuggled" not in app_log and "/conn-smuggle" not in app_log  # the app received nothing
     user.assert_clean()
     record(f"smuggling: {why}", 3, "400, connection closed, nothing reached the app", user)
 

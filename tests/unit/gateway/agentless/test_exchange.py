@@ -27,6 +27,12 @@ class FakeBackend:
     def verify(self, form):
         return form.get("password") == "right"
 
+    def __init__(self):
+        self.versions: dict[str, str | None] = {}  # user -> credential version; None: removed
+
+    def stamp(self, user):
+        return self.versions.get(user, "v1")
+
 
 def gate(**kw):
     apps = {APP: AppConfig(APP, "c", "k", "ca"), HR: AppConfig(HR, "c", "k", "ca", auth="certificate")}
@@ -183,3 +189,114 @@ def test_login_form_limits():
     ex = g.exchange(x.Client("198.51.100.30", APP), 0)
     (cmd,) = ex.request(req(f"POST /.ztna/login HTTP/1.1\r\nHost: {APP}\r\nTransfer-Encoding: chunked\r\n\r\n"))
     assert cmd.status == 411
+
+
+@pytest.mark.parametrize("named", ["content-length", "Content-Length", "transfer-encoding", "host"])
+def test_connection_naming_a_framing_or_routing_field_is_refused_before_the_app(named):
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    smuggled = f"GET /admin HTTP/1.1\r\nHost: {APP}\r\nX-Ztna-User: admin\r\n\r\n"
+    ex = g.exchange(x.Client("198.51.100.30", APP), 1001)
+    (cmd,) = ex.request(req(f"POST / HTTP/1.1\r\nHost: {APP}\r\nConnection: keep-alive, {named}\r\n"
+                            f"Content-Length: {len(smuggled)}\r\nCookie: {rewrite.SESSION_COOKIE}={token}\r\n\r\n"))
+    assert isinstance(cmd, x.Respond) and cmd.status == 400 and cmd.close
+    assert ex.record["decision"] == "error" and "Connection" in ex.record["reason"]
+    assert named.lower() in ex.record["reason"]
+
+
+def test_identity_and_forwarding_headers_spelled_with_underscores_are_stripped():
+    # WSGI/CGI/PHP/Rack map X_Ztna_User and X-Ztna-User alike to HTTP_X_ZTNA_USER: the client's copy must go.
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    ex, (cmd,) = get(g, "/", headers=f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\nX_Ztna_User: admin\r\n"
+                     "x_ztna-USER: admin2\r\nX_Forwarded_For: 10.9.9.9\r\nX-Real_IP: 10.9.9.8\r\nX_Other: kept\r\n", now=1001)
+    assert isinstance(cmd, x.Forward)
+    assert b"admin" not in cmd.head and b"10.9.9." not in cmd.head
+    assert b"X-Ztna-User: alice\r\n" in cmd.head and b"X_Other: kept\r\n" in cmd.head
+
+
+def login_post(g, user, password, now=1000.0):
+    """A sign-in POST up to its password check: (exchange, the commands after the body)."""
+    _, (page,) = get(g, "/.ztna/login", now=now)
+    csrf = re.search(r"csrf=(\S+) ", page.body.decode()).group(1)
+    body = urllib.parse.urlencode({"user": user, "password": password, "csrf": csrf, "next": "/"}).encode()
+    ex = g.exchange(x.Client("198.51.100.30", APP), now)
+    ex.request(req(f"POST /.ztna/login HTTP/1.1\r\nHost: {APP}\r\nContent-Length: {len(body)}\r\n"
+                   f"Origin: https://{APP}\r\nCookie: {rewrite.CSRF_COOKIE}={csrf}\r\n\r\n"))
+    return ex, ex.body(body)
+
+
+def test_logins_issued_before_any_result_count_against_the_limit_while_in_flight():
+    # The password check runs off the loop: N POSTs that all arrive before the first result must
+    # not all be checked (the limit counts failures plus checks in flight).
+    g = gate(user_limit=3, addr_limit=10)
+    pending = [login_post(g, "alice", "wrong", now=1000 + i / 10) for i in range(6)]
+    checks = [ex for ex, cmds in pending if isinstance(cmds[0], x.CheckPassword)]
+    refused = [cmds[0] for ex, cmds in pending if not isinstance(cmds[0], x.CheckPassword)]
+    assert len(checks) == 3 and all(c.status == 429 and hdr(c, "retry-after") for c in refused)
+    for ex in checks:
+        (cmd,) = ex.checked(False, 1001)
+        assert cmd.status == 401
+    _, cmds = login_post(g, "alice", "right", now=1002)
+    assert cmds[0].status == 429  # three failures now, no longer in flight
+    # The address limit counts in flight too, across user names.
+    g = gate(user_limit=3, addr_limit=4)
+    got = [login_post(g, f"u{i}", "wrong")[1][0] for i in range(6)]
+    assert [isinstance(c, x.CheckPassword) for c in got] == [True] * 4 + [False] * 2
+
+
+def test_a_check_that_succeeds_or_is_abandoned_frees_its_slot():
+    g = gate(user_limit=2, addr_limit=10)
+    ex1, (c1,) = login_post(g, "alice", "right")
+    ex2, (c2,) = login_post(g, "alice", "right")
+    assert isinstance(c1, x.CheckPassword) and isinstance(c2, x.CheckPassword)
+    assert login_post(g, "alice", "right")[1][0].status == 429
+    assert ex1.checked(True, 1000)[0].status == 303
+    ex2.abandon()  # the browser left while its password was being checked
+    ex2.abandon()  # twice is harmless
+    assert isinstance(login_post(g, "alice", "right")[1][0], x.CheckPassword)
+
+
+def test_password_checks_busy_is_503_with_retry_after_and_frees_the_slot():
+    g = gate(user_limit=1, addr_limit=10)
+    ex, (cmd,) = login_post(g, "alice", "right")
+    assert isinstance(cmd, x.CheckPassword)
+    (cmd,) = ex.busy()
+    assert cmd.status == 503 and hdr(cmd, "retry-after") == ["1"] and ex.record["decision"] == "error"
+    assert "busy" in ex.record["reason"]
+    assert isinstance(login_post(g, "alice", "right")[1][0], x.CheckPassword)  # not counted as a failure
+
+
+@pytest.mark.parametrize("change,why", [(None, "no longer exists"), ("v2", "password of alice changed")])
+def test_a_session_ends_when_its_user_is_removed_or_changes_password(change, why):
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    cookie = f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\n"
+    assert isinstance(get(g, "/", headers=cookie, now=1001)[1][0], x.Forward)
+    g.backend.versions["alice"] = change  # ztna gateway user remove / passwd alice
+    ex, (cmd,) = get(g, "/", headers=cookie, now=1002)
+    assert cmd.status == 302 and ex.record["decision"] == "bad-session" and why in ex.record["reason"], ex.record
+    if change:  # signing in again with the new password gives a session that works
+        _, (cmd,) = sign_in(g, now=1003)
+        token, _ = session_cookie(cmd)
+        ex, (cmd,) = get(g, "/", headers=f"Cookie: {rewrite.SESSION_COOKIE}={token}\r\n", now=1004)
+        assert isinstance(cmd, x.Forward)
+
+
+@pytest.mark.parametrize("method,body,retry", [
+    ("GET", "", True), ("HEAD", "", True), ("OPTIONS", "", True),
+    ("POST", "", False), ("DELETE", "", False), ("PATCH", "", False), ("PUT", "", False),
+    ("GET", "Content-Length: 3\r\n", False),  # a body is not kept to be sent twice
+])
+def test_only_safe_bodiless_requests_may_be_retried_on_a_new_upstream_connection(method, body, retry):
+    # A kept-alive connection the app closed may have processed the request before closing:
+    # repeating a POST or a DELETE could act twice (RFC 9110 9.2.2, RFC 9112 9.3.1.1).
+    g = gate()
+    _, (cmd,) = sign_in(g)
+    token, _ = session_cookie(cmd)
+    ex = g.exchange(x.Client("198.51.100.30", APP), 1001)
+    (cmd,) = ex.request(req(f"{method} / HTTP/1.1\r\nHost: {APP}\r\n{body}Cookie: {rewrite.SESSION_COOKIE}={token}\r\n\r\n"))
+    assert isinstance(cmd, x.Forward) and cmd.retry is retry

@@ -116,3 +116,48 @@ def test_user_cli_add_passwd_remove(tmp_path):
     assert r.exit_code == 0 and users.UserStore(tmp_path / "users.json").users == {}
     r = run(gateway, ["user", "add", "--config", str(tmp_path / "none.toml"), "--password-stdin", "x"], input="pw\n")
     assert r.exit_code != 0 and "no such configuration file" in r.output
+
+
+def test_flooding_the_limiter_with_new_keys_does_not_reset_a_victims_count():
+    # Eviction must not let fresh keys push out the key with the most failures (a guesser would
+    # flood random user names, then guess the victim's password again).
+    lim = FailureLimiter(3, 60, max_keys=8)
+    for t in range(3):
+        lim.failure("user:victim", t)
+    assert lim.retry_after("user:victim", 3) > 0
+    for i in range(100):
+        lim.failure(f"user:random{i}", 4 + i / 100)
+    assert lim.retry_after("user:victim", 5) > 0
+    assert len(lim.fails) <= 8
+    lim.failure("user:late", 200)  # once the victim's failures have left the window, it may go
+    assert lim.retry_after("user:victim", 200) == 0 and len(lim.fails) <= 8
+
+
+def test_limiter_against_a_naive_count():
+    # The sliding window checked against counting every failure ever made, with a seeded RNG.
+    import random
+    rng = random.Random(7)
+    lim, log = FailureLimiter(4, 10, max_keys=10_000), []
+    for step in range(2000):
+        now, key = step / 10, f"k{rng.randrange(5)}"
+        if rng.random() < 0.6:
+            lim.failure(key, now)
+            log.append((key, now))
+        recent = [t for k, t in log if k == key and t > now - 10][-4:]
+        want = 0.0 if len(recent) < 4 else recent[0] + 10 - now
+        assert abs(lim.retry_after(key, now) - want) < 1e-9
+
+
+def test_local_passwords_stamp_changes_with_passwd_and_is_none_after_remove(tmp_path):
+    from gateway.agentless.auth import LocalPasswords
+    p = tmp_path / "users.json"
+    cli = users.UserStore(p)
+    cli.add("alice", "correct horse")
+    backend = LocalPasswords(users.UserStore(p))  # the running gateway's own copy
+    first = backend.stamp("alice")
+    assert first and backend.stamp("alice") == first and "correct" not in first
+    assert backend.stamp("nobody") is None
+    cli.passwd("alice", "battery staple")  # another process: the gateway sees it by the file's mtime
+    assert backend.stamp("alice") not in (None, first)
+    cli.remove("alice")
+    assert backend.stamp("alice") is None

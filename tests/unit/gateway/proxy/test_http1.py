@@ -145,3 +145,15 @@ def test_byte_class_tables_match_the_naive_checks():
         assert (c not in http1._TOKEN) == bool(b.translate(None, http1._TOKEN_BYTES))
         assert (c <= 0x20 or c >= 0x7F) == bool(b.translate(None, http1._TARGET_BYTES))
         assert ((c < 0x20 and c != 0x09) or c == 0x7F) == bool(b.translate(None, http1._VALUE_BYTES))
+
+
+@pytest.mark.parametrize("named", ["content-length", "Transfer-Encoding", "host"])
+def test_connection_naming_a_framing_or_routing_field_is_refused(named):
+    # Dropping a field the client lists in Connection would let it remove Content-Length (the
+    # origin then reads the body as a second request) or Host: refused, not obeyed.
+    head, _ = http1.parse_request_head_untrusted(
+        f"POST http://a.com/x HTTP/1.1\r\nHost: a.com\r\nConnection: keep-alive, {named}\r\n"
+        f"Content-Length: 5\r\n\r\n".encode())
+    with pytest.raises(BadRequest) as e:
+        http1.origin_request(head, "/x", host_header="a.com")
+    assert e.value.status == 400 and named.lower() in str(e.value)
