@@ -57,9 +57,14 @@ class AgentScenario(Scenario):
     def capture_extra(self):
         return [(h, "lo") for h, _, _ in self.clients] + [(h, "ztna0") for h, _, _ in self.clients] + [("gateway", "ztgw0")]
 
+    def public_hosts(self) -> list[tuple[str, str]]:
+        """(host, address) of every host on the public segment beside inet (the agentless scenario adds browsers)."""
+        return [(h, ip) for h, ip, _ in self.clients]
+
     def topology(self) -> Topology:
         t = Topology(self.name)
-        for host, ip, _ in self.clients:
+        hosts = self.public_hosts()
+        for host, ip in hosts:
             t.host(host).addr("eth0", f"{ip}/24").route("default", "198.51.100.1")
         inet = t.host("inet", forward=True)
         for a in ("198.51.100.1/24", f"{PUBLIC_DNS}/24", f"{WWW}/24"):
@@ -69,10 +74,10 @@ class AgentScenario(Scenario):
             .route("default", "203.0.113.1")
         t.host("privdns").addr("eth0", f"{PRIV_DNS}/24")
         t.host("app").addr("eth0", f"{APP_IP}/24").addr("eth0", f"{HR_IP}/24")
-        if len(self.clients) == 1:
-            t.link(self.clients[0][0], "eth0", "inet", "eth0")
+        if len(hosts) == 1:
+            t.link(hosts[0][0], "eth0", "inet", "eth0")
         else:
-            t.switch("pub", *[(h, "eth0") for h, _, _ in self.clients], ("inet", "eth0"))
+            t.switch("pub", *[(h, "eth0") for h, _ in hosts], ("inet", "eth0"))
         t.link("inet", "eth1", "gateway", "eth0")
         t.switch("lan", ("gateway", "eth1"), ("privdns", "eth0"), ("app", "eth0"))
         return t

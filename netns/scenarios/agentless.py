@@ -23,7 +23,6 @@ from dnslib import QTYPE
 from .. import capture, evidence, flow, procs
 from ..lab import Lab
 from ..report import Step
-from ..topology import Topology
 from .agent import (APP, APP_IP, GW_NAME, GW_PUBLIC, HR, HR_IP, PRIV_DNS, PRIVATE_ZONE, PUBLIC_DNS, WWW, AgentScenario,
                     web_argv)
 from ztna import pki
@@ -64,23 +63,8 @@ class AgentlessScenario(AgentScenario):
     def capture_extra(self):
         return [("gateway", "ztgw0")]
 
-    def topology(self) -> Topology:
-        t = Topology(self.name)
-        hosts = [(h, ip) for h, ip, _ in self.clients] + [self.browser] + self.extra_browsers
-        for host, ip in hosts:
-            t.host(host).addr("eth0", f"{ip}/24").route("default", "198.51.100.1")
-        inet = t.host("inet", forward=True)
-        for a in ("198.51.100.1/24", f"{PUBLIC_DNS}/24", f"{WWW}/24"):
-            inet.addr("eth0", a)
-        inet.addr("eth1", "203.0.113.1/24")
-        t.host("gateway", forward=True).addr("eth0", f"{GW_PUBLIC}/24").addr("eth1", "192.168.1.1/24") \
-            .route("default", "203.0.113.1")
-        t.host("privdns").addr("eth0", f"{PRIV_DNS}/24")
-        t.host("app").addr("eth0", f"{APP_IP}/24").addr("eth0", f"{HR_IP}/24")
-        t.switch("pub", *[(h, "eth0") for h, _ in hosts], ("inet", "eth0"))
-        t.link("inet", "eth1", "gateway", "eth0")
-        t.switch("lan", ("gateway", "eth1"), ("privdns", "eth0"), ("app", "eth0"))
-        return t
+    def public_hosts(self) -> list[tuple[str, str]]:
+        return super().public_hosts() + [self.browser] + self.extra_browsers
 
     # ---- services -----------------------------------------------------------------------
     def start(self, lab: Lab) -> None:
