@@ -82,6 +82,17 @@ _users_opt = click.option("--users-file", type=click.Path(path_type=Path), help=
 _stdin_opt = click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
 
 
+def _set_password(config: Path, users_file: Path | None, password_stdin: bool, name: str, *, new: bool) -> None:
+    from .agentless.users import UserError
+
+    store = _store(config, users_file)
+    try:
+        (store.add if new else store.passwd)(name, _password(password_stdin))
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"added {name} to {store.path}" if new else f"changed the password of {name} in {store.path}")
+
+
 @user.command("add")
 @_config_opt
 @_users_opt
@@ -89,14 +100,7 @@ _stdin_opt = click.option("--password-stdin", is_flag=True, help="read the passw
 @click.argument("name")
 def user_add(config: Path, users_file: Path | None, password_stdin: bool, name: str) -> None:
     """Add user NAME with a password (asked twice, or --password-stdin)."""
-    from .agentless.users import UserError
-
-    store = _store(config, users_file)
-    try:
-        store.add(name, _password(password_stdin))
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"added {name} to {store.path}")
+    _set_password(config, users_file, password_stdin, name, new=True)
 
 
 @user.command("passwd")
@@ -105,15 +109,8 @@ def user_add(config: Path, users_file: Path | None, password_stdin: bool, name: 
 @_stdin_opt
 @click.argument("name")
 def user_passwd(config: Path, users_file: Path | None, password_stdin: bool, name: str) -> None:
-    """Set a new password for user NAME (sessions already open keep running until they expire)."""
-    from .agentless.users import UserError
-
-    store = _store(config, users_file)
-    try:
-        store.passwd(name, _password(password_stdin))
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"changed the password of {name} in {store.path}")
+    """Set a new password for user NAME (the user's open sessions end: they were signed before it)."""
+    _set_password(config, users_file, password_stdin, name, new=False)
 
 
 @user.command("remove")
