@@ -32,6 +32,7 @@ class GatewayConfig:
     max_pending_per_source: int = 32     # ... and from one source address
     pressure_handshake_timeout: float = 2.0  # the deadline of new handshakes while half of max_pending wait
     queue_limit: int = 8 * 1024 * 1024
+    crl: str = ""                        # the CA's CRL (`ztna pki revoke`), re-read when it changes; "" = none
     log_level: str = "INFO"
     agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig, from [agentless]
 
@@ -63,6 +64,18 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
     for key in ("cert", "key", "ca"):
         if not Path(getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: [gateway] {key} = {getattr(cfg, key)} does not exist")
+    if cfg.crl:
+        from cryptography import x509
+
+        from ztna.crl import CRLError, parse
+
+        try:
+            parse(Path(cfg.crl).read_bytes(), x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes()), where=cfg.crl)
+        except OSError as exc:
+            raise ConfigError(f"{path}: [gateway] crl = {cfg.crl}: cannot read it ({exc.strerror}); "
+                              "`ztna pki crl --dir DIR` writes an empty one") from None
+        except (CRLError, ValueError) as exc:
+            raise ConfigError(f"{path}: [gateway] crl: {exc}") from None
     from .agentless.config import load as load_agentless
 
     cfg.agentless = load_agentless(data, path, default_ca=cfg.ca)
