@@ -13,7 +13,8 @@ Tunnel states (SPEC.md §1 steps 2-6; frames as in ztna/wire.py)::
     down --first packet to a leased address--> connecting   (Connect; at most one try a second)
     connecting --tunnel_up--> hello (HELLO sent)     --tunnel_failed--> down (waiting packets: ICMP host unreachable)
     hello --WELCOME--> up (LEASE for every lease with waiting packets or flows)
-    hello --closed--> down (the gateway refused us: waiting packets get ICMP host unreachable)
+    hello --closed--> down (the gateway refused us, e.g. a revoked certificate: waiting packets are
+                            refused, TCP with a RST, so established flows end too)
     up --LEASE_RESULT allowed--> the lease's waiting packets go out as DATA
        --LEASE_RESULT denied-->  they are refused (RST, ICMP port/host unreachable)
        --no word for 3 x keepalive--> Close;  --quiet for keepalive--> KEEPALIVE
@@ -203,7 +204,17 @@ class AgentSession:
             lease.state = "new"  # a new tunnel (maybe a new gateway) decides again
         self.counters["tunnel_closed"] += 1
         if was == HELLO:
-            return [Log(logging.ERROR, f"gateway refused the tunnel: {reason}"), *self._unreachable()]
+            # The gateway itself said no: asking again will not help, so refuse (a RST ends even an
+            # established TCP flow, where host unreachable is only a soft error that leaves it hanging).
+            cmds = [Log(logging.ERROR, f"gateway refused the tunnel: {reason}")]
+            refusals: list = []
+            for q in self.pending.values():
+                for buf, f in q:
+                    self._refuse(buf, f, "the gateway refused the tunnel", refusals, cmds)
+            self.pending.clear()
+            if refusals:
+                cmds.append(WriteTun(refusals))
+            return cmds
         return [Log(logging.WARNING, f"tunnel closed: {reason}")]
 
     def stop(self, now: float) -> list:

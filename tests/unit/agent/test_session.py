@@ -156,9 +156,14 @@ def test_gateway_refusing_during_hello_fails_the_waiting_packets():
     addr = lease(s)
     s.tun_packets([syn(addr)], 1.0)
     s.tunnel_up(1.1)
-    cmds = s.tunnel_closed("gateway closed the tunnel: agent speaks protocol version 1", 1.2)
-    assert kinds(cmds) == ["Log", "WriteTun"] and cmds[0].level == logging.ERROR
-    assert s.state == a.DOWN
+    s.tun_packets([NO_VNET + bytes(IP(src=ME, dst=addr) / TCP(sport=40001, dport=443, flags="A", seq=5, ack=77))], 1.15)
+    cmds = s.tunnel_closed("gateway closed the tunnel: certificate revoked", 1.2)
+    assert kinds(cmds)[0] == "Log" and kinds(cmds)[-1] == "WriteTun" and cmds[0].level == logging.ERROR
+    # Refused, not "unreachable": a RST for the new connection and for the established flow's ACK.
+    rsts = [IP(p[10:]) for p in cmds[-1].packets]
+    assert [(r[TCP].dport, "R" in str(r[TCP].flags)) for r in rsts] == [(40000, True), (40001, True)]
+    assert rsts[1][TCP].seq == 77  # the ACK's ack number: the RST lands in the window
+    assert s.state == a.DOWN and not s.pending
 
 
 # ---- leases granted or refused ----------------------------------------------------------------------
