@@ -178,47 +178,71 @@ class Agent:
             log.debug("TUN write failed: %s", exc)
 
     # ---- the tunnel ------------------------------------------------------
-    def _resolve_gateway(self) -> str:
+    def _resolve_gateway(self) -> list[str]:
+        """Every A record of the gateway's name, from the first upstream that has any."""
         last: Exception | None = None
         for server in self.upstreams:
             try:
                 rec = dnswire.ask(server, self.cfg.gateway, "A", timeout=2.0, tries=1)
                 addrs = dnswire.addresses(rec, "A")
                 if addrs:
-                    return addrs[0]
+                    return addrs
                 last = LookupError(f"{server} answered {dnswire.rcode_name(rec)} with no address")
             except (OSError, TimeoutError, dnswire.BadMessage) as exc:
                 last = exc
         raise LookupError(f"cannot find gateway {self.cfg.gateway} through public DNS ({', '.join(self.upstreams)}): {last}")
 
     async def _connect(self) -> None:
+        """Every address of the gateway in turn (the one that served last first), until one takes us."""
+        try:
+            addrs = await self.loop.run_in_executor(None, self._resolve_gateway)
+        except LookupError as exc:
+            addrs, errors = [], [str(exc)]
+        else:
+            errors = []
+            log.info("gateway %s is %s (public DNS)", self.cfg.gateway, ", ".join(addrs))
+            if self.gateway_ip in addrs:
+                addrs.remove(self.gateway_ip)
+                addrs.insert(0, self.gateway_ip)
+        for ip in addrs:
+            got = await self._connect_to(ip)
+            if isinstance(got, str):
+                errors.append(f"{ip}: {got}")
+                log.warning("gateway %s at %s: %s%s", self.cfg.gateway, ip, got,
+                            "; trying the next address" if ip != addrs[-1] else "")
+                continue
+            conn, ssock = got
+            self.gateway_ip = ip
+            self.tunnel = conn
+            conn.start_reading()
+            log.info("TLS %s with %s:%d (%s), certificate %s presented", ssock.version(), ip,
+                     self.cfg.gateway_port, ssock.cipher()[0], self.identity)
+            self._perform(self.core.tunnel_up(time.monotonic()))
+            return
+        reason = "; ".join(errors) or "no address"
+        log.warning("tunnel to %s not built: %s", self.cfg.gateway, reason)
+        self._perform(self.core.tunnel_failed(reason, time.monotonic()))
+
+    async def _connect_to(self, ip: str):
+        """(FramedTLS, SSLSocket) with the gateway at ``ip``, or the reason it failed."""
         sock = None
         try:
-            self.gateway_ip = await self.loop.run_in_executor(None, self._resolve_gateway)
-            log.info("gateway %s is %s (public DNS)", self.cfg.gateway, self.gateway_ip)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.wait_for(self.loop.sock_connect(sock, (self.gateway_ip, self.cfg.gateway_port)),
+            await asyncio.wait_for(self.loop.sock_connect(sock, (ip, self.cfg.gateway_port)),
                                    self.cfg.connect_timeout)
             ssock = self.ctx.wrap_socket(sock, server_hostname=self.cfg.gateway, do_handshake_on_connect=False)
             sock = ssock
-            conn = FramedTLS(ssock, name=f"gateway {self.gateway_ip}",
+            conn = FramedTLS(ssock, name=f"gateway {ip}",
                              on_data=lambda data: self._perform(self.core.receive_data(data, time.monotonic())),
                              on_close=self._on_tunnel_close, on_blocked=self._on_blocked)
             await conn.handshake(self.cfg.connect_timeout)
-        except (OSError, LookupError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
             if sock is not None:
                 sock.close()
-            reason = str(exc) or type(exc).__name__
-            log.warning("tunnel to %s not built: %s", self.cfg.gateway, reason)
-            self._perform(self.core.tunnel_failed(reason, time.monotonic()))
-            return
-        self.tunnel = conn
-        conn.start_reading()
-        log.info("TLS %s with %s:%d (%s), certificate %s presented", ssock.version(), self.gateway_ip,
-                 self.cfg.gateway_port, ssock.cipher()[0], self.identity)
-        self._perform(self.core.tunnel_up(time.monotonic()))
+            return str(exc) or type(exc).__name__
+        return conn, ssock
 
     def _on_tunnel_close(self, reason: str) -> None:
         self.tunnel = None

@@ -10,7 +10,8 @@ the TUN or a clock: time comes in as ``now``.
 
 Tunnel states (SPEC.md §1 steps 2-6; frames as in ztna/wire.py)::
 
-    down --first packet to a leased address--> connecting   (Connect; at most one try a second)
+    down --first packet to a leased address--> connecting   (Connect, when agent/backoff.py allows;
+                                                              a tick retries for packets still waiting)
     connecting --tunnel_up--> hello (HELLO sent)     --tunnel_failed--> down (waiting packets: ICMP host unreachable)
     hello --WELCOME--> up (LEASE for every lease with waiting packets or flows)
     hello --closed--> down (the gateway refused us, e.g. a revoked certificate: waiting packets are
@@ -44,6 +45,7 @@ from ztna.loglimit import LogLimiter, suffix
 from ztna.names import PatternSet
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
 
+from .backoff import Backoff
 from .dnsdecide import Decision, decide
 from .leases import Lease, LeasePool
 
@@ -53,7 +55,6 @@ HELLO = "hello"
 UP = "up"
 
 PENDING_MAX = 64
-RETRY = 1.0  # seconds between two attempts to build the tunnel
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
@@ -68,7 +69,8 @@ class AgentSession:
     """The decisions of one agent: its leases and its tunnel (see the module docstring)."""
 
     def __init__(self, pool: LeasePool, apps: PatternSet, *, address: str, keepalive: float = 15.0,
-                 dns_ttl: int = 10, pending_max: int = PENDING_MAX, now: float = 0.0):
+                 dns_ttl: int = 10, pending_max: int = PENDING_MAX, now: float = 0.0,
+                 backoff: Backoff | None = None):
         self.pool = pool
         self.apps = apps
         self.address_text = address
@@ -81,7 +83,8 @@ class AgentSession:
         self.decoder = wire.Decoder()
         self.pending: dict[bytes, list] = {}  # lease address -> [(packet, its Flow)]
         self.announced: set[bytes] = set()
-        self.last_attempt = -1e9
+        self.backoff = backoff or Backoff()
+        self.up_since = now
         self.last_rx = self.last_tx = now
         self.last_error = ""
         self.counters: Counter = Counter()
@@ -163,9 +166,8 @@ class AgentSession:
             cmds.append(Log(logging.INFO, f"refused SYN to {ip4_text(f.dst)}: {why}"))
 
     def _ensure_tunnel(self, cmds: list, now: float) -> None:
-        if self.state != DOWN or now - self.last_attempt < RETRY:
+        if self.state != DOWN or not self.backoff.may_try(now):
             return
-        self.last_attempt = now
         self._set(CONNECTING, now)
         cmds.append(Connect())
 
@@ -192,12 +194,15 @@ class AgentSession:
         """The tunnel could not be built (``reason`` says why)."""
         self.last_error = reason
         self._set(DOWN, now)
-        return self._unreachable()
+        delay = self.backoff.failed(now)
+        return [Log(logging.INFO, f"next attempt in {delay:.2f}s at the earliest "
+                                  f"({self.backoff.failures} failure(s) in a row)"), *self._unreachable()]
 
     def tunnel_closed(self, reason: str, now: float) -> list:
         """The tunnel is gone, whoever closed it."""
         was = self.state
         self.last_error = reason
+        self.backoff.ended(now - self.up_since if was == UP else 0.0, now)
         self._set(DOWN, now)
         self.announced.clear()
         for lease in self.pool.by_name.values():
@@ -232,6 +237,8 @@ class AgentSession:
         for lease in self.pool.expire(now):
             cmds.append(Log(logging.INFO, f"lease {lease.fqdn} {lease.addr_text} reclaimed (idle)"))
             self._forget(lease, cmds, now)
+        if self.state == DOWN and self.pending:
+            self._ensure_tunnel(cmds, now)  # packets wait out a backoff: try when it allows
         if self.state == UP:
             if now - self.last_rx > 3 * self.keepalive:
                 cmds.append(Close(f"no word from the gateway for {3 * self.keepalive:.0f}s"))
@@ -307,6 +314,7 @@ class AgentSession:
             cmds.append(Close("protocol error: WELCOME twice"))
             return
         self._set(UP, now)
+        self.up_since = now
         self.counters["tunnel_up"] += 1
         cmds.append(Log(logging.INFO, f"tunnel up: gateway knows us as {fields.get('identity')} "
                                       f"(session {fields.get('session')})"))
