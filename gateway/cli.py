@@ -47,7 +47,7 @@ def run_cmd(config: Path, run_dir: Path | None) -> None:
             raise click.ClickException(f"[agentless]: {exc}") from exc
     try:
         asyncio.run(gw.run())
-    except (TunError, NftError, OSError) as exc:
+    except (TunError, NftError, OSError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -35,6 +35,7 @@ class GatewayConfig:
     crl: str = ""                        # the CA's CRL (`ztna pki revoke`), re-read when it changes; "" = none
     log_level: str = "INFO"
     agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig, from [agentless]
+    metrics_listen: tuple | None = field(default=None, init=False)  # [metrics] listen: Prometheus, off when None
 
 
 def load(path: Path) -> tuple[GatewayConfig, Policy]:
@@ -79,4 +80,12 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
     from .agentless.config import load as load_agentless
 
     cfg.agentless = load_agentless(data, path, default_ca=cfg.ca)
+    mdoc = data.get("metrics", {})
+    if not isinstance(mdoc, dict) or set(mdoc) - {"listen"}:
+        raise ConfigError(f"{path}: [metrics] has unknown key(s) {', '.join(sorted(set(mdoc) - {'listen'}))}; known: listen"
+                          if isinstance(mdoc, dict) else f"{path}: [metrics] must be a table")
+    if mdoc.get("listen"):
+        from ztna.metrics import parse_listen
+
+        cfg.metrics_listen = parse_listen(mdoc["listen"], f"{path}: [metrics] listen")
     return cfg, Policy(table)

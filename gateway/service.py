@@ -173,6 +173,7 @@ class Gateway:
             self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
             self.loop.add_reader(self.tun.fd, self._on_tun)
             ticker = asyncio.create_task(self._tick())
+            self._start_metrics()
             log.info("gateway listening on %s:%d (TLS 1.3, client certificates from %s); TUN %s %s; private DNS %s",
                      self.cfg.listen, self.cfg.port, self.cfg.ca, self.tun.name, self.cfg.inside_network,
                      ", ".join(self.cfg.private_dns))
@@ -195,6 +196,8 @@ class Gateway:
                 self.tun.close()
             if self.state is not None:
                 self.state.remove()
+            if getattr(self, "exporter", None) is not None:
+                self.exporter.stop()
 
     async def _tick(self) -> None:
         n = 0
@@ -207,6 +210,31 @@ class Gateway:
                 self._perform(s, s.core.tick(now))
             if n % 2 == 0:
                 await self._read_nft()
+
+    # ---- metrics (off unless [metrics] listen) ------------------------------------
+    def _start_metrics(self) -> None:
+        from ztna import metrics
+
+        self.exporter = metrics.serve(self.metric_families, self.cfg.metrics_listen)
+
+    def metric_families(self) -> list:
+        """A scrape (on the exporter's thread): a snapshot of the counts the loop keeps anyway."""
+        from .metrics import Snapshot, families
+
+        for _ in range(3):  # the loop may change the dicts meanwhile: take the copy again
+            try:
+                sessions = list(self.sessions.values())
+                counters = dict(self.counters)
+                break
+            except RuntimeError:
+                continue
+        else:
+            sessions, counters = [], dict(self.counters)
+        snap = Snapshot(counters, sessions=len(sessions),
+                        leases=sum(len(s.core.nat.routes) for s in sessions if s.core.nat is not None),
+                        bytes_in=counters.get("closed_bytes_in", 0) + sum(s.conn.bytes_in for s in sessions),
+                        bytes_out=counters.get("closed_bytes_out", 0) + sum(s.conn.bytes_out for s in sessions))
+        return families(snap)
 
     # ---- live reload (SIGHUP, `ztna gateway reload`) ----------------------------
     def _on_hup(self) -> None:
@@ -239,6 +267,7 @@ class Gateway:
         before = self.counters["leases_withdrawn"]
         for s in list(self.sessions.values()):
             self._perform(s, s.core.set_policy(policy))
+        self.counters["reloads_taken"] += 1
         msg = f"{p.message}, {self.counters['leases_withdrawn'] - before} lease(s) withdrawn"
         log.info("%s%s", msg, "".join(f"; {c}" for c in p.changes))
         return True, msg, p.changes
@@ -356,6 +385,7 @@ class Gateway:
         conn.on_data = lambda data: self._perform(s, core.receive_data(data, time.monotonic()))
         conn.on_close = lambda reason: self._on_close(s, reason)
         self.sessions[sid] = s
+        self.counters["sessions_started"] += 1
         cert = ssock.getpeercert()
         issuer = dict(x for rdn in cert.get("issuer", ()) for x in rdn).get("commonName", "?")
         log.info("session %d from %s: identity %s (certificate CN=%s, issuer %s, valid until %s), %s",
@@ -371,6 +401,8 @@ class Gateway:
 
     def _on_close(self, s: Session, reason: str) -> None:
         self.sessions.pop(s.id, None)
+        self.counters["closed_bytes_in"] += s.conn.bytes_in
+        self.counters["closed_bytes_out"] += s.conn.bytes_out
         core = s.core
         nat = core.nat
         self._perform(s, core.closed_by_shell())

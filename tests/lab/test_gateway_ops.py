@@ -20,6 +20,8 @@ from ztna import crl, pki
 
 pytestmark = pytest.mark.lab
 
+METRICS = "192.168.1.1:9190"  # the gateway's LAN side; scraped from privdns
+ROGUE = str(Path(__file__).with_name("rogue.py"))
 BIG = 200_000_000  # bytes: at --limit-rate 300k, a download of many minutes
 
 
@@ -29,7 +31,8 @@ class GatewayOps(AgentScenario):
     policy = {"alice": [APP, HR], "bob": [HR]}
 
     def gateway_conf(self, lab):
-        return super().gateway_conf(lab).replace("[policy]", f'crl = "{lab.pki_dir}/crl.pem"\n\n[policy]')
+        return (super().gateway_conf(lab).replace("[policy]", f'crl = "{lab.pki_dir}/crl.pem"\n\n[policy]')
+                + f'\n[metrics]\nlisten = "{METRICS}"\n')
 
     def start_gateway(self, lab):
         path = lab.pki_dir / "crl.pem"
@@ -88,6 +91,39 @@ def ended(lab, name):
 def reload_gw(lab):
     r = lab.exec("gateway", procs.ztna_argv("gateway", "reload", "--run-dir", str(lab.root / "run-gw")), timeout=30)
     return r.returncode, r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+
+
+def scrape(lab):
+    """GET /metrics with curl from privdns: {(name, labels text): value}."""
+    r = lab.exec("privdns", ["curl", "-sS", "--max-time", "5", f"http://{METRICS}/metrics"])
+    assert r.returncode == 0, r.stderr.decode()
+    out = {}
+    for line in r.stdout.decode().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            name, _, labels = key.partition("{")
+            out[(name, labels.rstrip("}"))] = float(value)
+    return out
+
+
+def test_metrics_count_sessions_leases_bytes_refusals_and_handshake_failures(lab):
+    before = scrape(lab)
+    fails = log(lab, "gateway").count("no client certificate presented")
+    assert lab.exec("client2", curl(lab, "client2", f"https://{HR}/")).returncode == 0
+    assert lab.exec("client2", curl(lab, "client2", f"https://{APP}/")).returncode == 7  # bob may not: lease denied
+    r = lab.exec("client", [sys.executable, ROGUE, "tls", "203.0.113.20", "443", str(lab.pki_dir / "ca.pem"), "-", "-"])
+    assert r.returncode == 0, r.stderr
+    procs.wait_until(lambda: log(lab, "gateway").count("no client certificate presented") > fails,
+                     what="the failed handshake")
+    after = scrape(lab)
+    delta = lambda k, labels="": after.get((k, labels), 0) - before.get((k, labels), 0)  # noqa: E731
+    print(f"\nmetrics after: sessions {after[('ztna_gateway_sessions', '')]}, leases {after[('ztna_gateway_leases', '')]}")
+    assert after[("ztna_gateway_sessions", "")] >= 1 and after[("ztna_gateway_leases", "")] >= 1
+    assert delta("ztna_gateway_bytes_total", 'direction="in"') > 0
+    assert delta("ztna_gateway_bytes_total", 'direction="out"') > 0
+    assert delta("ztna_gateway_refusals_total", 'reason="lease-denied"') == 1
+    assert delta("ztna_gateway_handshake_failures_total") == 1
+    assert ("ztna_gateway_queue_drops_total", "") in after
 
 
 def test_reload_withdraws_a_removed_permission_keeps_the_rest_and_refuses_broken_files(lab):
