@@ -34,10 +34,20 @@ class AgentConfig:
     max_leases_per_wildcard: int = 256    # leases at once for the names below one *.domain
     log_level: str = "INFO"
     patterns: PatternSet = field(default_factory=PatternSet, repr=False, init=False)  # derived from apps
+    metrics_listen: tuple | None = field(default=None, init=False)  # [metrics] listen: Prometheus, off when None
 
 
 def load(path: Path) -> AgentConfig:
-    cfg: AgentConfig = section(AgentConfig, load_file(path), "agent", path)
+    data = load_file(path)
+    cfg: AgentConfig = section(AgentConfig, data, "agent", path)
+    mdoc = data.get("metrics", {})
+    if not isinstance(mdoc, dict) or set(mdoc) - {"listen"}:
+        raise ConfigError(f"{path}: [metrics] has unknown key(s) {', '.join(sorted(set(mdoc) - {'listen'}))}; known: listen"
+                          if isinstance(mdoc, dict) else f"{path}: [metrics] must be a table")
+    if mdoc.get("listen"):
+        from ztna.metrics import parse_listen
+
+        cfg.metrics_listen = parse_listen(mdoc["listen"], f"{path}: [metrics] listen")
     try:
         net = ipaddress.IPv4Network(cfg.network)
         for key in ("address", "dns_stub"):

@@ -92,6 +92,9 @@ class Agent:
             os.chmod(self.control_path, 0o600)
             self._resume_tun()
             ticker = asyncio.create_task(self._tick())
+            from ztna import metrics
+
+            self.exporter = metrics.serve(self.metric_families, self.cfg.metrics_listen)
             log.info("agent %s ready; gateway %s:%d (found through public DNS on first use)",
                      self.identity, self.cfg.gateway, self.cfg.gateway_port)
             await stop.wait()
@@ -109,6 +112,8 @@ class Agent:
                 os.close(guardian_fd)
             if self.control_path.exists():
                 self.control_path.unlink()
+            if getattr(self, "exporter", None) is not None:
+                self.exporter.stop()
             if self.tun is not None:
                 if self.reading_tun:
                     self.loop.remove_reader(self.tun.fd)
@@ -245,6 +250,9 @@ class Agent:
         return conn, ssock
 
     def _on_tunnel_close(self, reason: str) -> None:
+        if self.tunnel is not None:
+            self.counters["closed_bytes_in"] += self.tunnel.bytes_in
+            self.counters["closed_bytes_out"] += self.tunnel.bytes_out
         self.tunnel = None
         self._resume_tun()
         self._perform(self.core.tunnel_closed(reason, time.monotonic()))
@@ -331,6 +339,16 @@ class Agent:
                 log.info("upstream %s (tcp) did not answer: %s", server, exc)
         self.counters["dns_upstream_failed"] += 1
         return b""
+
+    # ---- metrics (off unless [metrics] listen) ------------------------------------
+    def metric_families(self) -> list:
+        """A scrape (on the exporter's thread): a snapshot of the counts the core keeps anyway."""
+        from .metrics import Snapshot, families
+
+        c, t = dict(self.counters), self.tunnel
+        return families(Snapshot(c, tunnel_up=self.core.state == "up", leases=len(self.pool.by_addr),
+                                 bytes_in=c.get("closed_bytes_in", 0) + (t.bytes_in if t else 0),
+                                 bytes_out=c.get("closed_bytes_out", 0) + (t.bytes_out if t else 0)))
 
     # ---- status ------------------------------------------------------------
     def status(self) -> dict:

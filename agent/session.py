@@ -194,6 +194,7 @@ class AgentSession:
         """The tunnel could not be built (``reason`` says why)."""
         self.last_error = reason
         self._set(DOWN, now)
+        self.counters["tunnel_failed"] += 1
         delay = self.backoff.failed(now)
         return [Log(logging.INFO, f"next attempt in {delay:.2f}s at the earliest "
                                   f"({self.backoff.failures} failure(s) in a row)"), *self._unreachable()]
@@ -209,6 +210,7 @@ class AgentSession:
             lease.state = "new"  # a new tunnel (maybe a new gateway) decides again
         self.counters["tunnel_closed"] += 1
         if was == HELLO:
+            self.counters["tunnel_refused"] += 1
             # The gateway itself said no: asking again will not help, so refuse (a RST ends even an
             # established TCP flow, where host unreachable is only a soft error that leaves it hanging).
             cmds = [Log(logging.ERROR, f"gateway refused the tunnel: {reason}")]

@@ -257,6 +257,8 @@ class Gateway:
             p = reload_mod.plan(path, self.cfg, self.policy.source, cfg, policy.source)
         except ConfigError as exc:
             p = reload_mod.Plan(False, f"reload refused, the running configuration stays: {describe(path, exc)}", [])
+        except (OSError, ValueError) as exc:  # a file named by the config that cannot be read, ...
+            p = reload_mod.Plan(False, f"reload refused, the running configuration stays: {path}: {exc}", [])
         if not p.ok:
             self.counters["reloads_refused"] += 1
             log.error("%s", p.message)

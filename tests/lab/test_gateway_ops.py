@@ -21,6 +21,7 @@ from ztna import crl, pki
 pytestmark = pytest.mark.lab
 
 METRICS = "192.168.1.1:9190"  # the gateway's LAN side; scraped from privdns
+AGENT_METRICS = "127.0.0.1:9191"  # each agent's loopback; scraped from inside its host
 ROGUE = str(Path(__file__).with_name("rogue.py"))
 BIG = 200_000_000  # bytes: at --limit-rate 300k, a download of many minutes
 
@@ -33,6 +34,11 @@ class GatewayOps(AgentScenario):
     def gateway_conf(self, lab):
         return (super().gateway_conf(lab).replace("[policy]", f'crl = "{lab.pki_dir}/crl.pem"\n\n[policy]')
                 + f'\n[metrics]\nlisten = "{METRICS}"\n')
+
+    def agent_conf(self, lab, host, ident):
+        path = super().agent_conf(lab, host, ident)
+        path.write_text(path.read_text() + f'\n[metrics]\nlisten = "{AGENT_METRICS}"\n')
+        return path
 
     def start_gateway(self, lab):
         path = lab.pki_dir / "crl.pem"
@@ -93,9 +99,9 @@ def reload_gw(lab):
     return r.returncode, r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
 
 
-def scrape(lab):
-    """GET /metrics with curl from privdns: {(name, labels text): value}."""
-    r = lab.exec("privdns", ["curl", "-sS", "--max-time", "5", f"http://{METRICS}/metrics"])
+def scrape(lab, host="privdns", where=METRICS):
+    """GET /metrics with curl from ``host``: {(name, labels text): value}."""
+    r = lab.exec(host, ["curl", "-sS", "--max-time", "5", f"http://{where}/metrics"])
     assert r.returncode == 0, r.stderr.decode()
     out = {}
     for line in r.stdout.decode().splitlines():
@@ -124,6 +130,19 @@ def test_metrics_count_sessions_leases_bytes_refusals_and_handshake_failures(lab
     assert delta("ztna_gateway_refusals_total", 'reason="lease-denied"') == 1
     assert delta("ztna_gateway_handshake_failures_total") == 1
     assert ("ztna_gateway_queue_drops_total", "") in after
+
+
+def test_agent_metrics_count_dns_leases_bytes_and_refusals(lab):
+    before = scrape(lab, "client", AGENT_METRICS)
+    assert lab.exec("client", curl(lab, "client", f"https://{APP}/")).returncode == 0
+    assert lab.exec("client", curl(lab, "client", "https://100.64.9.9/", "--connect-timeout", "5")).returncode == 7
+    after = scrape(lab, "client", AGENT_METRICS)
+    delta = lambda k, labels="": after.get((k, labels), 0) - before.get((k, labels), 0)  # noqa: E731
+    assert after[("ztna_agent_tunnel_up", "")] == 1 and after[("ztna_agent_leases", "")] >= 1
+    assert delta("ztna_agent_dns_queries_total", 'verdict="leased"') >= 1
+    assert delta("ztna_agent_bytes_total", 'direction="in"') > 0 and delta("ztna_agent_bytes_total", 'direction="out"') > 0
+    assert delta("ztna_agent_refusals_total", 'reason="not-leased-or-denied"') >= 1
+    assert ("ztna_agent_handshake_failures_total", "") in after and ("ztna_agent_queue_drops_total", "") in after
 
 
 def test_reload_withdraws_a_removed_permission_keeps_the_rest_and_refuses_broken_files(lab):

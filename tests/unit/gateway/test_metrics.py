@@ -17,3 +17,4 @@ def test_families_render_every_metric_with_its_labels():
                  'ztna_gateway_dropped_packets_total{reason="spoofed"} 6.0',
                  'ztna_gateway_reloads_total{result="refused"} 1.0'):
         assert line in text.splitlines(), line
+

@@ -1,0 +1,16 @@
+"""agent/metrics.py: the families a scrape gets from the agent's counts."""
+
+from ztna.metrics import Exporter
+
+
+def test_agent_families():
+    from agent.metrics import Snapshot as A, families as agent_families
+
+    snap = A({"tunnel_up": 2, "tunnel_failed": 3, "tunnel_refused": 1, "refused": 4, "dropped_pending_full": 5,
+              "dns_leased": 6}, tunnel_up=True, leases=2, bytes_in=10, bytes_out=20)
+    lines = Exporter(lambda: agent_families(snap)).render().splitlines()
+    for line in ("ztna_agent_tunnel_up 1.0", "ztna_agent_sessions_total 2.0", "ztna_agent_leases 2.0",
+                 'ztna_agent_bytes_total{direction="out"} 20.0', 'ztna_agent_refusals_total{reason="gateway-refused"} 1.0',
+                 "ztna_agent_handshake_failures_total 3.0", "ztna_agent_queue_drops_total 5.0",
+                 'ztna_agent_dns_queries_total{verdict="leased"} 6.0'):
+        assert line in lines, line
