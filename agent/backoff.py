@@ -16,7 +16,7 @@ their gateway at the same moment, instead of bringing them back in step.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 BASE = 0.25
 CAP = 15.0

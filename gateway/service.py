@@ -22,6 +22,7 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 
@@ -143,7 +144,7 @@ class Gateway:
         self.nft_seen: dict[str, int] = dict.fromkeys(NFT_COUNTERS, 0)
         self.tun: Tun | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.crl = CrlWatch(cfg.crl, x509.load_pem_x509_certificate(open(cfg.ca, "rb").read())) if cfg.crl else None
+        self.crl = CrlWatch(cfg.crl, x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes())) if cfg.crl else None
 
     # ---- lifecycle -------------------------------------------------------
     async def run(self) -> None:

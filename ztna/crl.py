@@ -131,7 +131,7 @@ class CrlWatch:
             first = not self.loaded
             self.serials, self.error, self.loaded = serials, "", True
             late = " (past its next update: still enforced; run `ztna pki crl` to renew it)" \
-                if past_next_update(data, dt.datetime.now(dt.timezone.utc)) else ""
+                if past_next_update(data, dt.datetime.now(dt.UTC)) else ""
             what = "read" if first else "re-read"
             return f"CRL {self.path} {what}: {len(serials)} revoked certificate(s), {len(added)} new{late}", added
         kept = f"{len(self.serials)} revoked serial(s) read before stay in force" if self.loaded else \

@@ -16,7 +16,15 @@ import pytest
 
 from netns import procs
 from netns.lab import started
-from netns.scenarios.agent import APP, GW_NAME, GW_PUBLIC, PUBLIC_DNS, PUBLIC_ZONES, WWW, AgentScenario
+from netns.scenarios.agent import (
+    APP,
+    GW_NAME,
+    GW_PUBLIC,
+    PUBLIC_DNS,
+    PUBLIC_ZONES,
+    WWW,
+    AgentScenario,
+)
 from netns.topology import Topology
 
 pytestmark = pytest.mark.lab

@@ -4,7 +4,8 @@ from ztna.metrics import Exporter
 
 
 def test_agent_families():
-    from agent.metrics import Snapshot as A, families as agent_families
+    from agent.metrics import Snapshot as A
+    from agent.metrics import families as agent_families
 
     snap = A({"tunnel_up": 2, "tunnel_failed": 3, "tunnel_refused": 1, "refused": 4, "dropped_pending_full": 5,
               "dns_leased": 6}, tunnel_up=True, leases=2, bytes_in=10, bytes_out=20)
