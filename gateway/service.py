@@ -400,6 +400,7 @@ class Gateway:
         if getattr(self, "_front", None) is None:
             from .agentless.server import Front
             self._front = Front(self.cfg.agentless, self.policy, self._resolve)
+            self._front.crl = self.crl
         return self._front
 
     def _on_close(self, s: Session, reason: str) -> None:

@@ -139,4 +139,9 @@ class CrlWatch:
         return f"error: CRL not taken: {self.error}; {kept}", frozenset()
 
     def revoked(self, serial: int) -> bool:
+        """For a leaf the handshake already chained to this CA."""
         return serial in self.serials
+
+    def revoked_cert(self, cert: x509.Certificate) -> bool:
+        """For a leaf that may come from another CA (the agentless front's client CA): issuer and serial."""
+        return cert.issuer == self.ca_cert.subject and cert.serial_number in self.serials

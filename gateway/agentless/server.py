@@ -94,6 +94,7 @@ class Front:
         # handshake with the app each time.
         self.pool: dict[str, list[Upstream]] = {a.name: [] for a in cfg.apps}
         self.refused = 0
+        self.crl = None  # the gateway's ztna.crl.CrlWatch when [gateway] crl is set
         self._start_counting()
 
     def _start_counting(self) -> None:
@@ -176,6 +177,8 @@ class Front:
                     ident = pki.identity_from_peercert(cert)
                 except pki.PKIError:
                     ident = None
+                if self._revoked(transport, peer, name, ident):
+                    return
             conn = _BrowserConn(self, reader, writer, Client(peer.rpartition(":")[0], name, ident), peer)
             up = await conn.run()
         except _Closed:
@@ -187,6 +190,23 @@ class Front:
                 writer.close()
             if up is not None:
                 self.release(name, up)
+
+    def _revoked(self, transport, peer: str, name: str, ident) -> bool:
+        """A client certificate on the gateway's CRL: refused (every new connection is checked)."""
+        if self.crl is None:
+            return False
+        from cryptography import x509
+
+        try:
+            leaf = x509.load_der_x509_certificate(transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        except (ValueError, AttributeError, TypeError):
+            return False
+        if not self.crl.revoked_cert(leaf):
+            return False
+        self.refused += 1
+        log.warning("browser %s for %s: refused: client certificate of %s (serial %x) is revoked",
+                    peer, name, ident, leaf.serial_number)
+        return True
 
     POOL_MAX, POOL_IDLE = 32, 30.0
 

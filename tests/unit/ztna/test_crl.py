@@ -100,3 +100,14 @@ def test_pki_revoke_and_crl_commands(tmp_path):
     (tmp_path / "crl.pem").write_text("junk")
     out = r.invoke(pki_group, ["revoke", "--dir", str(tmp_path), "alice"])
     assert out.exit_code == 1 and "not a PEM certificate revocation list" in out.output
+
+
+def test_revoked_cert_checks_the_issuer_too(ca, tmp_path):
+    a = leaf(ca)
+    other = pki.new_ca("other CA", now=NOW)
+    twin = pki.issue(other, "alice", kind="client", now=NOW).cert
+    path = tmp_path / "crl.pem"
+    path.write_bytes(crl.render(ca, {a.serial_number: NOW, twin.serial_number: NOW}, now=NOW))
+    w = crl.CrlWatch(path, ca.cert)
+    w.poll()
+    assert w.revoked_cert(a) and not w.revoked_cert(twin)  # another CA's serial is not ours to revoke
