@@ -26,6 +26,7 @@ import socket
 import ssl
 import time
 from collections import Counter
+from pathlib import Path
 
 from gateway.policy import Policy
 from gateway.proxy import http1
@@ -37,7 +38,7 @@ from . import route as routing
 from .auth import LocalPasswords
 from .checks import PasswordChecks
 from .config import AUTH_CERTIFICATE, AgentlessConfig, AppConfig
-from .cookies import Signer, load_or_create_key
+from .cookies import Revoked, Signer, load_or_create_key
 from .exchange import CheckPassword, Client, Forward, Gate, ReadBody, Respond
 from .message import UNTIL_CLOSE, BadResponse, Body, parse_response_head_untrusted, response_length
 from .rewrite import client_response
@@ -87,7 +88,11 @@ class Front:
         self.checks = PasswordChecks(workers=cfg.login_workers, queue=cfg.login_queue)
         self.gate = Gate(self.apps, policy, Signer(load_or_create_key(cfg.session_key)), self.backend,
                          session_ttl=cfg.session_ttl, user_limit=cfg.login_user_limit,
-                         addr_limit=cfg.login_addr_limit, window=cfg.login_window, max_form=cfg.max_form)
+                         addr_limit=cfg.login_addr_limit, window=cfg.login_window, max_form=cfg.max_form,
+                         revoked=Revoked(path=Path(cfg.revoked_sessions)))
+        ended = self.gate.revoked
+        log.info("sessions ended by logout: %d still unexpired in %s%s", len(ended.until), cfg.revoked_sessions,
+                 f"; {ended.skipped} unreadable lines skipped" if ended.skipped else "")
         self.access = open(cfg.access_log, "a", buffering=1)
         # Kept-alive connections to each app, shared by browser connections as nginx's upstream
         # keepalive is: a browser that opens a new connection per request must not cost a TLS

@@ -9,6 +9,7 @@ quickly.  Every hostile case runs beside a legitimate user's long downloads on
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -224,6 +225,20 @@ def _refused_cookie(lab, case, cookie, why, n=20):
     assert sum(1 for r in access(lab) if r["path"] == "/secret" and why in (r["reason"] or "")) >= n
     user.assert_clean()
     record(case, n, f"302 to sign-in, logged '{why}'", user)
+
+
+def test_a_logged_out_cookie_stays_refused_after_a_gateway_restart(lab):
+    jar = str(lab.conf_dir / "logout-jar.txt")
+    rc, out, err = lab.sc.sign_in(lab, "alice", USERS["alice"], jar)
+    assert rc == 0 and "(X-Ztna-User): alice" in out, (out, err)
+    (token,) = [line.split("\t")[-1] for line in Path(jar).read_text().splitlines() if f"\t{SESSION_COOKIE}\t" in line]
+    rc, out, _ = curl(lab, "-b", jar, "-o", "/dev/null", "-w", "%{http_code}", f"https://{APP}/.ztna/logout")
+    assert out == "303", out
+    lab.stop("gateway")  # what ended at logout must not come back with a fresh process
+    lab.sc.start_gateway(lab)
+    assert re.search(r"sessions ended by logout: [1-9][0-9]* still unexpired", gwlog(lab)), gwlog(lab)[-2000:]
+    _refused_cookie(lab, "cookie replayed after logout and a gateway restart", f"{SESSION_COOKIE}={token}",
+                    "ended by logout", n=3)
 
 
 def test_forged_cookie(lab):
