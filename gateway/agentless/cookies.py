@@ -63,6 +63,7 @@ class Signer:
         if len(key) < KEY_BYTES:
             raise ValueError(f"a signing key needs at least {KEY_BYTES} bytes")
         self.key = key
+        self._verified: dict[tuple[str, str], Session] = {}
 
     def seal(self, kind: str, fields: dict) -> str:
         payload = json.dumps({"k": kind, **fields}, separators=(",", ":"), sort_keys=True).encode()
@@ -100,12 +101,27 @@ class Signer:
         return self.seal("session", {"u": identity, "h": host, "iat": s.issued, "exp": s.expires, "sid": s.sid,
                                      "pw": stamp}), s
 
+    VERIFIED_MAX = 4096
+
     def open_session_untrusted(self, token: str, host: str, now: float) -> Session:
+        # A browser presents the same cookie on every request: a token whose signature was checked
+        # once is remembered by its exact text (and host), so a kept-alive request costs a dict
+        # lookup and the expiry check, not base64, HMAC and JSON again.  The memo is cleared whole
+        # when it fills; a forged token never enters it.
+        hit = self._verified.get((token, host))
+        if hit is not None:
+            if now >= hit.expires:
+                raise BadToken("expired", f"expired {int(now - hit.expires)}s ago")
+            return hit
         f = self.open_untrusted(token, "session", host=host, now=now)
         if not isinstance(f.get("u"), str) or not isinstance(f.get("sid"), str) or not isinstance(f.get("iat"), int):
             raise BadToken("malformed", "session token lacks its fields")
         stamp = f.get("pw", "")
-        return Session(f["u"], host, f["iat"], f["exp"], f["sid"], stamp if isinstance(stamp, str) else "")
+        s = Session(f["u"], host, f["iat"], f["exp"], f["sid"], stamp if isinstance(stamp, str) else "")
+        if len(self._verified) >= self.VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[(token, host)] = s
+        return s
 
     # ---- the login form's CSRF token ---------------------------------------------
     def csrf(self, host: str, now: float, ttl: float = 900) -> str:

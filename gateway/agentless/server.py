@@ -459,9 +459,7 @@ class _BrowserConn:
             up_close = length == UNTIL_CLOSE or any("close" in v.lower() for v in resp.all("connection"))
             close = client_close or length == UNTIL_CLOSE
             out = client_response(resp, close=close)
-            await self._write(out)
-            stats["bytes_out"] += len(out)
-            await self._download(Body(length), up, stats)
+            await self._download(Body(length), up, stats, out)
             await upload  # the request body was all sent before the app finished (or the app cut it short)
             if up_close or not upload.result():
                 self._drop_upstream()
@@ -571,11 +569,13 @@ class _BrowserConn:
                 raise _UpstreamError(502, f"{self.app.name} closed the connection without answering")
             up.buf += data
 
-    async def _download(self, body: Body, up: Upstream, stats: dict) -> None:
+    async def _download(self, body: Body, up: Upstream, stats: dict, head: bytes) -> None:
+        """The response ``head`` and its body; the part of the body already read goes in the same
+        write as the head (one TLS record and one send for a small answer, not two)."""
         part, up.buf = body.feed_untrusted(up.buf)
-        if part:
-            await self._write(part)
-            stats["bytes_out"] += len(part)
+        first = head + part if part else head
+        await self._write(first)
+        stats["bytes_out"] += len(first)
         while not body.done:
             try:
                 async with asyncio.timeout(self.cfg.upstream_timeout):
