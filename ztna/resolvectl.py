@@ -44,6 +44,11 @@ def probe(resolvectl: str) -> tuple[str | None, str]:
         return str(exc), ""
 
 
+def snapshot(resolvectl: str) -> tuple[str, str]:
+    """``resolvectl dns`` and ``resolvectl domain`` output: what resolved uses now (ResolvedError if it does not answer)."""
+    return run([resolvectl, "dns"]), run([resolvectl, "domain"])
+
+
 def link_target(path: str | Path) -> str | None:
     """The symlink target of ``path``, None when it is not a symlink."""
     try:

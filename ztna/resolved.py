@@ -111,13 +111,13 @@ def status_command(resolvectl: str) -> list[str]:
 _LINE = re.compile(r"^(Global|Link \d+ \(([^)]*)\)):(.*)$")
 
 
-def servers_of(dns_output: str, *, exclude_link: str) -> list[str]:
-    """The DNS servers in ``resolvectl dns`` output, global first, without ``exclude_link``'s.
+def servers_by_link(dns_output: str, *, exclude_link: str) -> list[tuple[str, str]]:
+    """(server, link) in ``resolvectl dns`` output, global first (link ''), without ``exclude_link``'s.
 
-    The agent forwards names it does not own, and finds its gateway, through
-    these: the servers resolved uses for everything else.
+    IPv4 only and no loopback (resolved's own stub address): the servers
+    resolved uses for everything that is not ours.
     """
-    out: list[str] = []
+    out: list[tuple[str, str]] = []
     for line in dns_output.splitlines():
         m = _LINE.match(line.strip())
         if not m or m.group(2) == exclude_link:
@@ -128,8 +128,37 @@ def servers_of(dns_output: str, *, exclude_link: str) -> list[str]:
                 ip = ipaddress.ip_address(addr)
             except ValueError:
                 continue
-            if ip.version == 4 and str(ip) not in out and not ip.is_loopback:
-                out.append(str(ip))
+            if ip.version == 4 and not ip.is_loopback and str(ip) not in [s for s, _ in out]:
+                out.append((str(ip), m.group(2) or ""))
+    return out
+
+
+def servers_of(dns_output: str, *, exclude_link: str) -> list[str]:
+    """The servers of :func:`servers_by_link`, without their links.
+
+    The agent forwards names it does not own, and finds its gateway, through
+    these.
+    """
+    return [s for s, _ in servers_by_link(dns_output, exclude_link=exclude_link)]
+
+
+_DOMAIN = re.compile(r"^~?(?!-)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*$")
+
+
+def domains_by_link(domain_output: str, *, exclude_link: str) -> list[tuple[str, str]]:
+    """(domain, link) in ``resolvectl domain`` output; search and routing-only (``~``) alike, without the ``~``.
+
+    ``~.`` (everything) is no domain to route by and is left out.
+    """
+    out: list[tuple[str, str]] = []
+    for line in domain_output.splitlines():
+        m = _LINE.match(line.strip())
+        if not m or m.group(2) == exclude_link:
+            continue
+        for word in m.group(3).split():
+            d = word.lower().rstrip(".")
+            if _DOMAIN.match(d) and d.lstrip("~") not in [x for x, _ in out]:
+                out.append((d.lstrip("~"), m.group(2) or ""))
     return out
 
 

@@ -68,3 +68,11 @@ def test_servers_of_resolvectl_dns_output_skip_our_link_loopback_and_ipv6():
 def test_revert_of_a_link_that_is_gone_counts_as_done():
     assert R.revert_gone("Failed to resolve interface \"ztna0\": No such device")
     assert not R.revert_gone("Failed to revert interface configuration: Connection timed out")
+
+
+def test_servers_and_domains_by_link_for_the_roaming_client():
+    assert R.servers_by_link(DNS_OUT, exclude_link="ztna-dns") == [
+        ("198.51.100.53", ""), ("10.0.0.53", "eth0"), ("10.0.0.54", "eth0"), ("100.64.0.2", "ztna0")]
+    out = "Global: example.org\nLink 2 (eth0): corp.example ~vpn.example\nLink 7 (ztna-dns): ~.\nLink 9 (tun0): ~.\n"
+    assert R.domains_by_link(out, exclude_link="ztna-dns") == [("example.org", ""), ("corp.example", "eth0"),
+                                                               ("vpn.example", "eth0")]
