@@ -84,8 +84,9 @@ class Resolved:
         return r.returncode, r.stdout.decode(), r.stderr.decode()
 
 
-def start(lab, host: str, dns: list[str]) -> Resolved:
-    """dbus-daemon and systemd-resolved in ``host``'s namespace; global DNS ``dns``; both stopped by the lab."""
+def start(lab, host: str, dns: list[str], domains: list[str] = ()) -> Resolved:
+    """dbus-daemon and systemd-resolved in ``host``'s namespace; global DNS ``dns`` (and search ``domains``);
+    both stopped by the lab."""
     why = missing()
     if why:
         raise RuntimeError(why)
@@ -100,7 +101,7 @@ def start(lab, host: str, dns: list[str]) -> Resolved:
     (d / "etc/group").write_text(Path("/etc/group").read_text() + "systemd-resolve:x:0:\n")
     # The lab's uplink DNS is resolved's global server; nothing else (no fallback servers, no multicast).
     (d / "run/systemd/resolved.conf.d/lab.conf").write_text(
-        "[Resolve]\nDNS=" + " ".join(dns) + "\nFallbackDNS=\nDomains=\nLLMNR=no\nMulticastDNS=no\nDNSSEC=no\n"
+        "[Resolve]\nDNS=" + " ".join(dns) + "\nFallbackDNS=\nDomains=" + " ".join(domains) + "\nLLMNR=no\nMulticastDNS=no\nDNSSEC=no\n"
         "DNSOverTLS=no\nCache=no\nDNSStubListener=yes\n")
     # Programs in the namespace ask resolved's stub, as on a host whose resolv.conf links to it.
     lab.set_resolvers(host, ["127.0.0.53"])
