@@ -23,8 +23,8 @@ from pathlib import Path
 from cryptography import x509
 
 from ztna import dnsclient, dnswire, pki, resolvectl
-from ztna.resolved import RESOLVED, ResolvedError, routing_domains
 from ztna.loglimit import suffix
+from ztna.resolved import RESOLVED, ResolvedError, routing_domains
 from ztna.tlsconn import FramedTLS, client_context
 from ztna.tun import Tun
 

@@ -82,7 +82,7 @@ def routing_domains(patterns: list[str]) -> list[str]:
     names = []
     for p in patterns:
         d = p.strip().rstrip(".").lower()
-        d = d[2:] if d.startswith("*.") else d
+        d = d.removeprefix("*.")
         if d and d not in names:
             names.append(d)
     kept = [d for d in names if not any(d != o and d.endswith("." + o) for o in names)]

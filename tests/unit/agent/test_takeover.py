@@ -154,7 +154,7 @@ def test_resolved_refusing_a_setting_reverts_the_link_and_records_nothing(tmp_pa
 
 
 def test_a_failed_revert_keeps_the_record_for_a_later_restore(tmp_path):
-    tool, calls = _resolvectl(tmp_path, fail_on="revert")
+    tool, _ = _resolvectl(tmp_path, fail_on="revert")
     state = tmp_path / "state.json"
     T.take_over_link(tool, "ztna0", "100.64.0.2", ["~corp.example"], DNS_OUT, state, 7)
     with pytest.raises(T.TakeoverError, match="cannot give DNS back.*kept"):

@@ -1,7 +1,6 @@
 """The file side of the backend, without root: atomic writes, sources, detection."""
 
 import os
-import socket
 
 import pytest
 
@@ -47,16 +46,6 @@ def test_machine_id_from_file_or_host_name(tmp_path):
     (tmp_path / "junk").write_text("not an id")
     derived = backend.machine_id(tmp_path / "junk")
     assert len(derived) == 32 and derived == backend.machine_id(tmp_path / "absent")
-
-
-def test_resolved_detection(tmp_path):
-    assert not backend.resolved_running(tmp_path)
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(str(tmp_path / "io.systemd.Resolve"))
-    try:
-        assert backend.resolved_running(tmp_path)
-    finally:
-        s.close()
 
 
 def test_daemon_with_resolved_not_answering_refuses_and_changes_nothing(tmp_path):
