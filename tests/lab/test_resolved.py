@@ -23,7 +23,13 @@ from netns import resolved as lab_resolved
 from netns.lab import started
 from netns.scenarios.agent import APP, PUBLIC_DNS, WWW, AgentScenario
 
-pytestmark = pytest.mark.skipif(lab_resolved.missing() is not None, reason=str(lab_resolved.missing()))
+
+@pytest.fixture(autouse=True)
+def _resolved_is_here():
+    # Not a skip: scripts/install.sh unpacks it, so its absence is a broken install.
+    if lab_resolved.missing() is not None:
+        pytest.fail(f"{lab_resolved.missing()} (scripts/install.sh does this)")
+
 
 STUB = "100.64.0.2"
 

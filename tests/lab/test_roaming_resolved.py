@@ -24,7 +24,13 @@ from netns.lab import Lab
 from netns.scenarios import roaming as R
 from netns.scenarios import roaming_cloud
 
-pytestmark = pytest.mark.skipif(lab_resolved.missing() is not None, reason=str(lab_resolved.missing()))
+
+@pytest.fixture(autouse=True)
+def _resolved_is_here():
+    # Not a skip: scripts/install.sh unpacks it, so its absence is a broken install.
+    if lab_resolved.missing() is not None:
+        pytest.fail(f"{lab_resolved.missing()} (scripts/install.sh does this)")
+
 
 LISTEN = "127.0.2.1"
 LINK = "ztna-dns"
