@@ -25,6 +25,8 @@ class AgentConfig:
     address: str = "100.64.0.1"
     dns_stub: str = "100.64.0.2"
     resolv_conf: str = "/etc/resolv.conf"
+    dns_backend: str = "auto"            # auto | resolvconf | resolved (ztna/resolved.py)
+    resolvectl: str = "resolvectl"       # the command the resolved backend runs
     state_dir: str = "/run/ztna-agent"
     dns_ttl: int = 10
     idle_timeout: float = 300.0
@@ -58,6 +60,8 @@ def load(path: Path) -> AgentConfig:
     for key in ("max_leases", "max_leases_per_wildcard"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{path}: [agent] {key} = {getattr(cfg, key)} must be at least 1")
+    if cfg.dns_backend not in ("auto", "resolvconf", "resolved"):
+        raise ConfigError(f"{path}: [agent] dns_backend = {cfg.dns_backend!r} is not 'auto', 'resolvconf' or 'resolved'")
     if cfg.address == cfg.dns_stub:
         raise ConfigError(f"{path}: [agent] address and dns_stub must differ")
     try:

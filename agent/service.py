@@ -22,8 +22,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ztna import dnsclient, dnswire, pki
+from ztna import dnsclient, dnswire, pki, resolvectl
 from ztna.loglimit import suffix
+from ztna.resolved import RESOLVED, ResolvedError, routing_domains
 from ztna.tlsconn import FramedTLS, client_context
 from ztna.tun import Tun
 
@@ -56,6 +57,7 @@ class Agent:
         self.state_path = self.state_dir / "dns-takeover.json"
         self.control_path = self.state_dir / "control.sock"
         self.upstreams: list[str] = []
+        self.dns_backend = ""
         self.tun: Tun | None = None
         self.tunnel: FramedTLS | None = None
         self.gateway_ip: str | None = None
@@ -72,6 +74,12 @@ class Agent:
         msg = takeover.recover_stale(self.state_path)
         if msg:
             log.warning("a previous agent did not stop cleanly: %s", msg)
+        try:
+            choice, dns_output = resolvectl.choose(self.cfg.dns_backend, self.cfg.resolv_conf, self.cfg.resolvectl)
+        except ResolvedError as exc:
+            raise takeover.TakeoverError(str(exc)) from exc
+        log.info("DNS backend %s: %s", choice.backend, choice.reason)
+        self.dns_backend = choice.backend
         guardian_fd = None
         servers = []
         try:
@@ -85,9 +93,18 @@ class Agent:
             resolv = Path(self.cfg.resolv_conf)
             # The guardian first: from the moment the file is taken over, a kill -9 must find it there.
             guardian_fd = takeover.start_guardian(self.state_path)
-            self.upstreams = takeover.take_over(resolv, self.cfg.dns_stub, self.state_path, os.getpid())
-            log.info("DNS taken over in %s: stub %s; other names go to %s", resolv, self.cfg.dns_stub,
-                     ", ".join(self.upstreams))
+            if choice.backend == RESOLVED:
+                domains = routing_domains(self.cfg.apps)
+                self.upstreams = await self.loop.run_in_executor(None, lambda: takeover.take_over_link(
+                    self.cfg.resolvectl, self.tun.name, self.cfg.dns_stub, domains, dns_output, self.state_path,
+                    os.getpid()))
+                log.info("DNS set on %s in systemd-resolved: stub %s for %s, not the default route; "
+                         "nothing global changed; other names go to %s", self.tun.name, self.cfg.dns_stub,
+                         " ".join(domains), ", ".join(self.upstreams))
+            else:
+                self.upstreams = takeover.take_over(resolv, self.cfg.dns_stub, self.state_path, os.getpid())
+                log.info("DNS taken over in %s: stub %s; other names go to %s", resolv, self.cfg.dns_stub,
+                         ", ".join(self.upstreams))
             servers.append(await asyncio.start_unix_server(self._control, path=str(self.control_path)))
             os.chmod(self.control_path, 0o600)
             self._resume_tun()
@@ -357,7 +374,8 @@ class Agent:
         return {
             "identity": self.identity,
             "tun": self.cfg.tun,
-            "dns": {"stub": self.cfg.dns_stub, "upstreams": self.upstreams, "resolv_conf": self.cfg.resolv_conf},
+            "dns": {"stub": self.cfg.dns_stub, "upstreams": self.upstreams, "resolv_conf": self.cfg.resolv_conf,
+                    "backend": self.dns_backend},
             "tunnel": {
                 # The core keeps monotonic time; the status shows wall-clock time.
                 "state": self.core.state, "since": time.time() - (now - self.core.changed),

@@ -286,6 +286,10 @@ class AgentSession:
         for f in frames:
             t = f.type
             if t == wire.DATA:
+                if self.state != UP:
+                    # Nothing was leased on this tunnel yet: no packet of the gateway's belongs in the TUN.
+                    cmds.append(Close("protocol error: DATA before WELCOME"))
+                    return cmds
                 pkts.append(f.payload)
                 continue
             if pkts:

@@ -356,7 +356,7 @@ class Gateway:
     async def _handshake_gated(self, sock: socket.socket, peer: str, timeout: float):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.cfg.agentless is not None and await self.agentless_front().claim(sock, peer, self.cfg.handshake_timeout):
+        if self.cfg.agentless is not None and await self.agentless_front().claim(sock, peer, timeout):
             return  # SNI named a published application (served by gateway/agentless) or nothing we serve (refused)
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = FramedTLS(ssock, name=peer)

@@ -225,6 +225,13 @@ def test_a_result_before_welcome_closes():
     assert s.receive_data(result("100.64.0.3"), 0.2) == [a.Close("protocol error: LEASE_RESULT before WELCOME")]
 
 
+def test_data_before_welcome_closes_and_never_reaches_the_tun():
+    s = agent()
+    s.tunnel_up(0.1)
+    pkt = NO_VNET + bytes(IP(src="192.168.1.20", dst=ME) / TCP(sport=443, dport=40000, flags="SA"))
+    assert s.receive_data(wire.frame(wire.DATA, pkt), 0.2) == [a.Close("protocol error: DATA before WELCOME")]
+
+
 # ---- refusals, anti-spoofing, what never enters the tunnel -----------------------------------------------
 
 @pytest.mark.parametrize("pkt,want", [
