@@ -41,6 +41,7 @@ class Config:
     poll_interval: float = 0.25
     cloud_fail_after: int = 2
     cloud_probe_every: float = 5.0
+    metrics_listen: tuple | None = None  # [metrics] listen: a Prometheus endpoint, off when unset
 
     @property
     def state_file(self) -> Path:
@@ -64,7 +65,7 @@ def from_dict(doc: dict) -> Config:
     known = {"resolv_conf", "state_dir", "listen", "port", "cloud", "cloud_port", "device_id", "internal_domains",
              "private_reverse", "fail_open", "egress", "interface_dir", "machine_id_file", "backend", "conflict",
              "resolvectl", "resolved_link",
-             "upstream_timeout", "poll_interval", "cloud_fail_after", "cloud_probe_every"}
+             "upstream_timeout", "poll_interval", "cloud_fail_after", "cloud_probe_every", "metrics"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -127,6 +128,14 @@ def from_dict(doc: dict) -> Config:
                 c.conflict = ConflictPolicy(threshold=int(cf.get("threshold", 3)), window=float(cf.get("window", 30.0)))
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"[conflict]: {exc}") from None
+        if "metrics" in doc:
+            m = doc["metrics"]
+            if not isinstance(m, dict) or set(m) - {"listen"}:
+                raise ConfigError("[metrics] takes one key, listen = 'ADDRESS:PORT'")
+            if "listen" in m:
+                from ztna.metrics import parse_listen
+
+                c.metrics_listen = parse_listen(m["listen"], "[metrics] listen")
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:

@@ -36,7 +36,7 @@ from ztna.resolved import RESOLVED, ResolvedError, domains_by_link, servers_by_l
 
 from . import backend, conflict, split
 from . import status as st
-from .config import EGRESS_LEARNED, Config
+from .config import EGRESS_LEARNED, Config, ConfigError
 from .state import Learned, StateError, StateRecord, record, restore_plan
 from .stub import Forwarder, Stub, who_listens
 
@@ -434,7 +434,14 @@ class Daemon:
 
         watch = NetWatch(loop, netlink_event)
         watch.start()
+        exporter = None
         try:
+            from ztna import metrics
+
+            try:
+                exporter = metrics.serve(self.metric_families, self.cfg.metrics_listen)
+            except ConfigError as exc:
+                raise StartError(str(exc)) from None
             if await self.bind_stub():
                 self.take_over_safely()
             self.refresh_status()
@@ -455,8 +462,18 @@ class Daemon:
                 self.refresh_status()
         finally:
             watch.stop()
+            if exporter is not None:
+                exporter.stop()
             await self.shutdown()
         return 0
+
+    def metric_families(self) -> list:
+        """A scrape (on the exporter's thread): the counts the stub and the detector keep anyway."""
+        from .metrics import Snapshot, families
+
+        return families(Snapshot(self.fwd.counters.to_dict(), owning=self.owning, cloud_up=self.health.up,
+                                 backed_off=self.detector.backed_off,
+                                 foreign_rewrites=self.detector.total_rewrites))
 
     def up_interfaces(self) -> set[str]:
         """The up interfaces, our own link left out (its coming and going is no network change)."""

@@ -89,8 +89,11 @@ def roaming_conf(lab: Lab, name: str, **over) -> Path:
     }
     settings.update(over)
     conflict = settings.pop("conflict", {"threshold": 3, "window": 10})
+    metrics = settings.pop("metrics", None)
     lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
     lines += ["", "[conflict]"] + [f"{k} = {json.dumps(v)}" for k, v in conflict.items()]
+    if metrics:
+        lines += ["", "[metrics]"] + [f"{k} = {json.dumps(v)}" for k, v in metrics.items()]
     return lab.write_conf(name, "\n".join(lines) + "\n")
 
 

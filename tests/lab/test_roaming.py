@@ -167,6 +167,28 @@ def test_unreachable_cloud_fails_open_then_recovers(fresh):
     assert R.dig(lab, "laptop", R.BAD)[0] == [roaming_cloud.BLOCK_PAGE]
 
 
+def _scrape(lab, where: str) -> dict:
+    r = lab.exec("laptop", ["curl", "-sS", "--max-time", "5", f"http://{where}/metrics"], timeout=10)
+    assert r.returncode == 0, r.stderr.decode()
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+            for line in r.stdout.decode().splitlines() if line.startswith("ztna_roaming_")}
+
+
+def test_metrics_are_scraped_with_curl_and_move_with_queries(fresh):
+    lab = fresh
+    where = "127.0.0.1:9155"  # the laptop namespace's own loopback
+    conf = R.roaming_conf(lab, "r-metrics.toml", metrics={"listen": where})
+    R.start_client(lab, conf)
+    before = _scrape(lab, where)
+    assert before["ztna_roaming_owning"] == 1.0 and before["ztna_roaming_cloud_up"] == 1.0, before
+    for _ in range(3):
+        assert R.dig(lab, "laptop", R.GOOD)[0] == ["198.51.100.80"]
+    R.dig(lab, "laptop", R.INTRANET)
+    after = _scrape(lab, where)
+    cloud, internal = 'ztna_roaming_queries_total{route="cloud"}', 'ztna_roaming_queries_total{route="internal"}'
+    assert after[cloud] >= before[cloud] + 3 and after[internal] >= before[internal] + 1, (before, after)
+
+
 def test_unreachable_cloud_fail_closed(fresh):
     lab = fresh
     conf = R.roaming_conf(lab, "r.toml", fail_open=False)

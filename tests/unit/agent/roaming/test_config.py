@@ -22,12 +22,13 @@ def test_full(tmp_path):
     p.write_text('resolv_conf = "/etc/netns/zt-laptop/resolv.conf"\nlisten = "127.0.2.1"\nport = 5353\n'
                  'cloud = ["208.67.222.222"]\ndevice_id = "laptop-7"\ninternal_domains = ["Corp.Example."]\n'
                  'fail_open = false\negress = "learned"\ninterface_dir = "/run/x"\n'
-                 '[conflict]\nthreshold = 4\nwindow = 12.5\n')
+                 '[conflict]\nthreshold = 4\nwindow = 12.5\n[metrics]\nlisten = "127.0.0.1:9155"\n')
     c = cf.load(p)
     assert c.listen == "127.0.2.1" and c.port == 5353 and c.device_id == "laptop-7"
     assert c.internal_domains == ["corp.example"] and not c.fail_open and c.egress == "learned"
     assert c.interface_dir == Path("/run/x")
     assert (c.conflict.threshold, c.conflict.window) == (4, 12.5)
+    assert c.metrics_listen == ("127.0.0.1", 9155) and cf.from_dict({}).metrics_listen is None
 
 
 @pytest.mark.parametrize("doc, words", [
@@ -42,6 +43,8 @@ def test_full(tmp_path):
     ({"fail_open": "yes"}, "true or false"),
     ({"poll_interval": -1}, "positive"),
     ({"colud": ["1.1.1.1"]}, "unknown setting"),
+    ({"metrics": {"listen": "9155"}}, "ADDRESS:PORT"),
+    ({"metrics": {"port": 9155}}, "one key"),
 ])
 def test_bad_settings(doc, words):
     with pytest.raises(cf.ConfigError, match=words):
