@@ -34,6 +34,7 @@ class GatewayConfig:
     queue_limit: int = 8 * 1024 * 1024
     log_level: str = "INFO"
     agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig, from [agentless]
+    pop: object = field(default=None, init=False)  # gateway.connector.PopLink, from [pop]: connector mode
 
 
 def load(path: Path) -> tuple[GatewayConfig, Policy]:
@@ -66,4 +67,7 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
     from .agentless.config import load as load_agentless
 
     cfg.agentless = load_agentless(data, path, default_ca=cfg.ca)
+    from .connector import load_pop
+
+    cfg.pop = load_pop(data, path, default_ca=cfg.ca)
     return cfg, Policy(table)
