@@ -1,0 +1,14 @@
+"""``ztna lab run pop-agent``: agent -> PoP -> outbound-only connector -> gateway -> app, every step from captures."""
+
+from netns.scenario import run
+from netns.scenarios.pop_agent import PopAgentScenario
+
+
+def test_every_step_is_observed(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZTNA_LAB_DIR", str(tmp_path / "run"))
+    lines = []
+    ok, steps, report = run(PopAgentScenario(), say=lines.append, color=False)
+    assert ok, "\n".join(lines)
+    assert [s.number for s in steps] == [str(i) for i in range(1, 9)]
+    assert all(s.evidence for s in steps)
+    assert report is not None and report.exists()
