@@ -92,15 +92,17 @@ class Pop:
                 return
             peer = f"{addr[0]}:{addr[1]}"
             if self.pending >= 512:
-                self._refused(peer, "512 handshakes pending already")
+                self._refused(peer, "512 handshakes pending already", "busy")
                 sock.close()
                 continue
             self.pending += 1
             asyncio.ensure_future(self._handshake(sock, peer))
 
-    def _refused(self, peer: str, why: str) -> None:
+    def _refused(self, peer: str, why: str, kind: str) -> None:
+        # One line per source and kind of refusal per 10 s: a flood cannot fill the log, and one
+        # source's garbage does not hide its next, different refusal.
         self.relay.counters["connections_refused"] += 1
-        quiet = self.refusal_log.allow(peer.rpartition(":")[0], time.monotonic())
+        quiet = self.refusal_log.allow(f"{peer.rpartition(':')[0]} {kind}", time.monotonic())
         if quiet is not None:
             log.warning("refused %s: %s%s", peer, why, suffix(quiet))
 
@@ -119,7 +121,7 @@ class Pop:
         if isinstance(where, Alias):
             where = self.agentless_alias(sock, peer, where.name)
         if isinstance(where, Refuse):
-            self._refused(peer, f"on port 443: {where.reason} (TLS alert {where.alert})")
+            self._refused(peer, f"on port 443: {where.reason} (TLS alert {where.alert})", "route")
             _alert_and_close(sock, where.alert)
             return
         what = "agent" if isinstance(where, Agent) else "connector"
@@ -130,7 +132,7 @@ class Pop:
             identity = pki.identity_from_peercert(ssock.getpeercert())
         except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError) as exc:
             self.relay.counters["tls_refused"] += 1
-            self._refused(peer, f"{what} TLS: {_tls_reason(exc)}")
+            self._refused(peer, f"{what} TLS: {_tls_reason(exc)}", what)
             conn.close()
             return
         now = time.monotonic()

@@ -95,6 +95,11 @@ class PopAgentScenario(Scenario):
         lab.issue(APP, "server", dns=[APP])
         for _, _, ident in self.clients:
             lab.issue(ident, "agent")
+        # an agent certificate from a CA the PoP does not trust
+        from ztna import pki as _pki
+
+        other = _pki.new_ca("some other CA", now=_pki.utcnow())
+        lab.issue("mallory", "agent", ca=other)
         public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in PUBLIC_ZONES.items()]
         private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}")
         fw = lab.write_conf("firewall.nft", FIREWALL)
@@ -163,6 +168,27 @@ class PopAgentScenario(Scenario):
         seen["curl_body"] = r.stdout.decode()
         r = lab.exec("client2", ["curl", "-sS", "--max-time", "8", "--cacert", ca, f"https://{APP}/"])
         seen["bob_rc"], seen["bob_err"] = r.returncode, r.stderr.decode()
+        # Bad input at the PoP, from the internet; then alice's curl again through the same PoP.
+        import sys
+
+        pki = lab.pki_dir
+        probe = [sys.executable, "-m", "netns.popprobe"]
+        seen["probes"] = {}
+        for what, argv in (
+                ("garbage", ["garbage", "--addr", POP]),
+                ("connector", ["connector", "--addr", POP, "--sni", CONNECTOR_NAME, "--cert", f"{pki}/gw1.pem",
+                               "--key", f"{pki}/gw1.key", "--ca", f"{pki}/ca.pem", "--resource", "secret.mycompany.net"]),
+                ("unknown_ca", ["tls", "--addr", POP, "--sni", TUNNEL_NAME, "--cert", f"{pki}/mallory.pem",
+                                "--key", f"{pki}/mallory.key", "--ca", f"{pki}/ca.pem"])):
+            r = lab.exec("inet", probe + argv)
+            try:
+                seen["probes"][what] = json.loads(r.stdout.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                seen["probes"][what] = {"rc": r.returncode, "stderr": r.stderr.decode()[-300:]}
+        r = lab.exec("client", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "15",
+                                "--cacert", ca, f"https://{APP}/"])
+        seen["curl_after_probes"] = r.stdout.decode()
+        seen["pop_alive"] = lab.procs["pop"].alive()
         # alice's agent stops: her tunnel ends, and the PoP writes the flow's JSON line with its bytes.
         procs.stop(lab.procs["agent-client"])
         flows = lab.root / "pop-flows.jsonl"
@@ -293,6 +319,32 @@ class PopAgentScenario(Scenario):
                             flow.note("pop", "bob's lease DENIED at the PoP", flow.log_time(denied[0])))
         else:
             steps[7].see(f"bob curl exit {seen.get('bob_rc')}, {len(denied)} PoP refusals, {len(bob_at_gw)} gateway lines naming bob")
+        # +. bad input at the PoP: each refused with a log line; alice's next curl still works
+        bad = Step("+", "bad input at the PoP (garbage on 443, a connector publishing what it may not, "
+                        "an unknown CA's agent certificate) is refused with a log line; the PoP keeps serving")
+        pr = seen.get("probes", {})
+        lines = {
+            "garbage": next((l for l in poplog.splitlines() if "refused" in l and "not a TLS ClientHello" in l), None),
+            "connector": next((l for l in poplog.splitlines() if "may not publish secret.mycompany.net" in l), None),
+            "unknown_ca": next((l for l in poplog.splitlines() if "agent TLS: certificate refused" in l), None),
+        }
+        answered = {
+            "garbage": pr.get("garbage", {}).get("alert") is True,
+            "connector": any(f.get("type") == "CLOSE" and "may not publish" in f.get("reason", "")
+                             for f in pr.get("connector", {}).get("frames", [])),
+            "unknown_ca": "error" in pr.get("unknown_ca", {}) and not pr.get("unknown_ca", {}).get("frames"),
+        }
+        for k in lines:
+            if lines[k]:
+                bad.see(f"{k}: peer saw {'a refusal' if answered[k] else 'no refusal'}; PoP log: "
+                        f"{lines[k].split(' WARNING ', 1)[-1][:170]}", flow.note("pop", f"refused {k}", flow.log_time(lines[k])))
+        if all(lines.values()) and all(answered.values()) and seen.get("pop_alive") \
+                and seen.get("curl_after_probes") == "200":
+            bad.passed(f"then alice's curl https://{APP}/ -> 200 through the same PoP")
+        else:
+            bad.see(f"answers {answered}, curl after {seen.get('curl_after_probes')!r}, PoP alive {seen.get('pop_alive')}; "
+                    f"probes {json.dumps(pr)[:300]}")
+        steps.append(bad)
         return steps
 
 
