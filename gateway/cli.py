@@ -35,6 +35,7 @@ def run_cmd(config: Path) -> None:
     if os.geteuid() != 0:
         raise click.ClickException("the gateway creates a TUN device and nftables rules: run it as root")
     gw = Gateway(cfg, policy)
+    gw.config_path = config  # read again on SIGHUP (connector mode: [pop] resources)
     if cfg.agentless is not None:
         try:
             gw.agentless_front()  # now, so a bad key file or certificate stops the start, not the first browser

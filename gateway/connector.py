@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 import socket
 import ssl
 import time
@@ -76,6 +77,48 @@ def load_pop(data: dict, path: Path, *, default_ca: str) -> PopLink | None:
         if not Path(getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: [pop] {key} = {getattr(cfg, key)} does not exist")
     return cfg
+
+
+def resource_changes(old: list[str], new: list[str]) -> tuple[list[str], list[str]]:
+    """(added, removed) between two ``[pop] resources`` lists, each in its list's order."""
+    return [r for r in new if r not in old], [r for r in old if r not in new]
+
+
+def install_reload(gw, config_path) -> None:
+    """SIGHUP in connector mode: read ``config_path`` again; open the tunnels of added resources, close removed ones.
+
+    Only ``[pop] resources`` is applied; the tunnels of unchanged resources are not touched.
+    A config that does not load is logged and the running one kept."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload_connectors(gw, config_path)))
+
+
+async def reload_connectors(gw, config_path) -> tuple[list[str], list[str]]:
+    from .config import load
+
+    try:
+        cfg, _ = load(Path(config_path))
+    except ConfigError as exc:
+        log.warning("reload refused, the running [pop] resources stay: %s", exc)
+        return [], []
+    if cfg.pop is None:
+        log.warning("reload refused: %s has no [pop] section; a gateway cannot leave connector mode live", config_path)
+        return [], []
+    old = [c.resource for c in gw.connectors]
+    added, removed = resource_changes(old, cfg.pop.resources)
+    for c in [c for c in gw.connectors if c.resource in removed]:
+        gw.connectors.remove(c)
+        await c.stop(f"resource {c.resource} removed from [pop]")
+        log.info("connector %s: tunnel closed (removed from [pop] resources)", c.resource)
+    gw.cfg.pop = cfg.pop
+    for r in added:
+        c = Connector(gw, cfg.pop, r)
+        gw.connectors.append(c)
+        c.start()
+        log.info("connector %s: added to [pop] resources, dialling the PoP", r)
+    log.info("reloaded %s: [pop] resources %s (added %s, removed %s)", config_path,
+             ", ".join(cfg.pop.resources), ", ".join(added) or "none", ", ".join(removed) or "none")
+    return added, removed
 
 
 class Backoff:

@@ -138,11 +138,13 @@ class Gateway:
         self.connectors: list = []  # gateway.connector.Connector, one per [pop] resource
 
     def _start_connectors(self) -> None:
-        from .connector import Connector
+        from .connector import Connector, install_reload
 
         self.connectors = [Connector(self, self.cfg.pop, r) for r in self.cfg.pop.resources]
         for c in self.connectors:
             c.start()
+        if getattr(self, "config_path", None):
+            install_reload(self, self.config_path)  # SIGHUP: [pop] resources added or removed
 
     # ---- lifecycle -------------------------------------------------------
     async def run(self) -> None:

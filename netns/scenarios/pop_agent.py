@@ -27,7 +27,7 @@ from ..scenario import Scenario
 from ..topology import Topology
 from .agent import web_argv
 
-APP = "app.mycompany.net"
+APP, HR = "app.mycompany.net", "hr.mycompany.net"
 ALIAS = "app-mycompany.alias.pop.example"
 TUNNEL_NAME, CONNECTOR_NAME = "tunnel.pop.example", "connector.pop.example"
 POP, GW, PUBLIC_DNS = "192.0.2.10", "203.0.113.20", "198.51.100.53"
@@ -120,21 +120,24 @@ class PopAgentScenario(Scenario):
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
             f"flow_log = \"{lab.root}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n\n"
-            f"[policy]\nalice = [\"{APP}\"]\n\n[connectors]\ngw1 = [\"{APP}\"]\n"))
+            f"[policy]\nalice = [\"{APP}\"]\n\n[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n"))
         pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
         procs.wait_listening(pop, POP, 443)
-        gw_conf = lab.write_conf("gateway.toml", (
-            f"[gateway]\nlisten = \"{GW}\"\ncert = \"{pki}/gateway.pem\"\nkey = \"{pki}/gateway.key\"\n"
-            f"ca = \"{pki}/ca.pem\"\nprivate_dns = [\"{PRIV_DNS}\"]\n\n"
-            f"[pop]\naddress = \"{POP}\"\nname = \"{CONNECTOR_NAME}\"\nresources = [\"{APP}\"]\n"
-            f"cert = \"{pki}/gw1.pem\"\nkey = \"{pki}/gw1.key\"\n\n"
-            # the gateway checks the identity the PoP vouches for once more (defence in depth)
-            f"[policy]\nalice = [\"{APP}\"]\nbob = [\"{APP}\"]\n"))
+        gw_conf = lab.write_conf("gateway.toml", self.gateway_conf(lab, [APP]))
         self.gw_conf = gw_conf
         for p, ip, port, proto in started:
             procs.wait_listening(p, ip, port, proto)
         for host, _, ident in self.clients:
             self.start_agent(lab, host, ident)
+
+    def gateway_conf(self, lab: Lab, resources: list[str]) -> str:
+        pki = lab.pki_dir
+        return (f"[gateway]\nlisten = \"{GW}\"\ncert = \"{pki}/gateway.pem\"\nkey = \"{pki}/gateway.key\"\n"
+                f"ca = \"{pki}/ca.pem\"\nprivate_dns = [\"{PRIV_DNS}\"]\n\n"
+                f"[pop]\naddress = \"{POP}\"\nname = \"{CONNECTOR_NAME}\"\nresources = {json.dumps(resources)}\n"
+                f"cert = \"{pki}/gw1.pem\"\nkey = \"{pki}/gw1.key\"\n\n"
+                # the gateway checks the identity the PoP vouches for once more (defence in depth)
+                f"[policy]\nalice = [\"{APP}\"]\nbob = [\"{APP}\"]\n")
 
     def start_agent(self, lab: Lab, host: str, ident: str) -> procs.Proc:
         lab.set_resolvers(host, [PUBLIC_DNS])
@@ -189,6 +192,33 @@ class PopAgentScenario(Scenario):
                                 "--cacert", ca, f"https://{APP}/"])
         seen["curl_after_probes"] = r.stdout.decode()
         seen["pop_alive"] = lab.procs["pop"].alive()
+        # SIGHUP with a resource added, then removed: only that resource's tunnel opens and closes.
+        import os
+        import signal
+
+        def tunnels() -> list[str]:
+            out = lab.exec("gateway", ["ss", "-Htn", "state", "established", "dst", POP]).stdout.decode()
+            return sorted(l.split()[-2] for l in out.splitlines() if l.strip())
+
+        seen["tunnels_before"] = tunnels()
+        lab.write_conf("gateway.toml", self.gateway_conf(lab, [APP, HR]))
+        os.kill(gw.pid, signal.SIGHUP)
+        try:
+            procs.wait_until(lambda: f"publishes {HR}" in poplog.read_text(errors="replace"), timeout=10,
+                             what=f"the PoP to hear the {HR} tunnel")
+            procs.wait_until(lambda: len(tunnels()) == 2, timeout=5, what="two connector tunnels")
+        except TimeoutError:
+            pass
+        seen["tunnels_added"] = tunnels()
+        lab.write_conf("gateway.toml", self.gateway_conf(lab, [APP]))
+        os.kill(gw.pid, signal.SIGHUP)
+        try:
+            procs.wait_until(lambda: f"({HR}) closed" in poplog.read_text(errors="replace"), timeout=10,
+                             what=f"the PoP to see the {HR} tunnel close")
+            procs.wait_until(lambda: len(tunnels()) == 1, timeout=5, what="one connector tunnel")
+        except TimeoutError:
+            pass
+        seen["tunnels_removed"] = tunnels()
         # alice's agent stops: her tunnel ends, and the PoP writes the flow's JSON line with its bytes.
         procs.stop(lab.procs["agent-client"])
         flows = lab.root / "pop-flows.jsonl"
@@ -345,6 +375,22 @@ class PopAgentScenario(Scenario):
             bad.see(f"answers {answered}, curl after {seen.get('curl_after_probes')!r}, PoP alive {seen.get('pop_alive')}; "
                     f"probes {json.dumps(pr)[:300]}")
         steps.append(bad)
+        # +. reload
+        rl = Step("+", f"SIGHUP with {HR} added to [pop] resources opens its tunnel, removed closes only it; "
+                       f"the {APP} tunnel stays the same connection")
+        before, added, removed = seen.get("tunnels_before", []), seen.get("tunnels_added", []), seen.get("tunnels_removed", [])
+        opened = [l for l in poplog.splitlines() if f"publishes {HR}" in l]
+        closed = [l for l in poplog.splitlines() if f"({HR}) closed" in l]
+        if len(before) == 1 and len(added) == 2 and before[0] in added and removed == before and opened and closed:
+            new = [p for p in added if p not in before][0]
+            rl.passed(f"gateway sockets to {POP}:443: {before[0]} -> {before[0]} + {new} -> {removed[0]}; PoP: "
+                      f"{opened[0].split(' INFO ', 1)[-1][:90]} / {closed[0].split(' INFO ', 1)[-1][:90]}",
+                      flow.note("pop", f"{HR} tunnel opened", flow.log_time(opened[0])),
+                      flow.note("pop", f"{HR} tunnel closed", flow.log_time(closed[0])))
+        else:
+            rl.see(f"tunnels before {before}, after adding {added}, after removing {removed}; "
+                   f"PoP lines: {len(opened)} opened, {len(closed)} closed")
+        steps.append(rl)
         return steps
 
 

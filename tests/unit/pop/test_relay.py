@@ -249,3 +249,10 @@ def test_connector_core_refuses_open_before_welcome_and_unknown_kinds():
     out = core.receive(wire.control(wire.OPEN, ch=1, kind="mystery", window=4096, identity="a"), 0.0)
     (send,) = out
     assert b"not served here" in send.data and core.mux.channels == {}
+
+
+def test_resource_changes_keep_the_unchanged_ones():
+    from gateway.connector import resource_changes
+
+    assert resource_changes(["a.example", "b.example"], ["b.example", "c.example"]) == (["c.example"], ["a.example"])
+    assert resource_changes(["a.example"], ["a.example"]) == ([], [])
