@@ -350,7 +350,7 @@ class PopAgentScenario(Scenario):
         else:
             steps[7].see(f"bob curl exit {seen.get('bob_rc')}, {len(denied)} PoP refusals, {len(bob_at_gw)} gateway lines naming bob")
         # +. bad input at the PoP: each refused with a log line; alice's next curl still works
-        bad = Step("+", "bad input at the PoP (garbage on 443, a connector publishing what it may not, "
+        bad = Step("9", "bad input at the PoP (garbage on 443, a connector publishing what it may not, "
                         "an unknown CA's agent certificate) is refused with a log line; the PoP keeps serving")
         pr = seen.get("probes", {})
         lines = {
@@ -376,7 +376,7 @@ class PopAgentScenario(Scenario):
                     f"probes {json.dumps(pr)[:300]}")
         steps.append(bad)
         # +. reload
-        rl = Step("+", f"SIGHUP with {HR} added to [pop] resources opens its tunnel, removed closes only it; "
+        rl = Step("10", f"SIGHUP with {HR} added to [pop] resources opens its tunnel, removed closes only it; "
                        f"the {APP} tunnel stays the same connection")
         before, added, removed = seen.get("tunnels_before", []), seen.get("tunnels_added", []), seen.get("tunnels_removed", [])
         opened = [l for l in poplog.splitlines() if f"publishes {HR}" in l]
