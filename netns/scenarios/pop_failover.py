@@ -85,7 +85,9 @@ class PopFailoverScenario(PopAgentScenario):
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
             f"flow_log = \"{lab.root}/pop-flows.jsonl\"\n\n"
             f"[policy]\nalice = [\"{APP}\"]\ncarol = [\"{APP}\"]\n\n[connectors]\ngw1 = [\"{APP}\"]\ngw2 = [\"{APP}\"]\n"))
-        pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
+        argv = procs.ztna_argv("pop", "run", "--config", str(pop_conf))
+        (lab.root / "pop-argv.json").write_text(json.dumps(argv))
+        pop = lab.start("pop", argv, name="pop")
         procs.wait_listening(pop, POP, 443)
         poplog = Path(pop.log)
         for gw, (up, _, ident) in GWS.items():
@@ -120,6 +122,23 @@ class PopFailoverScenario(PopAgentScenario):
         for host, _, _ in self.clients:
             seen["after"][host] = curl(host)
         seen["after_again"] = {host: curl(host) for host, _, _ in self.clients}
+        # The PoP restarts: the surviving connector dials again (backoff with jitter), the agents on their next packet.
+        pop = lab.procs["pop"]
+        argv = json.loads(Path(lab.root / "pop-argv.json").read_text())
+        log = Path(pop.log)  # the restarted PoP appends to the same file
+        before = log.read_text(errors="replace").count("publishes")
+        lab.stop("pop")
+        seen["pop_restarted_at"] = time.time()
+        pop = lab.start("pop", argv, name="pop")
+        procs.wait_listening(pop, POP, 443)
+        try:
+            procs.wait_until(lambda: log.read_text(errors="replace").count("publishes") > before, timeout=40,
+                             what="the connector back at the restarted PoP")
+            seen["connector_back_s"] = time.time() - seen["pop_restarted_at"]
+        except TimeoutError:
+            seen["connector_back_s"] = None
+        seen["after_restart"] = {host: curl(host) for host, _, _ in self.clients}
+        seen["all_back_s"] = time.time() - seen["pop_restarted_at"]
         return seen
 
     def verify(self, lab: Lab, seen: dict) -> list[Step]:
@@ -131,6 +150,7 @@ class PopFailoverScenario(PopAgentScenario):
             "the PoP spreads new flows: the app sees the two users from the two gateways' LAN addresses",
             "gwa is killed with -9: the PoP sees its tunnel end and says how long after the kill",
             "new flows go to the survivor: every curl after the kill gets 200, all from gwb's LAN address",
+            "the PoP restarts: the connector is back within 40 s (its backoff's cap is 30 s) and both users' curls get 200",
         ], start=1)]
         pubs = [l for l in poplog if "publishes" in l and APP in l]
         if {"gw1", "gw2"} <= {m.group(1) for l in pubs if (m := re.search(r"connector \d+ (\S+) from", l))}:
@@ -156,6 +176,13 @@ class PopFailoverScenario(PopAgentScenario):
                             f"the kill only from {GWS['gwb'][1]}", next(s for s in syns if s.time > killed))
         else:
             steps[3].see(f"curl after {seen['after']}, again {seen['after_again']}; SYNs after from {sorted(post)}")
+        back = seen.get("connector_back_s")
+        if back is not None and all(v == "200" for v in seen.get("after_restart", {}).values()):
+            steps[4].passed(f"connector back {back:.1f}s after the restart; curl {seen['after_restart']} "
+                            f"{seen['all_back_s']:.1f}s after it",
+                            flow.note("pop", f"connector back after {back:.1f}s"))
+        else:
+            steps[4].see(f"connector back: {back}; curl after the restart {seen.get('after_restart')}")
         return steps
 
 

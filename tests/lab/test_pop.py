@@ -21,4 +21,4 @@ def test_two_gateways_share_flows_and_the_survivor_takes_new_ones(tmp_path, monk
     lines = []
     ok, steps, report = run(PopFailoverScenario(), say=lines.append, color=False)
     assert ok, "\n".join(lines)
-    assert [s.number for s in steps] == ["1", "2", "3", "4"]
+    assert [s.number for s in steps] == ["1", "2", "3", "4", "5"]
