@@ -236,13 +236,18 @@ class Relay:
             frames, bad = exc.frames, exc
         cmds: list = []
         out: dict[int, list] = {}  # connector id -> frames, one write each
+        batch: dict = {}           # (connector, channel) -> [DATA frames, their bytes, their flows]: one CHDATA
         for f in frames:
             if aid not in self.agents:
                 break
             if f.type == wire.DATA:
-                self._agent_packet(a, f.payload, out, cmds)
+                self._agent_packet(a, f.payload, batch, cmds)
             else:
+                if batch:
+                    self._flush(a, batch, out)
                 self._agent_control(a, f, out, cmds)
+        if batch and aid in self.agents:
+            self._flush(a, batch, out)
         for cid, parts in out.items():
             if parts:
                 cmds.append(SendConnector(cid, b"".join(parts)))
@@ -250,7 +255,7 @@ class Relay:
             self._close_agent(a, f"protocol error: {bad}", cmds, tell=True)
         return cmds
 
-    def _agent_packet(self, a: AgentLink, payload, out: dict, cmds: list) -> None:
+    def _agent_packet(self, a: AgentLink, payload, batch: dict, cmds: list) -> None:
         if a.state != UP:
             self._close_agent(a, "protocol error: DATA before HELLO", cmds)
             return
@@ -258,14 +263,36 @@ class Relay:
         if fl is None or not fl.allowed:
             self.counters["unleased_drops"] += 1
             return
-        c = self.connectors.get(fl.connector)
-        frames = c.mux.send(fl.ch, wire.data_header(len(payload)) + payload) if c is not None else None
-        if frames is None:
-            a.drops += 1
-            self.counters["credit_drops"] += 1  # router semantics: the channel is full, the packet goes
-            return
-        fl.up += len(payload)
-        out.setdefault(fl.connector, []).append(frames)
+        b = batch.get((fl.connector, fl.ch))
+        if b is None:
+            b = batch[(fl.connector, fl.ch)] = [[], 0, []]
+        b[0].append(wire.data_header(len(payload)))
+        b[0].append(payload)
+        b[1] += wire.HEADER + len(payload)
+        b[2].append((fl, len(payload)))
+
+    def _flush(self, a: AgentLink, batch: dict, out: dict) -> None:
+        """The DATA frames of one read, one CHDATA per channel when its credit takes them all, else frame by frame."""
+        for (cid, ch), (parts, total, flows) in batch.items():
+            c = self.connectors.get(cid)
+            if c is None:
+                a.drops += len(flows)
+                self.counters["credit_drops"] += len(flows)
+                continue
+            if c.mux.can_send(ch, total) and total <= mux.PIECE:
+                out.setdefault(cid, []).append(c.mux.send(ch, b"".join(parts)))
+                for fl, n in flows:
+                    fl.up += n
+                continue
+            for i, (fl, n) in enumerate(flows):
+                frames = c.mux.send(ch, parts[2 * i] + parts[2 * i + 1])
+                if frames is None:
+                    a.drops += 1
+                    self.counters["credit_drops"] += 1  # router semantics: the channel is full, the packet goes
+                    continue
+                fl.up += n
+                out.setdefault(cid, []).append(frames)
+        batch.clear()
 
     def _agent_control(self, a: AgentLink, f: wire.Frame, out: dict, cmds: list) -> None:
         t = f.type
@@ -371,12 +398,15 @@ class Relay:
         a = self.agents.get(aid) if aid is not None else None
         if a is None:
             return
+        dec = c.decoders[ch]
+        whole = dec.pending() == 0  # the piece starts on a frame boundary
         try:
-            frames = c.decoders[ch].feed_untrusted(data)
+            frames = dec.feed_untrusted(data)
             bad = None
         except wire.BadFrame as exc:
             frames, bad = exc.frames, exc
         parts = []
+        only_data = bad is None
         for f in frames:
             t = f.type
             if t == wire.DATA:
@@ -385,7 +415,9 @@ class Relay:
                     fl.down += len(f.payload)
                 parts.append(wire.data_header(len(f.payload)))
                 parts.append(f.payload)
-            elif t == wire.LEASE_RESULT:
+                continue
+            only_data = False
+            if t == wire.LEASE_RESULT:
                 try:
                     addr = socket.inet_aton(str(f.fields.get("addr")))
                 except OSError:
@@ -402,7 +434,9 @@ class Relay:
                 bad = f"the gateway closed the agent's session: {str(f.fields.get('reason', ''))[:200]}"
                 break
             # WELCOME and KEEPALIVE are for the PoP, which already answered the agent itself
-        if parts:
+        if only_data and whole and frames and dec.pending() == 0:
+            cmds.append(SendAgent(a.id, data))  # whole DATA frames only: pass the bytes on as they came
+        elif parts:
             cmds.append(SendAgent(a.id, b"".join(parts)))
         if bad is not None:
             self._close_agent(a, str(bad), cmds, tell=True)
