@@ -2,7 +2,8 @@
 
 * ``garbage``: bytes that are not TLS; reports what came back (a TLS alert) and the close;
 * ``connector``: mTLS with a client certificate, then HELLO {version, resource}; reports the PoP's answer frame;
-* ``tls``: mTLS with a client certificate (an unknown CA's, say); reports whether the handshake held.
+* ``tls``: mTLS with a client certificate (an unknown CA's, say); reports whether the handshake held;
+* ``halfopen``: many TCP connections that never send a ClientHello, held until the probe is killed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from ztna import wire
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["garbage", "connector", "tls"])
+    ap.add_argument("mode", choices=["garbage", "connector", "tls", "halfopen"])
+    ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--addr", required=True)
     ap.add_argument("--sni", default="")
     ap.add_argument("--cert", default="")
@@ -26,6 +28,9 @@ def main() -> None:
     ap.add_argument("--resource", default="")
     a = ap.parse_args()
     out: dict = {"mode": a.mode}
+    if a.mode == "halfopen":
+        halfopen(a.addr, a.count)
+        return
     sock = socket.create_connection((a.addr, 443), timeout=5)
     try:
         if a.mode == "garbage":
@@ -62,6 +67,31 @@ def main() -> None:
     finally:
         sock.close()
     print(json.dumps(out))
+
+
+def halfopen(addr: str, count: int) -> None:
+    """Open ``count`` TCP connections to 443 that never send a ClientHello; hold them until killed."""
+    import time
+
+    held = []
+    for _ in range(count):
+        try:
+            held.append(socket.create_connection((addr, 443), timeout=3))
+        except OSError:
+            pass
+    time.sleep(0.5)
+    alive = 0
+    for s in held:  # the PoP closed the ones it refused (recv sees the end at once)
+        s.setblocking(False)
+        try:
+            alive += s.recv(1) != b""
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    print(json.dumps({"mode": "halfopen", "opened": len(held), "still_open": alive}), flush=True)
+    while True:
+        time.sleep(60)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ class PopConfig:
     connector_name: str        # SNI of connector tunnels
     port: int = 443
     handshake_timeout: float = 10.0
+    max_pending: int = 512               # connections between accept and an established tunnel, in total
+    max_pending_per_source: int = 32     # ... and from one source address
+    pressure_handshake_timeout: float = 2.0  # the deadline of new ones while half of max_pending wait
     keepalive: float = 15.0
     queue_limit: int = 4 * 1024 * 1024
     window: int = 1024 * 1024  # credit granted per channel
@@ -44,6 +47,9 @@ def load(path: Path) -> tuple[PopConfig, PopPolicy]:
         raise ConfigError(f"{path}: [pop] {exc}") from exc
     if cfg.tunnel_name == cfg.connector_name:
         raise ConfigError(f"{path}: [pop] tunnel_name and connector_name must differ (the PoP routes by SNI)")
+    for key in ("max_pending", "max_pending_per_source"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{path}: [pop] {key} = {getattr(cfg, key)} must be at least 1")
     if not 4096 <= cfg.window <= 64 * 1024 * 1024:
         raise ConfigError(f"{path}: [pop] window = {cfg.window} must be 4096..67108864")
     tables = {}

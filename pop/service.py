@@ -19,6 +19,7 @@ import time
 
 from gateway.agentless.route import Refuse
 from gateway.agentless.server import _alert_and_close, _peek
+from gateway.pending import HandshakeGate
 from ztna import pki, tlswire
 from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, server_context
@@ -44,7 +45,10 @@ class Pop:
         self.refusal_log = LogLimiter(interval=10.0)
         self.flow_file = open(cfg.flow_log, "a", buffering=1) if cfg.flow_log else None
         self.aliases = frozenset(cfg.alias_names)
-        self.pending = 0
+        # Connections between accept and an established tunnel (the ClientHello peek and the handshake):
+        # bounded in total and per source, with a shorter deadline under pressure (as the gateway's).
+        self.gate = HandshakeGate(max_total=cfg.max_pending, max_per_source=cfg.max_pending_per_source,
+                                  timeout=cfg.handshake_timeout, pressure_timeout=cfg.pressure_handshake_timeout)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -91,12 +95,14 @@ class Pop:
                 log.warning("accept failed: %s", exc)
                 return
             peer = f"{addr[0]}:{addr[1]}"
-            if self.pending >= 512:
-                self._refused(peer, "512 handshakes pending already", "busy")
+            why = self.gate.admit(addr[0])
+            if why is not None:
+                # Refused before any TLS state exists: a flood costs an accept and a close each.
+                self.relay.counters["handshakes_refused"] += 1
+                self._refused(peer, why, "busy")
                 sock.close()
                 continue
-            self.pending += 1
-            asyncio.ensure_future(self._handshake(sock, peer))
+            asyncio.ensure_future(self._handshake(sock, peer, addr[0], self.gate.timeout()))
 
     def _refused(self, peer: str, why: str, kind: str) -> None:
         # One line per source and kind of refusal per 10 s: a flood cannot fill the log, and one
@@ -106,16 +112,16 @@ class Pop:
         if quiet is not None:
             log.warning("refused %s: %s%s", peer, why, suffix(quiet))
 
-    async def _handshake(self, sock: socket.socket, peer: str) -> None:
+    async def _handshake(self, sock: socket.socket, peer: str, source: str, timeout: float) -> None:
         try:
-            await self._handshake_routed(sock, peer)
+            await self._handshake_routed(sock, peer, timeout)
         finally:
-            self.pending -= 1
+            self.gate.done(source)
 
-    async def _handshake_routed(self, sock: socket.socket, peer: str) -> None:
+    async def _handshake_routed(self, sock: socket.socket, peer: str, timeout: float) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        hello, error = await _peek(sock, self.cfg.handshake_timeout)
+        hello, error = await _peek(sock, timeout)
         where = route(hello, tunnel_name=self.cfg.tunnel_name, connector_name=self.cfg.connector_name,
                       aliases=self.aliases, error=error)
         if isinstance(where, Alias):
@@ -128,7 +134,7 @@ class Pop:
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = FramedTLS(ssock, name=peer)
         try:
-            await conn.handshake(self.cfg.handshake_timeout)
+            await conn.handshake(timeout)
             identity = pki.identity_from_peercert(ssock.getpeercert())
         except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError) as exc:
             self.relay.counters["tls_refused"] += 1

@@ -188,9 +188,19 @@ class PopAgentScenario(Scenario):
                 seen["probes"][what] = json.loads(r.stdout.decode().strip().splitlines()[-1])
             except (ValueError, IndexError):
                 seen["probes"][what] = {"rc": r.returncode, "stderr": r.stderr.decode()[-300:]}
+        # A flood of half-open connections (TCP up, no ClientHello) from one internet address, held open
+        # while alice's curl goes through the same PoP.
+        flood = lab.start("inet", probe + ["halfopen", "--addr", POP, "--count", "100"], name="halfopen")
+        flood_log = Path(flood.log)
+        try:
+            procs.wait_until(lambda: "still_open" in flood_log.read_text(), timeout=15, what="the half-open flood")
+            seen["flood"] = json.loads(flood_log.read_text().strip().splitlines()[-1])
+        except (TimeoutError, ValueError):
+            seen["flood"] = {}
         r = lab.exec("client", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "15",
                                 "--cacert", ca, f"https://{APP}/"])
         seen["curl_after_probes"] = r.stdout.decode()
+        lab.stop("halfopen")
         seen["pop_alive"] = lab.procs["pop"].alive()
         # SIGHUP with a resource added, then removed: only that resource's tunnel opens and closes.
         import os
@@ -351,18 +361,22 @@ class PopAgentScenario(Scenario):
             steps[7].see(f"bob curl exit {seen.get('bob_rc')}, {len(denied)} PoP refusals, {len(bob_at_gw)} gateway lines naming bob")
         # +. bad input at the PoP: each refused with a log line; alice's next curl still works
         bad = Step("9", "bad input at the PoP (garbage on 443, a connector publishing what it may not, "
-                        "an unknown CA's agent certificate) is refused with a log line; the PoP keeps serving")
+                        "an unknown CA's agent certificate, 100 half-open connections from one address) is refused "
+                        "with a log line; alice's curl through the same PoP still works")
         pr = seen.get("probes", {})
         lines = {
             "garbage": next((l for l in poplog.splitlines() if "refused" in l and "not a TLS ClientHello" in l), None),
             "connector": next((l for l in poplog.splitlines() if "may not publish secret.mycompany.net" in l), None),
             "unknown_ca": next((l for l in poplog.splitlines() if "agent TLS: certificate refused" in l), None),
+            "half-open flood": next((l for l in poplog.splitlines() if "pending handshakes from 192.0.2.1 already" in l), None),
         }
         answered = {
             "garbage": pr.get("garbage", {}).get("alert") is True,
             "connector": any(f.get("type") == "CLOSE" and "may not publish" in f.get("reason", "")
                              for f in pr.get("connector", {}).get("frames", [])),
             "unknown_ca": "error" in pr.get("unknown_ca", {}) and not pr.get("unknown_ca", {}).get("frames"),
+            "half-open flood": seen.get("flood", {}).get("opened") == 100
+                               and seen.get("flood", {}).get("still_open", 100) <= 32,
         }
         for k in lines:
             if lines[k]:
@@ -370,7 +384,8 @@ class PopAgentScenario(Scenario):
                         f"{lines[k].split(' WARNING ', 1)[-1][:170]}", flow.note("pop", f"refused {k}", flow.log_time(lines[k])))
         if all(lines.values()) and all(answered.values()) and seen.get("pop_alive") \
                 and seen.get("curl_after_probes") == "200":
-            bad.passed(f"then alice's curl https://{APP}/ -> 200 through the same PoP")
+            bad.passed(f"with the flood's {seen['flood']['still_open']} admitted connections still held open, "
+                       f"alice's curl https://{APP}/ -> 200 through the same PoP")
         else:
             bad.see(f"answers {answered}, curl after {seen.get('curl_after_probes')!r}, PoP alive {seen.get('pop_alive')}; "
                     f"probes {json.dumps(pr)[:300]}")
