@@ -28,7 +28,7 @@ import signal
 import socket
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ztna import mux, wire

@@ -28,7 +28,7 @@ from ztna.tunnelcmds import Log
 from . import relay as r
 from .config import PopConfig
 from .policy import PopPolicy
-from .route import Agent, Alias, Connector, route
+from .route import Agent, Alias, route
 
 log = logging.getLogger("ztna.pop")
 flowlog = logging.getLogger("ztna.pop.flow")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dnslib import QTYPE
 
 from .. import capture, dig, evidence, flow, procs
 from ..lab import Lab

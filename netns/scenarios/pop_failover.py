@@ -98,7 +98,7 @@ class PopFailoverScenario(PopAgentScenario):
                 f"cert = \"{pki}/{ident}.pem\"\nkey = \"{pki}/{ident}.key\"\n\n"
                 f"[policy]\nalice = [\"{APP}\"]\ncarol = [\"{APP}\"]\n"))
             lab.start(gw, procs.ztna_argv("gateway", "run", "--config", str(conf)), name=gw)
-            procs.wait_until(lambda: f"{ident} from {up}" in poplog.read_text(errors="replace")
+            procs.wait_until(lambda ident=ident, up=up: f"{ident} from {up}" in poplog.read_text(errors="replace")
                              and "publishes" in poplog.read_text(errors="replace"),
                              timeout=15, what=f"{gw}'s connector tunnel to reach the PoP")
         for p, ip, port, proto in started:

@@ -5,9 +5,7 @@ core and back, so the agent's HELLO/LEASE/DATA cross the mux exactly as on the w
 """
 
 import ipaddress
-import logging
 
-import pytest
 from scapy.layers.inet import IP, TCP
 
 from gateway import session as g
