@@ -36,6 +36,7 @@ class GatewayConfig:
     log_level: str = "INFO"
     agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig, from [agentless]
     metrics_listen: tuple | None = field(default=None, init=False)  # [metrics] listen: Prometheus, off when None
+    pop: object = field(default=None, init=False)  # gateway.connector.PopLink, from [pop]: connector mode
 
 
 def load(path: Path) -> tuple[GatewayConfig, Policy]:
@@ -88,4 +89,7 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
         from ztna.metrics import parse_listen
 
         cfg.metrics_listen = parse_listen(mdoc["listen"], f"{path}: [metrics] listen")
+    from .connector import load_pop
+
+    cfg.pop = load_pop(data, path, default_ca=cfg.ca)
     return cfg, Policy(table)

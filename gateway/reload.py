@@ -1,6 +1,6 @@
 """What a gateway reload changes, decided without I/O (the shell is ``Gateway.reload``).
 
-Only ``[policy]`` is taken live.  Anything else in the file (``[gateway]``'s
+Only ``[policy]`` (and, in connector mode, ``[pop] resources``) is taken live.  Anything else in the file (``[gateway]``'s
 addresses, certificates, TUN, limits, the CRL path, ``[agentless]``) is bound
 to sockets, devices or contexts made at start: a change there refuses the whole
 reload, so what runs is always exactly one file's content.
@@ -40,7 +40,7 @@ def policy_changes(old: dict[str, list[str]], new: dict[str, list[str]]) -> list
 def plan(path, old_cfg: GatewayConfig, old_table: dict, new_cfg: GatewayConfig, new_table: dict) -> Plan:
     """Whether the new file may be taken live, and what changes."""
     for f in dataclasses.fields(GatewayConfig):
-        if f.name == "agentless":
+        if f.name in ("agentless", "pop"):
             continue
         if getattr(old_cfg, f.name) != getattr(new_cfg, f.name):
             return Plan(False, f"reload refused: {path}: [gateway] {f.name} changed, which takes a restart; "
@@ -48,6 +48,17 @@ def plan(path, old_cfg: GatewayConfig, old_table: dict, new_cfg: GatewayConfig, 
     if old_cfg.agentless != new_cfg.agentless:
         return Plan(False, f"reload refused: {path}: [agentless] changed, which takes a restart; "
                            "the running configuration stays", [])
+    if (old_cfg.pop is None) != (new_cfg.pop is None):
+        return Plan(False, f"reload refused: {path}: [pop] {'added' if new_cfg.pop else 'removed'}; entering or "
+                           "leaving connector mode takes a restart; the running configuration stays", [])
     changes = policy_changes(old_table, new_table)
+    if old_cfg.pop is not None:
+        if dataclasses.replace(old_cfg.pop, resources=[]) != dataclasses.replace(new_cfg.pop, resources=[]):
+            return Plan(False, f"reload refused: {path}: [pop] changed beyond its resources, which takes a "
+                               "restart; the running configuration stays", [])
+        plus = [f"+{r}" for r in new_cfg.pop.resources if r not in old_cfg.pop.resources]
+        minus = [f"-{r}" for r in old_cfg.pop.resources if r not in new_cfg.pop.resources]
+        if plus or minus:
+            changes.append(f"[pop] resources: {' '.join(plus + minus)}")
     return Plan(True, f"reloaded {path}: {len(changes) or 'no'} polic{'y' if len(changes) == 1 else 'ies'} changed",
                 changes)

@@ -145,6 +145,14 @@ class Gateway:
         self.tun: Tun | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.crl = CrlWatch(cfg.crl, x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes())) if cfg.crl else None
+        self.connectors: list = []  # gateway.connector.Connector, one per [pop] resource
+
+    def _start_connectors(self) -> None:
+        from .connector import Connector
+
+        self.connectors = [Connector(self, self.cfg.pop, r) for r in self.cfg.pop.resources]
+        for c in self.connectors:
+            c.start()
 
     # ---- lifecycle -------------------------------------------------------
     async def run(self) -> None:
@@ -166,18 +174,22 @@ class Gateway:
             nft.replace_table(NFT_TABLE, nft_rules(self.tun.name, self.cfg.inside_network),
                               what="the gateway's rules")  # a table left by a crash goes first
             nft_on = True
-            lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsock.bind((self.cfg.listen, self.cfg.port))
-            lsock.listen(128)
-            lsock.setblocking(False)
-            self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
+            if self.cfg.pop is not None:
+                self._start_connectors()  # connector mode: outbound tunnels to the PoP, no listening socket
+            else:
+                lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                lsock.bind((self.cfg.listen, self.cfg.port))
+                lsock.listen(128)
+                lsock.setblocking(False)
+                self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
             self.loop.add_reader(self.tun.fd, self._on_tun)
             ticker = asyncio.create_task(self._tick())
             self._start_metrics()
-            log.info("gateway listening on %s:%d (TLS 1.3, client certificates from %s); TUN %s %s; private DNS %s",
-                     self.cfg.listen, self.cfg.port, self.cfg.ca, self.tun.name, self.cfg.inside_network,
-                     ", ".join(self.cfg.private_dns))
+            log.info("gateway %s; TUN %s %s; private DNS %s",
+                     f"listening on {self.cfg.listen}:{self.cfg.port} (TLS 1.3, client certificates from {self.cfg.ca})"
+                     if lsock is not None else f"in connector mode to the PoP {self.cfg.pop.address}:{self.cfg.pop.port}",
+                     self.tun.name, self.cfg.inside_network, ", ".join(self.cfg.private_dns))
             if self.state is not None:
                 self.state.write()
             await stop.wait()
@@ -188,6 +200,8 @@ class Gateway:
             for s in list(self.sessions.values()):
                 s.conn.send(wire.control(wire.CLOSE, reason="gateway stopping"))
                 s.conn.close("gateway stopping")
+            for c in self.connectors:
+                await c.stop()
             if lsock is not None:
                 self.loop.remove_reader(lsock.fileno())
                 lsock.close()
@@ -209,6 +223,8 @@ class Gateway:
             self._poll_crl()
             for s in list(self.sessions.values()):
                 self._perform(s, s.core.tick(now))
+            for c in self.connectors:
+                c.tick(now)
             if n % 2 == 0:
                 await self._read_nft()
 
@@ -271,6 +287,11 @@ class Gateway:
         for s in list(self.sessions.values()):
             self._perform(s, s.core.set_policy(policy))
         self.counters["reloads_taken"] += 1
+        if cfg.pop is not None and cfg.pop.resources != self.cfg.pop.resources:
+            from .connector import apply_resources
+
+            # Connector mode: an added resource's tunnel opens, a removed one's closes, the others stay.
+            asyncio.ensure_future(apply_resources(self, cfg.pop))
         msg = f"{p.message}, {self.counters['leases_withdrawn'] - before} lease(s) withdrawn"
         log.info("%s%s", msg, "".join(f"; {c}" for c in p.changes))
         return True, msg, p.changes

@@ -42,10 +42,20 @@ RELEASE = 0x05
 KEEPALIVE = 0x06
 CLOSE = 0x07
 DATA = 0x10
+# Connector tunnel only (ztna/mux.py): channels multiplexed over one PoP <-> gateway tunnel.
+OPEN = 0x20
+OPENED = 0x21
+CHDATA = 0x22
+CREDIT = 0x23
+CHCLOSE = 0x24
 
 CONTROL = {HELLO, WELCOME, LEASE, LEASE_RESULT, RELEASE, KEEPALIVE, CLOSE}
+MUX_CONTROL = {OPEN, OPENED, CHCLOSE}
+MUX_BINARY = {CHDATA, CREDIT}
 NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", LEASE: "LEASE", LEASE_RESULT: "LEASE_RESULT",
-         RELEASE: "RELEASE", KEEPALIVE: "KEEPALIVE", CLOSE: "CLOSE", DATA: "DATA"}
+         RELEASE: "RELEASE", KEEPALIVE: "KEEPALIVE", CLOSE: "CLOSE", DATA: "DATA",
+         OPEN: "OPEN", OPENED: "OPENED", CHDATA: "CHDATA", CREDIT: "CREDIT", CHCLOSE: "CHCLOSE"}
+MAX_CHDATA = 4 + 256 * 1024  # channel id + one piece
 
 HEADER = 4
 MAX_CONTROL = 4096
@@ -91,8 +101,11 @@ class Frame:
 class Decoder:
     """Bytes in (``feed_untrusted``), frames out.  No I/O."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, mux: bool = False) -> None:
+        # ``mux``: the connector tunnel, which also carries the channel frames (ztna/mux.py).
         self._buf = bytearray()
+        self._control = CONTROL | MUX_CONTROL if mux else CONTROL
+        self._binary = MUX_BINARY if mux else frozenset()
 
     def feed_untrusted(self, data: bytes) -> list[Frame]:
         """Add received bytes; return every complete frame.  Raises only BadFrame."""
@@ -115,7 +128,12 @@ class Decoder:
             if ftype == DATA:
                 if length > MAX_DATA or length < VNET_HDR_LEN + 20:
                     raise BadFrame(f"DATA frame of {length} bytes is outside {VNET_HDR_LEN + 20}..{MAX_DATA}")
-            elif ftype in CONTROL:
+            elif ftype in self._binary:
+                if ftype == CHDATA and not 4 < length <= MAX_CHDATA:
+                    raise BadFrame(f"CHDATA frame of {length} bytes is outside 5..{MAX_CHDATA}")
+                if ftype == CREDIT and length != 8:
+                    raise BadFrame(f"CREDIT frame of {length} bytes, not 8")
+            elif ftype in self._control:
                 if length > MAX_CONTROL:
                     raise BadFrame(f"{NAMES[ftype]} frame of {length} bytes exceeds {MAX_CONTROL}")
             else:
@@ -125,8 +143,8 @@ class Decoder:
             # DATA payloads are mutable: the gateway rewrites addresses in place.
             payload = buf[pos + HEADER:pos + HEADER + length]
             pos += HEADER + length
-            if ftype == DATA:
-                out.append(Frame(DATA, payload))
+            if ftype == DATA or ftype in self._binary:
+                out.append(Frame(ftype, payload))
             else:
                 out.append(Frame(ftype, b"", _fields_untrusted(ftype, payload)))
         if pos:

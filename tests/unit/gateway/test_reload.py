@@ -23,3 +23,25 @@ def test_only_the_policy_is_taken_live():
     p = r.plan("gateway.toml", CFG, {}, dataclasses.replace(CFG, crl="crl.pem"), {})
     assert not p.ok and "crl changed" in p.message
     assert r.plan("gateway.toml", CFG, {}, CFG, {}).message.endswith("no policies changed")
+
+
+def test_connector_mode_takes_pop_resources_live_and_nothing_else_of_pop():
+    from gateway.connector import PopLink
+
+    def with_pop(**kw):
+        c = dataclasses.replace(CFG)
+        c.pop = PopLink(**{"address": "203.0.113.50", "name": "connect.pop.example", "resources": ["app.x"],
+                           "cert": "c.pem", "key": "c.key", **kw})
+        return c
+
+    old = with_pop()
+    p = r.plan("gateway.toml", old, {}, with_pop(resources=["app.x", "hr.x"]), {})
+    assert p.ok and p.changes == ["[pop] resources: +hr.x"]
+    p = r.plan("gateway.toml", old, {}, with_pop(resources=[]), {})
+    assert p.ok and p.changes == ["[pop] resources: -app.x"]
+    p = r.plan("gateway.toml", old, {}, with_pop(address="203.0.113.51"), {})
+    assert not p.ok and "[pop] changed beyond its resources" in p.message
+    p = r.plan("gateway.toml", old, {}, CFG, {})
+    assert not p.ok and "[pop] removed" in p.message
+    p = r.plan("gateway.toml", CFG, {}, old, {})
+    assert not p.ok and "[pop] added" in p.message

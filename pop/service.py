@@ -1,0 +1,225 @@
+"""The running PoP: port 443, routed by SNI to agent tunnels and connector tunnels (docs/pop.md).
+
+The shell accepts TCP, peeks at the ClientHello (the bytes stay for the TLS
+handshake, as the gateway's agentless front does), completes mutual TLS, takes
+the identity from the client certificate and hands everything else to
+:class:`pop.relay.Relay`, performing the commands it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import signal
+import socket
+import ssl
+import time
+
+from gateway.agentless.route import Refuse
+from gateway.agentless.server import _alert_and_close, _peek
+from gateway.pending import HandshakeGate
+from ztna import pki, tlswire
+from ztna.loglimit import LogLimiter, suffix
+from ztna.tlsconn import FramedTLS, server_context
+from ztna.tunnelcmds import Log
+
+from . import relay as r
+from .config import PopConfig
+from .policy import PopPolicy
+from .route import Agent, Alias, route
+
+log = logging.getLogger("ztna.pop")
+flowlog = logging.getLogger("ztna.pop.flow")
+
+
+class Pop:
+    def __init__(self, cfg: PopConfig, policy: PopPolicy):
+        self.cfg = cfg
+        self.relay = r.Relay(policy, keepalive=cfg.keepalive, queue_limit=cfg.queue_limit, window=cfg.window)
+        self.ctx = server_context(cfg.ca, cfg.cert, cfg.key)
+        self.ids = itertools.count(1)
+        self.agents: dict[int, FramedTLS] = {}
+        self.connectors: dict[int, FramedTLS] = {}
+        self.refusal_log = LogLimiter(interval=10.0)
+        self.flow_file = open(cfg.flow_log, "a", buffering=1) if cfg.flow_log else None
+        self.aliases = frozenset(cfg.alias_names)
+        # Connections between accept and an established tunnel (the ClientHello peek and the handshake):
+        # bounded in total and per source, with a shorter deadline under pressure (as the gateway's).
+        self.gate = HandshakeGate(max_total=cfg.max_pending, max_per_source=cfg.max_pending_per_source,
+                                  timeout=cfg.handshake_timeout, pressure_timeout=cfg.pressure_handshake_timeout)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            lsock.bind((self.cfg.listen, self.cfg.port))
+            lsock.listen(256)
+            lsock.setblocking(False)
+            loop.add_reader(lsock.fileno(), self._on_accept, lsock)
+            ticker = asyncio.create_task(self._tick())
+            log.info("PoP listening on %s:%d: agents as %s, connectors as %s (client certificates from %s)",
+                     self.cfg.listen, self.cfg.port, self.cfg.tunnel_name, self.cfg.connector_name, self.cfg.ca)
+            await stop.wait()
+            ticker.cancel()
+        finally:
+            try:
+                loop.remove_reader(lsock.fileno())
+            except (ValueError, OSError):
+                pass
+            lsock.close()
+            for conn in list(self.agents.values()) + list(self.connectors.values()):
+                conn.close("PoP stopping")
+            log.info("PoP stopped; counters: %s", dict(self.relay.counters))
+            if self.flow_file is not None:
+                self.flow_file.close()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._perform(self.relay.tick(time.monotonic()))
+
+    # ---- accepting ------------------------------------------------------------------------
+    def _on_accept(self, lsock: socket.socket) -> None:
+        while True:
+            try:
+                sock, addr = lsock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            peer = f"{addr[0]}:{addr[1]}"
+            why = self.gate.admit(addr[0])
+            if why is not None:
+                # Refused before any TLS state exists: a flood costs an accept and a close each.
+                self.relay.counters["handshakes_refused"] += 1
+                self._refused(peer, why, "busy")
+                sock.close()
+                continue
+            asyncio.ensure_future(self._handshake(sock, peer, addr[0], self.gate.timeout()))
+
+    def _refused(self, peer: str, why: str, kind: str) -> None:
+        # One line per source and kind of refusal per 10 s: a flood cannot fill the log, and one
+        # source's garbage does not hide its next, different refusal.
+        self.relay.counters["connections_refused"] += 1
+        quiet = self.refusal_log.allow(f"{peer.rpartition(':')[0]} {kind}", time.monotonic())
+        if quiet is not None:
+            log.warning("refused %s: %s%s", peer, why, suffix(quiet))
+
+    async def _handshake(self, sock: socket.socket, peer: str, source: str, timeout: float) -> None:
+        try:
+            await self._handshake_routed(sock, peer, timeout)
+        finally:
+            self.gate.done(source)
+
+    async def _handshake_routed(self, sock: socket.socket, peer: str, timeout: float) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hello, error = await _peek(sock, timeout)
+        where = route(hello, tunnel_name=self.cfg.tunnel_name, connector_name=self.cfg.connector_name,
+                      aliases=self.aliases, error=error)
+        if isinstance(where, Alias):
+            where = self.agentless_alias(sock, peer, where.name)
+        if isinstance(where, Refuse):
+            self._refused(peer, f"on port 443: {where.reason} (TLS alert {where.alert})", "route")
+            _alert_and_close(sock, where.alert)
+            return
+        what = "agent" if isinstance(where, Agent) else "connector"
+        ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        conn = FramedTLS(ssock, name=peer)
+        try:
+            await conn.handshake(timeout)
+            identity = pki.identity_from_peercert(ssock.getpeercert())
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError) as exc:
+            self.relay.counters["tls_refused"] += 1
+            self._refused(peer, f"{what} TLS: {_tls_reason(exc)}", what)
+            conn.close()
+            return
+        now = time.monotonic()
+        cid = next(self.ids)
+        if isinstance(where, Agent):
+            self.agents[cid] = conn
+            conn.on_data = lambda data: self._perform(self.relay.agent_data(cid, data, time.monotonic()))
+            conn.on_close = lambda reason: self._agent_gone(cid, reason)
+            conn.on_blocked = lambda blocked: blocked or self._perform(self.relay.agent_drained(cid))
+            self._perform(self.relay.agent_up(cid, identity, now))
+        else:
+            self.connectors[cid] = conn
+            conn.on_data = lambda data: self._perform(
+                self.relay.connector_data(cid, data, time.monotonic(), self._agent_queued))
+            conn.on_close = lambda reason: self._connector_gone(cid, reason)
+            self._perform(self.relay.connector_up(cid, identity, peer, now))
+        log.info("%s %d from %s: identity %s, %s", what, cid, peer, identity, ssock.version())
+        conn.start_reading()
+
+    def agentless_alias(self, sock: socket.socket, peer: str, name: str) -> Refuse:
+        """The hook for agentless access through the PoP (a browser's SNI is an alias name).
+
+        Not built yet: the connection is refused with a log line that says so."""
+        return Refuse(f"SNI {name} is an agentless alias, which this PoP does not serve yet",
+                      tlswire.ALERT_UNRECOGNIZED_NAME)
+
+    def _agent_queued(self, aid: int) -> int:
+        conn = self.agents.get(aid)
+        return conn.queued if conn is not None else 0
+
+    def _agent_gone(self, aid: int, reason: str) -> None:
+        conn = self.agents.pop(aid, None)
+        self._perform(self.relay.agent_closed(aid, reason))
+        if conn is not None:
+            log.info("agent %d closed: %s; %d bytes in, %d out", aid, reason, conn.bytes_in, conn.bytes_out)
+
+    def _connector_gone(self, cid: int, reason: str) -> None:
+        conn = self.connectors.pop(cid, None)
+        self._perform(self.relay.connector_closed(cid, reason))
+        if conn is not None:
+            log.info("connector %d closed: %s; %d bytes in, %d out", cid, reason, conn.bytes_in, conn.bytes_out)
+
+    # ---- performing -----------------------------------------------------------------------
+    def _perform(self, cmds: list) -> None:
+        for c in cmds:
+            t = type(c)
+            if t is r.SendAgent:
+                conn = self.agents.get(c.agent)
+                if conn is not None:
+                    conn.send(c.data)
+            elif t is r.SendConnector:
+                conn = self.connectors.get(c.connector)
+                if conn is not None and c.data:
+                    conn.send(c.data)
+            elif t is r.CloseAgent:
+                conn = self.agents.get(c.agent)
+                if conn is not None:
+                    conn.close(c.reason)
+            elif t is r.CloseConnector:
+                conn = self.connectors.get(c.connector)
+                if conn is not None:
+                    conn.close(c.reason)
+            elif t is r.FlowLog:
+                line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **c.fields},
+                                  separators=(",", ":"))
+                flowlog.info("%s", line)
+                if self.flow_file is not None:
+                    self.flow_file.write(line + "\n")
+            elif t is Log:
+                log.log(c.level, "%s", c.message)
+            else:
+                raise TypeError(f"unknown relay command {c!r}")
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        if exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "no client certificate presented"
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "handshake timed out"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,256 @@
+"""pop.relay against gateway.connector.ConnectorCore and a real GatewaySession, all sans-IO.
+
+The bytes the PoP would write to a connector tunnel are fed to the connector's
+core and back, so the agent's HELLO/LEASE/DATA cross the mux exactly as on the wire.
+"""
+
+import ipaddress
+
+from scapy.layers.inet import IP, TCP
+
+from gateway import session as g
+from gateway.connector import Backoff, ChannelData, ConnectorCore, NewChannel, SendTunnel, Up, CloseTunnel
+from gateway.nat import InsidePool
+from gateway.policy import Policy
+from pop import relay as r
+from pop.policy import PopPolicy
+from ztna import mux, wire
+from ztna.ippacket import NO_VNET, ip4
+
+APP, REAL, LEASE, AGENT = "app.corp.example", "192.168.1.20", "100.64.0.3", "100.64.0.1"
+NET = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+class Lab:
+    """A PoP relay, one connector (gateway side core + its sessions) and the agent's inbox."""
+
+    def __init__(self, window=1024 * 1024, resources=(APP,)):
+        self.relay = r.Relay(PopPolicy({"alice": [APP], "bob": ["other.example"]}, {"gw1": [APP]}), window=window)
+        self.gw_policy = Policy({"alice": [APP]})
+        self.pool = InsidePool("10.254.0.0/16")
+        self.cores = {}
+        self.sessions = {}   # (cid, ch) -> GatewaySession
+        self.agent_in = {}   # aid -> wire.Decoder, frames
+        self.inbox = {}
+        self.logs = []
+        self.flows = []
+        self.closed_agents = []
+        self.closed_connectors = []
+        self.tun = []
+        for i, res in enumerate(resources, 1):
+            self.connector(i, "gw1", res)
+
+    def connector(self, cid, identity, resource):
+        core = ConnectorCore(resource, window=self.relay.window)
+        self.cores[cid] = core
+        self.do(self.relay.connector_up(cid, identity, "1.2.3.4:5", 0.0))
+        self.do(self.relay.connector_data(cid, core.hello(), 0.0))
+        return core
+
+    def do(self, cmds):
+        for c in cmds:
+            t = type(c)
+            if t is r.SendConnector:
+                if c.data and c.connector in self.cores:
+                    self.gw(c.connector, self.cores[c.connector].receive(c.data, 0.0))
+            elif t is r.SendAgent:
+                d, box = self.agent_in.setdefault(c.agent, (wire.Decoder(), []))
+                box.extend(d.feed_untrusted(c.data))
+            elif t is r.CloseAgent:
+                self.closed_agents.append((c.agent, c.reason))
+            elif t is r.CloseConnector:
+                self.closed_connectors.append((c.connector, c.reason))
+                self.cores.pop(c.connector, None)
+            elif t is r.FlowLog:
+                self.flows.append(c.fields)
+            else:
+                self.logs.append(c)
+
+    def gw(self, cid, events):
+        core = self.cores[cid]
+        for ev in events:
+            t = type(ev)
+            if t is SendTunnel:
+                if ev.data:
+                    self.do(self.relay.connector_data(cid, ev.data, 0.0))
+            elif t is NewChannel:
+                self.sessions[(cid, ev.ch)] = g.GatewaySession(
+                    ev.ch, ev.identity, policy=self.gw_policy, pool=self.pool, agent_network=NET, now=0.0)
+            elif t is ChannelData:
+                s = self.sessions[(cid, ev.ch)]
+                self.session_cmds(cid, ev.ch, s.receive_data(ev.data, 0.0))
+                self.do(self.relay.connector_data(cid, core.mux.consumed(ev.ch, len(ev.data)), 0.0))
+            elif t is CloseTunnel:
+                self.closed_connectors.append((cid, ev.reason))
+            elif t is Up:
+                pass
+
+    def session_cmds(self, cid, ch, cmds):
+        core = self.cores[cid]
+        s = self.sessions[(cid, ch)]
+        for c in cmds:
+            if isinstance(c, g.Send):
+                out = core.mux.send(ch, c.data)
+                if out is not None:
+                    self.do(self.relay.connector_data(cid, out, 0.0))
+            elif isinstance(c, g.Resolve):
+                self.session_cmds(cid, ch, s.resolved(c.name, c.addr, ip4(REAL)))
+            elif isinstance(c, g.WriteTun):
+                self.tun.extend(c.packets)
+
+    def agent(self, aid, identity):
+        self.do(self.relay.agent_up(aid, identity, 0.0))
+        self.do(self.relay.agent_data(aid, wire.control(wire.HELLO, version=1, tunnel_addr=AGENT), 0.0))
+        return self.agent_in[aid][1]
+
+
+def packet(dst=LEASE, sport=40000, payload=b""):
+    return NO_VNET + bytes(IP(src=AGENT, dst=dst) / TCP(sport=sport, dport=443, flags="S") / payload)
+
+
+def test_allowed_lease_goes_through_the_connector_and_data_reaches_the_tun():
+    lab = Lab()
+    box = lab.agent(7, "alice")
+    assert box[0].type == wire.WELCOME and box[0].fields["identity"] == "alice"
+    lab.do(lab.relay.agent_data(7, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    results = [f for f in box if f.type == wire.LEASE_RESULT]
+    assert [f.fields["allowed"] for f in results] == [True], results
+    # the gateway's session saw the agent's HELLO first (its WELCOME stayed at the PoP)
+    assert [f.type for f in box] == [wire.WELCOME, wire.LEASE_RESULT]
+    (s,) = lab.sessions.values()
+    assert s.identity == "alice" and s.state == g.UP
+    pkt = packet()
+    lab.do(lab.relay.agent_data(7, wire.data_header(len(pkt)) + pkt, 0.0))
+    assert len(lab.tun) == 1 and lab.tun[0][26:30] == ip4(REAL)  # rewritten by the gateway's NAT
+    # a reply from the app comes back to the agent as DATA
+    inside = s.inside
+    reply = bytearray(NO_VNET + bytes(IP(src=REAL, dst=".".join(map(str, inside)))
+                                      / TCP(sport=443, dport=lab.tun[0][10 + 20:10 + 22][0] << 8 | lab.tun[0][31], flags="SA")))
+    assert s.reply(reply, 0.0)
+    lab.session_cmds(*next(iter(lab.sessions)), s.flush(0))
+    data = [f for f in box if f.type == wire.DATA]
+    assert len(data) == 1 and bytes(data[0].payload[10 + 12:10 + 16]) == ip4(LEASE)
+    lab.do(lab.relay.agent_closed(7, "agent went"))
+    (line,) = [f for f in lab.flows if f["event"] == "flow"]
+    assert line["identity"] == "alice" and line["resource"] == APP and line["connector"] == "gw1"
+    assert line["bytes_up"] == len(pkt) and line["bytes_down"] == len(reply)
+    assert lab.relay.connectors[1].agents == {}  # the channel was closed at the PoP's side
+
+
+def test_denied_identity_is_refused_at_the_pop_and_no_channel_opens():
+    lab = Lab()
+    box = lab.agent(8, "bob")
+    lab.do(lab.relay.agent_data(8, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    (res,) = [f for f in box if f.type == wire.LEASE_RESULT]
+    assert res.fields["allowed"] is False and res.fields["reason"].startswith("PoP:")
+    assert lab.sessions == {}  # the gateway never saw it
+    assert lab.flows[0]["event"] == "denied" and lab.flows[0]["identity"] == "bob"
+
+
+def test_connector_may_not_publish_a_resource_outside_its_table():
+    lab = Lab(resources=())
+    lab.connector(5, "gw1", "secret.example")
+    assert lab.closed_connectors and "may not publish" in lab.closed_connectors[0][1]
+    assert 5 not in lab.relay.connectors
+    lab.connector(6, "stranger", APP)
+    assert "not in [connectors]" in lab.closed_connectors[-1][1]
+
+
+def test_no_connector_is_a_retryable_refusal():
+    lab = Lab(resources=())
+    box = lab.agent(9, "alice")
+    lab.do(lab.relay.agent_data(9, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    (res,) = [f for f in box if f.type == wire.LEASE_RESULT]
+    assert res.fields["allowed"] is False and res.fields["retry"] is True
+
+
+def test_spent_credit_drops_packets_never_queues():
+    lab = Lab(window=4096)
+    lab.agent(7, "alice")
+    lab.do(lab.relay.agent_data(7, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    ((cid, ch),) = lab.sessions
+    # the gateway side stops granting: feed the channel without consuming
+    lab.cores.pop(cid)  # the connector's reads stall: nothing the PoP sends is consumed
+    big = packet(payload=b"x" * 1400)
+    burst = b"".join(wire.data_header(len(big)) + big for _ in range(10))
+    lab.do(lab.relay.agent_data(7, burst, 0.0))
+    c = lab.relay.connectors[cid]
+    assert c.mux.channels[ch].send_credit >= 0
+    assert lab.relay.counters["credit_drops"] >= 7  # 4 KiB of credit takes two of the ten
+    assert c.mux.channels[ch].sent <= 4096
+
+
+def test_connector_sending_past_its_credit_closes_its_tunnel():
+    lab = Lab(window=4096)
+    lab.agent(7, "alice")
+    lab.do(lab.relay.agent_data(7, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    ((cid, ch),) = lab.sessions
+    lab.cores.pop(cid)
+    lab.do(lab.relay.connector_data(cid, mux.chdata(ch, b"\0" * 5000), 0.0))
+    assert any("past the" in why for _, why in lab.closed_connectors)
+    assert 7 in [a for a, _ in lab.closed_agents]  # its agents are told and reconnect elsewhere
+
+
+def test_two_connectors_share_new_agents_and_a_lost_one_ends_only_its_agents():
+    lab = Lab(resources=(APP, APP))
+    for aid in (1, 2):
+        lab.agent(aid, "alice")
+        lab.do(lab.relay.agent_data(aid, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    used = {cid for cid, _ in lab.sessions}
+    assert used == {1, 2}
+    lab.cores.pop(1)
+    lab.do(lab.relay.connector_closed(1, "reset"))
+    assert len(lab.closed_agents) == 1
+    lab.agent(3, "alice")
+    lab.do(lab.relay.agent_data(3, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    assert (2, max(ch for c, ch in lab.sessions if c == 2)) in lab.sessions
+    assert [f.fields["allowed"] for f in lab.agent_in[3][1] if f.type == wire.LEASE_RESULT] == [True]
+
+
+def test_garbage_from_an_agent_closes_only_that_agent():
+    lab = Lab()
+    lab.agent(7, "alice")
+    lab.do(lab.relay.agent_data(7, b"\xff" * 16, 0.0))
+    assert lab.closed_agents and "protocol error" in lab.closed_agents[0][1]
+    assert 1 in lab.relay.connectors
+
+
+def test_keepalive_timeouts():
+    lab = Lab()
+    lab.agent(7, "alice")
+    lab.do(lab.relay.tick(100.0))
+    assert 7 in [a for a, _ in lab.closed_agents] and lab.closed_connectors
+
+
+def test_backoff_full_jitter_grows_to_its_cap_and_resets():
+    import random
+
+    b = Backoff(0.5, 8.0, rng=random.Random(1))
+    ceilings = []
+    for _ in range(8):
+        ceilings.append(b.ceiling())
+        d = b.next()
+        assert 0 <= d <= ceilings[-1]
+    assert ceilings == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
+    b.reset()
+    assert b.ceiling() == 0.5
+    draws = {round(Backoff(1, 1, rng=random.Random(i)).next(), 3) for i in range(20)}
+    assert len(draws) > 10  # jitter, not one fixed delay
+
+
+def test_connector_core_refuses_open_before_welcome_and_unknown_kinds():
+    core = ConnectorCore(APP)
+    out = core.receive(wire.control(wire.OPEN, ch=1, kind="agent", window=4096, identity="a"), 0.0)
+    assert isinstance(out[-1], CloseTunnel) and "before WELCOME" in out[-1].reason
+    core = ConnectorCore(APP)
+    core.receive(wire.control(wire.WELCOME, version=1, resource=APP), 0.0)
+    out = core.receive(wire.control(wire.OPEN, ch=1, kind="mystery", window=4096, identity="a"), 0.0)
+    (send,) = out
+    assert b"not served here" in send.data and core.mux.channels == {}
+
+
+def test_resource_changes_keep_the_unchanged_ones():
+    from gateway.connector import resource_changes
+
+    assert resource_changes(["a.example", "b.example"], ["b.example", "c.example"]) == (["c.example"], ["a.example"])
+    assert resource_changes(["a.example"], ["a.example"]) == ([], [])
