@@ -67,17 +67,9 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
         if not Path(getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: [gateway] {key} = {getattr(cfg, key)} does not exist")
     if cfg.crl:
-        from cryptography import x509
+        from ztna.crl import check_config
 
-        from ztna.crl import CRLError, parse
-
-        try:
-            parse(Path(cfg.crl).read_bytes(), x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes()), where=cfg.crl)
-        except OSError as exc:
-            raise ConfigError(f"{path}: [gateway] crl = {cfg.crl}: cannot read it ({exc.strerror}); "
-                              "`ztna pki crl --dir DIR` writes an empty one") from None
-        except (CRLError, ValueError) as exc:
-            raise ConfigError(f"{path}: [gateway] crl: {exc}") from None
+        check_config(cfg.crl, cfg.ca, f"{path}: [gateway] crl")
     from .agentless.config import load as load_agentless
 
     cfg.agentless = load_agentless(data, path, default_ca=cfg.ca)

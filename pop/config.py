@@ -31,6 +31,7 @@ class PopConfig:
     flow_log: str = ""         # JSON lines, one per flow; "" = the log only
     log_level: str = "INFO"
     alias_names: list[str] = field(default_factory=list)  # agentless aliases (not served yet: refused)
+    crl: str = ""              # the CA's CRL (ztna pki revoke): checked at each handshake, re-read each second
 
 
 def load(path: Path) -> tuple[PopConfig, PopPolicy]:
@@ -67,4 +68,8 @@ def load(path: Path) -> tuple[PopConfig, PopPolicy]:
     for key in ("cert", "key", "ca"):
         if not Path(getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: [pop] {key} = {getattr(cfg, key)} does not exist")
+    if cfg.crl:
+        from ztna.crl import check_config
+
+        check_config(cfg.crl, cfg.ca, f"{path}: [pop] crl")
     return cfg, PopPolicy(tables["policy"], tables["connectors"])

@@ -16,11 +16,15 @@ import signal
 import socket
 import ssl
 import time
+from pathlib import Path
+
+from cryptography import x509
 
 from gateway.agentless.route import Refuse
 from gateway.agentless.server import _alert_and_close, _peek
 from gateway.pending import HandshakeGate
-from ztna import pki, tlswire
+from ztna import pki, tlswire, wire
+from ztna.crl import CrlWatch
 from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, server_context
 from ztna.tunnelcmds import Log
@@ -45,6 +49,10 @@ class Pop:
         self.refusal_log = LogLimiter(interval=10.0)
         self.flow_file = open(cfg.flow_log, "a", buffering=1) if cfg.flow_log else None
         self.aliases = frozenset(cfg.alias_names)
+        # Revocation as the gateway does it (ztna/crl.py): checked after each handshake, and the file
+        # re-read each tick so a revoked agent's or connector's live tunnel ends within a second or two.
+        self.crl = CrlWatch(cfg.crl, x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes())) if cfg.crl else None
+        self.serials: dict[int, tuple[int, str, str]] = {}  # connection id -> (serial, identity, agent|connector)
         # Connections between accept and an established tunnel (the ClientHello peek and the handshake):
         # bounded in total and per source, with a shorter deadline under pressure (as the gateway's).
         self.gate = HandshakeGate(max_total=cfg.max_pending, max_per_source=cfg.max_pending_per_source,
@@ -58,6 +66,7 @@ class Pop:
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
+            self._poll_crl()
             lsock.bind((self.cfg.listen, self.cfg.port))
             lsock.listen(256)
             lsock.setblocking(False)
@@ -82,7 +91,29 @@ class Pop:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            self._poll_crl()
             self._perform(self.relay.tick(time.monotonic()))
+
+    def _poll_crl(self) -> None:
+        if self.crl is None:
+            return
+        got = self.crl.poll()
+        if got is None:
+            return
+        message, added = got
+        if message.startswith("error"):
+            self.relay.counters["crl_errors"] += 1
+            log.error("%s", message)
+            return
+        log.info("%s", message)
+        for cid, (serial, identity, what) in list(self.serials.items()):
+            if serial in added:
+                conn = (self.agents if what == "agent" else self.connectors).get(cid)
+                if conn is not None:
+                    self.relay.counters["tunnels_revoked"] += 1
+                    log.warning("%s %d %s: ended: certificate revoked (serial %x)", what, cid, identity, serial)
+                    conn.send(wire.control(wire.CLOSE, reason="certificate revoked"))
+                    conn.close("certificate revoked")
 
     # ---- accepting ------------------------------------------------------------------------
     def _on_accept(self, lsock: socket.socket) -> None:
@@ -136,13 +167,22 @@ class Pop:
         try:
             await conn.handshake(timeout)
             identity = pki.identity_from_peercert(ssock.getpeercert())
-        except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError) as exc:
+            serial = x509.load_der_x509_certificate(ssock.getpeercert(binary_form=True)).serial_number
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError, ValueError) as exc:
             self.relay.counters["tls_refused"] += 1
             self._refused(peer, f"{what} TLS: {_tls_reason(exc)}", what)
             conn.close()
             return
+        if self.crl is not None and self.crl.revoked(serial):
+            self.relay.counters["tls_refused"] += 1
+            self.relay.counters["revoked_refused"] += 1
+            self._refused(peer, f"{what} TLS: certificate of {identity} (serial {serial:x}) is revoked", what)
+            conn.send(wire.control(wire.CLOSE, reason="certificate revoked"))
+            conn.close()
+            return
         now = time.monotonic()
         cid = next(self.ids)
+        self.serials[cid] = (serial, identity, what)
         if isinstance(where, Agent):
             self.agents[cid] = conn
             conn.on_data = lambda data: self._perform(self.relay.agent_data(cid, data, time.monotonic()))
@@ -170,12 +210,14 @@ class Pop:
         return conn.queued if conn is not None else 0
 
     def _agent_gone(self, aid: int, reason: str) -> None:
+        self.serials.pop(aid, None)
         conn = self.agents.pop(aid, None)
         self._perform(self.relay.agent_closed(aid, reason))
         if conn is not None:
             log.info("agent %d closed: %s; %d bytes in, %d out", aid, reason, conn.bytes_in, conn.bytes_out)
 
     def _connector_gone(self, cid: int, reason: str) -> None:
+        self.serials.pop(cid, None)
         conn = self.connectors.pop(cid, None)
         self._perform(self.relay.connector_closed(cid, reason))
         if conn is not None:

@@ -145,3 +145,16 @@ class CrlWatch:
     def revoked_cert(self, cert: x509.Certificate) -> bool:
         """For a leaf that may come from another CA (the agentless front's client CA): issuer and serial."""
         return cert.issuer == self.ca_cert.subject and cert.serial_number in self.serials
+
+
+def check_config(crl: str, ca: str, where: str) -> None:
+    """A role's ``crl = PATH`` at load: readable and signed by ``ca``, else ConfigError naming ``where``."""
+    from .config import ConfigError
+
+    try:
+        parse(Path(crl).read_bytes(), x509.load_pem_x509_certificate(Path(ca).read_bytes()), where=crl)
+    except OSError as exc:
+        raise ConfigError(f"{where} = {crl}: cannot read it ({exc.strerror}); "
+                          "`ztna pki crl --dir DIR` writes an empty one") from None
+    except (CRLError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None

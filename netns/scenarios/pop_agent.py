@@ -86,6 +86,10 @@ class PopAgentScenario(Scenario):
         return t
 
     # ---- services -----------------------------------------------------------------
+    def pop_extra(self, lab: Lab) -> str:
+        """More [pop] lines (tests add a CRL)."""
+        return ""
+
     def start(self, lab: Lab) -> None:
         lab.ca()
         lab.issue("pop", "server", dns=[TUNNEL_NAME, CONNECTOR_NAME])
@@ -118,7 +122,7 @@ class PopAgentScenario(Scenario):
         pop_conf = lab.write_conf("pop.toml", (
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
-            f"flow_log = \"{lab.root}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n\n"
+            f"flow_log = \"{lab.root}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n{self.pop_extra(lab)}\n"
             f"[policy]\nalice = [\"{APP}\"]\n\n[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n"))
         pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
         procs.wait_listening(pop, POP, 443)
