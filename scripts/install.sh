@@ -13,7 +13,7 @@ fi
 
 pkgs=(iproute2 nftables tcpdump iperf3 bind9-dnsutils curl procps openssl ca-certificates chromium chromium-driver libnss3-tools)
 if [ "${1:-}" = "--bench" ]; then
-  pkgs+=(openvpn dnsperf dnsmasq unbound squid-openssl nginx-light)
+  pkgs+=(openvpn dnsperf dnsmasq unbound squid-openssl nginx-light iputils-ping wireguard-go wireguard-tools)
 fi
 py=${PYTHON:-python3}
 if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then
