@@ -166,6 +166,7 @@ class AgentSession:
             if not self.blocked and not fq.packets:
                 self._send(cmds, _frames(out), now)  # nothing waits: nothing to schedule
             else:
+                c["tunnel_queued_packets"] += len(out)
                 for buf in out:
                     fq.enqueue(buf, now)
                 if not self.blocked:

@@ -236,6 +236,7 @@ class GatewaySession:
                     break
             self._count()
             return [Send(_frames(out))]
+        self.counters["reply_queued_packets"] += len(out)
         for buf in out:
             fq.enqueue(buf, now)
         if blocked:
