@@ -60,7 +60,7 @@ HELLO = "hello"
 UP = "up"
 
 PENDING_MAX = 64
-BATCH = 256 * 1024  # bytes handed to the connection in one Send while packets are queued
+BATCH = 64 * 1024  # bytes handed to the connection in one Send while packets are queued
 QUEUE_LIMIT = 4 * 1024 * 1024  # the fair queue's memory bound
 RETRY = 1.0  # seconds between two attempts to build the tunnel
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}

@@ -64,7 +64,7 @@ PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 # must not start a lookup each without end (the agent leases one name at a time per flow).
 MAX_LOOKUPS = 64
 # Bytes handed to the connection in one Send while replies are queued (see the module docstring).
-BATCH = 256 * 1024
+BATCH = 64 * 1024
 
 
 # ---- commands (what the shell must do; Send, WriteTun, Close, Log: ztna.tunnelcmds) --------

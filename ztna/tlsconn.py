@@ -27,7 +27,7 @@ READ_CHUNK = 256 * 1024
 # queue (ztna/fqcodel.py), where CoDel sees how long they wait, not in the socket, where
 # nothing does.  docs/tunnel.md has the measurements behind the number; ZTNA_NOTSENT_LOWAT
 # (bytes, 0 for the kernel's default) overrides it for measuring.
-NOTSENT_LOWAT = int(os.environ.get("ZTNA_NOTSENT_LOWAT", 128 * 1024))
+NOTSENT_LOWAT = int(os.environ.get("ZTNA_NOTSENT_LOWAT", 32 * 1024))
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 
 
