@@ -52,7 +52,7 @@ def run_cmd(config: Path) -> None:
         raise click.ClickException("the agent creates a TUN device and takes over DNS: run it as root")
     try:
         asyncio.run(Agent(cfg).run())
-    except (TakeoverError, TunError, OSError) as exc:
+    except (TakeoverError, TunError, OSError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -25,6 +25,8 @@ class AgentConfig:
     address: str = "100.64.0.1"
     dns_stub: str = "100.64.0.2"
     resolv_conf: str = "/etc/resolv.conf"
+    dns_backend: str = "auto"            # auto | resolvconf | resolved (ztna/resolved.py)
+    resolvectl: str = "resolvectl"       # the command the resolved backend runs
     state_dir: str = "/run/ztna-agent"
     dns_ttl: int = 10
     idle_timeout: float = 300.0
@@ -34,10 +36,20 @@ class AgentConfig:
     max_leases_per_wildcard: int = 256    # leases at once for the names below one *.domain
     log_level: str = "INFO"
     patterns: PatternSet = field(default_factory=PatternSet, repr=False, init=False)  # derived from apps
+    metrics_listen: tuple | None = field(default=None, init=False)  # [metrics] listen: Prometheus, off when None
 
 
 def load(path: Path) -> AgentConfig:
-    cfg: AgentConfig = section(AgentConfig, load_file(path), "agent", path)
+    data = load_file(path)
+    cfg: AgentConfig = section(AgentConfig, data, "agent", path)
+    mdoc = data.get("metrics", {})
+    if not isinstance(mdoc, dict) or set(mdoc) - {"listen"}:
+        raise ConfigError(f"{path}: [metrics] has unknown key(s) {', '.join(sorted(set(mdoc) - {'listen'}))}; known: listen"
+                          if isinstance(mdoc, dict) else f"{path}: [metrics] must be a table")
+    if mdoc.get("listen"):
+        from ztna.metrics import parse_listen
+
+        cfg.metrics_listen = parse_listen(mdoc["listen"], f"{path}: [metrics] listen")
     try:
         net = ipaddress.IPv4Network(cfg.network)
         for key in ("address", "dns_stub"):
@@ -48,6 +60,8 @@ def load(path: Path) -> AgentConfig:
     for key in ("max_leases", "max_leases_per_wildcard"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{path}: [agent] {key} = {getattr(cfg, key)} must be at least 1")
+    if cfg.dns_backend not in ("auto", "resolvconf", "resolved"):
+        raise ConfigError(f"{path}: [agent] dns_backend = {cfg.dns_backend!r} is not 'auto', 'resolvconf' or 'resolved'")
     if cfg.address == cfg.dns_stub:
         raise ConfigError(f"{path}: [agent] address and dns_stub must differ")
     try:

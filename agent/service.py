@@ -22,8 +22,9 @@ from pathlib import Path
 
 from cryptography import x509
 
-from ztna import dnsclient, dnswire, pki
+from ztna import dnsclient, dnswire, pki, resolvectl
 from ztna.loglimit import suffix
+from ztna.resolved import RESOLVED, ResolvedError, routing_domains
 from ztna.tlsconn import FramedTLS, client_context, tune_tunnel_socket
 from ztna.tun import Tun
 
@@ -56,6 +57,7 @@ class Agent:
         self.state_path = self.state_dir / "dns-takeover.json"
         self.control_path = self.state_dir / "control.sock"
         self.upstreams: list[str] = []
+        self.dns_backend = ""
         self.tun: Tun | None = None
         self.tunnel: FramedTLS | None = None
         self.gateway_ip: str | None = None
@@ -72,6 +74,12 @@ class Agent:
         msg = takeover.recover_stale(self.state_path)
         if msg:
             log.warning("a previous agent did not stop cleanly: %s", msg)
+        try:
+            choice, dns_output = resolvectl.choose(self.cfg.dns_backend, self.cfg.resolv_conf, self.cfg.resolvectl)
+        except ResolvedError as exc:
+            raise takeover.TakeoverError(str(exc)) from exc
+        log.info("DNS backend %s: %s", choice.backend, choice.reason)
+        self.dns_backend = choice.backend
         guardian_fd = None
         servers = []
         try:
@@ -85,13 +93,25 @@ class Agent:
             resolv = Path(self.cfg.resolv_conf)
             # The guardian first: from the moment the file is taken over, a kill -9 must find it there.
             guardian_fd = takeover.start_guardian(self.state_path)
-            self.upstreams = takeover.take_over(resolv, self.cfg.dns_stub, self.state_path, os.getpid())
-            log.info("DNS taken over in %s: stub %s; other names go to %s", resolv, self.cfg.dns_stub,
-                     ", ".join(self.upstreams))
+            if choice.backend == RESOLVED:
+                domains = routing_domains(self.cfg.apps)
+                self.upstreams = await self.loop.run_in_executor(None, lambda: takeover.take_over_link(
+                    self.cfg.resolvectl, self.tun.name, self.cfg.dns_stub, domains, dns_output, self.state_path,
+                    os.getpid()))
+                log.info("DNS set on %s in systemd-resolved: stub %s for %s, not the default route; "
+                         "nothing global changed; other names go to %s", self.tun.name, self.cfg.dns_stub,
+                         " ".join(domains), ", ".join(self.upstreams))
+            else:
+                self.upstreams = takeover.take_over(resolv, self.cfg.dns_stub, self.state_path, os.getpid())
+                log.info("DNS taken over in %s: stub %s; other names go to %s", resolv, self.cfg.dns_stub,
+                         ", ".join(self.upstreams))
             servers.append(await asyncio.start_unix_server(self._control, path=str(self.control_path)))
             os.chmod(self.control_path, 0o600)
             self._resume_tun()
             ticker = asyncio.create_task(self._tick())
+            from ztna import metrics
+
+            self.exporter = metrics.serve(self.metric_families, self.cfg.metrics_listen)
             log.info("agent %s ready; gateway %s:%d (found through public DNS on first use)",
                      self.identity, self.cfg.gateway, self.cfg.gateway_port)
             await stop.wait()
@@ -109,6 +129,8 @@ class Agent:
                 os.close(guardian_fd)
             if self.control_path.exists():
                 self.control_path.unlink()
+            if getattr(self, "exporter", None) is not None:
+                self.exporter.stop()
             if self.tun is not None:
                 if self.reading_tun:
                     self.loop.remove_reader(self.tun.fd)
@@ -181,49 +203,76 @@ class Agent:
             log.debug("TUN write failed: %s", exc)
 
     # ---- the tunnel ------------------------------------------------------
-    def _resolve_gateway(self) -> str:
+    def _resolve_gateway(self) -> list[str]:
+        """Every A record of the gateway's name, from the first upstream that has any."""
         last: Exception | None = None
         for server in self.upstreams:
             try:
                 rec = dnswire.ask(server, self.cfg.gateway, "A", timeout=2.0, tries=1)
                 addrs = dnswire.addresses(rec, "A")
                 if addrs:
-                    return addrs[0]
+                    return addrs
                 last = LookupError(f"{server} answered {dnswire.rcode_name(rec)} with no address")
             except (OSError, TimeoutError, dnswire.BadMessage) as exc:
                 last = exc
         raise LookupError(f"cannot find gateway {self.cfg.gateway} through public DNS ({', '.join(self.upstreams)}): {last}")
 
     async def _connect(self) -> None:
+        """Every address of the gateway in turn (the one that served last first), until one takes us."""
+        try:
+            addrs = await self.loop.run_in_executor(None, self._resolve_gateway)
+        except LookupError as exc:
+            addrs, errors = [], [str(exc)]
+        else:
+            errors = []
+            log.info("gateway %s is %s (public DNS)", self.cfg.gateway, ", ".join(addrs))
+            if self.gateway_ip in addrs:
+                addrs.remove(self.gateway_ip)
+                addrs.insert(0, self.gateway_ip)
+        for ip in addrs:
+            got = await self._connect_to(ip)
+            if isinstance(got, str):
+                errors.append(f"{ip}: {got}")
+                log.warning("gateway %s at %s: %s%s", self.cfg.gateway, ip, got,
+                            "; trying the next address" if ip != addrs[-1] else "")
+                continue
+            conn, ssock = got
+            self.gateway_ip = ip
+            self.tunnel = conn
+            conn.start_reading()
+            log.info("TLS %s with %s:%d (%s), certificate %s presented", ssock.version(), ip,
+                     self.cfg.gateway_port, ssock.cipher()[0], self.identity)
+            self._perform(self.core.tunnel_up(time.monotonic()))
+            return
+        reason = "; ".join(errors) or "no address"
+        log.warning("tunnel to %s not built: %s", self.cfg.gateway, reason)
+        self._perform(self.core.tunnel_failed(reason, time.monotonic()))
+
+    async def _connect_to(self, ip: str):
+        """(FramedTLS, SSLSocket) with the gateway at ``ip``, or the reason it failed."""
         sock = None
         try:
-            self.gateway_ip = await self.loop.run_in_executor(None, self._resolve_gateway)
-            log.info("gateway %s is %s (public DNS)", self.cfg.gateway, self.gateway_ip)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             tune_tunnel_socket(sock)
-            await asyncio.wait_for(self.loop.sock_connect(sock, (self.gateway_ip, self.cfg.gateway_port)),
+            await asyncio.wait_for(self.loop.sock_connect(sock, (ip, self.cfg.gateway_port)),
                                    self.cfg.connect_timeout)
             ssock = self.ctx.wrap_socket(sock, server_hostname=self.cfg.gateway, do_handshake_on_connect=False)
             sock = ssock
-            conn = FramedTLS(ssock, name=f"gateway {self.gateway_ip}",
+            conn = FramedTLS(ssock, name=f"gateway {ip}",
                              on_data=lambda data: self._perform(self.core.receive_data(data, time.monotonic())),
                              on_close=self._on_tunnel_close, on_blocked=self._on_blocked)
             await conn.handshake(self.cfg.connect_timeout)
-        except (OSError, LookupError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
             if sock is not None:
                 sock.close()
-            reason = str(exc) or type(exc).__name__
-            log.warning("tunnel to %s not built: %s", self.cfg.gateway, reason)
-            self._perform(self.core.tunnel_failed(reason, time.monotonic()))
-            return
-        self.tunnel = conn
-        conn.start_reading()
-        log.info("TLS %s with %s:%d (%s), certificate %s presented", ssock.version(), self.gateway_ip,
-                 self.cfg.gateway_port, ssock.cipher()[0], self.identity)
-        self._perform(self.core.tunnel_up(time.monotonic()))
+            return str(exc) or type(exc).__name__
+        return conn, ssock
 
     def _on_tunnel_close(self, reason: str) -> None:
+        if self.tunnel is not None:
+            self.counters["closed_bytes_in"] += self.tunnel.bytes_in
+            self.counters["closed_bytes_out"] += self.tunnel.bytes_out
         self.tunnel = None
         self._resume_tun()
         self._perform(self.core.tunnel_closed(reason, time.monotonic()))
@@ -311,6 +360,16 @@ class Agent:
         self.counters["dns_upstream_failed"] += 1
         return b""
 
+    # ---- metrics (off unless [metrics] listen) ------------------------------------
+    def metric_families(self) -> list:
+        """A scrape (on the exporter's thread): a snapshot of the counts the core keeps anyway."""
+        from .metrics import Snapshot, families
+
+        c, t = dict(self.counters), self.tunnel
+        return families(Snapshot(c, tunnel_up=self.core.state == "up", leases=len(self.pool.by_addr),
+                                 bytes_in=c.get("closed_bytes_in", 0) + (t.bytes_in if t else 0),
+                                 bytes_out=c.get("closed_bytes_out", 0) + (t.bytes_out if t else 0)))
+
     # ---- status ------------------------------------------------------------
     def status(self) -> dict:
         now = time.monotonic()
@@ -318,7 +377,8 @@ class Agent:
         return {
             "identity": self.identity,
             "tun": self.cfg.tun,
-            "dns": {"stub": self.cfg.dns_stub, "upstreams": self.upstreams, "resolv_conf": self.cfg.resolv_conf},
+            "dns": {"stub": self.cfg.dns_stub, "upstreams": self.upstreams, "resolv_conf": self.cfg.resolv_conf,
+                    "backend": self.dns_backend},
             "tunnel": {
                 # The core keeps monotonic time; the status shows wall-clock time.
                 "state": self.core.state, "since": time.time() - (now - self.core.changed),

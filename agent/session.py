@@ -10,10 +10,12 @@ the TUN or a clock: time comes in as ``now``.
 
 Tunnel states (SPEC.md §1 steps 2-6; frames as in ztna/wire.py)::
 
-    down --first packet to a leased address--> connecting   (Connect; at most one try a second)
+    down --first packet to a leased address--> connecting   (Connect, when agent/backoff.py allows;
+                                                              a tick retries for packets still waiting)
     connecting --tunnel_up--> hello (HELLO sent)     --tunnel_failed--> down (waiting packets: ICMP host unreachable)
     hello --WELCOME--> up (LEASE for every lease with waiting packets or flows)
-    hello --closed--> down (the gateway refused us: waiting packets get ICMP host unreachable)
+    hello --closed--> down (the gateway refused us, e.g. a revoked certificate: waiting packets are
+                            refused, TCP with a RST, so established flows end too)
     up --LEASE_RESULT allowed--> the lease's waiting packets go out as DATA
        --LEASE_RESULT denied-->  they are refused (RST, ICMP port/host unreachable)
        --no word for 3 x keepalive--> Close;  --quiet for keepalive--> KEEPALIVE
@@ -51,6 +53,7 @@ from ztna.loglimit import LogLimiter, suffix
 from ztna.names import PatternSet
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
 
+from .backoff import Backoff
 from .dnsdecide import Decision, decide
 from .leases import Lease, LeasePool
 
@@ -62,7 +65,6 @@ UP = "up"
 PENDING_MAX = 64
 BATCH = 64 * 1024  # bytes handed to the connection in one Send while packets are queued
 QUEUE_LIMIT = 4 * 1024 * 1024  # the fair queue's memory bound
-RETRY = 1.0  # seconds between two attempts to build the tunnel
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
@@ -77,7 +79,8 @@ class AgentSession:
     """The decisions of one agent: its leases and its tunnel (see the module docstring)."""
 
     def __init__(self, pool: LeasePool, apps: PatternSet, *, address: str, keepalive: float = 15.0,
-                 dns_ttl: int = 10, pending_max: int = PENDING_MAX, now: float = 0.0):
+                 dns_ttl: int = 10, pending_max: int = PENDING_MAX, now: float = 0.0,
+                 backoff: Backoff | None = None):
         self.pool = pool
         self.apps = apps
         self.address_text = address
@@ -90,7 +93,8 @@ class AgentSession:
         self.decoder = wire.Decoder()
         self.pending: dict[bytes, list] = {}  # lease address -> [(packet, its Flow)]
         self.announced: set[bytes] = set()
-        self.last_attempt = -1e9
+        self.backoff = backoff or Backoff()
+        self.up_since = now
         self.last_rx = self.last_tx = now
         self.last_error = ""
         self.counters: Counter = Counter()
@@ -204,7 +208,7 @@ class AgentSession:
             c = self.counters
             c["aqm_drops"] += fq.drops - seen[0]
             c["aqm_marks"] += fq.marks - seen[1]
-            c["queue_drops"] += fq.overlimit - seen[2]
+            c["aqm_overlimit"] += fq.overlimit - seen[2]
             self._fq_seen = (fq.drops, fq.marks, fq.overlimit)
 
     def _refuse(self, buf, f, why: str, refusals: list, cmds: list) -> None:
@@ -216,9 +220,8 @@ class AgentSession:
             cmds.append(Log(logging.INFO, f"refused SYN to {ip4_text(f.dst)}: {why}"))
 
     def _ensure_tunnel(self, cmds: list, now: float) -> None:
-        if self.state != DOWN or now - self.last_attempt < RETRY:
+        if self.state != DOWN or not self.backoff.may_try(now):
             return
-        self.last_attempt = now
         self._set(CONNECTING, now)
         cmds.append(Connect())
 
@@ -245,12 +248,16 @@ class AgentSession:
         """The tunnel could not be built (``reason`` says why)."""
         self.last_error = reason
         self._set(DOWN, now)
-        return self._unreachable()
+        self.counters["tunnel_failed"] += 1
+        delay = self.backoff.failed(now)
+        return [Log(logging.INFO, f"next attempt in {delay:.2f}s at the earliest "
+                                  f"({self.backoff.failures} failure(s) in a row)"), *self._unreachable()]
 
     def tunnel_closed(self, reason: str, now: float) -> list:
         """The tunnel is gone, whoever closed it."""
         was = self.state
         self.last_error = reason
+        self.backoff.ended(now - self.up_since if was == UP else 0.0, now)
         self._set(DOWN, now)
         self.announced.clear()
         self.blocked = False
@@ -260,7 +267,18 @@ class AgentSession:
             lease.state = "new"  # a new tunnel (maybe a new gateway) decides again
         self.counters["tunnel_closed"] += 1
         if was == HELLO:
-            return [Log(logging.ERROR, f"gateway refused the tunnel: {reason}"), *self._unreachable()]
+            self.counters["tunnel_refused"] += 1
+            # The gateway itself said no: asking again will not help, so refuse (a RST ends even an
+            # established TCP flow, where host unreachable is only a soft error that leaves it hanging).
+            cmds = [Log(logging.ERROR, f"gateway refused the tunnel: {reason}")]
+            refusals: list = []
+            for q in self.pending.values():
+                for buf, f in q:
+                    self._refuse(buf, f, "the gateway refused the tunnel", refusals, cmds)
+            self.pending.clear()
+            if refusals:
+                cmds.append(WriteTun(refusals))
+            return cmds
         return [Log(logging.WARNING, f"tunnel closed: {reason}")]
 
     def stop(self, now: float) -> list:
@@ -278,6 +296,8 @@ class AgentSession:
         for lease in self.pool.expire(now):
             cmds.append(Log(logging.INFO, f"lease {lease.fqdn} {lease.addr_text} reclaimed (idle)"))
             self._forget(lease, cmds, now)
+        if self.state == DOWN and self.pending:
+            self._ensure_tunnel(cmds, now)  # packets wait out a backoff: try when it allows
         if self.state == UP:
             if now - self.last_rx > 3 * self.keepalive:
                 cmds.append(Close(f"no word from the gateway for {3 * self.keepalive:.0f}s"))
@@ -323,6 +343,10 @@ class AgentSession:
         for f in frames:
             t = f.type
             if t == wire.DATA:
+                if self.state != UP:
+                    # Nothing was leased on this tunnel yet: no packet of the gateway's belongs in the TUN.
+                    cmds.append(Close("protocol error: DATA before WELCOME"))
+                    return cmds
                 pkts.append(f.payload)
                 continue
             if pkts:
@@ -353,6 +377,7 @@ class AgentSession:
             cmds.append(Close("protocol error: WELCOME twice"))
             return
         self._set(UP, now)
+        self.up_since = now
         self.counters["tunnel_up"] += 1
         cmds.append(Log(logging.INFO, f"tunnel up: gateway knows us as {fields.get('identity')} "
                                       f"(session {fields.get('session')})"))

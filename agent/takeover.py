@@ -7,6 +7,12 @@ or when it finds itself re-parented)
 gives it back at once, and the next start or ``ztna agent restore`` does it if
 the guardian was killed too.  The file is given back only if it is still the
 one the agent wrote, so a change made by somebody else is never undone.
+
+On a host where systemd-resolved manages DNS (ztna/resolved.py decides), the
+file is not touched at all: the stub and the app domains go on the agent's own
+link, and giving back is ``resolvectl revert`` on that link.  The state file
+says which of the two was done, so the guardian and ``ztna agent restore`` undo
+the right one.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import select
 import signal
 from pathlib import Path
 
-from ztna import files, resolvconf
+from ztna import files, resolvconf, resolvectl
+from ztna.resolved import ResolvedError, servers_of
 
 log = logging.getLogger("ztna.agent")
 
@@ -67,14 +74,39 @@ def take_over(resolv: Path, stub: str, state_path: Path, pid: int) -> list[str]:
     return servers
 
 
+def take_over_link(tool: str, link: str, stub: str, domains: list[str], dns_output: str,
+                   state_path: Path, pid: int) -> list[str]:
+    """systemd-resolved: put ``stub`` and the routing ``domains`` on ``link``; return the servers for other names.
+
+    ``dns_output`` is ``resolvectl dns`` as it was before; its servers (global
+    and other links') are where the agent sends names it does not own and
+    where it looks up its gateway.  Nothing global is changed.
+    """
+    servers = [s for s in servers_of(dns_output, exclude_link=link) if s != stub]
+    if not servers:
+        raise TakeoverError("systemd-resolved knows no DNS server ('resolvectl dns' names none); the agent needs "
+                            "them to forward ordinary names and to find the gateway")
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"backend": "resolved", "link": link, "resolvectl": tool, "pid": pid, "stub": stub, "domains": domains}
+    files.write_atomic(state_path, json.dumps(state), 0o600)
+    try:
+        resolvectl.apply(tool, link, [stub], domains)
+    except ResolvedError as exc:
+        state_path.unlink()
+        raise TakeoverError(f"systemd-resolved refused the agent's link settings: {exc}; DNS left as it was") from exc
+    return servers
+
+
 def restore(state_path: Path) -> str:
-    """Give the recorded file back if it is still ours; remove the state. Returns what was done."""
+    """Give back what the state records (the file if still ours, or the resolved link); remove the state."""
     try:
         state = json.loads(state_path.read_text())
+        if state.get("backend") == "resolved":
+            return _restore_link(state_path, state)
         resolv, original = Path(state["resolv_conf"]), state["original"]
     except FileNotFoundError:
         return "nothing to restore: no DNS takeover is recorded"
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TakeoverError(f"{state_path} is corrupt ({exc}); check {state_path} and the resolver file by hand") from exc
     try:
         current = resolv.read_text()
@@ -86,6 +118,20 @@ def restore(state_path: Path) -> str:
     files.write_atomic(resolv, original)
     state_path.unlink()
     return f"restored {resolv} ({', '.join(nameservers(original)) or 'no nameserver'})"
+
+
+def _restore_link(state_path: Path, state: dict) -> str:
+    link, tool = state["link"], state["resolvectl"]
+    if not isinstance(link, str) or not isinstance(tool, str):
+        raise TypeError("link and resolvectl must be text")
+    try:
+        msg = resolvectl.revert(tool, link)
+    except ResolvedError as exc:
+        # The record stays: 'ztna agent restore' or the next start tries again.
+        raise TakeoverError(f"cannot give DNS back to systemd-resolved: {exc}; {state_path} is kept so that "
+                            f"'ztna agent restore' can try again") from exc
+    state_path.unlink()
+    return msg
 
 
 def recover_stale(state_path: Path) -> str | None:
@@ -133,7 +179,9 @@ def start_guardian(state_path: Path) -> int:
                 if state.get("pid") == parent:
                     msg = restore(state_path)
                     print(f"ztna agent guardian: agent {parent} died without giving DNS back: {msg}", flush=True)
-            except (FileNotFoundError, ValueError, TakeoverError):
+            except TakeoverError as exc:
+                print(f"ztna agent guardian: agent {parent} died; giving DNS back failed: {exc}", flush=True)
+            except (FileNotFoundError, ValueError):
                 pass
         finally:
             os._exit(0)

@@ -21,8 +21,13 @@ def gateway() -> None:
 
 @gateway.command("run")
 @click.option("--config", "config", type=click.Path(path_type=Path), required=True, help="gateway.toml")
-def run_cmd(config: Path) -> None:
-    """Run the gateway in the foreground (needs root: TUN, nftables, ip_forward)."""
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the running gateway keeps gateway.pid and gateway.json (for `ztna gateway reload` "
+                   "and `ztna status`); /run/ztna by convention.")
+def run_cmd(config: Path, run_dir: Path | None) -> None:
+    """Run the gateway in the foreground (needs root: TUN, nftables, ip_forward).
+
+    SIGHUP (or `ztna gateway reload`) reads gateway.toml's [policy] again."""
     from .config import load
     from .service import Gateway, NftError
     from ztna.tun import TunError
@@ -34,7 +39,7 @@ def run_cmd(config: Path) -> None:
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s gateway %(levelname)s %(message)s")
     if os.geteuid() != 0:
         raise click.ClickException("the gateway creates a TUN device and nftables rules: run it as root")
-    gw = Gateway(cfg, policy)
+    gw = Gateway(cfg, policy, config_path=config, run_dir=run_dir)
     if cfg.agentless is not None:
         try:
             gw.agentless_front()  # now, so a bad key file or certificate stops the start, not the first browser
@@ -42,8 +47,24 @@ def run_cmd(config: Path) -> None:
             raise click.ClickException(f"[agentless]: {exc}") from exc
     try:
         asyncio.run(gw.run())
-    except (TunError, NftError, OSError) as exc:
+    except (TunError, NftError, OSError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@gateway.command("reload")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("/run/ztna"),
+              show_default=True, help="The --run-dir the gateway was started with.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the gateway's answer.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def reload_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
+    """Make the running gateway read gateway.toml's [policy] again (SIGHUP) and say whether it took it.
+
+    Exit status 0: the new policy is in force (leases it no longer allows are
+    withdrawn, their flows end); 1: refused (file, line and reason printed), the old one stays.
+    """
+    from ztna.cli import reload_role
+
+    reload_role("gateway", run_dir, timeout, as_json)
 
 
 @gateway.group("user")

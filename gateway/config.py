@@ -32,8 +32,10 @@ class GatewayConfig:
     max_pending_per_source: int = 32     # ... and from one source address
     pressure_handshake_timeout: float = 2.0  # the deadline of new handshakes while half of max_pending wait
     queue_limit: int = 8 * 1024 * 1024
+    crl: str = ""                        # the CA's CRL (`ztna pki revoke`), re-read when it changes; "" = none
     log_level: str = "INFO"
     agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig, from [agentless]
+    metrics_listen: tuple | None = field(default=None, init=False)  # [metrics] listen: Prometheus, off when None
 
 
 def load(path: Path) -> tuple[GatewayConfig, Policy]:
@@ -63,7 +65,27 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
     for key in ("cert", "key", "ca"):
         if not Path(getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: [gateway] {key} = {getattr(cfg, key)} does not exist")
+    if cfg.crl:
+        from cryptography import x509
+
+        from ztna.crl import CRLError, parse
+
+        try:
+            parse(Path(cfg.crl).read_bytes(), x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes()), where=cfg.crl)
+        except OSError as exc:
+            raise ConfigError(f"{path}: [gateway] crl = {cfg.crl}: cannot read it ({exc.strerror}); "
+                              "`ztna pki crl --dir DIR` writes an empty one") from None
+        except (CRLError, ValueError) as exc:
+            raise ConfigError(f"{path}: [gateway] crl: {exc}") from None
     from .agentless.config import load as load_agentless
 
     cfg.agentless = load_agentless(data, path, default_ca=cfg.ca)
+    mdoc = data.get("metrics", {})
+    if not isinstance(mdoc, dict) or set(mdoc) - {"listen"}:
+        raise ConfigError(f"{path}: [metrics] has unknown key(s) {', '.join(sorted(set(mdoc) - {'listen'}))}; known: listen"
+                          if isinstance(mdoc, dict) else f"{path}: [metrics] must be a table")
+    if mdoc.get("listen"):
+        from ztna.metrics import parse_listen
+
+        cfg.metrics_listen = parse_listen(mdoc["listen"], f"{path}: [metrics] listen")
     return cfg, Policy(table)

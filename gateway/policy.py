@@ -14,6 +14,7 @@ class Policy:
     """identity -> application patterns."""
 
     def __init__(self, table: dict[str, list[str]]):
+        self.source = {ident: list(pats) for ident, pats in table.items()}  # as written, for reload's diff
         self.table = {ident: PatternSet(pats) for ident, pats in table.items()}
 
     def allows(self, identity: str, fqdn: str) -> tuple[bool, str]:

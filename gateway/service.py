@@ -22,13 +22,19 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
-from ztna import dnswire, nft, pki, wire
+from cryptography import x509
+
+from ztna import dnswire, nft, pki, runstate, wire
+from ztna.config import ConfigError, describe
+from ztna.crl import CrlWatch
 from ztna.nft import NftError
 from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, server_context, tune_tunnel_socket
 from ztna.tun import Tun
 
+from . import reload as reload_mod
 from .config import GatewayConfig
 from .nat import InsidePool
 from .pending import HandshakeGate
@@ -105,6 +111,7 @@ class Session:
     peer: str
     conn: FramedTLS
     core: GatewaySession
+    serial: int = 0  # of the agent's certificate, for the CRL
 
     @property
     def id(self) -> int:
@@ -118,8 +125,10 @@ class Session:
 class Gateway:
     """One gateway process."""
 
-    def __init__(self, cfg: GatewayConfig, policy: Policy):
+    def __init__(self, cfg: GatewayConfig, policy: Policy, *, config_path=None, run_dir=None):
         self.cfg = cfg
+        self.config_path = config_path
+        self.state = runstate.RunState(run_dir, "gateway", config=config_path) if run_dir else None
         self.policy = policy
         self.ctx = server_context(cfg.ca, cfg.cert, cfg.key)
         self.pool = InsidePool(cfg.inside_network)
@@ -135,6 +144,7 @@ class Gateway:
         self.nft_seen: dict[str, int] = dict.fromkeys(NFT_COUNTERS, 0)
         self.tun: Tun | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.crl = CrlWatch(cfg.crl, x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes())) if cfg.crl else None
 
     # ---- lifecycle -------------------------------------------------------
     async def run(self) -> None:
@@ -142,9 +152,11 @@ class Gateway:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, stop.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         lsock = None
         nft_on = False
         try:
+            self._poll_crl()
             prefix = self.pool.network.prefixlen
             # pyroute2's synchronous API will not run inside a running event loop.
             self.tun = await self.loop.run_in_executor(
@@ -162,9 +174,12 @@ class Gateway:
             self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
             self.loop.add_reader(self.tun.fd, self._on_tun)
             ticker = asyncio.create_task(self._tick())
+            self._start_metrics()
             log.info("gateway listening on %s:%d (TLS 1.3, client certificates from %s); TUN %s %s; private DNS %s",
                      self.cfg.listen, self.cfg.port, self.cfg.ca, self.tun.name, self.cfg.inside_network,
                      ", ".join(self.cfg.private_dns))
+            if self.state is not None:
+                self.state.write()
             await stop.wait()
             ticker.cancel()
             await self._read_nft()
@@ -180,6 +195,10 @@ class Gateway:
                 nft.delete_table(NFT_TABLE)
             if self.tun is not None:
                 self.tun.close()
+            if self.state is not None:
+                self.state.remove()
+            if getattr(self, "exporter", None) is not None:
+                self.exporter.stop()
 
     async def _tick(self) -> None:
         n = 0
@@ -187,10 +206,92 @@ class Gateway:
             await asyncio.sleep(1.0)
             n += 1
             now = time.monotonic()
+            self._poll_crl()
             for s in list(self.sessions.values()):
                 self._perform(s, s.core.tick(now))
             if n % 2 == 0:
                 await self._read_nft()
+
+    # ---- metrics (off unless [metrics] listen) ------------------------------------
+    def _start_metrics(self) -> None:
+        from ztna import metrics
+
+        self.exporter = metrics.serve(self.metric_families, self.cfg.metrics_listen)
+
+    def metric_families(self) -> list:
+        """A scrape (on the exporter's thread): a snapshot of the counts the loop keeps anyway."""
+        from .metrics import Snapshot, families
+
+        for _ in range(3):  # the loop may change the dicts meanwhile: take the copy again
+            try:
+                sessions = list(self.sessions.values())
+                counters = dict(self.counters)
+                break
+            except RuntimeError:
+                continue
+        else:
+            sessions, counters = [], dict(self.counters)
+        snap = Snapshot(counters, sessions=len(sessions),
+                        leases=sum(len(s.core.nat.routes) for s in sessions if s.core.nat is not None),
+                        bytes_in=counters.get("closed_bytes_in", 0) + sum(s.conn.bytes_in for s in sessions),
+                        bytes_out=counters.get("closed_bytes_out", 0) + sum(s.conn.bytes_out for s in sessions))
+        return families(snap)
+
+    # ---- live reload (SIGHUP, `ztna gateway reload`) ----------------------------
+    def _on_hup(self) -> None:
+        if self.config_path is None:
+            log.error("SIGHUP: no configuration file to reload")
+            return
+        ok, msg, changes = self.reload(self.config_path)
+        if self.state is not None:
+            self.state.reloaded(ok=ok, message=msg, changes=changes, now=time.time())
+
+    def reload(self, path) -> tuple[bool, str, list[str]]:
+        """Read ``path`` again and put its [policy] in force; (ok, message, changes).
+
+        Sessions stay; each one withdraws the leases its identity lost (gateway/session.py
+        ``set_policy``).  A file that does not load, or changes more than [policy], is refused."""
+        from .config import load
+
+        try:
+            cfg, policy = load(path)
+            p = reload_mod.plan(path, self.cfg, self.policy.source, cfg, policy.source)
+        except ConfigError as exc:
+            p = reload_mod.Plan(False, f"reload refused, the running configuration stays: {describe(path, exc)}", [])
+        except (OSError, ValueError) as exc:  # a file named by the config that cannot be read, ...
+            p = reload_mod.Plan(False, f"reload refused, the running configuration stays: {path}: {exc}", [])
+        if not p.ok:
+            self.counters["reloads_refused"] += 1
+            log.error("%s", p.message)
+            return False, p.message, []
+        self.policy = policy
+        if getattr(self, "_front", None) is not None:
+            self._front.gate.policy = policy
+        before = self.counters["leases_withdrawn"]
+        for s in list(self.sessions.values()):
+            self._perform(s, s.core.set_policy(policy))
+        self.counters["reloads_taken"] += 1
+        msg = f"{p.message}, {self.counters['leases_withdrawn'] - before} lease(s) withdrawn"
+        log.info("%s%s", msg, "".join(f"; {c}" for c in p.changes))
+        return True, msg, p.changes
+
+    def _poll_crl(self) -> None:
+        """Re-read the CRL when its file changed (each tick, so within a second) and end revoked sessions."""
+        if self.crl is None:
+            return
+        got = self.crl.poll()
+        if got is None:
+            return
+        message, added = got
+        if message.startswith("error"):
+            self.counters["crl_errors"] += 1
+            log.error("%s", message)
+            return
+        log.info("%s", message)
+        for s in list(self.sessions.values()):
+            if s.serial in added:
+                self.counters["sessions_revoked"] += 1
+                self._perform(s, s.core.end(f"certificate revoked (serial {s.serial:x}, {s.identity})"))
 
     async def _read_nft(self) -> None:
         # The drops happen in the kernel; say so in the log as they grow, so an operator sees them.
@@ -255,7 +356,7 @@ class Gateway:
     async def _handshake_gated(self, sock: socket.socket, peer: str, timeout: float):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.cfg.agentless is not None and await self.agentless_front().claim(sock, peer, self.cfg.handshake_timeout):
+        if self.cfg.agentless is not None and await self.agentless_front().claim(sock, peer, timeout):
             return  # SNI named a published application (served by gateway/agentless) or nothing we serve (refused)
         tune_tunnel_socket(sock)
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
@@ -263,23 +364,33 @@ class Gateway:
         try:
             await conn.handshake(timeout)
             identity = pki.identity_from_peercert(ssock.getpeercert())
-        except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError) as exc:
+            serial = x509.load_der_x509_certificate(ssock.getpeercert(binary_form=True)).serial_number
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError, ValueError) as exc:
             self.counters["tls_refused"] += 1
             log.warning("refused TLS from %s: %s", peer, _tls_reason(exc))
             conn.close()
             return None
-        return conn, ssock, peer, identity
+        if self.crl is not None and self.crl.revoked(serial):
+            # Checked here, not by OpenSSL, so the CRL can change under a running gateway (ztna/crl.py).
+            self.counters["tls_refused"] += 1
+            self.counters["revoked_refused"] += 1
+            log.warning("refused TLS from %s: certificate of %s (serial %x) is revoked", peer, identity, serial)
+            conn.send(wire.control(wire.CLOSE, reason="certificate revoked"))
+            conn.close()
+            return None
+        return conn, ssock, peer, identity, serial
 
-    def _start_session(self, conn: FramedTLS, ssock: ssl.SSLSocket, peer: str, identity: str) -> None:
+    def _start_session(self, conn: FramedTLS, ssock: ssl.SSLSocket, peer: str, identity: str, serial: int = 0) -> None:
         sid = next(self.ids)
         core = GatewaySession(sid, identity, policy=self.policy, pool=self.pool, agent_network=self.agent_net,
                               now=time.monotonic(), keepalive=self.cfg.keepalive, queue_limit=self.cfg.queue_limit,
                               counters=self.counters)
-        s = Session(peer, conn, core)
+        s = Session(peer, conn, core, serial)
         conn.on_data = lambda data: self._perform(s, core.receive_data(data, time.monotonic()))
         conn.on_close = lambda reason: self._on_close(s, reason)
         conn.on_blocked = lambda blocked: blocked or self._drain(s)
         self.sessions[sid] = s
+        self.counters["sessions_started"] += 1
         cert = ssock.getpeercert()
         issuer = dict(x for rdn in cert.get("issuer", ()) for x in rdn).get("commonName", "?")
         log.info("session %d from %s: identity %s (certificate CN=%s, issuer %s, valid until %s), %s",
@@ -291,10 +402,13 @@ class Gateway:
         if getattr(self, "_front", None) is None:
             from .agentless.server import Front
             self._front = Front(self.cfg.agentless, self.policy, self._resolve)
+            self._front.crl = self.crl
         return self._front
 
     def _on_close(self, s: Session, reason: str) -> None:
         self.sessions.pop(s.id, None)
+        self.counters["closed_bytes_in"] += s.conn.bytes_in
+        self.counters["closed_bytes_out"] += s.conn.bytes_out
         core = s.core
         nat = core.nat
         self._perform(s, core.closed_by_shell())

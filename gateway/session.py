@@ -194,6 +194,43 @@ class GatewaySession:
             self.nat.expire(now)
         return []
 
+    def set_policy(self, policy: Policy) -> list:
+        """A reloaded policy: leases it no longer allows are withdrawn, with their flows.
+
+        The NAT route goes (later packets to it are dropped as to no lease, replies
+        find no flow) and the agent is told with an unsolicited LEASE_RESULT
+        denied, so it refuses (RST) the next packet of each flow instead of letting
+        it wait.  Lookups still running for a name now denied are answered denied."""
+        self.policy = policy
+        if self.state != UP:
+            return []
+        cmds: list = []
+        for addr, route in list(self.nat.routes.items()):
+            ok, why = policy.allows(self.identity, route.fqdn)
+            if ok:
+                continue
+            flows = sum(1 for v in self.nat.flows.values() if v[0] == addr)
+            self.nat.release(addr)
+            a = socket.inet_ntoa(addr)
+            self.counters["leases_withdrawn"] += 1
+            cmds.append(Log(logging.WARNING, f"session {self.id} {self.identity}: lease {route.fqdn} {a} withdrawn "
+                                             f"by the reloaded policy, {flows} flow(s) ended: {why}"))
+            cmds.append(Send(wire.control(wire.LEASE_RESULT, fqdn=route.fqdn, addr=a, allowed=False,
+                                          reason=f"policy reloaded: {why}")))
+        for (name, addr), _ in list(self.asking.items()):
+            ok, why = policy.allows(self.identity, name)
+            if not ok:
+                del self.asking[(name, addr)]
+                cmds.extend(self._denied(name, socket.inet_ntoa(addr), f"policy reloaded: {why}"))
+        return cmds
+
+    def end(self, reason: str) -> list:
+        """The gateway ends this session (its certificate revoked, ...): tell the agent why, then Close."""
+        if self.state == CLOSED:
+            return []
+        return self._close([Log(logging.WARNING, f"session {self.id} {self.identity}: ended: {reason}")],
+                           reason, tell=True)
+
     def closed_by_shell(self) -> list:
         """The connection is gone (for whatever reason): give the inside address back."""
         self.state = CLOSED

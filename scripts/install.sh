@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-pkgs=(iproute2 nftables tcpdump iperf3 bind9-dnsutils curl procps openssl ca-certificates chromium chromium-driver libnss3-tools)
+pkgs=(iproute2 nftables tcpdump iperf3 bind9-dnsutils curl procps openssl ca-certificates chromium chromium-driver libnss3-tools dbus)
 if [ "${1:-}" = "--bench" ]; then
   pkgs+=(openvpn dnsperf dnsmasq unbound squid-openssl nginx-light iputils-ping wireguard-go wireguard-tools)
 fi
@@ -44,5 +44,10 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.ztna-stamp 2>/dev/null)" != "$st
   # (the filter hides only pip's notes about find-links folders this machine's pip config names but lacks)
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2> >(grep -v "^WARNING: Location 'file:" >&2)
   echo "$stamp" > .venv/.ztna-stamp
+fi
+# The lab's systemd-resolved (tests/lab/test_*resolved.py): Debian's own, unpacked and never installed.
+root=${ZTNA_RESOLVED_ROOT:-/var/cache/ztna-lab/systemd-resolved}
+if [ ! -x "$root/lib/systemd/systemd-resolved" ] || [ ! -x "$root/usr/bin/resolvectl" ]; then
+  scripts/fetch-resolved.sh
 fi
 echo "install.sh: ready ($(.venv/bin/ztna --version))"

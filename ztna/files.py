@@ -21,9 +21,13 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     is never readable by others even for a moment), fsyncs it and renames it
     over.  A bind-mount target cannot be renamed over (EBUSY: inside ``ip netns
     exec`` /etc/resolv.conf is one), so that case is rewritten in place, and
-    said.  Other failures raise OSError.
+    said.  A symlink is written through, never replaced: the file it points
+    at gets the new content and the link stays (on Ubuntu /etc/resolv.conf is
+    a link other software relies on).  Other failures raise OSError.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     raw = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.ztna-{os.getpid()}.tmp")
     try:

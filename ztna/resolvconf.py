@@ -83,8 +83,9 @@ def parse_untrusted(data: bytes | str) -> ResolvConf:
         elif key in ("search", "domain"):
             if not args:
                 raise ResolvConfError(f"line {lineno}: {key!r} without a domain")
-            # As in glibc, the last of 'search'/'domain' wins.
-            rc.search = [_check_domain(a, lineno) for a in args]
+            # As in glibc, the last of 'search'/'domain' wins.  systemd-resolved writes
+            # 'search .' (the root: no search domain) when it has none; that adds nothing.
+            rc.search = [_check_domain(a, lineno) for a in args if a != "."]
         elif key == "options":
             rc.options += args
         else:

@@ -3,10 +3,9 @@
 The shell reads each role's own record (``gather``); ``judge`` is pure and turns
 one record into a :class:`Row`.  Where each role leaves its record:
 
-* dns, proxy: ``RUN_DIR/ROLE.json`` (``--run-dir`` of ``ztna dns|proxy run``, ``ztna.runstate``);
+* dns, proxy, gateway: ``RUN_DIR/ROLE.json`` (``--run-dir`` of ``ztna dns|proxy|gateway run``, ``ztna.runstate``);
 * agent: its control socket in ``state_dir`` (``ztna agent status`` asks the same);
 * roaming: ``status.json`` in its ``state_dir``;
-* gateway: nothing yet, so it is listed as not reporting.
 """
 
 from __future__ import annotations
@@ -36,13 +35,10 @@ class Row:
 
 def judge(role: str, doc: dict | None, *, alive: bool, source: str) -> Row:
     """The row for ``role`` from its record ``doc`` (None: no record) and whether its pid lives."""
-    if role == "gateway":
-        return Row(role, UNKNOWN, "the gateway writes no pid or state file yet: ask systemctl status ztna-gateway",
-                   source)
     if doc is None:
         return Row(role, STOPPED, f"no record in {source}", source)
     pid = doc.get("pid") if isinstance(doc.get("pid"), int) else None
-    if role in ("dns", "proxy"):
+    if role in ("dns", "proxy", "gateway"):
         if not alive:
             return Row(role, STOPPED, f"{source} names pid {pid}, which is not running (left by a crash)", source, pid)
         detail = f"config {doc.get('config')}, up {_ago(doc.get('started'))}"
@@ -79,7 +75,7 @@ def _ago(t) -> str:
 def gather(run_dir: Path, agent_state: Path, roaming_state: Path) -> list[Row]:
     """Read every role's record on this machine (the shell part)."""
     rows = []
-    for role in ("dns", "proxy"):
+    for role in ("dns", "proxy", "gateway"):
         doc = runstate.read(run_dir, role)
         rows.append(judge(role, doc, alive=bool(doc) and runstate.pid_alive(doc["pid"]),
                           source=str(Path(run_dir) / f"{role}.json")))
@@ -100,13 +96,12 @@ def gather(run_dir: Path, agent_state: Path, roaming_state: Path) -> list[Row]:
     pid = doc.get("pid") if doc else None
     rows.append(judge("roaming", doc, alive=isinstance(pid, int) and pid > 0 and runstate.pid_alive(pid),
                       source=str(status_file)))
-    rows.append(judge("gateway", None, alive=False, source="-"))
     return rows
 
 
 @click.command("status")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=runstate.DEFAULT_RUN_DIR,
-              show_default=True, help="Where ztna dns/proxy keep their pid and state files (their --run-dir).")
+              show_default=True, help="Where ztna dns/proxy/gateway keep their pid and state files (their --run-dir).")
 @click.option("--agent-state-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/run/ztna-agent"), show_default=True, help="The agent's state_dir.")
 @click.option("--roaming-state-dir", type=click.Path(file_okay=False, path_type=Path),

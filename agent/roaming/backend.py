@@ -1,5 +1,6 @@
-"""The OS side of DNS settings: the resolv.conf file, systemd-resolved
-detection, which interface a server is reached by, and per-interface sources.
+"""The OS side of DNS settings: the resolv.conf file, which interface a
+server is reached by, and per-interface sources (systemd-resolved is
+ztna/resolved.py and ztna/resolvectl.py).
 
 Inside ``ip netns exec NS`` the file /etc/netns/NS/resolv.conf is bind-mounted
 over /etc/resolv.conf, and rename() onto a mount point fails with EBUSY; so the
@@ -14,9 +15,7 @@ import logging
 import socket
 from pathlib import Path
 
-from ztna import files
-
-from ztna import resolvconf
+from ztna import files, resolvconf
 
 log = logging.getLogger("ztna.roaming")
 
@@ -55,11 +54,6 @@ def machine_id(path: Path) -> str:
     except OSError:
         log.warning("%s is not readable; deriving the machine id from the host name", path)
     return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:32]
-
-
-def resolved_running(run_dir: Path = Path("/run/systemd/resolve")) -> bool:
-    """True when systemd-resolved runs here (its varlink socket exists)."""
-    return (run_dir / "io.systemd.Resolve").exists()
 
 
 _netlink_pool = None

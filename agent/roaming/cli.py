@@ -110,11 +110,26 @@ def status_cmd(config_path: Path | None, as_json: bool) -> None:
             reason += f"; {cfg.resolv_conf} still points at its stub (a crash?): run 'ztna roaming restore'"
         doc = {**doc, "state": "not running", "reason": "not_running", "detail": reason, "restore_pending": pending}
     else:
-        # Trust the kernel-visible file over the daemon's own belief.
-        ours = current is not None and resolvconf.is_ours(current)
-        doc["resolv_conf_points_at_stub"] = ours
-        if doc.get("state") == "protected" and not ours:
-            doc.update(state="unprotected", reason="not_owning", detail=f"{cfg.resolv_conf} no longer points at the stub")
+        if doc.get("backend") == "resolved":
+            # Trust what resolved says over the daemon's own belief.
+            from ztna import resolvectl
+            from ztna.resolved import ResolvedError
+
+            link = doc.get("resolved_link") or cfg.resolved_link
+            try:
+                ours = cfg.listen in resolvectl.run([cfg.resolvectl, "dns", link]).split()
+                why = f"systemd-resolved no longer sends queries to {cfg.listen} on {link}"
+            except ResolvedError as exc:
+                ours, why = False, f"cannot ask systemd-resolved: {exc}"
+            doc["resolved_link_points_at_stub"] = ours
+            if doc.get("state") == "protected" and not ours:
+                doc.update(state="unprotected", reason="not_owning", detail=why)
+        else:
+            # Trust the kernel-visible file over the daemon's own belief.
+            ours = current is not None and resolvconf.is_ours(current)
+            doc["resolv_conf_points_at_stub"] = ours
+            if doc.get("state") == "protected" and not ours:
+                doc.update(state="unprotected", reason="not_owning", detail=f"{cfg.resolv_conf} no longer points at the stub")
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:

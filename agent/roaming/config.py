@@ -34,6 +34,8 @@ class Config:
     interface_dir: Path | None = None
     machine_id_file: Path = Path("/etc/machine-id")
     backend: str = "auto"
+    resolvectl: str = "resolvectl"   # the command the resolved backend runs
+    resolved_link: str = "ztna-dns"  # the TUN link the resolved backend puts the stub on
     conflict: ConflictPolicy = field(default_factory=ConflictPolicy)
     upstream_timeout: float = 1.5
     poll_interval: float = 0.25
@@ -61,6 +63,7 @@ def from_dict(doc: dict) -> Config:
     c = Config()
     known = {"resolv_conf", "state_dir", "listen", "port", "cloud", "cloud_port", "device_id", "internal_domains",
              "private_reverse", "fail_open", "egress", "interface_dir", "machine_id_file", "backend", "conflict",
+             "resolvectl", "resolved_link",
              "upstream_timeout", "poll_interval", "cloud_fail_after", "cloud_probe_every"}
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -100,6 +103,12 @@ def from_dict(doc: dict) -> Config:
             if doc["egress"] not in (EGRESS_ROUTE, EGRESS_LEARNED):
                 raise ConfigError(f"egress: {doc['egress']!r} is not 'route' or 'learned'")
             c.egress = doc["egress"]
+        for key in ("resolvectl", "resolved_link"):
+            if key in doc:
+                v = doc[key]
+                if not isinstance(v, str) or not v or (key == "resolved_link" and (len(v) > 15 or "/" in v or " " in v)):
+                    raise ConfigError(f"{key}: {v!r} is not a usable {'command' if key == 'resolvectl' else 'interface name'}")
+                setattr(c, key, v)
         if "backend" in doc:
             if doc["backend"] not in ("auto", "resolvconf", "resolved"):
                 raise ConfigError(f"backend: {doc['backend']!r} is not 'auto', 'resolvconf' or 'resolved'")

@@ -8,6 +8,15 @@ Order at start, chosen so that a crash at any point leaves working DNS:
 4. write the state file, then the new resolv.conf (a crash between the two
    leaves the original file and a record that no longer matches it).
 On SIGTERM/SIGINT the original is put back, then the stub stops.
+
+Where systemd-resolved manages DNS (resolv.conf links to its stub file;
+ztna/resolved.py decides) no file is written: the client opens a TUN link of
+its own (``resolved_link``) carrying its loopback ``listen`` address, records
+the servers and domains resolved uses per link, and gives its link that
+address with the routing domain ``~.`` and the default route, so resolved
+sends it every name no other link claims more precisely.  Giving back is
+``resolvectl revert`` and closing the link; a crash closes the link with the
+process, and resolved forgets its settings with it.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ import signal
 import time
 from pathlib import Path
 
-from ztna import resolvconf
+from ztna import resolvconf, resolvectl
+from ztna.resolved import RESOLVED, ResolvedError, domains_by_link, servers_by_link
 
 from . import backend, conflict, split
 from . import status as st
@@ -59,6 +69,14 @@ def save_state(path: Path, rec: StateRecord) -> None:
 def restore(cfg: Config, mid: str) -> tuple[bool, str]:
     """Put the recorded DNS settings back if the file is still ours; returns (restored, what happened)."""
     rec, problem = load_state(cfg.state_file)
+    if rec is not None and rec.backend == RESOLVED and rec.machine_id == mid:
+        try:
+            what = resolvectl.revert(cfg.resolvectl, rec.link)
+        except ResolvedError as exc:
+            # The record stays, so a later 'ztna roaming restore' can finish the job.
+            return False, f"cannot give DNS back to systemd-resolved: {exc}; {cfg.state_file} kept"
+        cfg.state_file.unlink()
+        return True, what
     try:
         raw = cfg.resolv_conf.read_bytes()
         current: str | None = raw.decode("utf-8", errors="replace")
@@ -100,6 +118,8 @@ class Daemon:
         self.problem = ""
         self.owning = False
         self.stub: Stub | None = None
+        self.resolved = False  # the systemd-resolved backend (decided in preflight)
+        self.link = None       # its TUN (ztna.tun.Tun) while it is open
         self.fwd = Forwarder(split.SplitDNS(), self.device_id, self.health, fail_open=cfg.fail_open,
                              pin_internal=cfg.egress == EGRESS_LEARNED, timeout=cfg.upstream_timeout,
                              cloud_port=cfg.cloud_port, probe_token=secrets.token_hex(8),
@@ -131,7 +151,8 @@ class Daemon:
             "started": self.started,
             "listen": f"{self.cfg.listen}:{self.cfg.port}",
             "resolv_conf": str(self.cfg.resolv_conf),
-            "backend": "resolvconf",
+            "backend": RESOLVED if self.resolved else "resolvconf",
+            "resolved_link": self.cfg.resolved_link if self.resolved else "",
             "device_id": self.device_id,
             "egress": self.cfg.egress,
             "fail_open": self.cfg.fail_open,
@@ -154,15 +175,16 @@ class Daemon:
     # ---- start ------------------------------------------------------------
     def preflight(self) -> None:
         """Checks that need no change to the machine; StartError says what is wrong."""
-        if self.cfg.backend == "resolved" or (self.cfg.backend == "auto" and backend.resolved_running()):
-            raise StartError(
-                "systemd-resolved is running and manages this machine's DNS; this version of ztna roaming only "
-                "drives resolv.conf directly, which would fight resolved. Set backend = \"resolvconf\" in the config "
-                "only if /etc/resolv.conf is a plain file that resolved does not manage.")
-        if self.cfg.backend == "auto":
-            log.info("systemd-resolved is not running here: using the resolv.conf backend on %s", self.cfg.resolv_conf)
+        try:
+            choice, _ = resolvectl.choose(self.cfg.backend, self.cfg.resolv_conf, self.cfg.resolvectl)
+        except ResolvedError as exc:
+            raise StartError(str(exc)) from None
+        self.resolved = choice.backend == RESOLVED
+        log.info("DNS backend %s: %s", choice.backend, choice.reason)
         ok, what = restore(self.cfg, self.mid)
         (log.warning if ok else log.info)("recovery at start: %s", what)
+        if self.resolved:
+            return
         try:
             text = backend.read_text(self.cfg.resolv_conf)
         except resolvconf.ResolvConfError as exc:
@@ -227,7 +249,9 @@ class Daemon:
         return server_if, search_if
 
     def take_over(self) -> None:
-        """Record the current settings, then point resolv.conf at the stub."""
+        """Record the current settings, then point resolv.conf (or, with resolved, our link) at the stub."""
+        if self.resolved:
+            return self.take_over_link()
         text = backend.read_text(self.cfg.resolv_conf) or ""
         if resolvconf.is_ours(text):
             text = resolvconf.embedded_original(text) or ""
@@ -246,6 +270,43 @@ class Daemon:
                     ", ".join(f"{s.value}" + (f" ({s.iface})" if s.iface else "") for s in rec.servers) or "no servers",
                     (" search " + " ".join(d.value for d in rec.search)) if rec.search else "",
                     self.cfg.listen, self.cfg.port)
+
+    def take_over_link(self) -> None:
+        """systemd-resolved: record its servers and domains per link, then make our link the default route."""
+        link = self.cfg.resolved_link
+        try:
+            dns_out, domain_out = resolvectl.snapshot(self.cfg.resolvectl)
+        except ResolvedError as exc:
+            raise backend.BackendError(str(exc)) from None
+        servers = servers_by_link(dns_out, exclude_link=link)
+        if not servers:
+            raise backend.BackendError("systemd-resolved knows no DNS server ('resolvectl dns' names none)")
+        rec = StateRecord(machine_id=self.mid, path=str(self.cfg.resolv_conf), original_text="",
+                          servers=[Learned(s, i) for s, i in servers],
+                          search=[Learned(d, i) for d, i in domains_by_link(domain_out, exclude_link=link)],
+                          listen=self.cfg.listen, recorded_at=time.time(), pid=os.getpid(), backend=RESOLVED, link=link)
+        self.rec = rec
+        self.rebuild_table()
+        save_state(self.cfg.state_file, rec)
+        try:
+            resolvectl.apply(self.cfg.resolvectl, link, [self.cfg.listen], ["~."], default_route=True)
+        except ResolvedError as exc:
+            self.cfg.state_file.unlink()
+            raise backend.BackendError(f"systemd-resolved refused the settings of {link}: {exc}") from None
+        self.owning = True
+        log.warning("DNS set on %s in systemd-resolved: %s, routing domain ~., default route; nothing global "
+                    "changed; recorded %s%s", link, self.cfg.listen,
+                    ", ".join(s.value + (f" ({s.iface})" if s.iface else "") for s in rec.servers),
+                    (" domains " + " ".join(d.value for d in rec.search)) if rec.search else "")
+
+    def open_link(self) -> None:
+        """The TUN link resolved sends our queries by; it carries the loopback stub address."""
+        from ztna.tun import Tun, TunError
+
+        try:
+            self.link = Tun(self.cfg.resolved_link, [f"{self.cfg.listen}/32"], offload=False)
+        except TunError as exc:
+            raise StartError(f"cannot open the link for systemd-resolved: {exc}; DNS left as it is") from None
 
     def take_over_safely(self) -> bool:
         """take_over(), but a file we cannot read or write becomes a status, never a crash."""
@@ -274,8 +335,8 @@ class Daemon:
     # ---- while running ------------------------------------------------------
     def check_file(self) -> None:
         """Compare the file with the one we wrote; hand any foreign rewrite to the detector."""
-        if not self.owning or self.rec is None:
-            return
+        if not self.owning or self.rec is None or self.resolved:
+            return  # with resolved there is no file of ours to watch
         try:
             raw = self.cfg.resolv_conf.read_bytes()
         except FileNotFoundError:
@@ -322,7 +383,7 @@ class Daemon:
 
     async def _on_netlink(self) -> None:
         try:
-            change = self.ifaces.update(await asyncio.to_thread(backend.up_interfaces))
+            change = self.ifaces.update(await asyncio.to_thread(self.up_interfaces))
         except Exception as exc:
             log.warning("cannot list interfaces: %s", exc)
             return
@@ -339,6 +400,8 @@ class Daemon:
         elif d.action == conflict.RETAKE or (self.problem and not self.owning):
             log.warning("%s", d.reason or "network changed; trying to take over again")
             self.take_over_safely()
+        elif self.rec is not None and self.resolved:
+            self.take_over_safely()  # resolved's servers may be other ones now: record them again
         elif self.rec is not None:
             # Same settings, new paths: learn again which interface reaches each server.
             old = self.rec
@@ -357,7 +420,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.preflight()
-        self.ifaces.update(backend.up_interfaces())
+        if self.resolved:
+            await asyncio.to_thread(self.open_link)
+        self.ifaces.update(self.up_interfaces())
         pending: set[asyncio.Task] = set()
 
         def netlink_event() -> None:
@@ -393,6 +458,10 @@ class Daemon:
             await self.shutdown()
         return 0
 
+    def up_interfaces(self) -> set[str]:
+        """The up interfaces, our own link left out (its coming and going is no network change)."""
+        return backend.up_interfaces() - ({self.cfg.resolved_link} if self.resolved else set())
+
     async def shutdown(self) -> None:
         restored, what = restore(self.cfg, self.mid) if self.owning else (False, "nothing to restore: not owning resolv.conf")
         if not self.owning and self.cfg.state_file.exists():
@@ -400,6 +469,9 @@ class Daemon:
         log.warning("stopping: %s", what)
         if self.stub is not None:
             self.stub.close()
+        if self.link is not None:
+            self.link.close()
+            self.link = None
         self.owning = False
         self.tracker.update(st.Verdict("stopped", "", what), time.time())
         self.write_status()

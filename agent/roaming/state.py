@@ -43,6 +43,8 @@ class StateRecord:
     listen: str = ""
     recorded_at: float = 0.0
     pid: int = 0
+    backend: str = "resolvconf"  # "resolved": nothing was written; our link in systemd-resolved is to be reverted
+    link: str = ""               # that link
 
     def to_json(self) -> str:
         doc = asdict(self)
@@ -71,9 +73,13 @@ class StateRecord:
                 listen=_str(doc, "listen"),
                 recorded_at=float(doc.get("recorded_at", 0.0)),
                 pid=int(doc.get("pid", 0)),
+                backend=doc.get("backend", "resolvconf"),
+                link=doc.get("link", ""),
             )
         except (TypeError, ValueError) as exc:
             raise StateError(f"state file has a bad field: {exc}") from None
+        if rec.backend not in ("resolvconf", "resolved") or not isinstance(rec.link, str):
+            raise StateError(f"state file has a bad backend {rec.backend!r} or link {rec.link!r}")
         if rec.written_fingerprint is not None and not (
             isinstance(rec.written_fingerprint, str) and len(rec.written_fingerprint) == 64
         ):

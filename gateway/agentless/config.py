@@ -37,6 +37,7 @@ class AgentlessConfig:
     users: str  # the users file (``ztna gateway user add``)
     session_key: str  # HMAC key for cookies, made 0600 on first start
     access_log: str
+    revoked_sessions: str = ""  # the journal of sessions ended by logout (default: session_key + ".revoked")
     client_ca: str = ""  # CA for browser client certificates (default: the gateway's [gateway] ca)
     session_ttl: float = 8 * 3600.0
     header_timeout: float = 10.0  # a request head must be whole within this (slowloris)
@@ -73,6 +74,7 @@ def load(data: dict, path: Path, *, default_ca: str) -> AgentlessConfig | None:
     if not cfg.tunnel_names:
         raise ConfigError(f"{path}: [agentless] tunnel_names is empty: name the tunnel's TLS name (the agents' 'gateway')")
     cfg.client_ca = cfg.client_ca or default_ca
+    cfg.revoked_sessions = cfg.revoked_sessions or cfg.session_key + ".revoked"
     seen = set(cfg.tunnel_names)
     for i, a in enumerate(apps_raw):
         app: AppConfig = section(AppConfig, {"app": a}, "app", path) if isinstance(a, dict) else None

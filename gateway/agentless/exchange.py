@@ -101,12 +101,13 @@ class Gate:
     """Everything the decisions share: apps, policy, keys, limits, ended sessions."""
 
     def __init__(self, apps: dict[str, AppConfig], policy: Policy, signer: Signer, backend: Backend, *,
-                 session_ttl: float, user_limit: int, addr_limit: int, window: float, max_form: int = 8192):
+                 session_ttl: float, user_limit: int, addr_limit: int, window: float, max_form: int = 8192,
+                 revoked: Revoked | None = None):
         self.apps, self.policy, self.signer, self.backend = apps, policy, signer, backend
         self.session_ttl = session_ttl
         self.by_user = FailureLimiter(user_limit, window)
         self.by_addr = FailureLimiter(addr_limit, window)
-        self.revoked = Revoked()
+        self.revoked = revoked if revoked is not None else Revoked()
         self.max_form = max_form
 
     def exchange(self, client: Client, now: float) -> "Exchange":

@@ -59,6 +59,13 @@ def parse_response_head_untrusted(buf: bytes, *, max_head: int = http1.MAX_HEAD)
         headers = tuple(http1._field(line) for line in lines[1:])
     except http1.BadRequest as exc:
         raise BadResponse(f"response header: {exc}") from None
+    named = {t.strip().lower() for k, v in headers if k.lower() == "connection" for t in v.split(",")}
+    framing = named & {"content-length", "transfer-encoding"}
+    if framing:
+        # The mirror of http1.hop_by_hop's refusal: obeying would strip the browser's only
+        # framing field while the gateway framed the body by it, and the browser would wait
+        # for a close that never comes on a kept-alive connection.
+        raise BadResponse(f"Connection names {', '.join(sorted(framing))}: a framing field cannot be hop-by-hop")
     return ResponseHead(version.decode(), int(code), reason.decode("latin-1"), headers), end + 4
 
 

@@ -64,6 +64,10 @@ def _without_our_cookies(value: str) -> str:
 
 
 def _for_node(client: str) -> str:
+    # The browser's address as its socket gave it; only the rare one that is not a dotted quad
+    # pays for the full parse (RFC 7239 quotes IPv6 and names what is not an address "_unknown").
+    if client.count(".") == 3 and client.replace(".", "").isdigit():
+        return client
     try:
         if isinstance(ipaddress.ip_address(client), ipaddress.IPv6Address):
             return f'"[{client}]"'

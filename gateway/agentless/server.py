@@ -26,6 +26,7 @@ import socket
 import ssl
 import time
 from collections import Counter
+from pathlib import Path
 
 from gateway.policy import Policy
 from gateway.proxy import http1
@@ -37,7 +38,7 @@ from . import route as routing
 from .auth import LocalPasswords
 from .checks import PasswordChecks
 from .config import AUTH_CERTIFICATE, AgentlessConfig, AppConfig
-from .cookies import Signer, load_or_create_key
+from .cookies import Revoked, Signer, load_or_create_key
 from .exchange import CheckPassword, Client, Forward, Gate, ReadBody, Respond
 from .message import UNTIL_CLOSE, BadResponse, Body, parse_response_head_untrusted, response_length
 from .rewrite import client_response
@@ -87,13 +88,18 @@ class Front:
         self.checks = PasswordChecks(workers=cfg.login_workers, queue=cfg.login_queue)
         self.gate = Gate(self.apps, policy, Signer(load_or_create_key(cfg.session_key)), self.backend,
                          session_ttl=cfg.session_ttl, user_limit=cfg.login_user_limit,
-                         addr_limit=cfg.login_addr_limit, window=cfg.login_window, max_form=cfg.max_form)
+                         addr_limit=cfg.login_addr_limit, window=cfg.login_window, max_form=cfg.max_form,
+                         revoked=Revoked(path=Path(cfg.revoked_sessions)))
+        ended = self.gate.revoked
+        log.info("sessions ended by logout: %d still unexpired in %s%s", len(ended.until), cfg.revoked_sessions,
+                 f"; {ended.skipped} unreadable lines skipped" if ended.skipped else "")
         self.access = open(cfg.access_log, "a", buffering=1)
         # Kept-alive connections to each app, shared by browser connections as nginx's upstream
         # keepalive is: a browser that opens a new connection per request must not cost a TLS
         # handshake with the app each time.
         self.pool: dict[str, list[Upstream]] = {a.name: [] for a in cfg.apps}
         self.refused = 0
+        self.crl = None  # the gateway's ztna.crl.CrlWatch when [gateway] crl is set
         self._start_counting()
 
     def _start_counting(self) -> None:
@@ -176,6 +182,8 @@ class Front:
                     ident = pki.identity_from_peercert(cert)
                 except pki.PKIError:
                     ident = None
+                if self._revoked(transport, peer, name, ident):
+                    return
             conn = _BrowserConn(self, reader, writer, Client(peer.rpartition(":")[0], name, ident), peer)
             up = await conn.run()
         except _Closed:
@@ -187,6 +195,23 @@ class Front:
                 writer.close()
             if up is not None:
                 self.release(name, up)
+
+    def _revoked(self, transport, peer: str, name: str, ident) -> bool:
+        """A client certificate on the gateway's CRL: refused (every new connection is checked)."""
+        if self.crl is None:
+            return False
+        from cryptography import x509
+
+        try:
+            leaf = x509.load_der_x509_certificate(transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        except (ValueError, AttributeError, TypeError):
+            return False
+        if not self.crl.revoked_cert(leaf):
+            return False
+        self.refused += 1
+        log.warning("browser %s for %s: refused: client certificate of %s (serial %x) is revoked",
+                    peer, name, ident, leaf.serial_number)
+        return True
 
     POOL_MAX, POOL_IDLE = 32, 30.0
 
@@ -454,9 +479,7 @@ class _BrowserConn:
             up_close = length == UNTIL_CLOSE or any("close" in v.lower() for v in resp.all("connection"))
             close = client_close or length == UNTIL_CLOSE
             out = client_response(resp, close=close)
-            await self._write(out)
-            stats["bytes_out"] += len(out)
-            await self._download(Body(length), up, stats)
+            await self._download(Body(length), up, stats, out)
             await upload  # the request body was all sent before the app finished (or the app cut it short)
             if up_close or not upload.result():
                 self._drop_upstream()
@@ -566,11 +589,13 @@ class _BrowserConn:
                 raise _UpstreamError(502, f"{self.app.name} closed the connection without answering")
             up.buf += data
 
-    async def _download(self, body: Body, up: Upstream, stats: dict) -> None:
+    async def _download(self, body: Body, up: Upstream, stats: dict, head: bytes) -> None:
+        """The response ``head`` and its body; the part of the body already read goes in the same
+        write as the head (one TLS record and one send for a small answer, not two)."""
         part, up.buf = body.feed_untrusted(up.buf)
-        if part:
-            await self._write(part)
-            stats["bytes_out"] += len(part)
+        first = head + part if part else head
+        await self._write(first)
+        stats["bytes_out"] += len(first)
         while not body.done:
             try:
                 async with asyncio.timeout(self.cfg.upstream_timeout):

@@ -42,6 +42,7 @@ class AgentScenario(Scenario):
     clients = [("client", "198.51.100.10", "alice")]
     policy = {"alice": [APP], "bob": [HR]}
     apps = [APP, HR]
+    public_zones = PUBLIC_ZONES  # zone -> records (a test gives the gateway's name two addresses)
     # The TUN's own addresses are the client's; a leased address stands for the
     # application behind the gateway; the gateway's inside addresses are its own.
     aliases = {"100.64.0.1/32": "client", "100.64.0.2/32": "client", AGENT_NET: "app", "10.254.0.0/16": "gateway"}
@@ -90,7 +91,7 @@ class AgentScenario(Scenario):
             lab.issue(name, "server", dns=[name])
         for _, _, ident in self.clients:
             lab.issue(ident, "agent")
-        public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in PUBLIC_ZONES.items()]
+        public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in self.public_zones.items()]
         private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}")
         started = [
             (lab.start("inet", procs.ztna_argv("authdns", "run", "--listen", PUBLIC_DNS,

@@ -129,6 +129,32 @@ def websocket(ca: str, cookie: str) -> dict:
     return {"status": status(head), "head": head.decode(errors="replace"), "echoes": echoes}
 
 
+def hold(ca: str, n: int) -> dict:
+    """``n`` connections that send a ClientHello and wait; then one real handshake; then one after letting go."""
+    from tlsprobe import client_hello
+
+    held = []
+    for _ in range(n):
+        s = socket.create_connection((GW, 443), timeout=15)
+        s.sendall(client_hello(APP))
+        held.append(s)
+    time.sleep(0.5)  # every held hello has been peeked and counted
+
+    def attempt() -> str:
+        try:
+            s = connect(ca)
+        except (ssl.SSLError, OSError) as exc:
+            return f"refused: {exc}"
+        s.close()
+        return "accepted"
+
+    while_held = attempt()
+    for s in held:
+        s.close()
+    time.sleep(0.5)
+    return {"while_held": while_held, "after": attempt()}
+
+
 def main() -> None:
     ca, case = sys.argv[1], sys.argv[2]
     arg = sys.argv[3] if len(sys.argv) > 3 else ""
@@ -140,6 +166,8 @@ def main() -> None:
         out = stall_body(ca, arg)
     elif case == "idle":
         out = idle(ca, arg)
+    elif case == "hold":
+        out = hold(ca, int(arg))
     elif case == "websocket":
         out = websocket(ca, arg)
     else:

@@ -9,6 +9,7 @@ quickly.  Every hostile case runs beside a legitimate user's long downloads on
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from netns.scenarios.agentless import USERS, AgentlessScenario
 HERE = Path(__file__).parent
 DOWN, BAD = "down.mycompany.net", "bad.mycompany.net"
 BIG = 16_000_000
+PER_SOURCE = 24  # above the slowloris case's 20 connections
 
 
 class Rig(AgentlessScenario):
@@ -44,7 +46,8 @@ class Rig(AgentlessScenario):
         head, sep, tail = text.partition(f'name = "{BAD}"')
         return head + sep + tail.replace(f"{lab.pki_dir}/internal-ca.pem", f"{lab.pki_dir}/ca.pem", 1)
     agentless_extra = ("header_timeout = 2\nidle_timeout = 5\nbody_timeout = 2\nupstream_timeout = 3\n"
-                       "login_user_limit = 5\nlogin_addr_limit = 40\nlogin_window = 60\n")
+                       "login_user_limit = 5\nlogin_addr_limit = 40\nlogin_window = 60\n"
+                       f"max_connections_per_source = {PER_SOURCE}\n")
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +227,20 @@ def _refused_cookie(lab, case, cookie, why, n=20):
     record(case, n, f"302 to sign-in, logged '{why}'", user)
 
 
+def test_a_logged_out_cookie_stays_refused_after_a_gateway_restart(lab):
+    jar = str(lab.conf_dir / "logout-jar.txt")
+    rc, out, err = lab.sc.sign_in(lab, "alice", USERS["alice"], jar)
+    assert rc == 0 and "(X-Ztna-User): alice" in out, (out, err)
+    (token,) = [line.split("\t")[-1] for line in Path(jar).read_text().splitlines() if f"\t{SESSION_COOKIE}\t" in line]
+    rc, out, _ = curl(lab, "-b", jar, "-o", "/dev/null", "-w", "%{http_code}", f"https://{APP}/.ztna/logout")
+    assert out == "303", out
+    lab.stop("gateway")  # what ended at logout must not come back with a fresh process
+    lab.sc.start_gateway(lab)
+    assert re.search(r"sessions ended by logout: [1-9][0-9]* still unexpired", gwlog(lab)), gwlog(lab)[-2000:]
+    _refused_cookie(lab, "cookie replayed after logout and a gateway restart", f"{SESSION_COOKIE}={token}",
+                    "ended by logout", n=3)
+
+
 def test_forged_cookie(lab):
     name, _, token = cookie_for(lab).partition("=")
     body, mac = token.split(".")
@@ -265,6 +282,17 @@ def test_missing_and_unknown_sni_get_unrecognized_name(lab):
     assert log.count("ClientHello has no SNI") >= n and log.count("SNI evil.example.com is neither") >= n
     user.assert_clean()
     record("missing SNI / unknown SNI", 2 * n, "TLS alert unrecognized_name (112), logged", user)
+
+
+def test_one_address_holding_its_connection_bound_is_refused_and_others_are_not(lab):
+    with legit(lab) as user:
+        got = probe(lab, "hold", str(PER_SOURCE))
+    assert got["while_held"].startswith("refused") and "internal error" in got["while_held"], got
+    assert got["after"] == "accepted", got  # the bound is on connections held, not a ban
+    assert f"{PER_SOURCE} browser connections from 198.51.100.30 already (max_connections_per_source)" in gwlog(lab)
+    user.assert_clean()
+    record(f"one address holds {PER_SOURCE} half-open connections", PER_SOURCE + 2,
+           "the next gets TLS alert internal_error, logged; accepted again once they close", user)
 
 
 def test_header_floods_get_431_and_close(lab):

@@ -130,13 +130,26 @@ def test_handshake_hello_then_welcome_announces_the_waiting_lease_then_its_packe
     assert s.counters["tunnel_tx_packets"] == 2
 
 
-def test_connect_is_retried_at_most_once_a_second():
-    s = agent()
+def test_connect_is_retried_after_the_backoff_by_a_packet_or_by_the_tick():
+    from agent.backoff import Backoff
+
+    s = agent(backoff=Backoff(base=1.0, cap=4.0, healthy=10.0, rand=lambda: 1.0))
     addr = lease(s)
-    assert "Connect" in kinds(s.tun_packets([syn(addr)], 1.0))
-    s.tunnel_failed("cannot find gateway", 1.1)
+    assert "Connect" in kinds(s.tun_packets([syn(addr)], 1.0))  # the first attempt waits for nothing
+    assert "next attempt in 1.00s" in s.tunnel_failed("cannot find gateway", 1.1)[0].message
     assert "Connect" not in kinds(s.tun_packets([syn(addr)], 1.5))
     assert "Connect" in kinds(s.tun_packets([syn(addr)], 2.1))
+    assert "in 2.00s" in s.tunnel_failed("cannot find gateway", 2.2)[0].message
+    s.tun_packets([syn(addr)], 2.3)  # waits in the queue past the failure
+    assert "Connect" not in kinds(s.tick(3.0)) and "Connect" in kinds(s.tick(4.3))  # nobody else sends: the tick tries
+    s.tunnel_up(4.4)
+    s.receive_data(wire.control(wire.WELCOME, version=1, identity="alice", session=1), 4.5)
+    s.tunnel_closed("peer closed the connection", 5.0)  # up for half a second: still failing
+    assert s.backoff.failures == 3 and not s.backoff.may_try(5.0)
+    s.tunnel_up(9.0)
+    s.receive_data(wire.control(wire.WELCOME, version=1, identity="alice", session=2), 9.1)
+    s.tunnel_closed("peer closed the connection", 60.0)  # a healthy session: the count starts again
+    assert s.backoff.failures == 0 and "Connect" in kinds(s.tun_packets([syn(addr)], 60.0))
 
 
 def test_tunnel_not_built_tells_every_waiting_sender_host_unreachable():
@@ -144,8 +157,8 @@ def test_tunnel_not_built_tells_every_waiting_sender_host_unreachable():
     addr = lease(s)
     s.tun_packets([syn(addr, sport=1), syn(addr, sport=2)], 1.0)
     cmds = s.tunnel_failed("connection refused", 1.5)
-    assert kinds(cmds) == ["WriteTun"] and len(cmds[0].packets) == 2
-    err = IP(cmds[0].packets[0][10:])
+    assert kinds(cmds) == ["Log", "WriteTun"] and len(cmds[1].packets) == 2
+    err = IP(cmds[1].packets[0][10:])
     assert (err.src, err.dst, err[ICMP].type, err[ICMP].code) == (addr, ME, 3, 1)
     assert checksum(bytes(err[ICMP])) == 0
     assert s.state == a.DOWN and not s.pending and s.last_error == "connection refused"
@@ -156,9 +169,14 @@ def test_gateway_refusing_during_hello_fails_the_waiting_packets():
     addr = lease(s)
     s.tun_packets([syn(addr)], 1.0)
     s.tunnel_up(1.1)
-    cmds = s.tunnel_closed("gateway closed the tunnel: agent speaks protocol version 1", 1.2)
-    assert kinds(cmds) == ["Log", "WriteTun"] and cmds[0].level == logging.ERROR
-    assert s.state == a.DOWN
+    s.tun_packets([NO_VNET + bytes(IP(src=ME, dst=addr) / TCP(sport=40001, dport=443, flags="A", seq=5, ack=77))], 1.15)
+    cmds = s.tunnel_closed("gateway closed the tunnel: certificate revoked", 1.2)
+    assert kinds(cmds)[0] == "Log" and kinds(cmds)[-1] == "WriteTun" and cmds[0].level == logging.ERROR
+    # Refused, not "unreachable": a RST for the new connection and for the established flow's ACK.
+    rsts = [IP(p[10:]) for p in cmds[-1].packets]
+    assert [(r[TCP].dport, "R" in str(r[TCP].flags)) for r in rsts] == [(40000, True), (40001, True)]
+    assert rsts[1][TCP].seq == 77  # the ACK's ack number: the RST lands in the window
+    assert s.state == a.DOWN and not s.pending
 
 
 # ---- leases granted or refused ----------------------------------------------------------------------
@@ -205,6 +223,13 @@ def test_a_result_before_welcome_closes():
     s = agent()
     s.tunnel_up(0.1)
     assert s.receive_data(result("100.64.0.3"), 0.2) == [a.Close("protocol error: LEASE_RESULT before WELCOME")]
+
+
+def test_data_before_welcome_closes_and_never_reaches_the_tun():
+    s = agent()
+    s.tunnel_up(0.1)
+    pkt = NO_VNET + bytes(IP(src="192.168.1.20", dst=ME) / TCP(sport=443, dport=40000, flags="SA"))
+    assert s.receive_data(wire.frame(wire.DATA, pkt), 0.2) == [a.Close("protocol error: DATA before WELCOME")]
 
 
 # ---- refusals, anti-spoofing, what never enters the tunnel -----------------------------------------------

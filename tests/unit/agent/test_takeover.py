@@ -104,3 +104,74 @@ def test_guardian_restores_even_while_a_child_of_the_agent_holds_its_pipe(tmp_pa
         os.kill(helper, 0)  # the helper was still there all along
     finally:
         os.kill(helper, signal.SIGKILL)
+
+
+def test_a_symlinked_resolver_file_stays_a_symlink_through_take_over_and_restore(tmp_path):
+    target, resolv, state = tmp_path / "real-resolv.conf", tmp_path / "resolv.conf", tmp_path / "state.json"
+    target.write_text(ORIG)
+    resolv.symlink_to(target)
+    T.take_over(resolv, "100.64.0.2", state, 1234)
+    assert resolv.is_symlink() and os.readlink(resolv) == str(target)
+    assert T.nameservers(target.read_text()) == ["100.64.0.2"]
+    assert "restored" in T.restore(state)
+    assert resolv.is_symlink() and os.readlink(resolv) == str(target)
+    assert target.read_text() == ORIG
+
+
+def _resolvectl(tmp_path, fail_on: str = "", stderr: str = "Connection timed out"):
+    """An executable standing in for resolvectl in unit tests: logs its argv, fails on one verb."""
+    log = tmp_path / "calls"
+    tool = tmp_path / "resolvectl"
+    tool.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n"
+                    f"if [ \"$1\" = \"{fail_on}\" ]; then echo '{stderr}' >&2; exit 1; fi\n")
+    tool.chmod(0o755)
+    return str(tool), log
+
+
+DNS_OUT = "Global: 198.51.100.53\nLink 2 (eth0): 10.0.0.53\n"
+
+
+def test_resolved_link_settings_and_revert(tmp_path):
+    tool, calls = _resolvectl(tmp_path)
+    state = tmp_path / "state.json"
+    servers = T.take_over_link(tool, "ztna0", "100.64.0.2", ["~corp.example"], DNS_OUT, state, 7)
+    assert servers == ["198.51.100.53", "10.0.0.53"]
+    assert calls.read_text().splitlines() == ["dns ztna0 100.64.0.2", "domain ztna0 ~corp.example",
+                                              "default-route ztna0 no"]
+    assert json.loads(state.read_text())["backend"] == "resolved"
+    assert "reverted ztna0" in T.restore(state)
+    assert calls.read_text().splitlines()[-1] == "revert ztna0" and not state.exists()
+
+
+def test_resolved_refusing_a_setting_reverts_the_link_and_records_nothing(tmp_path):
+    tool, calls = _resolvectl(tmp_path, fail_on="domain")
+    state = tmp_path / "state.json"
+    with pytest.raises(T.TakeoverError, match="refused.*Connection timed out.*DNS left as it was"):
+        T.take_over_link(tool, "ztna0", "100.64.0.2", ["~corp.example"], DNS_OUT, state, 7)
+    assert calls.read_text().splitlines()[-1] == "revert ztna0" and not state.exists()
+    with pytest.raises(T.TakeoverError, match="knows no DNS server"):
+        T.take_over_link(tool, "ztna0", "100.64.0.2", ["~x"], "Global:\n", state, 7)
+
+
+def test_a_failed_revert_keeps_the_record_for_a_later_restore(tmp_path):
+    tool, _ = _resolvectl(tmp_path, fail_on="revert")
+    state = tmp_path / "state.json"
+    T.take_over_link(tool, "ztna0", "100.64.0.2", ["~corp.example"], DNS_OUT, state, 7)
+    with pytest.raises(T.TakeoverError, match="cannot give DNS back.*kept"):
+        T.restore(state)
+    assert state.exists()
+    gone, _ = _resolvectl(tmp_path / "..", fail_on="revert", stderr='Failed to resolve interface "ztna0": No such device')
+    st = json.loads(state.read_text())
+    st["resolvectl"] = gone
+    state.write_text(json.dumps(st))
+    assert "is gone" in T.restore(state) and not state.exists()
+
+
+def test_a_resolvectl_that_hangs_is_cut_off(tmp_path, monkeypatch):
+    from ztna import resolvectl
+    monkeypatch.setattr(resolvectl, "TIMEOUT", 0.3)
+    tool = tmp_path / "resolvectl"
+    tool.write_text("#!/bin/sh\nexec sleep 5\n")
+    tool.chmod(0o755)
+    err, out = resolvectl.probe(str(tool))
+    assert "did not finish within 0.3 s" in err and out == ""

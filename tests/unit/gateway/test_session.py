@@ -516,3 +516,38 @@ def test_any_bytes_after_any_prefix_of_a_hello_give_commands_never_an_exception(
         cmds += s.receive_data(c, 0.2)
     assert all(type(c) in (g.Send, g.WriteTun, g.Resolve, g.Bind, g.Close, g.Log) for c in cmds)
     assert sum(isinstance(c, g.Close) for c in cmds) <= 1  # closed once, then nothing more is acted on
+
+
+# Well-framed input reaches past the frame header into the control and NAT paths: every frame type,
+# JSON objects whose values are of any type, DATA whose IP header fields are chosen, on a leased session.
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=40) |
+                            st.sampled_from([APP, LEASE, AGENT, "100.64.0.9", "0.0.0.0", "x" * 300]),
+                            lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+                            max_leaves=6)
+_control_frame = st.builds(
+    lambda t, fields: wire.frame(t, json.dumps(fields).encode()[:wire.MAX_CONTROL]),
+    st.sampled_from(sorted(wire.CONTROL)),
+    st.dictionaries(st.sampled_from(["fqdn", "addr", "version", "tunnel_addr", "reason", "allowed", "x"]),
+                    _json_values, max_size=4))
+_ip_packet = st.builds(
+    lambda src, dst, proto, ihl, tail: bytes([0x40 | ihl, 0]) + (20 + len(tail)).to_bytes(2, "big") + bytes(5)
+    + bytes([proto]) + bytes(2) + ip4(src) + ip4(dst) + tail,
+    st.sampled_from([AGENT, "100.64.0.2", "10.0.0.1"]), st.sampled_from([LEASE, "100.64.0.9", APP_REAL]),
+    st.sampled_from([1, 6, 17, 47]), st.integers(min_value=0, max_value=15), st.binary(min_size=10, max_size=60))
+_data_frame = _ip_packet.map(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_control_frame, _data_frame), min_size=1, max_size=8), st.booleans())
+def test_well_framed_hostile_frames_on_a_leased_session_give_commands_never_an_exception(fs, joined):
+    s = leased()
+    chunks = [b"".join(fs)] if joined else fs
+    cmds = []
+    for c in chunks:
+        cmds += s.receive_data(c, 1.0)
+    assert all(type(c) in (g.Send, g.WriteTun, g.Resolve, g.Bind, g.Close, g.Log) for c in cmds)
+    assert sum(isinstance(c, g.Close) for c in cmds) <= 1
+    for c in cmds:
+        if isinstance(c, g.WriteTun):  # only the agent's own address, to a lease it holds, ever enters the LAN
+            for pkt in c.packets:
+                assert bytes(pkt[10 + 12:10 + 16]) == ip4("10.254.0.2") and bytes(pkt[10 + 16:10 + 20]) == ip4(APP_REAL)

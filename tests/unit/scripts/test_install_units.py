@@ -16,7 +16,7 @@ CAPS = {
     "gateway": {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"},
     "dns": {"CAP_NET_BIND_SERVICE"},
     "proxy": {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"},
-    "roaming": {"CAP_NET_BIND_SERVICE", "CAP_NET_RAW"},
+    "roaming": {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"},  # NET_ADMIN: the resolved backend's link
 }
 KNOWN_CAPS = {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"}
 

@@ -24,3 +24,16 @@ def test_missing_directory_raises_and_leaves_nothing(tmp_path):
     with pytest.raises(FileNotFoundError):
         write_atomic(tmp_path / "nope" / "f", "x")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_symlink_is_written_through_and_stays_a_symlink(tmp_path):
+    # Ubuntu's /etc/resolv.conf is a link (resolvconf, systemd-resolved): replacing it by a file breaks them.
+    target = tmp_path / "run" / "resolv.conf"
+    target.parent.mkdir()
+    target.write_text("nameserver 192.0.2.1\n")
+    link = tmp_path / "resolv.conf"
+    link.symlink_to("run/resolv.conf")
+    write_atomic(link, "nameserver 192.0.2.2\n")
+    assert link.is_symlink() and os.readlink(link) == "run/resolv.conf"
+    assert target.read_text() == "nameserver 192.0.2.2\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["resolv.conf"]  # no temporary file left

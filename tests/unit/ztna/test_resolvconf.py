@@ -108,3 +108,11 @@ def test_fuzz_cut_and_noise(cut, noise):
         rcf.parse_untrusted(SAMPLE.encode()[:cut] + noise)
     except rcf.ResolvConfError:
         pass
+
+
+def test_systemd_resolved_stub_file_with_search_root_parses():
+    # What resolved 252 writes into stub-resolv.conf when it has no search domain.
+    text = "# This is /run/systemd/resolve/stub-resolv.conf managed by man:systemd-resolved(8).\n" \
+           "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
+    rc = rcf.parse_untrusted(text)
+    assert rc.nameservers == ["127.0.0.53"] and rc.search == [] and rc.options == ["edns0", "trust-ad"]

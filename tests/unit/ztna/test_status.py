@@ -27,7 +27,9 @@ def test_agent_roaming_and_gateway_rows():
     assert judge("roaming", roam, alive=True, source="s").state == UNHEALTHY
     assert judge("roaming", dict(roam, state="protected"), alive=True, source="s").state == RUNNING
     assert judge("roaming", dict(roam, state="stopped"), alive=True, source="s").state == STOPPED
-    assert judge("gateway", None, alive=False, source="-").state == UNKNOWN
+    assert judge("gateway", None, alive=False, source="/run/ztna/gateway.json").state == STOPPED
+    assert judge("gateway", {"pid": 9, "config": "gateway.toml", "started": time.time()}, alive=True,
+                 source="s").state == RUNNING
 
 
 def test_the_command_reads_the_run_folder(tmp_path):

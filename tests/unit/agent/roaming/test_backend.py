@@ -1,7 +1,6 @@
 """The file side of the backend, without root: atomic writes, sources, detection."""
 
 import os
-import socket
 
 import pytest
 
@@ -49,24 +48,22 @@ def test_machine_id_from_file_or_host_name(tmp_path):
     assert len(derived) == 32 and derived == backend.machine_id(tmp_path / "absent")
 
 
-def test_resolved_detection(tmp_path):
-    assert not backend.resolved_running(tmp_path)
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(str(tmp_path / "io.systemd.Resolve"))
-    try:
-        assert backend.resolved_running(tmp_path)
-    finally:
-        s.close()
-
-
-def test_daemon_refuses_to_fight_systemd_resolved(tmp_path):
+def test_daemon_with_resolved_not_answering_refuses_and_changes_nothing(tmp_path):
     from agent.roaming.config import from_dict
     from agent.roaming.daemon import Daemon, StartError
 
+    stub = tmp_path / "run/systemd/resolve/stub-resolv.conf"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("nameserver 127.0.0.53\nsearch .\n")
     rc = tmp_path / "resolv.conf"
-    rc.write_text("nameserver 127.0.0.53\n")
-    cfg = from_dict({"resolv_conf": str(rc), "state_dir": str(tmp_path / "state"), "backend": "resolved",
-                     "machine_id_file": str(tmp_path / "mid")})
-    with pytest.raises(StartError, match="systemd-resolved"):
-        Daemon(cfg).preflight()
-    assert rc.read_text() == "nameserver 127.0.0.53\n"
+    rc.symlink_to(stub)
+    tool = tmp_path / "resolvectl"
+    tool.write_text("#!/bin/sh\necho 'Failed to get global data: Connection refused' >&2\nexit 1\n")
+    tool.chmod(0o755)
+    for setting in ("auto", "resolved"):
+        cfg = from_dict({"resolv_conf": str(rc), "state_dir": str(tmp_path / "state"), "backend": setting,
+                         "machine_id_file": str(tmp_path / "mid"), "resolvectl": str(tool)})
+        with pytest.raises(StartError, match="resolvectl does not answer.*Connection refused.*DNS left as it is"):
+            Daemon(cfg).preflight()
+        assert rc.is_symlink() and stub.read_text() == "nameserver 127.0.0.53\nsearch .\n"
+        assert not (tmp_path / "state").exists()

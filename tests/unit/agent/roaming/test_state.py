@@ -131,3 +131,18 @@ def test_fuzz_state_fields(doc):
         StateRecord.from_json_untrusted(json.dumps(doc))
     except StateError:
         pass
+
+
+def test_a_resolved_record_round_trips_and_a_bad_backend_is_refused():
+    rec = StateRecord(machine_id="m" * 32, path="/etc/resolv.conf", original_text="",
+                      servers=[Learned("192.168.1.53", "eth0")], search=[Learned("corp.example", "eth0")],
+                      listen="127.0.0.1", backend="resolved", link="ztna-dns")
+    back = StateRecord.from_json_untrusted(rec.to_json())
+    assert back == rec
+    doc = json.loads(rec.to_json())
+    doc["backend"] = "dnsmasq"
+    with pytest.raises(StateError, match="bad backend"):
+        StateRecord.from_json_untrusted(json.dumps(doc))
+    doc = json.loads(rec.to_json())
+    del doc["backend"], doc["link"]  # a record written before this backend existed
+    assert StateRecord.from_json_untrusted(json.dumps(doc)).backend == "resolvconf"

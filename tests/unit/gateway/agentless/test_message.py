@@ -71,6 +71,9 @@ def test_response_head_and_length_rules():
                 b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n"):
         with pytest.raises(m.BadResponse):
             m.parse_response_head_untrusted(bad)
+    for named in (b"Content-Length", b"close, transfer-encoding"):
+        with pytest.raises(m.BadResponse, match="framing field"):
+            m.parse_response_head_untrusted(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: " + named + b"\r\n\r\n")
     h, _ = m.parse_response_head_untrusted(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n")
     with pytest.raises(m.BadResponse):
         m.response_length("GET", h)

@@ -59,6 +59,20 @@ def test_revoked_sessions_are_forgotten_only_after_they_expire():
     assert "a" not in r and "b" in r and "c" in r
 
 
+def test_revoked_sessions_survive_a_restart_and_the_journal_forgets_expired_and_junk_lines(tmp_path):
+    path = tmp_path / "session.key.revoked"
+    r = cookies.Revoked(path=path, now=100)
+    r.add("sid-a", 500, 100)
+    r.add("sid-b", 150, 100)
+    again = cookies.Revoked(path=path, now=120)  # a restart: both still unexpired
+    assert "sid-a" in again and "sid-b" in again
+    with open(path, "a") as f:
+        f.write("garbage\nsid-c notanumber\n")
+    later = cookies.Revoked(path=path, now=200)  # sid-b has expired meanwhile
+    assert "sid-a" in later and "sid-b" not in later and later.skipped == 2
+    assert path.read_text() == "sid-a 500\n" and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
 def test_users_file_scrypt_and_cli_errors(tmp_path):
     p = tmp_path / "users.json"
     store = users.UserStore(p)
