@@ -11,7 +11,9 @@ One lab, the agent scenario's hosts, no captures; iperf3 from ``client`` to ``ap
 For each path, ``repeat`` times: idle RTT (ping alone), Mbit/s with loaded RTT (a ping
 through the same path during the upload), and the same at 2 % loss: an nft rule on the
 inet host's forward hook drops 2 % of the packets both ways (``numgen random``; this
-kernel has no netem).  Medians, with min-max, are reported.
+kernel has no netem).  Last, a Cubic upload with its ping behind an 80 Mbit/s tbf
+shaper on inet's uplink to the gateway: a slow uplink, where the tunnel's own queue
+decides the loaded RTT.  Medians, with min-max, are reported.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ VPN_NET = "10.8.0.0/24"
 WG_NET = "10.9.0.0/24"
 LOSS_TABLE = "ztna_bench_loss"
 PING_INTERVAL = 0.05
+SLOW = "80mbit"
 
 
-def iperf(lab: Lab, target: str, seconds: int) -> float:
+def iperf(lab: Lab, target: str, seconds: int, *extra: str) -> float:
     """Mbit/s received at the app, 1 stream."""
     for attempt in (1, 2):
         time.sleep(1)  # iperf3's server serves one test at a time; let the last one finish
-        r = lab.exec("client", ["iperf3", "-c", target, "-t", str(seconds), "-J", "--connect-timeout", "3000"],
+        r = lab.exec("client", ["iperf3", "-c", target, "-t", str(seconds), "-J", "--connect-timeout", "3000", *extra],
                      timeout=seconds + 30)
         doc = json.loads(r.stdout or b"{}")
         if "end" in doc and "error" not in doc:
@@ -60,7 +63,7 @@ def ping(lab: Lab, target: str, seconds: float) -> list[float]:
     return rtts
 
 
-def loaded(lab: Lab, target: str, seconds: int) -> tuple[float, list[float]]:
+def loaded(lab: Lab, target: str, seconds: int, *extra: str) -> tuple[float, list[float]]:
     """Mbit/s of an upload and the RTTs of a ping through the same path while it runs."""
     rtts: list[float] = []
 
@@ -71,7 +74,7 @@ def loaded(lab: Lab, target: str, seconds: int) -> tuple[float, list[float]]:
     t = threading.Thread(target=pinger)
     t.start()
     try:
-        mbit = iperf(lab, target, seconds)
+        mbit = iperf(lab, target, seconds, *extra)
     finally:
         t.join()
     return mbit, rtts
@@ -90,6 +93,14 @@ def loss(lab: Lab, percent: int | None) -> None:
         raise RuntimeError(f"nft loss rule: {r.stderr.decode()}")
 
 
+def slow_uplink(lab: Lab, on: bool) -> None:
+    """A tbf shaper (SLOW, 10 ms of queue) on inet's link to the gateway, or none."""
+    lab.exec("inet", ["tc", "qdisc", "del", "dev", "eth1", "root"])
+    if on:
+        _ok(lab.exec("inet", ["tc", "qdisc", "add", "dev", "eth1", "root", "tbf", "rate", SLOW, "burst", "64kb",
+                              "latency", "10ms"]))
+
+
 def measure(lab: Lab, target: str, seconds: int, repeat: int, say) -> dict:
     runs = []
     for i in range(repeat):
@@ -100,9 +111,16 @@ def measure(lab: Lab, target: str, seconds: int, repeat: int, say) -> dict:
             lossy_mbit, lossy_busy = loaded(lab, target, seconds)
         finally:
             loss(lab, None)
+        # Cubic fills whatever queue the path has: where that queue is shows in the ping.
+        slow_uplink(lab, True)
+        try:
+            slow_mbit, slow_busy = loaded(lab, target, seconds, "-C", "cubic")
+        finally:
+            slow_uplink(lab, False)
         run = {"mbit": mbit, "idle_rtt": _median(idle), "loaded_rtt": _median(busy),
                "loss_mbit": lossy_mbit, "loss_loaded_rtt": _median(lossy_busy),
-               "loss_loaded_rtt_p95": _pct(lossy_busy, 95), "loaded_rtt_p95": _pct(busy, 95)}
+               "loss_loaded_rtt_p95": _pct(lossy_busy, 95), "loaded_rtt_p95": _pct(busy, 95),
+               "slow_mbit": slow_mbit, "slow_loaded_rtt": _median(slow_busy)}
         say("    run %d: %s" % (i + 1, ", ".join(f"{k} {v:.2f}" for k, v in run.items())))
         runs.append(run)
     return {k: [r[k] for r in runs] for k in runs[0]}
@@ -249,7 +267,8 @@ def main() -> None:
           f"every {PING_INTERVAL * 1000:.0f} ms; loss: 2 % both ways at inet. This machine: {os.cpu_count()} cores")
     cols = [("mbit", "clean Mbit/s", 0), ("idle_rtt", "idle RTT ms", 2), ("loaded_rtt", "loaded RTT ms", 2),
             ("loss_mbit", "2% loss Mbit/s", 0), ("loss_loaded_rtt", "loaded RTT at 2% ms", 2),
-            ("loss_loaded_rtt_p95", "(p95)", 1)]
+            ("loss_loaded_rtt_p95", "(p95)", 1), ("slow_mbit", f"{SLOW} uplink, Cubic: Mbit/s", 0),
+            ("slow_loaded_rtt", "its loaded RTT ms", 1)]
     print("| path | " + " | ".join(c[1] for c in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name in paths:
