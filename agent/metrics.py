@@ -42,6 +42,10 @@ def families(s: Snapshot) -> list[Family]:
                [((), c.get("tunnel_failed", 0))]),
         Family("ztna_agent_queue_drops", "Packets dropped because a lease's waiting queue was full", COUNTER, (),
                [((), c.get("dropped_pending_full", 0))]),
+        Family("ztna_agent_fair_queue", "Packets that waited in the tunnel's fair queue, CoDel's drops and ECN marks, "
+               "and drops over its memory bound", COUNTER, ("event",),
+               [(("queued",), c.get("tunnel_queued_packets", 0)), (("codel-drop",), c.get("aqm_drops", 0)),
+                (("codel-mark",), c.get("aqm_marks", 0)), (("overlimit",), c.get("aqm_overlimit", 0))]),
         Family("ztna_agent_dns_queries", "Queries to the DNS stub, by verdict", COUNTER, ("verdict",),
                [((v,), c.get(k, 0)) for k, v in DNS.items()]),
     ]

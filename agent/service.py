@@ -25,7 +25,7 @@ from cryptography import x509
 from ztna import dnsclient, dnswire, pki, resolvectl
 from ztna.loglimit import suffix
 from ztna.resolved import RESOLVED, ResolvedError, routing_domains
-from ztna.tlsconn import FramedTLS, client_context
+from ztna.tlsconn import FramedTLS, client_context, tune_tunnel_socket
 from ztna.tun import Tun
 
 from . import takeover
@@ -167,18 +167,20 @@ class Agent:
             self.loop.add_reader(self.tun.fd, self._on_tun)
             self.reading_tun = True
 
-    def _pause_tun(self) -> None:
-        if self.reading_tun:
-            self.loop.remove_reader(self.tun.fd)
-            self.reading_tun = False
-
     def _on_blocked(self, blocked: bool) -> None:
-        # Backpressure: while the tunnel cannot take more, leave packets in the
-        # TUN queue so the senders' TCP slows down instead of us buffering.
-        if blocked:
-            self._pause_tun()
-        else:
-            self._resume_tun()
+        # While the tunnel cannot take more, the TUN is still read: its packets wait in the
+        # session's fair queue, whose CoDel tells the senders' TCP to slow down (agent/session.py).
+        self._perform(self.core.tunnel_blocked(blocked, time.monotonic()))
+        if not blocked:
+            self._drain()
+
+    def _drain(self) -> None:
+        conn = self.tunnel
+        while conn is not None and self.core.backlog and not conn.blocked and not conn.closed:
+            cmds = self.core.tunnel_writable(time.monotonic())
+            if not cmds:
+                return
+            self._perform(cmds)
 
     def _on_tun(self) -> None:
         bufs: list[bytes] = []
@@ -190,6 +192,7 @@ class Agent:
                 break
         if bufs:
             self._perform(self.core.tun_packets(bufs, time.monotonic()))
+            self._drain()
 
     def _tun_write(self, data: bytes | bytearray) -> None:
         try:
@@ -251,7 +254,7 @@ class Agent:
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune_tunnel_socket(sock)
             await asyncio.wait_for(self.loop.sock_connect(sock, (ip, self.cfg.gateway_port)),
                                    self.cfg.connect_timeout)
             ssock = self.ctx.wrap_socket(sock, server_hostname=self.cfg.gateway, do_handshake_on_connect=False)

@@ -28,6 +28,13 @@ for it.  Its source must be the adapter's address (anti-spoofing); its
 destination must be a leased address whose lease the gateway has not denied,
 or it is refused at once.  Up to ``pending_max`` packets wait per lease while
 the tunnel is built and the lease announced; the rest are dropped and counted.
+
+While the tunnel's connection cannot take more (the shell reports it with
+``tunnel_blocked``), packets for allowed leases wait in a per-flow fair queue
+with CoDel (ztna/fqcodel.py) instead of in the TUN or the socket: flows take
+turns, and a queue that stands too long drops or ECN-marks so that the
+application's TCP slows down.  ``tunnel_writable`` hands the shell the next
+batch of at most ``BATCH`` bytes.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from dataclasses import dataclass
 from dnslib import DNSRecord
 
 from ztna import wire
+from ztna.fqcodel import FqCodel
 from ztna.ippacket import NO_VNET, TCP_RST, TCP_SYN, BadPacket, icmp_unreachable_for, ip4_text, parse_untrusted, refusal_for
 from ztna.loglimit import LogLimiter, suffix
 from ztna.names import PatternSet
@@ -55,6 +63,8 @@ HELLO = "hello"
 UP = "up"
 
 PENDING_MAX = 64
+BATCH = 64 * 1024  # bytes handed to the connection in one Send while packets are queued
+QUEUE_LIMIT = 4 * 1024 * 1024  # the fair queue's memory bound
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
@@ -90,6 +100,9 @@ class AgentSession:
         self.counters: Counter = Counter()
         # Bad input is logged once per source per interval, with a count of the lines held back.
         self.bad_log = LogLimiter(interval=10.0)
+        self.fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=QUEUE_LIMIT)
+        self._fq_seen = (0, 0, 0)
+        self.blocked = False
 
     def _set(self, state: str, now: float) -> None:
         self.state = state
@@ -138,7 +151,6 @@ class AgentSession:
                 cmds.append(Log(logging.INFO, f"flow {PROTOCOLS.get(f.proto, f.proto)} {ip4_text(f.src)}:{f.sport} "
                                               f"-> {lease.fqdn} ({lease.addr_text}):{f.dport}"))
             if up and lease.state == "allowed":
-                out.append(wire.data_header(len(buf)))
                 out.append(buf)
                 continue
             q = self.pending.setdefault(lease.addr, [])
@@ -153,9 +165,51 @@ class AgentSession:
         if refusals:
             cmds.append(WriteTun(refusals))
         if out:
-            c["tunnel_tx_packets"] += len(out) // 2
-            self._send(cmds, b"".join(out), now)
+            c["tunnel_tx_packets"] += len(out)
+            fq = self.fq
+            if not self.blocked and not fq.packets:
+                self._send(cmds, _frames(out), now)  # nothing waits: nothing to schedule
+            else:
+                c["tunnel_queued_packets"] += len(out)
+                for buf in out:
+                    fq.enqueue(buf, now)
+                if not self.blocked:
+                    self._dequeue(cmds, now)
+                self._count()
         return cmds
+
+    # ---- the connection's backpressure ------------------------------------------------
+    def tunnel_blocked(self, blocked: bool, now: float) -> list:
+        """The connection stopped taking more (True) or takes more again (False)."""
+        self.blocked = blocked
+        return [] if blocked else self.tunnel_writable(now)
+
+    def tunnel_writable(self, now: float) -> list:
+        """The next batch of queued packets, ``[]`` when none wait; the shell calls it while it can send."""
+        cmds: list = []
+        if self.fq.packets and self.state == UP:
+            self._dequeue(cmds, now)
+            self._count()
+        return cmds
+
+    @property
+    def backlog(self) -> int:
+        """Packets waiting in the fair queue for the connection."""
+        return self.fq.packets
+
+    def _dequeue(self, cmds: list, now: float) -> None:
+        pkts = self.fq.dequeue_bytes(BATCH, now)
+        if pkts:
+            self._send(cmds, _frames(pkts), now)
+
+    def _count(self) -> None:
+        fq, seen = self.fq, self._fq_seen
+        if (fq.drops, fq.marks, fq.overlimit) != seen:
+            c = self.counters
+            c["aqm_drops"] += fq.drops - seen[0]
+            c["aqm_marks"] += fq.marks - seen[1]
+            c["aqm_overlimit"] += fq.overlimit - seen[2]
+            self._fq_seen = (fq.drops, fq.marks, fq.overlimit)
 
     def _refuse(self, buf, f, why: str, refusals: list, cmds: list) -> None:
         answer = refusal_for(buf, 10, f)
@@ -206,6 +260,9 @@ class AgentSession:
         self.backoff.ended(now - self.up_since if was == UP else 0.0, now)
         self._set(DOWN, now)
         self.announced.clear()
+        self.blocked = False
+        self.fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=QUEUE_LIMIT)  # their flows retransmit
+        self._fq_seen = (0, 0, 0)
         for lease in self.pool.by_name.values():
             lease.state = "new"  # a new tunnel (maybe a new gateway) decides again
         self.counters["tunnel_closed"] += 1
@@ -368,3 +425,12 @@ class AgentSession:
                 self._refuse(buf, f, "denied by the gateway", refusals, cmds)
             if refusals:
                 cmds.append(WriteTun(refusals))
+
+
+def _frames(pkts: list) -> bytes:
+    """DATA frames for these packets, as one string."""
+    out = []
+    for p in pkts:
+        out.append(wire.data_header(len(p)))
+        out.append(p)
+    return b"".join(out)

@@ -256,6 +256,13 @@ class ChannelConn:
         t = self.connector.conn
         return t.queued if t is not None else 0
 
+    @property
+    def blocked(self) -> bool:
+        """The session's replies must wait in its fair queue: the tunnel's socket is full, or the
+        PoP has not granted this channel room for a full batch."""
+        t, core = self.connector.conn, self.connector.core
+        return t is None or t.blocked or core is None or not core.mux.can_send(self.ch, 64 * 1024)
+
     def send(self, data: bytes) -> None:
         if self.closed:
             return
@@ -341,8 +348,9 @@ class Connector:
                         self.cfg.port, str(exc) or type(exc).__name__)
             return False
         self.core, self.conn = core, conn
-        conn.on_data = lambda data: self._perform(core.receive(data, time.monotonic()))
+        conn.on_data = self._on_data
         conn.on_close = self._on_close
+        conn.on_blocked = lambda blocked: blocked or self._drain()
         conn.start_reading()
         conn.send(core.hello())
         log.info("connector %s: TLS %s with the PoP %s:%d (%s), HELLO sent", self.resource, ssock.version(),
@@ -404,6 +412,15 @@ class Connector:
         s = self.sessions.pop(ch, None)
         if s is not None:
             self.gw._on_close(s, reason)
+
+    def _on_data(self, data: bytes) -> None:
+        self._perform(self.core.receive(data, time.monotonic()))
+        self._drain()  # a CREDIT may have come: the sessions' queued replies may go now
+
+    def _drain(self) -> None:
+        for s in list(self.sessions.values()):
+            if s.core.backlog:
+                self.gw._drain(s)
 
     def _on_close(self, reason: str) -> None:
         for ch in list(self.sessions):

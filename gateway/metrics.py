@@ -49,8 +49,12 @@ def families(s: Snapshot) -> list[Family]:
                [((r,), c.get(k, 0)) for k, r in REFUSALS.items()]),
         Family("ztna_gateway_handshake_failures", "TLS handshakes that failed (certificate, timeout, not TLS)",
                COUNTER, (), [((), tls)]),
-        Family("ztna_gateway_queue_drops", "Reply bursts dropped because an agent's queue was over queue_limit",
+        Family("ztna_gateway_queue_drops", "Reply packets dropped because a session's fair queue was over queue_limit",
                COUNTER, (), [((), c.get("queue_drops", 0))]),
+        Family("ztna_gateway_fair_queue", "Reply packets that waited in the sessions' fair queues, and CoDel's drops "
+               "and ECN marks", COUNTER, ("event",),
+               [(("queued",), c.get("reply_queued_packets", 0)), (("codel-drop",), c.get("aqm_drops", 0)),
+                (("codel-mark",), c.get("aqm_marks", 0))]),
         Family("ztna_gateway_dropped_packets", "Packets dropped, by reason", COUNTER, ("reason",),
                [((r,), c.get(k, 0)) for k, r in DROPS.items()]),
         Family("ztna_gateway_reloads", "Reloads (SIGHUP), by result", COUNTER, ("result",),

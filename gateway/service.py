@@ -31,7 +31,7 @@ from ztna.config import ConfigError, describe
 from ztna.crl import CrlWatch
 from ztna.nft import NftError
 from ztna.loglimit import LogLimiter, suffix
-from ztna.tlsconn import FramedTLS, server_context
+from ztna.tlsconn import FramedTLS, server_context, tune_tunnel_socket
 from ztna.tun import Tun
 
 from . import reload as reload_mod
@@ -379,6 +379,7 @@ class Gateway:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.cfg.agentless is not None and await self.agentless_front().claim(sock, peer, timeout):
             return  # SNI named a published application (served by gateway/agentless) or nothing we serve (refused)
+        tune_tunnel_socket(sock)
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = FramedTLS(ssock, name=peer)
         try:
@@ -408,6 +409,7 @@ class Gateway:
         s = Session(peer, conn, core, serial)
         conn.on_data = lambda data: self._perform(s, core.receive_data(data, time.monotonic()))
         conn.on_close = lambda reason: self._on_close(s, reason)
+        conn.on_blocked = lambda blocked: blocked or self._drain(s)
         self.sessions[sid] = s
         self.counters["sessions_started"] += 1
         cert = ssock.getpeercert()
@@ -521,8 +523,18 @@ class Gateway:
             if fresh:
                 busy.append(s)
         for s in busy:
-            # One write per session per burst, or its excess dropped (the session's queue rule).
-            self._perform(s, s.core.flush(s.conn.queued))
+            # One write per session per burst; what the connection cannot take waits in the session's fair queue.
+            self._perform(s, s.core.flush(s.conn.blocked, now))
+            self._drain(s)
+
+    def _drain(self, s: Session) -> None:
+        """The connection takes more: hand it the session's queued replies until it stops or they run out."""
+        conn, core = s.conn, s.core
+        while core.backlog and not conn.blocked and not conn.closed:
+            cmds = core.writable(time.monotonic())
+            if not cmds:
+                return
+            self._perform(s, cmds)
 
 
 def _tls_reason(exc: BaseException) -> str:

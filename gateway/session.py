@@ -28,9 +28,15 @@ States (SPEC.md §1 steps 5-8; frames as in ztna/wire.py)::
 
 Replies from the LAN come through the gateway's one TUN: the shell finds the
 session by the inside address (``Bind``), ``reply`` maps each packet back and
-queues its frame; at the end of the read burst ``flush`` hands the burst to
-the shell as one write, or drops it when the connection already holds more
-than ``queue_limit`` bytes (one slow agent must not stall the others).
+queues it; at the end of the read burst ``flush`` hands the burst to the shell
+as one write when the connection can take it.  When it cannot (the shell says
+``blocked``), the packets wait in a per-flow fair queue with CoDel
+(ztna/fqcodel.py): a bulk download cannot hold an interactive flow behind it,
+a queue that stands longer than 5 ms for 100 ms drops or ECN-marks so that
+inner TCP slows down, and ``queue_limit`` bounds its memory.  The shell calls
+``writable`` while the connection takes more and the queue is not empty; each
+call hands over at most ``BATCH`` bytes, so little waits outside the queue's
+control (the socket's own unsent data is kept small by TCP_NOTSENT_LOWAT).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ztna import wire
+from ztna.fqcodel import FqCodel
 from ztna.names import BadName, normalize
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
 
@@ -56,6 +63,8 @@ PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 # Private-DNS lookups one session may have waiting at once: a LEASE flood of distinct names
 # must not start a lookup each without end (the agent leases one name at a time per flow).
 MAX_LOOKUPS = 64
+# Bytes handed to the connection in one Send while replies are queued (see the module docstring).
+BATCH = 64 * 1024
 
 
 # ---- commands (what the shell must do; Send, WriteTun, Close, Log: ztna.tunnelcmds) --------
@@ -91,6 +100,8 @@ class GatewaySession:
         self.agent_net = agent_network
         self.keepalive = keepalive
         self.queue_limit = queue_limit
+        self.fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=queue_limit)
+        self._fq_seen = (0, 0, 0)  # the queue's drops, marks, overlimit already counted
         self.counters = counters if counters is not None else Counter()  # shared with the gateway's
         self.state = HELLO
         self.decoder = wire.Decoder()
@@ -99,7 +110,7 @@ class GatewaySession:
         self.started = now
         self.last_rx = now
         self.last_expire = now
-        self.out: list = []  # reply frames of the current TUN burst
+        self.out: list = []  # reply packets of the current TUN burst
         self.asking: dict[tuple[str, bytes], str] = {}  # (name, addr) being looked up -> the policy's reason
         self.drops_logged = 0
         self.queue_drops = 0
@@ -225,6 +236,7 @@ class GatewaySession:
         self.state = CLOSED
         self.asking.clear()
         self.out.clear()
+        self.fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=self.queue_limit)
         if not self.inside:
             return []
         inside, self.inside = self.inside, b""
@@ -236,24 +248,62 @@ class GatewaySession:
         """A TUN packet to this session's inside address: mapped back and queued, or False (no flow claims it)."""
         if self.nat is None or not self.nat.inbound(buf, wire.VNET_HDR_LEN, bool(buf[0] & 1), now):
             return False
-        self.out.append(wire.data_header(len(buf)))
         self.out.append(buf)
         return True
 
-    def flush(self, queued: int) -> list:
-        """End of a TUN burst; ``queued`` is what the connection still holds unsent."""
+    def flush(self, blocked: bool, now: float) -> list:
+        """End of a TUN burst; ``blocked``: the connection cannot take more now."""
         if not self.out:
             return []
-        data = b"".join(self.out)
-        self.out.clear()
+        out = self.out
+        self.out = []
         if self.state == CLOSED:
             return []
-        if queued > self.queue_limit:
-            # A router queue's answer to a slow receiver: drop the excess, never block the reader.
-            self.queue_drops += 1
-            self.counters["queue_drops"] += 1
+        fq = self.fq
+        if not blocked and not fq.packets:
+            # The common case: nothing waits, so nothing to schedule; the burst goes as is,
+            # except what is past one batch.
+            total = 0
+            for i, buf in enumerate(out):
+                total += len(buf)
+                if total >= BATCH:
+                    for rest in out[i + 1:]:
+                        fq.enqueue(rest, now)
+                    out = out[:i + 1]
+                    break
+            self._count()
+            return [Send(_frames(out))]
+        self.counters["reply_queued_packets"] += len(out)
+        for buf in out:
+            fq.enqueue(buf, now)
+        if blocked:
+            self._count()
             return []
-        return [Send(data)]
+        return self.writable(now)
+
+    def writable(self, now: float) -> list:
+        """The connection takes more: the next batch of queued replies (``[]`` when none wait)."""
+        if self.state == CLOSED or not self.fq.packets:
+            return []
+        pkts = self.fq.dequeue_bytes(BATCH, now)
+        self._count()
+        return [Send(_frames(pkts))] if pkts else []
+
+    @property
+    def backlog(self) -> int:
+        """Reply packets waiting for the connection."""
+        return self.fq.packets
+
+    def _count(self) -> None:
+        fq = self.fq
+        seen = self._fq_seen
+        if (fq.drops, fq.marks, fq.overlimit) != seen:
+            c = self.counters
+            c["aqm_drops"] += fq.drops - seen[0]
+            c["aqm_marks"] += fq.marks - seen[1]
+            c["queue_drops"] += fq.overlimit - seen[2]
+            self.queue_drops += fq.overlimit - seen[2]
+            self._fq_seen = (fq.drops, fq.marks, fq.overlimit)
 
     # ---- control frames ------------------------------------------------------------
     def _control(self, f: wire.Frame, now: float, cmds: list) -> None:
@@ -359,3 +409,12 @@ class GatewaySession:
             cmds.append(Log(logging.WARNING, f"session {self.id} {self.identity}: dropped a packet not from its "
                                              f"address or not to one of its leases (spoofed src {c.spoofed_src}, "
                                              f"dst {c.spoofed_dst}, malformed {c.malformed} so far)"))
+
+
+def _frames(pkts: list) -> bytes:
+    """DATA frames for these packets, as one string."""
+    out = []
+    for p in pkts:
+        out.append(wire.data_header(len(p)))
+        out.append(p)
+    return b"".join(out)

@@ -11,9 +11,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-pkgs=(iproute2 nftables tcpdump iperf3 bind9-dnsutils curl procps openssl ca-certificates chromium chromium-driver libnss3-tools dbus)
+pkgs=(iproute2 nftables tcpdump iperf3 bind9-dnsutils curl procps openssl ca-certificates chromium chromium-driver libnss3-tools dbus iputils-ping)
 if [ "${1:-}" = "--bench" ]; then
-  pkgs+=(openvpn dnsperf dnsmasq unbound squid-openssl nginx-light)
+  pkgs+=(openvpn dnsperf dnsmasq unbound squid-openssl nginx-light wireguard-go wireguard-tools)
 fi
 py=${PYTHON:-python3}
 if ! "$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -14,12 +14,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
 from typing import Callable
 
 log = logging.getLogger("ztna.tls")
 
 READ_CHUNK = 256 * 1024
+# Unsent bytes the kernel may hold on a tunnel socket before it stops taking more (and
+# epoll stops calling it writable).  Past this, inner packets wait in the sessions' fair
+# queue (ztna/fqcodel.py), where CoDel sees how long they wait, not in the socket, where
+# nothing does.  docs/tunnel.md has the measurements behind the number; ZTNA_NOTSENT_LOWAT
+# (bytes, 0 for the kernel's default) overrides it for measuring.
+NOTSENT_LOWAT = int(os.environ.get("ZTNA_NOTSENT_LOWAT", 32 * 1024))
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+
+
+def tune_tunnel_socket(sock: socket.socket, lowat: int = NOTSENT_LOWAT) -> None:
+    """No Nagle, and little unsent data in the kernel (both ends of the tunnel)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if lowat:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, lowat)
 
 
 class FramedTLS:

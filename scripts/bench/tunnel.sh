@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# iperf3 through the ZTNA tunnel vs the plain routed path vs OpenVPN (TCP, mTLS), in the sealed lab.
-#   sudo scripts/bench.sh tunnel [--seconds N] [--json]
+# iperf3 and ping through the ZTNA tunnel vs the plain path, wireguard-go and OpenVPN (UDP, TCP), clean and at 2 % loss.
+#   sudo scripts/bench.sh tunnel [--seconds N] [--repeat N] [--paths a,b] [--json]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 exec .venv/bin/python scripts/bench/tunnel_bench.py "$@"

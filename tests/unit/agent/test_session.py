@@ -457,3 +457,53 @@ def test_any_tun_packets_give_commands_never_an_exception(bufs):
     s, addr = allowed()
     cmds = s.tun_packets([NO_VNET + b for b in bufs] + list(bufs), 2.0)
     assert all(type(c) in (a.Send, a.WriteTun, a.Connect, a.Log) for c in cmds)
+
+
+# ---- the fair queue while the connection is blocked -------------------------------------------------
+
+def data_pkt(dst, sport=40000, pad=1000):
+    return NO_VNET + bytes(IP(src=ME, dst=dst) / TCP(sport=sport, dport=443, flags="A", seq=1001) / (b"x" * pad))
+
+
+def test_while_the_tunnel_is_blocked_packets_wait_and_go_when_it_takes_more():
+    s, addr = allowed()
+    assert s.tunnel_blocked(True, 2.0) == []
+    assert frames(s.tun_packets([data_pkt(addr), data_pkt(addr)], 2.0)) == []
+    assert s.backlog == 2
+    fs = frames(s.tunnel_blocked(False, 2.001))
+    assert [f.type for f in fs] == [wire.DATA, wire.DATA] and s.backlog == 0
+    # Not blocked and nothing waiting: straight through.
+    assert [f.type for f in frames(s.tun_packets([data_pkt(addr)], 2.1))] == [wire.DATA]
+
+
+def test_a_packet_of_a_second_flow_jumps_the_uploads_backlog():
+    s, addr = allowed()
+    s.tunnel_blocked(True, 2.0)
+    s.tun_packets([data_pkt(addr)] * 300, 2.0)
+    s.tun_packets([data_pkt(addr, sport=40001, pad=10)], 2.05)
+    got = []
+    s.blocked = False
+    while s.backlog:
+        got += [IP(bytes(f.payload[10:]))[TCP].sport for f in frames(s.tunnel_writable(2.06))]
+    assert len(got) == 301 and got.index(40001) < 5
+
+
+def test_a_queue_that_stands_is_cut_by_codel_and_counted():
+    s, addr = allowed()
+    s.tunnel_blocked(True, 2.0)
+    t = 2.0
+    for _ in range(1000):
+        t += 0.001
+        s.tun_packets([data_pkt(addr), data_pkt(addr)], t)
+        assert s.fq.dequeue(t) is not None  # the connection drains half of what comes
+    s.tunnel_blocked(False, t)
+    assert s.counters["aqm_drops"] == s.fq.drops > 0
+    assert s.fq.bytes <= a.QUEUE_LIMIT
+
+
+def test_a_closed_tunnel_forgets_its_queue():
+    s, addr = allowed()
+    s.tunnel_blocked(True, 2.0)
+    s.tun_packets([data_pkt(addr)], 2.0)
+    s.tunnel_closed("gone", 2.1)
+    assert s.backlog == 0 and not s.blocked

@@ -18,3 +18,12 @@ def test_families_render_every_metric_with_its_labels():
                  'ztna_gateway_reloads_total{result="refused"} 1.0'):
         assert line in text.splitlines(), line
 
+
+
+def test_the_fair_queue_family_carries_queued_dropped_and_marked():
+    snap = Snapshot({"reply_queued_packets": 7, "aqm_drops": 2, "aqm_marks": 3}, sessions=1, leases=1,
+                    bytes_in=0, bytes_out=0)
+    lines = Exporter(lambda: families(snap)).render().splitlines()
+    for line in ('ztna_gateway_fair_queue_total{event="queued"} 7.0', 'ztna_gateway_fair_queue_total{event="codel-drop"} 2.0',
+                 'ztna_gateway_fair_queue_total{event="codel-mark"} 3.0'):
+        assert line in lines, line

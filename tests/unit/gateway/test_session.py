@@ -2,7 +2,7 @@
 
 Every state (hello, up, closed) and every protocol error of SPEC.md §1 and
 ztna/wire.py, without root: handshake, leases granted or refused, anti-spoofing,
-replies and the queue limit, keepalive timeout, and each bad frame (issue 19's too).
+replies and their fair queue, keepalive timeout, and each bad frame (issue 19's too).
 """
 
 import ipaddress
@@ -284,7 +284,7 @@ def test_frames_in_one_read_keep_their_order():
     assert kinds(cmds) == ["Log", "WriteTun", "Send", "Log", "WriteTun"]
 
 
-# ---- replies, the queue limit ---------------------------------------------------------------------
+# ---- replies, their fair queue ----------------------------------------------------------------------
 
 def reply(src=APP_REAL, dst="10.254.0.2", dport=40000):
     return bytearray(NO_VNET + bytes(IP(src=src, dst=dst) / TCP(sport=443, dport=dport, flags="SA", seq=5, ack=1001)))
@@ -294,12 +294,12 @@ def test_a_reply_is_mapped_back_and_sent_in_one_write_per_burst():
     s = leased()
     s.receive_data(data(syn()), 1.0)
     assert s.reply(reply(), 1.1) and s.reply(reply(), 1.1)
-    cmds = s.flush(queued=0)
+    cmds = s.flush(False, 1.1)
     fs = frames(cmds)
     assert kinds(cmds) == ["Send"] and [f.type for f in fs] == [wire.DATA, wire.DATA]
     back = IP(bytes(fs[0].payload[10:]))
     assert (back.src, back.dst, back[TCP].dport) == (LEASE, AGENT, 40000)
-    assert s.flush(queued=0) == []  # nothing left
+    assert s.flush(False, 1.1) == []  # nothing left
 
 
 def test_a_reply_no_flow_claims_is_not_taken():
@@ -313,14 +313,77 @@ def test_a_reply_before_hello_is_not_taken():
     assert not session().reply(reply(), 0.1)
 
 
-def test_past_the_queue_limit_a_burst_is_dropped_and_counted():
-    s = leased(session(queue_limit=1000))
+def test_while_the_connection_is_blocked_replies_wait_and_go_when_it_takes_more():
+    s = leased()
     s.receive_data(data(syn()), 1.0)
     s.reply(reply(), 1.1)
-    assert s.flush(queued=1001) == []
-    assert s.queue_drops == 1 and s.counters["queue_drops"] == 1
+    assert s.flush(True, 1.1) == [] and s.backlog == 1
     s.reply(reply(), 1.2)
-    assert kinds(s.flush(queued=1000)) == ["Send"]  # at the limit it still goes
+    assert s.flush(True, 1.2) == [] and s.backlog == 2
+    fs = frames(s.writable(1.201))
+    assert [f.type for f in fs] == [wire.DATA, wire.DATA] and s.backlog == 0
+    assert s.writable(1.3) == []
+
+
+def test_a_burst_past_one_batch_is_split_and_the_rest_waits():
+    s = leased()
+    s.receive_data(data(syn()), 1.0)
+    big = reply()
+    big += bytes(60000)
+    n = g.BATCH // len(big) + 3
+    for _ in range(n):
+        assert s.reply(bytearray(big), 1.1)
+    first = frames(s.flush(False, 1.1))
+    assert 0 < len(first) < n and s.backlog == n - len(first)
+    rest = frames(s.writable(1.1))
+    assert len(first) + len(rest) == n
+
+
+def reply_from(sport: int, ecn: int = 0, pad: int = 1000):
+    return bytearray(NO_VNET + bytes(IP(src=APP_REAL, dst="10.254.0.2", tos=ecn) /
+                                     TCP(sport=443, dport=sport, flags="A", seq=5, ack=1001) / (b"x" * pad)))
+
+
+def test_a_standing_queue_drops_and_is_counted_and_memory_stays_bounded():
+    s = leased(session(queue_limit=300_000))
+    s.receive_data(data(syn()), 1.0)
+    t = 1.0
+    # A download the connection drains at half the rate it arrives, for a second.
+    for i in range(1000):
+        t += 0.001
+        assert s.reply(reply_from(40000), t) and s.reply(reply_from(40000), t)
+        s.flush(True, t)
+        pk = s.fq.dequeue(t)  # the connection takes one packet a millisecond
+        assert pk is not None
+        assert s.fq.bytes <= 300_000
+    s.writable(t)
+    assert s.counters["aqm_drops"] > 0
+    assert s.counters["aqm_drops"] == s.fq.drops
+    assert s.counters["queue_drops"] == s.fq.overlimit
+
+
+def test_a_reply_of_an_interactive_flow_is_not_stuck_behind_a_download():
+    s = leased()
+    s.receive_data(data(syn()) + data(syn(sport=40001)), 1.0)
+    for _ in range(500):
+        s.reply(reply_from(40000), 1.1)
+    s.flush(True, 1.1)
+    assert s.reply(reply_from(40001, pad=10), 1.2)
+    s.flush(True, 1.2)
+    got = []
+    while s.backlog:
+        got += [IP(bytes(f.payload[10:]))[TCP].dport for f in frames(s.writable(1.21))]
+    assert got.index(40001) < 5  # not at position 500
+    assert len(got) == 501
+
+
+def test_closed_by_shell_forgets_the_queue():
+    s = leased()
+    s.receive_data(data(syn()), 1.0)
+    s.reply(reply(), 1.1)
+    s.flush(True, 1.1)
+    s.closed_by_shell()
+    assert s.backlog == 0 and s.writable(1.2) == []
 
 
 # ---- keepalive, close ---------------------------------------------------------------------------------

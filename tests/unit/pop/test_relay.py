@@ -127,7 +127,7 @@ def test_allowed_lease_goes_through_the_connector_and_data_reaches_the_tun():
     reply = bytearray(NO_VNET + bytes(IP(src=REAL, dst=".".join(map(str, inside)))
                                       / TCP(sport=443, dport=lab.tun[0][10 + 20:10 + 22][0] << 8 | lab.tun[0][31], flags="SA")))
     assert s.reply(reply, 0.0)
-    lab.session_cmds(*next(iter(lab.sessions)), s.flush(0))
+    lab.session_cmds(*next(iter(lab.sessions)), s.flush(False, 0.0))
     data = [f for f in box if f.type == wire.DATA]
     assert len(data) == 1 and bytes(data[0].payload[10 + 12:10 + 16]) == ip4(LEASE)
     lab.do(lab.relay.agent_closed(7, "agent went"))

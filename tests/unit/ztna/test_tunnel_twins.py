@@ -122,7 +122,7 @@ class GatewayDriver:
             if hit and hit[1].reply(buf, self.clock()) and hit not in busy:
                 busy.append(hit)
         for conn, core in busy:
-            self.perform(conn, core, core.flush(conn.queued))
+            self.perform(conn, core, core.flush(conn.blocked, self.clock()))
 
 
 @pytest.fixture(params=[None, 7], ids=["whole reads", "7-byte reads"])
