@@ -42,14 +42,9 @@ class AgentConfig:
 def load(path: Path) -> AgentConfig:
     data = load_file(path)
     cfg: AgentConfig = section(AgentConfig, data, "agent", path)
-    mdoc = data.get("metrics", {})
-    if not isinstance(mdoc, dict) or set(mdoc) - {"listen"}:
-        raise ConfigError(f"{path}: [metrics] has unknown key(s) {', '.join(sorted(set(mdoc) - {'listen'}))}; known: listen"
-                          if isinstance(mdoc, dict) else f"{path}: [metrics] must be a table")
-    if mdoc.get("listen"):
-        from ztna.metrics import parse_listen
+    from ztna.metrics import listen_from
 
-        cfg.metrics_listen = parse_listen(mdoc["listen"], f"{path}: [metrics] listen")
+    cfg.metrics_listen = listen_from(data, str(path))
     try:
         net = ipaddress.IPv4Network(cfg.network)
         for key in ("address", "dns_stub"):

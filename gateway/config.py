@@ -73,14 +73,9 @@ def load(path: Path) -> tuple[GatewayConfig, Policy]:
     from .agentless.config import load as load_agentless
 
     cfg.agentless = load_agentless(data, path, default_ca=cfg.ca)
-    mdoc = data.get("metrics", {})
-    if not isinstance(mdoc, dict) or set(mdoc) - {"listen"}:
-        raise ConfigError(f"{path}: [metrics] has unknown key(s) {', '.join(sorted(set(mdoc) - {'listen'}))}; known: listen"
-                          if isinstance(mdoc, dict) else f"{path}: [metrics] must be a table")
-    if mdoc.get("listen"):
-        from ztna.metrics import parse_listen
+    from ztna.metrics import listen_from
 
-        cfg.metrics_listen = parse_listen(mdoc["listen"], f"{path}: [metrics] listen")
+    cfg.metrics_listen = listen_from(data, str(path))
     from .connector import load_pop
 
     cfg.pop = load_pop(data, path, default_ca=cfg.ca)

@@ -300,15 +300,8 @@ class Gateway:
         """Re-read the CRL when its file changed (each tick, so within a second) and end revoked sessions."""
         if self.crl is None:
             return
-        got = self.crl.poll()
-        if got is None:
-            return
-        message, added = got
-        if message.startswith("error"):
-            self.counters["crl_errors"] += 1
-            log.error("%s", message)
-            return
-        log.info("%s", message)
+        added, refused = self.crl.refresh(log)
+        self.counters["crl_errors"] += refused
         for s in list(self.sessions.values()):
             if s.serial in added:
                 self.counters["sessions_revoked"] += 1

@@ -97,15 +97,8 @@ class Pop:
     def _poll_crl(self) -> None:
         if self.crl is None:
             return
-        got = self.crl.poll()
-        if got is None:
-            return
-        message, added = got
-        if message.startswith("error"):
-            self.relay.counters["crl_errors"] += 1
-            log.error("%s", message)
-            return
-        log.info("%s", message)
+        added, refused = self.crl.refresh(log)
+        self.relay.counters["crl_errors"] += refused
         for cid, (serial, identity, what) in list(self.serials.items()):
             if serial in added:
                 conn = (self.agents if what == "agent" else self.connectors).get(cid)

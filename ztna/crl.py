@@ -138,6 +138,18 @@ class CrlWatch:
             "no CRL in force yet"
         return f"error: CRL not taken: {self.error}; {kept}", frozenset()
 
+    def refresh(self, log) -> tuple[frozenset[int], bool]:
+        """:meth:`poll`, said in ``log``: (serials newly revoked, whether the file was refused)."""
+        got = self.poll()
+        if got is None:
+            return frozenset(), False
+        message, added = got
+        if message.startswith("error"):
+            log.error("%s", message)
+            return frozenset(), True
+        log.info("%s", message)
+        return added, False
+
     def revoked(self, serial: int) -> bool:
         """For a leaf the handshake already chained to this CA."""
         return serial in self.serials

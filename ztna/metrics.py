@@ -46,6 +46,17 @@ def parse_listen(text, where: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def listen_from(data: dict, where: str) -> tuple[str, int] | None:
+    """A role's ``[metrics]`` table: ``listen`` parsed, or None when absent (metrics off)."""
+    mdoc = data.get("metrics", {})
+    if not isinstance(mdoc, dict):
+        raise ConfigError(f"{where}: [metrics] must be a table")
+    if set(mdoc) - {"listen"}:
+        raise ConfigError(f"{where}: [metrics] has unknown key(s) {', '.join(sorted(set(mdoc) - {'listen'}))}; "
+                          "known: listen")
+    return parse_listen(mdoc["listen"], f"{where}: [metrics] listen") if mdoc.get("listen") else None
+
+
 class _Collector:
     def __init__(self, families: Callable[[], Iterable[Family]]):
         self.families = families

@@ -111,3 +111,21 @@ def test_revoked_cert_checks_the_issuer_too(ca, tmp_path):
     w = crl.CrlWatch(path, ca.cert)
     w.poll()
     assert w.revoked_cert(a) and not w.revoked_cert(twin)  # another CA's serial is not ours to revoke
+
+
+def test_refresh_says_what_poll_found_and_whether_the_file_was_refused(ca, tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "crl.pem"
+    a = leaf(ca)
+    data, _ = crl.revoke(ca, crl.render(ca, {}, now=NOW), a, now=NOW)
+    pki.write_pem(path, data, private=False)
+    w = crl.CrlWatch(path, ca.cert)
+    log = logging.getLogger("test.crl")
+    with caplog.at_level(logging.INFO, logger="test.crl"):
+        assert w.refresh(log) == ({a.serial_number}, False)
+        assert w.refresh(log) == (frozenset(), False)  # unchanged: nothing said
+        path.write_bytes(b"garbage")
+        os.utime(path, ns=(1, os.stat(path).st_mtime_ns + 1_000_000))
+        assert w.refresh(log) == (frozenset(), True) and w.revoked(a.serial_number)
+    assert [r.levelname for r in caplog.records] == ["INFO", "ERROR"]
