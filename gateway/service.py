@@ -31,7 +31,7 @@ from ztna.config import ConfigError, describe
 from ztna.crl import CrlWatch
 from ztna.nft import NftError
 from ztna.loglimit import LogLimiter, suffix
-from ztna.tlsconn import FramedTLS, server_context, tune_tunnel_socket
+from ztna.tlsconn import FramedTLS, accept_ready, server_context, tune_tunnel_socket
 from ztna.tun import Tun
 
 from . import reload as reload_mod
@@ -323,14 +323,7 @@ class Gateway:
 
     # ---- accepting agents --------------------------------------------------
     def _on_accept(self, lsock: socket.socket) -> None:
-        while True:
-            try:
-                sock, addr = lsock.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                log.warning("accept failed: %s", exc)
-                return
+        for sock, addr in accept_ready(lsock):
             peer = f"{addr[0]}:{addr[1]}"
             if len(self.sessions) >= self.cfg.max_sessions:
                 self._refuse_connection(sock, peer, addr[0], f"{len(self.sessions)} sessions already")

@@ -26,7 +26,7 @@ from gateway.pending import HandshakeGate
 from ztna import pki, tlswire, wire
 from ztna.crl import CrlWatch
 from ztna.loglimit import LogLimiter, suffix
-from ztna.tlsconn import FramedTLS, server_context
+from ztna.tlsconn import FramedTLS, accept_ready, server_context
 from ztna.tunnelcmds import Log
 
 from . import relay as r
@@ -110,14 +110,7 @@ class Pop:
 
     # ---- accepting ------------------------------------------------------------------------
     def _on_accept(self, lsock: socket.socket) -> None:
-        while True:
-            try:
-                sock, addr = lsock.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                log.warning("accept failed: %s", exc)
-                return
+        for sock, addr in accept_ready(lsock):
             peer = f"{addr[0]}:{addr[1]}"
             why = self.gate.admit(addr[0])
             if why is not None:

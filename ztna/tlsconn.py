@@ -177,6 +177,19 @@ class FramedTLS:
             self.on_close(reason)
 
 
+def accept_ready(lsock) -> list:
+    """Every connection a non-blocking listening socket holds now: [(socket, (address, port))]."""
+    out = []
+    while True:
+        try:
+            out.append(lsock.accept())
+        except BlockingIOError:
+            return out
+        except OSError as exc:
+            log.warning("accept failed: %s", exc)
+            return out
+
+
 def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
     """TLS 1.3 only, the gateway verified against ``ca``, our certificate offered."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -53,6 +53,21 @@ FIREWALL = (
 )
 
 
+def start_servers(lab: Lab) -> list:
+    """Public DNS, private DNS and the app, started; (proc, address, port, protocol) to wait for each."""
+    public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in PUBLIC_ZONES.items()]
+    private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}")
+    return [
+        (lab.start("inet", procs.ztna_argv("authdns", "run", "--listen", PUBLIC_DNS,
+                                           *[a for z in public for a in ("--zone", str(z))]), name="public-dns"),
+         PUBLIC_DNS, 53, "udp"),
+        (lab.start("privdns", procs.ztna_argv("authdns", "run", "--listen", PRIV_DNS, "--zone", str(private)),
+                   name="private-dns"), PRIV_DNS, 53, "udp"),
+        (lab.start("app", web_argv(APP_IP, cert=(APP, lab.pki_dir / f"{APP}.pem", lab.pki_dir / f"{APP}.key")),
+                   name="web-app"), APP_IP, 443, "tcp"),
+    ]
+
+
 class PopAgentScenario(Scenario):
     """Agent -> PoP -> outbound-only connector -> gateway -> app."""
 
@@ -103,21 +118,11 @@ class PopAgentScenario(Scenario):
 
         other = _pki.new_ca("some other CA", now=_pki.utcnow())
         lab.issue("mallory", "agent", ca=other)
-        public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in PUBLIC_ZONES.items()]
-        private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}")
         fw = lab.write_conf("firewall.nft", FIREWALL)
         r = lab.exec("gateway", ["nft", "-f", str(fw)])
         if r.returncode != 0:
             raise RuntimeError(f"the gateway's firewall: {r.stderr.decode()}")
-        started = [
-            (lab.start("inet", procs.ztna_argv("authdns", "run", "--listen", PUBLIC_DNS,
-                                               *[a for z in public for a in ("--zone", str(z))]), name="public-dns"),
-             PUBLIC_DNS, 53, "udp"),
-            (lab.start("privdns", procs.ztna_argv("authdns", "run", "--listen", PRIV_DNS, "--zone", str(private)),
-                       name="private-dns"), PRIV_DNS, 53, "udp"),
-            (lab.start("app", web_argv(APP_IP, cert=(APP, lab.pki_dir / f"{APP}.pem", lab.pki_dir / f"{APP}.key")),
-                       name="web-app"), APP_IP, 443, "tcp"),
-        ]
+        started = start_servers(lab)
         pki = lab.pki_dir
         pop_conf = lab.write_conf("pop.toml", (
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"

@@ -23,9 +23,7 @@ from .. import capture, evidence, flow, procs
 from ..lab import Lab
 from ..report import Step
 from ..topology import Topology
-from .agent import web_argv
-from .pop_agent import (APP, CONNECTOR_NAME, POP, PRIV_DNS, APP_IP, PUBLIC_DNS, PUBLIC_ZONES, PRIVATE_ZONE,
-                        PopAgentScenario, TUNNEL_NAME)
+from .pop_agent import (start_servers, APP, CONNECTOR_NAME, POP, PRIV_DNS, APP_IP, PUBLIC_DNS, PopAgentScenario, TUNNEL_NAME)
 
 GWS = {"gwa": ("203.0.113.20", "192.168.1.1", "gw1"), "gwb": ("203.0.113.21", "192.168.1.2", "gw2")}
 
@@ -68,17 +66,7 @@ class PopFailoverScenario(PopAgentScenario):
         lab.issue(APP, "server", dns=[APP])
         for _, _, ident in self.clients:
             lab.issue(ident, "agent")
-        public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in PUBLIC_ZONES.items()]
-        private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}")
-        started = [
-            (lab.start("inet", procs.ztna_argv("authdns", "run", "--listen", PUBLIC_DNS,
-                                               *[a for z in public for a in ("--zone", str(z))]), name="public-dns"),
-             PUBLIC_DNS, 53, "udp"),
-            (lab.start("privdns", procs.ztna_argv("authdns", "run", "--listen", PRIV_DNS, "--zone", str(private)),
-                       name="private-dns"), PRIV_DNS, 53, "udp"),
-            (lab.start("app", web_argv(APP_IP, cert=(APP, lab.pki_dir / f"{APP}.pem", lab.pki_dir / f"{APP}.key")),
-                       name="web-app"), APP_IP, 443, "tcp"),
-        ]
+        started = start_servers(lab)
         pki = lab.pki_dir
         pop_conf = lab.write_conf("pop.toml", (
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
