@@ -13,7 +13,9 @@ its ``[policy]``.  Allowed requests go on a ``stream`` channel of the gateway's
 outbound connector tunnel; the gateway checks its own policy, resolves the app
 with private DNS and connects to it, so the app sees the gateway's LAN address.
 bob has a password but no PoP policy: 403 at the PoP, and the gateway never
-sees a channel for him.
+sees a channel for him.  carol signs in to ``hr.mycompany.net`` with a client
+certificate.  dave is allowed by the PoP's policy but not by the gateway's: the
+gateway refuses his stream and the PoP answers 502.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from .. import capture, evidence, flow, procs
 from ..lab import Lab
 from ..report import Step
 from .agentless import USERS, AgentlessScenario
-from .pop_agent import (ALIAS, APP, APP_IP, CONNECTOR_NAME, FIREWALL, FW_TABLE, GW, LAN, POP, PRIV_DNS, PUBLIC_DNS,
-                        TUNNEL_NAME, PopAgentScenario, start_servers)
+from .pop_agent import (ALIAS, APP, APP_IP, CONNECTOR_NAME, FIREWALL, FW_TABLE, GW, HR, LAN, POP, PRIV_DNS,
+                        PUBLIC_DNS, TUNNEL_NAME, PopAgentScenario, start_servers)
 
+PASSWORDS = {**USERS, "dave": "dave-password-1"}
 BROWSERS = [("browser", "198.51.100.30", "alice"), ("browser2", "198.51.100.31", "bob")]
 
 
@@ -56,29 +59,37 @@ class PopAgentlessScenario(PopAgentScenario):
         lab.issue("gateway", "gateway", dns=["gateway.mycompany.net"])
         lab.issue("gw1", "client")
         lab.issue(APP, "server", dns=[APP])            # what the app presents (checked by the PoP, end to end)
-        lab.issue(f"public-{APP}", "server", dns=[APP])  # what the PoP presents to browsers for the app
+        lab.issue(HR, "server", dns=[HR])
+        for name in (APP, HR):
+            lab.issue(f"public-{name}", "server", dns=[name])  # what the PoP presents to browsers for it
+        lab.issue("carol", "client")
         fw = lab.write_conf("firewall.nft", FIREWALL)
         r = lab.exec("gateway", ["nft", "-f", str(fw)])
         if r.returncode != 0:
             raise RuntimeError(f"the gateway's firewall: {r.stderr.decode()}")
-        started = start_servers(lab)
+        started = start_servers(lab, public_extra=f"hr IN CNAME {ALIAS}.\n", private_extra=f"hr IN A {APP_IP}\n",
+                                more_names=(HR,))
         users = lab.conf_dir / "pop-users.json"
         store = UserStore(users)
-        for user, password in USERS.items():
+        for user, password in PASSWORDS.items():
             store.add(user, password)
         pki = lab.pki_dir
         pop_conf = lab.write_conf("pop.toml", (
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
             f"flow_log = \"{lab.root}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n\n"
-            f"[policy]\nalice = [\"{APP}\"]\n\n[connectors]\ngw1 = [\"{APP}\"]\n\n"
+            f"[policy]\nalice = [\"{APP}\"]\ncarol = [\"{HR}\"]\ndave = [\"{APP}\"]\n\n"
+            f"[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n\n"
             f"[agentless]\nusers = \"{users}\"\nsession_key = \"{lab.conf_dir}/pop-session.key\"\n"
             f"access_log = \"{lab.log_dir}/pop-access.jsonl\"\n\n"
             f"[[agentless.app]]\nname = \"{APP}\"\ncert = \"{pki}/public-{APP}.pem\"\nkey = \"{pki}/public-{APP}.key\"\n"
-            f"upstream_ca = \"{pki}/ca.pem\"\nauth = \"password\"\n"))
+            f"upstream_ca = \"{pki}/ca.pem\"\nauth = \"password\"\n\n"
+            f"[[agentless.app]]\nname = \"{HR}\"\ncert = \"{pki}/public-{HR}.pem\"\nkey = \"{pki}/public-{HR}.key\"\n"
+            f"upstream_ca = \"{pki}/ca.pem\"\nauth = \"certificate\"\n"))
         pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
         procs.wait_listening(pop, POP, 443)
-        self.gw_conf = lab.write_conf("gateway.toml", self.gateway_conf(lab, [APP]))
+        # The gateway's own [policy] (pop-agent's: alice, bob) plus carol for hr; it has no entry for dave.
+        self.gw_conf = lab.write_conf("gateway.toml", self.gateway_conf(lab, [APP, HR]) + f"carol = [\"{HR}\"]\n")
         for p, ip, port, proto in started:
             procs.wait_listening(p, ip, port, proto)
         for host, _, _ in self.clients:
@@ -89,8 +100,8 @@ class PopAgentlessScenario(PopAgentScenario):
         seen: dict = {}
         gw = lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(self.gw_conf)), name="gateway")
         poplog = Path(lab.procs["pop"].log)
-        procs.wait_until(lambda: f"publishes {APP}" in poplog.read_text(errors="replace"),
-                         timeout=15, what="the gateway's connector tunnel to reach the PoP")
+        procs.wait_until(lambda: all(f"publishes {n}" in poplog.read_text(errors="replace") for n in (APP, HR)),
+                         timeout=15, what="the gateway's connector tunnels to reach the PoP")
         if not gw.alive():
             raise RuntimeError("the gateway in connector mode stopped; see its log")
         r = lab.exec("browser", ["dig", "+noall", "+answer", f"@{PUBLIC_DNS}", APP, "A"])
@@ -109,6 +120,19 @@ class PopAgentlessScenario(PopAgentScenario):
         jar2 = str(lab.conf_dir / "browser2-cookies.txt")
         rc, out, err = self.sign_in(lab, "bob", USERS["bob"], jar2, host="browser2")
         seen["bob"], seen["bob_rc"] = out, rc
+        pki = lab.pki_dir
+        rc, out, err = self.curl(lab, "-w", "\n%{http_code}", f"https://{HR}/", host="browser2")
+        seen["hr_nocert"] = out
+        rc, out, err = self.curl(lab, "-w", "\n%{http_code}", "--cert", f"{pki}/carol.pem", "--key", f"{pki}/carol.key",
+                                 f"https://{HR}/", host="browser2")
+        seen["carol"], seen["carol_rc"], seen["carol_err"] = out, rc, err
+        rc, out, err = self.sign_in(lab, "dave", PASSWORDS["dave"], str(lab.conf_dir / "dave-cookies.txt"))
+        seen["dave"], seen["dave_rc"] = out, rc
+        try:
+            procs.wait_until(lambda: flows.exists() and '"identity":"carol"' in flows.read_text(), timeout=10,
+                             what="the PoP's flow line for carol")
+        except TimeoutError:
+            pass
         # Someone on the internet tries to open a connection to the gateway: the firewall drops it.
         r = lab.exec("inet", ["curl", "-sS", "--max-time", "2", f"https://{GW}/"])
         seen["probe_rc"] = r.returncode
@@ -144,6 +168,9 @@ class PopAgentlessScenario(PopAgentScenario):
             f"the gateway's uplink: only outbound SYNs to {POP}:443 (the connector tunnel); inbound SYNs dropped",
             f"the gateway asks private DNS for {APP} and connects to the app from its LAN address",
             "bob (a valid password, no PoP policy) gets 403 at the PoP; the gateway never sees a channel for him",
+            f"{HR} (auth = certificate): no client certificate -> refused at the PoP; carol's certificate -> 200",
+            "dave (allowed by the PoP, not by the gateway): the gateway refuses his stream with a log line, "
+            "the PoP answers 502",
         ], start=1)]
 
         # 1. public DNS: CNAME then A
@@ -230,6 +257,31 @@ class PopAgentlessScenario(PopAgentScenario):
                             flow.note("pop", "bob 403 at the PoP"))
         else:
             steps[6].see(f"bob: {bob[-120:]!r}, {len(denied)} 403 access lines, {len(bob_at_gw)} gateway lines")
+        # 8. client certificate sign-in
+        nocert, carol = seen.get("hr_nocert", "").rstrip(), seen.get("carol", "").rstrip()
+        cflow = [f for f in flows if f.get("event") == "agentless" and f.get("identity") == "carol"
+                 and f.get("resource") == HR]
+        if not nocert.endswith("200") and nocert[-3:].isdigit() and carol.endswith("200") \
+                and f"hello from {HR}" in carol and cflow:
+            steps[7].passed(f"curl https://{HR}/ without a certificate -> {nocert[-3:]}; with carol's -> 200 "
+                            f"({carol.splitlines()[0][:80]}); flow line bytes up {cflow[0]['bytes_up']}, "
+                            f"down {cflow[0]['bytes_down']}",
+                            flow.note("pop", f"carol {HR} by client certificate, via gw1"))
+        else:
+            steps[7].see(f"without a certificate {nocert[-60:]!r}; carol exit {seen.get('carol_rc')}: {carol[-120:]!r} "
+                         f"{seen.get('carol_err', '')[:150]}; {len(cflow)} flow lines")
+        # 9. refused by the gateway's own policy
+        dave = seen.get("dave", "").rstrip()
+        gw_refused = [x for x in gwlog.splitlines() if "dave" in x and "refused by the gateway's policy" in x]
+        pop_refused = [x for x in Path(lab.procs["pop"].log).read_text(errors="replace").splitlines()
+                       if "dave" in x and "refused the stream" in x]
+        if dave.endswith(" 502") and gw_refused and pop_refused:
+            steps[8].passed(f"after signing in: {dave.splitlines()[-1]}; gateway log: "
+                            f"{gw_refused[0].split(' WARNING ', 1)[-1][:150]}",
+                            flow.note("gateway", "dave's stream refused", flow.log_time(gw_refused[0])),
+                            flow.note("pop", "502 for dave", flow.log_time(pop_refused[0])))
+        else:
+            steps[8].see(f"dave: {dave[-100:]!r}; {len(gw_refused)} gateway refusals, {len(pop_refused)} PoP lines")
         return steps
 
 

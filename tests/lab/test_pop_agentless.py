@@ -9,6 +9,6 @@ def test_every_step_is_observed(tmp_path, monkeypatch):
     lines = []
     ok, steps, report = run(PopAgentlessScenario(), say=lines.append, color=False)
     assert ok, "\n".join(lines)
-    assert [s.number for s in steps] == [str(i) for i in range(1, 8)]
+    assert [s.number for s in steps] == [str(i) for i in range(1, 10)]
     assert all(s.evidence for s in steps)
     assert report is not None and report.exists()
