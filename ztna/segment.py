@@ -10,8 +10,9 @@ a packet is sealed into a datagram, :func:`segment` does what the NIC would
 have done: one IPv4 packet per ``mss`` bytes of TCP payload, each with its own
 total length, IP id, sequence number and full IP and TCP checksums; FIN and PSH
 only on the last piece, CWR only on the first.  A packet that is not a super-
-packet only gets its partial checksum completed.  What cannot be cut (a UDP or
-ICMP packet longer than the MTU, an IPv6 super-packet) raises :class:`TooBig`,
+packet only gets its partial checksum completed (and a TCP one longer than the
+MTU, sized for the TUN's, is cut too).  What cannot be cut (a UDP or ICMP packet
+longer than the MTU, a fragment, an IPv6 super-packet) raises :class:`TooBig`,
 and the shell sends that packet over TLS instead.  Pure: bytes in, bytes out.
 """
 
@@ -49,10 +50,12 @@ def segment(buf: bytes | bytearray | memoryview, mtu: int) -> list[bytes]:
     if kind == GSO_NONE:
         if flags & F_NEEDS_CSUM:
             _complete_csum(pkt, csum_start, csum_offset)
-        if len(pkt) > mtu:
-            raise TooBig(f"a {len(pkt)}-byte packet that is not a TCP super-packet")
-        return [bytes(pkt)]
-    if kind != GSO_TCPV4 or pkt[0] >> 4 != 4:
+        if len(pkt) <= mtu:
+            return [bytes(pkt)]
+        if pkt[0] >> 4 != 4 or pkt[9] != 6 or struct.unpack_from("!H", pkt, 6)[0] & 0x3FFF:
+            raise TooBig(f"a {len(pkt)}-byte packet that is not TCP over IPv4")
+        gso_size = 0  # a full-sized TCP packet of the TUN's larger MTU: cut like a super-packet
+    elif kind != GSO_TCPV4 or pkt[0] >> 4 != 4:
         raise TooBig(f"GSO type {gso} is not TCP over IPv4")
     ihl = (pkt[0] & 0x0F) * 4
     if ihl < 20 or len(pkt) < ihl + 20 or pkt[9] != 6:

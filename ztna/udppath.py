@@ -70,6 +70,13 @@ class SendDatagram:
 
 
 @dataclass(frozen=True)
+class SendDatagrams:
+    """Send each of these datagrams (a burst of data) on the UDP socket, like :class:`SendDatagram`."""
+    datagrams: list
+    to: tuple | None = None
+
+
+@dataclass(frozen=True)
 class Received:
     """What one datagram was: ``packet`` an inner IP packet to write to the TUN, or None."""
     packet: bytes | None
@@ -113,16 +120,16 @@ class _Path:
 
     def _open(self, data: bytes, source: tuple, now: float) -> tuple[int, bytes, bool] | None:
         if self.channel is None:
-            self.counters["udp_rejected_no keys yet"] += 1
+            self.counters["udp_rejected_no_keys_yet"] += 1
             return None
         try:
             payload, moved = self.channel.receive(data, source, now)
         except dc.Rejected as exc:
-            self.counters[f"udp_rejected_{exc.why}"] += 1
+            self.counters["udp_rejected_" + exc.why.replace(" ", "_")] += 1
             return None
         if not payload or payload[0] not in (KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY) or (
                 payload[0] != KIND_DATA and len(payload) != _PROBE.size):
-            self.counters["udp_rejected_bad kind"] += 1
+            self.counters["udp_rejected_bad_kind"] += 1
             return None
         self.last_udp_rx = now
         self.counters["udp_rx"] += 1

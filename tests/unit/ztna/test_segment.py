@@ -65,6 +65,14 @@ def test_gso_size_smaller_than_the_mtu_is_kept():
     assert [len(x) for x in segs] == [1040, 1040, 1040]
 
 
+def test_a_full_sized_plain_tcp_packet_longer_than_the_mtu_is_cut_too():
+    data = os.urandom(1460)
+    p = IP(src="192.168.1.20", dst="10.254.0.2", flags="DF") / TCP(seq=5, flags="PA") / data
+    segs = s.segment(vnet() + bytes(p), 1400)
+    assert [len(x) for x in segs] == [1400, 140]
+    assert b"".join(bytes(valid(x)[TCP].payload) for x in segs) == data
+
+
 def test_a_plain_packet_gets_its_partial_checksum_completed():
     p = IP(src="100.64.0.2", dst="10.20.0.5", flags="DF") / TCP(flags="S")
     [out] = s.segment(vnet(s.F_NEEDS_CSUM, 0, 0, 0, 20, 16) + partial(bytes(p)), 1400)
@@ -74,7 +82,8 @@ def test_a_plain_packet_gets_its_partial_checksum_completed():
 
 
 @pytest.mark.parametrize("buf,why", [
-    (vnet() + bytes(IP(dst="1.2.3.4") / ICMP() / (b"x" * 2000)), "not a TCP super-packet"),
+    (vnet() + bytes(IP(dst="1.2.3.4") / ICMP() / (b"x" * 2000)), "not TCP over IPv4"),
+    (vnet() + bytes(IP(dst="1.2.3.4", flags="MF") / TCP() / (b"x" * 2000)), "not TCP over IPv4"),
     (vnet(0, s.GSO_TCPV6) + bytes(40) * 2, "not TCP over IPv4"),
     (vnet(0, s.GSO_UDP) + bytes(IP() / UDP()), "not TCP over IPv4"),
     (vnet(0, s.GSO_TCPV4) + bytes(IP(proto=17) / UDP()), "without a TCP header"),

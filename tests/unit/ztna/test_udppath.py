@@ -111,7 +111,7 @@ def test_forged_and_garbage_datagrams_are_counted_and_change_nothing():
     assert sum(v for k, v in gw.counters.items() if k.startswith("udp_rejected_")) == len(bad)
     # an authenticated datagram of an unknown kind is dropped too
     cmds, got = gw.datagram(agent.channel.seal(b"\x07junk"), AT, 1.0)
-    assert got.packet is None and gw.counters["udp_rejected_bad kind"] == 1
+    assert got.packet is None and gw.counters["udp_rejected_bad_kind"] == 1
     # a replay from elsewhere neither delivers nor moves
     dg = agent.seal_data(b"once")
     assert gw.datagram(dg, AT, 1.0)[1].packet == b"once"
@@ -177,7 +177,7 @@ def test_keys_bound_to_the_identities_do_not_open_across_identities():
     [(_, accept)] = controls(gw.offered(offer, 0.0))
     [probe] = datagrams(agent.accepted(accept, 0.0))
     assert gw.datagram(probe.data, AT, 0.0) == ([], u.Received(None))
-    assert gw.counters["udp_rejected_bad tag"] == 1
+    assert gw.counters["udp_rejected_bad_tag"] == 1
 
 
 def test_a_bad_offer_is_refused():
