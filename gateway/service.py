@@ -538,7 +538,7 @@ class Gateway:
             s = sessions.get(sid) if sid is not None else None
             if s is None:
                 self.counters["udp_rejected_no_session"] += 1
-                quiet = self.udp_log.allow(("udp", source[0]), now)
+                quiet = self.udp_log.allow(("no session", source[0]), now)
                 if quiet is not None:
                     log.warning("dropped a datagram from %s:%d on the UDP port: %s%s", source[0], source[1],
                                 "not a data-channel datagram" if sid is None else f"no session {sid}", suffix(quiet))
@@ -547,7 +547,7 @@ class Gateway:
             before = path.counters["udp_rx"] if path is not None else 0
             self._perform(s, s.core.datagram(data, source, now))
             if path is not None and path.counters["udp_rx"] == before:  # not authenticated: dropped and counted
-                quiet = self.udp_log.allow(("udp", source[0]), now)
+                quiet = self.udp_log.allow(("session", sid, source[0]), now)
                 if quiet is not None:
                     log.warning("dropped a datagram from %s:%d for session %d: it did not authenticate "
                                 "(%s)%s", source[0], source[1], sid, _rejections(path.counters), suffix(quiet))

@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+from datetime import datetime
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from netns import capture, procs
 from netns.lab import started
 from netns.scenarios.agent import APP, APP_IP, GW_PUBLIC, AgentScenario
 from ztna.datachannel import OVERHEAD
+from ztna.udppath import TRY_TIMEOUT
 
 UDP_PORT = 51820
 TABLE = "ztna_test_udp"
@@ -148,23 +150,33 @@ def test_udp_blocked_from_the_start_falls_back_and_curl_still_gets_200_over_tls(
             t0 = time.monotonic()
             rc, out, err = curl(lab, "/bytes/2000000")
             took = time.monotonic() - t0
-            fell = wait_log(lab, "agent-client", r"UDP data channel: trying -> fallback", start, 10)
+            wait_log(lab, "agent-client", r"UDP data channel: trying -> fallback", start, 10)
     assert rc == 0 and out == "200 2000000", (out, err)
+    lines = log(lab, "agent-client")[start:].splitlines()
+    tried = next(stamp(x) for x in lines if "UDP data channel: off -> trying" in x)
+    fell = stamp(next(x for x in lines if "UDP data channel: trying -> fallback" in x)) - tried
+    assert fell <= TRY_TIMEOUT + 1.5, fell  # the bound, plus the agent's one-second tick
     udp, tls = split(cap["pkts"])
     assert sum(n for _, n in tls) > 2_000_000  # the data went over TLS
     assert not [p for p in udp if p[IP].src == GW_PUBLIC]  # nothing came back over UDP (it was blocked)
     assert "-> up" not in log(lab, "agent-client")[start:]
-    print(f"\n(b) curl 200 over TLS in {took:.2f}s; fallback logged {fell:.2f}s after the download ended")
+    print(f"\n(b) curl 200 over TLS in {took:.2f}s; fallback {fell:.2f}s after the key offer")
 
 
-def forge(lab, count):
-    """Datagrams to the gateway's UDP port from the client: garbage, and ours-looking headers with bad tags."""
+def stamp(line: str) -> float:
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def forge(lab, session, count):
+    """Datagrams to the gateway's UDP port from the inet host (off the agent's path): garbage, no-session
+    headers, and the live session's header with far-ahead counters and bad tags."""
     code = ("import os, socket, struct\n"
             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             f"for i in range({count}):\n"
-            "    body = os.urandom(80) if i % 2 else struct.pack('!BIBQ', 0x5a, 1 + i % 8, 0, 10**6 + i) + os.urandom(60)\n"
+            f"    sid = {session} if i % 3 == 0 else 100000 + i\n"
+            "    body = os.urandom(80) if i % 3 == 1 else struct.pack('!BIBQ', 0x5a, sid, 0, 10**6 + i) + os.urandom(60)\n"
             f"    s.sendto(body, ('{GW_PUBLIC}', {UDP_PORT}))\n")
-    r = lab.exec("client", [sys.executable, "-c", code], timeout=30)
+    r = lab.exec("inet", [sys.executable, "-c", code], timeout=30)
     assert r.returncode == 0, r.stderr.decode()
 
 
@@ -184,7 +196,8 @@ def test_udp_blocked_mid_download_switches_to_tls_and_back_and_forged_datagrams_
         dl.start()
         try:
             time.sleep(3)
-            forge(lab, 400)
+            sid = re.findall(r"session (\d+) alice: data over UDP", log(lab, "gateway"))[-1]
+            forge(lab, int(sid), 600)
             with udp_blocked(lab):
                 times["block"] = time.time()
                 times["to_tls"] = wait_log(lab, "agent-client", r"UDP data channel: up -> fallback", start, 15)
@@ -203,7 +216,10 @@ def test_udp_blocked_mid_download_switches_to_tls_and_back_and_forged_datagrams_
     assert sum(n for _, n in during_tls) > 1_000_000, sum(n for _, n in during_tls)  # the download went on over TLS
     assert [p for p in after if p[IP].src == GW_PUBLIC]  # and back on UDP after the block was lifted
     gw = log(lab, "gateway")[gw_start:]
-    assert "dropped a datagram from 198.51.100.10" in gw
+    assert re.search(r"dropped a datagram from 203\.0\.113\.1:\d+ on the UDP port: (not a data-channel datagram|no session)", gw)
+    assert re.search(rf"dropped a datagram from 203\.0\.113\.1:\d+ for session {sid}: it did not authenticate "
+                     r"\(.*bad_tag \d+", gw), gw[-3000:]
+    assert "UDP peer now 203.0.113.1" not in gw  # no forged datagram moved the session
     assert "Traceback" not in gw and "Traceback" not in log(lab, "agent-client")
     print(f"\n(c) to TLS {times['to_tls']:.2f}s after the block; back to UDP {times['to_udp']:.2f}s after the lift; "
           f"curl 200 {size} B")
