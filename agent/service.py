@@ -434,6 +434,11 @@ class Agent:
                 "state": self.core.state, "since": time.time() - (now - self.core.changed),
                 "gateway": self.cfg.gateway, "gateway_ip": self.gateway_ip, "last_error": self.core.last_error,
                 "bytes_in": t.bytes_in if t else 0, "bytes_out": t.bytes_out if t else 0,
+                # The UDP data channel's path (docs/datachannel.md): "off" when not configured.
+                "udp": {"state": self.core.path.state if self.core.path else "off",
+                        "port": self.core.path.port if self.core.path else None,
+                        "switches": [[time.time() - (now - at), st] for at, st in self.core.path.switches[-10:]]
+                        if self.core.path else []},
             },
             "leases": [
                 {"fqdn": l.fqdn, "addr": l.addr_text, "state": l.state, "flows": len(l.flows),

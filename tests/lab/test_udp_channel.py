@@ -10,6 +10,7 @@ dropped and counted.  Speed is not asserted; the switch times are printed.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import threading
@@ -136,6 +137,10 @@ def test_a_udp_allowed_download_and_iperf3_travel_as_datagrams_and_tls_carries_o
     upw = [p for p in udp if p[IP].dst == GW_PUBLIC]
     assert sum(p[IP].len for p in down) > size and upw  # the download arrived as datagrams
     assert all(p[IP].len <= 1400 + 28 + OVERHEAD + 1 and not p[IP].flags.MF and p[IP].frag == 0 for p in udp)  # no fragments
+    st = json.loads(lab.exec("client", procs.ztna_argv("agent", "status", "--json", "--state-dir",
+                                                      str(lab.root / "agent-client"))).stdout)
+    assert st["tunnel"]["udp"]["state"] == "up" and st["tunnel"]["udp"]["port"] == UDP_PORT, st["tunnel"]
+    assert st["counters"]["udp_tx_packets"] > 0 and st["counters"]["udp_rx_packets"] > 0
     tls_bytes = sum(n for _, n in tls)
     assert tls_bytes < 100_000, tls_bytes  # leases, keep-alives, the path's control: no data
     print(f"\n(a) {len(down)} datagrams from the gateway ({sum(p[IP].len for p in down)} B), {len(upw)} to it; "
