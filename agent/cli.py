@@ -81,6 +81,10 @@ def status_cmd(config: Path | None, state_dir: str | None, as_json: bool) -> Non
     click.echo(line + f"; {t['bytes_out']} bytes out, {t['bytes_in']} in")
     if t["last_error"]:
         click.echo(f"           last error: {t['last_error']}")
+    udp = t.get("udp") or {}
+    if udp.get("state", "off") != "off":
+        click.echo(f"data       {'UDP' if udp['state'] == 'up' else 'TLS'} (UDP channel {udp['state']}, "
+                   f"gateway port {udp.get('port')})")
     click.echo("")
     if st["leases"]:
         w = max(len(l["fqdn"]) for l in st["leases"])

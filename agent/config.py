@@ -20,6 +20,8 @@ class AgentConfig:
     gateway: str
     apps: list[str]
     gateway_port: int = 443
+    udp: bool = False                     # the UDP data channel (docs/datachannel.md); off: all data in TLS
+    udp_mtu: int = 1400                   # the largest inner packet sent in one datagram
     tun: str = "ztna0"
     network: str = "100.64.0.0/10"
     address: str = "100.64.0.1"

@@ -10,6 +10,7 @@ tunnel, answers DNS, ticks the clock, and performs the commands it returns.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from ztna.loglimit import suffix
 from ztna.resolved import RESOLVED, ResolvedError, routing_domains
 from ztna.tlsconn import FramedTLS, client_context, tune_tunnel_socket
 from ztna.tun import Tun
+from ztna.udppath import AgentPath, SendDatagram, SendDatagrams
 
 from . import takeover
 from .config import AgentConfig
@@ -47,7 +49,9 @@ class Agent:
                               grace=max(30.0, 3.0 * cfg.dns_ttl), max_leases=cfg.max_leases,
                               max_per_wildcard=cfg.max_leases_per_wildcard)
         self.core = AgentSession(self.pool, cfg.patterns, address=cfg.address, keepalive=cfg.keepalive,
-                                 dns_ttl=cfg.dns_ttl, now=time.monotonic())
+                                 dns_ttl=cfg.dns_ttl, now=time.monotonic(),
+                                 path=AgentPath() if cfg.udp else None, udp_mtu=cfg.udp_mtu)
+        self.udp_sock: socket.socket | None = None
         # Bad input is logged once per source per interval, with a count of the lines held back.
         self.bad_log = self.core.bad_log
         self.identity = pki.identity_of(x509.load_pem_x509_certificate(Path(cfg.cert).read_bytes()))
@@ -90,6 +94,13 @@ class Agent:
             log.info("TUN %s up: %s/%d, DNS stub %s, offloads %s", self.tun.name, self.cfg.address, net_len,
                      self.cfg.dns_stub, "on" if self.tun.offload else "off")
             servers = await self._start_dns()
+            if self.cfg.udp:
+                self.udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                self.udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                self.udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                self.udp_sock.setblocking(False)
+                self.udp_sock.bind(("0.0.0.0", 0))
+                self.loop.add_reader(self.udp_sock.fileno(), self._on_udp)
             resolv = Path(self.cfg.resolv_conf)
             # The guardian first: from the moment the file is taken over, a kill -9 must find it there.
             guardian_fd = takeover.start_guardian(self.state_path)
@@ -131,6 +142,9 @@ class Agent:
                 self.control_path.unlink()
             if getattr(self, "exporter", None) is not None:
                 self.exporter.stop()
+            if self.udp_sock is not None:
+                self.loop.remove_reader(self.udp_sock.fileno())
+                self.udp_sock.close()
             if self.tun is not None:
                 if self.reading_tun:
                     self.loop.remove_reader(self.tun.fd)
@@ -155,11 +169,44 @@ class Agent:
                 log.log(c.level, "%s", c.message)
             elif t is Connect:
                 asyncio.ensure_future(self._connect())
+            elif t is SendDatagrams:
+                for d in c.datagrams:
+                    self._udp_send(d)
+            elif t is SendDatagram:
+                self._udp_send(c.data)
             elif t is Close:
                 if self.tunnel is not None:
                     self.tunnel.close(c.reason)
             else:
                 raise TypeError(f"unknown session command {c!r}")
+
+    # ---- the UDP data channel (only with udp = true) ---------------------------
+    def _udp_send(self, data: bytes) -> None:
+        path = self.core.path
+        if self.udp_sock is None or self.gateway_ip is None or path is None or path.port is None:
+            return
+        try:
+            self.udp_sock.sendto(data, (self.gateway_ip, path.port))
+        except BlockingIOError:
+            self.counters["udp_tx_dropped_full"] += 1  # like a full queue: the inner TCP retransmits
+        except OSError as exc:
+            self.counters["udp_tx_errors"] += 1
+            log.debug("UDP send: %s", exc)
+
+    def _on_udp(self) -> None:
+        items = []
+        sock = self.udp_sock
+        for _ in range(256):  # no recvmmsg in Python: non-blocking reads until EAGAIN, bounded per wake-up
+            try:
+                items.append(sock.recvfrom(65535))
+            except BlockingIOError:
+                break
+            except OSError as exc:  # an ICMP error queued on the socket
+                self.counters["udp_rx_errors"] += 1
+                log.debug("UDP receive: %s", exc)
+                break
+        if items:
+            self._perform(self.core.datagrams(items, time.monotonic()))
 
     # ---- the TUN side (hot path) ----------------------------------------
     def _resume_tun(self) -> None:
@@ -238,6 +285,9 @@ class Agent:
                 continue
             conn, ssock = got
             self.gateway_ip = ip
+            if self.core.path is not None:
+                # The gateway's side of the data channel's key binding: its certificate, as TLS verified it.
+                self.core.path.gateway_identity = hashlib.sha256(ssock.getpeercert(binary_form=True)).hexdigest()
             self.tunnel = conn
             conn.start_reading()
             log.info("TLS %s with %s:%d (%s), certificate %s presented", ssock.version(), ip,
@@ -384,6 +434,11 @@ class Agent:
                 "state": self.core.state, "since": time.time() - (now - self.core.changed),
                 "gateway": self.cfg.gateway, "gateway_ip": self.gateway_ip, "last_error": self.core.last_error,
                 "bytes_in": t.bytes_in if t else 0, "bytes_out": t.bytes_out if t else 0,
+                # The UDP data channel's path (docs/datachannel.md): "off" when not configured.
+                "udp": {"state": self.core.path.state if self.core.path else "off",
+                        "port": self.core.path.port if self.core.path else None,
+                        "switches": [[time.time() - (now - at), st] for at, st in self.core.path.switches[-10:]]
+                        if self.core.path else []},
             },
             "leases": [
                 {"fqdn": l.fqdn, "addr": l.addr_text, "state": l.state, "flows": len(l.flows),

@@ -51,7 +51,9 @@ from ztna.fqcodel import FqCodel
 from ztna.ippacket import NO_VNET, TCP_RST, TCP_SYN, BadPacket, icmp_unreachable_for, ip4_text, parse_untrusted, refusal_for
 from ztna.loglimit import LogLimiter, suffix
 from ztna.names import PatternSet
+from ztna.segment import TooBig, segment
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
+from ztna.udppath import AgentPath, SendControl, SendDatagram, SendDatagrams  # noqa: F401
 
 from .backoff import Backoff
 from .dnsdecide import Decision, decide
@@ -80,8 +82,12 @@ class AgentSession:
 
     def __init__(self, pool: LeasePool, apps: PatternSet, *, address: str, keepalive: float = 15.0,
                  dns_ttl: int = 10, pending_max: int = PENDING_MAX, now: float = 0.0,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None, path: AgentPath | None = None, udp_mtu: int = 1400):
         self.pool = pool
+        # The UDP data channel (ztna/udppath.py); None: off, all data inside TLS.
+        self.path = path
+        self.udp_mtu = udp_mtu
+        self._path_seen = path.state if path is not None else ""
         self.apps = apps
         self.address_text = address
         self.address = socket.inet_aton(address)
@@ -103,6 +109,8 @@ class AgentSession:
         self.fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=QUEUE_LIMIT)
         self._fq_seen = (0, 0, 0)
         self.blocked = False
+        if path is not None:
+            path.counters = self.counters  # one set of counters in the status
 
     def _set(self, state: str, now: float) -> None:
         self.state = state
@@ -164,6 +172,8 @@ class AgentSession:
                 self._ensure_tunnel(cmds, now)
         if refusals:
             cmds.append(WriteTun(refusals))
+        if out and self.path is not None and self.path.udp:
+            out = self._udp_out(out, cmds)
         if out:
             c["tunnel_tx_packets"] += len(out)
             fq = self.fq
@@ -176,6 +186,64 @@ class AgentSession:
                 if not self.blocked:
                     self._dequeue(cmds, now)
                 self._count()
+        return cmds
+
+    # ---- the UDP data channel (only with ``path``) ----------------------------------
+    def _udp_out(self, out: list, cmds: list) -> list:
+        """Seal what fits into datagrams; return what must still go over TLS."""
+        path, mtu, c = self.path, self.udp_mtu, self.counters
+        dgs: list = []
+        rest: list = []
+        for buf in out:
+            try:
+                pieces = segment(buf, mtu)
+            except TooBig:
+                rest.append(buf)
+                continue
+            for p in pieces:
+                dgs.append(path.seal_data(p))
+        if dgs:
+            c["udp_tx_packets"] += len(dgs)
+            cmds.append(SendDatagrams(dgs))
+        return rest
+
+    def _path_cmds(self, pcmds: list, cmds: list, now: float) -> None:
+        for pc in pcmds:
+            if type(pc) is SendControl:
+                self._send(cmds, pc.data, now)
+            else:
+                cmds.append(pc)
+        st = self.path.state
+        if st != self._path_seen:
+            cmds.append(Log(logging.INFO, f"UDP data channel: {self._path_seen} -> {st}"
+                                          f"{' (data over TLS)' if st == 'fallback' else ''}"))
+            self._path_seen = st
+
+    def datagrams(self, items: list, now: float) -> list:
+        """Datagrams from the UDP socket, each (data, source)."""
+        cmds: list = []
+        path = self.path
+        if path is None or self.state != UP:
+            self.counters["udp_dropped_no_path"] += len(items)
+            return cmds
+        pkts: list = []
+        for data, source in items:
+            pcmds, got = path.datagram(data, source, now)
+            if pcmds:
+                self._path_cmds(pcmds, cmds, now)
+            elif got.packet is None and path.last_udp_rx != now:
+                quiet = self.bad_log.allow(("udp", source[0]), now)
+                if quiet is not None:
+                    cmds.append(Log(logging.WARNING, f"dropped a datagram from {source[0]}:{source[1]} that did not "
+                                                     f"authenticate{suffix(quiet)}"))
+            if got.packet is not None:
+                if len(got.packet) < 20 or got.packet[0] >> 4 != 4:
+                    self.counters["udp_dropped_not_ipv4"] += 1
+                    continue
+                pkts.append(NO_VNET + got.packet)
+        if pkts:
+            self.counters["udp_rx_packets"] += len(pkts)
+            cmds.append(WriteTun(pkts))
         return cmds
 
     # ---- the connection's backpressure ------------------------------------------------
@@ -266,6 +334,9 @@ class AgentSession:
         for lease in self.pool.by_name.values():
             lease.state = "new"  # a new tunnel (maybe a new gateway) decides again
         self.counters["tunnel_closed"] += 1
+        if self.path is not None:
+            self.path.stop()
+            self._path_seen = self.path.state
         if was == HELLO:
             self.counters["tunnel_refused"] += 1
             # The gateway itself said no: asking again will not help, so refuse (a RST ends even an
@@ -303,6 +374,8 @@ class AgentSession:
                 cmds.append(Close(f"no word from the gateway for {3 * self.keepalive:.0f}s"))
             elif now - self.last_tx > self.keepalive:
                 self._send(cmds, wire.frame(wire.KEEPALIVE), now)
+            if self.path is not None:
+                self._path_cmds(self.path.tick(now), cmds, now)
         return cmds
 
     # ---- the DNS stub's leases -----------------------------------------------------
@@ -358,6 +431,11 @@ class AgentSession:
                 self._lease_result(f.fields, cmds, now)
             elif t == wire.KEEPALIVE:
                 pass
+            elif t == wire.DC_ACCEPT and self.path is not None and self.state == UP:
+                try:
+                    self._path_cmds(self.path.accepted(f.fields, now), cmds, now)
+                except ValueError as exc:
+                    cmds.append(Close(f"protocol error: bad DC_ACCEPT: {exc}"))
             elif t == wire.CLOSE:
                 cmds.append(Close(f"gateway closed the tunnel: {f.fields.get('reason', '')}"))
             else:
@@ -384,6 +462,9 @@ class AgentSession:
         for lease in list(self.pool.by_name.values()):
             if lease.addr in self.pending or lease.flows:
                 self._announce(lease, cmds, now)
+        if self.path is not None:
+            self.path.agent_identity = str(fields.get("identity", ""))
+            self._path_cmds(self.path.start(now), cmds, now)
 
     def _announce(self, lease: Lease, cmds: list, now: float) -> None:
         if lease.addr not in self.announced:

@@ -22,6 +22,8 @@ class GatewayConfig:
     ca: str
     private_dns: list[str]
     port: int = 443
+    udp_port: int = 0                    # the UDP data channel's port (docs/datachannel.md), e.g. 51820; 0 = off
+    udp_mtu: int = 1400                  # the largest inner packet sent in one datagram
     tun: str = "ztgw0"
     inside_network: str = "10.254.0.0/16"
     agent_network: str = "100.64.0.0/10"

@@ -57,6 +57,10 @@ def families(s: Snapshot) -> list[Family]:
                 (("codel-mark",), c.get("aqm_marks", 0))]),
         Family("ztna_gateway_dropped_packets", "Packets dropped, by reason", COUNTER, ("reason",),
                [((r,), c.get(k, 0)) for k, r in DROPS.items()]),
+        Family("ztna_gateway_udp_datagrams", "UDP data-channel datagrams authenticated (rx), sent (tx), and "
+               "dropped as forged or garbage (rejected)", COUNTER, ("event",),
+               [(("rx",), c.get("udp_rx", 0)), (("tx",), c.get("udp_tx", 0)),
+                (("rejected",), sum(v for k, v in c.items() if k.startswith("udp_rejected_")))]),
         Family("ztna_gateway_reloads", "Reloads (SIGHUP), by result", COUNTER, ("result",),
                [(("taken",), c.get("reloads_taken", 0)), (("refused",), c.get("reloads_refused", 0))]),
         Family("ztna_gateway_crl_errors", "CRL files that could not be read or trusted", COUNTER, (),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import ipaddress
 import itertools
 import logging
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ztna import dnswire, nft, pki, runstate, wire
 from ztna.config import ConfigError, describe
@@ -33,13 +35,14 @@ from ztna.nft import NftError
 from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, accept_ready, server_context, tune_tunnel_socket
 from ztna.tun import Tun
+from ztna.udppath import session_of
 
 from . import reload as reload_mod
 from .config import GatewayConfig
 from .nat import InsidePool
 from .pending import HandshakeGate
 from .policy import Policy
-from .session import Bind, Close, GatewaySession, Log, Resolve, Send, Unbind, WriteTun
+from .session import Bind, Close, GatewaySession, Log, Resolve, Send, SendDatagram, SendDatagrams, Unbind, WriteTun
 
 log = logging.getLogger("ztna.gateway")
 
@@ -146,6 +149,11 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.crl = CrlWatch(cfg.crl, x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes())) if cfg.crl else None
         self.connectors: list = []  # gateway.connector.Connector, one per [pop] resource
+        self.udp_sock: socket.socket | None = None
+        self.udp_log = LogLimiter(interval=10.0)
+        # The data channel's keys are bound to this certificate (agent/service.py hashes the same one).
+        self.cert_id = hashlib.sha256(x509.load_pem_x509_certificate(Path(cfg.cert).read_bytes()).public_bytes(
+            serialization.Encoding.DER)).hexdigest()
 
     def _start_connectors(self) -> None:
         from .connector import Connector
@@ -183,6 +191,14 @@ class Gateway:
                 lsock.listen(128)
                 lsock.setblocking(False)
                 self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
+                if self.cfg.udp_port:
+                    self.udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    self.udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+                    self.udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+                    self.udp_sock.bind((self.cfg.listen, self.cfg.udp_port))
+                    self.udp_sock.setblocking(False)
+                    self.loop.add_reader(self.udp_sock.fileno(), self._on_udp)
+                    log.info("UDP data channel on %s:%d", self.cfg.listen, self.cfg.udp_port)
             self.loop.add_reader(self.tun.fd, self._on_tun)
             ticker = asyncio.create_task(self._tick())
             self._start_metrics()
@@ -205,6 +221,9 @@ class Gateway:
             if lsock is not None:
                 self.loop.remove_reader(lsock.fileno())
                 lsock.close()
+            if self.udp_sock is not None:
+                self.loop.remove_reader(self.udp_sock.fileno())
+                self.udp_sock.close()
             if nft_on:
                 nft.delete_table(NFT_TABLE)
             if self.tun is not None:
@@ -391,7 +410,8 @@ class Gateway:
         sid = next(self.ids)
         core = GatewaySession(sid, identity, policy=self.policy, pool=self.pool, agent_network=self.agent_net,
                               now=time.monotonic(), keepalive=self.cfg.keepalive, queue_limit=self.cfg.queue_limit,
-                              counters=self.counters)
+                              counters=self.counters, udp_port=self.cfg.udp_port or None,
+                              gateway_identity=self.cert_id, udp_mtu=self.cfg.udp_mtu)
         s = Session(peer, conn, core, serial)
         conn.on_data = lambda data: self._perform(s, core.receive_data(data, time.monotonic()))
         conn.on_close = lambda reason: self._on_close(s, reason)
@@ -449,6 +469,11 @@ class Gateway:
             elif t is Unbind:
                 if self.by_inside.get(c.inside) is s:
                     del self.by_inside[c.inside]
+            elif t is SendDatagrams:
+                for d in c.datagrams:
+                    self._udp_send(d, c.to)
+            elif t is SendDatagram:
+                self._udp_send(c.data, c.to)
             elif t is Close:
                 s.conn.close(c.reason)
             else:
@@ -483,6 +508,49 @@ class Gateway:
             self.dns_cache[name] = (real, now + max(5, min(ttl, 300)))
             return real
         raise LookupError(last or "no private DNS server configured")
+
+    # ---- the UDP data channel (only with udp_port) ---------------------------
+    def _udp_send(self, data: bytes, to) -> None:
+        if self.udp_sock is None or to is None:
+            return
+        try:
+            self.udp_sock.sendto(data, to)
+        except BlockingIOError:
+            self.counters["udp_tx_dropped_full"] += 1
+        except OSError as exc:
+            self.counters["udp_tx_errors"] += 1
+            log.debug("UDP send to %s: %s", to, exc)
+
+    def _on_udp(self) -> None:
+        now = time.monotonic()
+        sock = self.udp_sock
+        sessions = self.sessions
+        for _ in range(256):  # no recvmmsg in Python: non-blocking reads until EAGAIN, bounded per wake-up
+            try:
+                data, source = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.counters["udp_rx_errors"] += 1
+                log.debug("UDP receive: %s", exc)
+                break
+            sid = session_of(data)
+            s = sessions.get(sid) if sid is not None else None
+            if s is None:
+                self.counters["udp_rejected_no_session"] += 1
+                quiet = self.udp_log.allow(("no session", source[0]), now)
+                if quiet is not None:
+                    log.warning("dropped a datagram from %s:%d on the UDP port: %s%s", source[0], source[1],
+                                "not a data-channel datagram" if sid is None else f"no session {sid}", suffix(quiet))
+                continue
+            path = s.core.path
+            before = path.counters["udp_rx"] if path is not None else 0
+            self._perform(s, s.core.datagram(data, source, now))
+            if path is not None and path.counters["udp_rx"] == before:  # not authenticated: dropped and counted
+                quiet = self.udp_log.allow(("session", sid, source[0]), now)
+                if quiet is not None:
+                    log.warning("dropped a datagram from %s:%d for session %d: it did not authenticate "
+                                "(%s)%s", source[0], source[1], sid, _rejections(path.counters), suffix(quiet))
 
     # ---- the TUN side (hot path) -------------------------------------------
     def _on_tun(self) -> None:
@@ -521,6 +589,10 @@ class Gateway:
             if not cmds:
                 return
             self._perform(s, cmds)
+
+
+def _rejections(counters) -> str:
+    return ", ".join(f"{k[len('udp_rejected_'):]} {v}" for k, v in counters.items() if k.startswith("udp_rejected_"))
 
 
 def _tls_reason(exc: BaseException) -> str:

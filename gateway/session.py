@@ -49,8 +49,11 @@ from dataclasses import dataclass
 
 from ztna import wire
 from ztna.fqcodel import FqCodel
+from ztna.ippacket import NO_VNET
 from ztna.names import BadName, normalize
+from ztna.segment import TooBig, segment
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
+from ztna.udppath import GatewayPath, SendControl, SendDatagram, SendDatagrams  # noqa: F401
 
 from .nat import ClientNat, InsidePool
 from .policy import Policy
@@ -92,8 +95,14 @@ class GatewaySession:
 
     def __init__(self, sid: int, identity: str, *, policy: Policy, pool: InsidePool,
                  agent_network: ipaddress.IPv4Network, now: float, keepalive: float = 15.0,
-                 queue_limit: int = 8 * 1024 * 1024, counters: Counter | None = None):
+                 queue_limit: int = 8 * 1024 * 1024, counters: Counter | None = None,
+                 udp_port: int | None = None, gateway_identity: str = "", udp_mtu: int = 1400):
         self.id = sid
+        # The UDP data channel (ztna/udppath.py): answered only with ``udp_port``; the path once offered.
+        self.udp_port = udp_port
+        self.gateway_identity = gateway_identity
+        self.udp_mtu = udp_mtu
+        self.path: GatewayPath | None = None
         self.identity = identity
         self.policy = policy
         self.pool = pool
@@ -260,6 +269,15 @@ class GatewaySession:
         if self.state == CLOSED:
             return []
         fq = self.fq
+        if self.path is not None and not fq.packets and self.path.udp(now):
+            udp, out = self._udp_out(out)
+            if not out:
+                return udp
+            return udp + self._flush_tls(out, blocked, now)
+        return self._flush_tls(out, blocked, now)
+
+    def _flush_tls(self, out: list, blocked: bool, now: float) -> list:
+        fq = self.fq
         if not blocked and not fq.packets:
             # The common case: nothing waits, so nothing to schedule; the burst goes as is,
             # except what is past one batch.
@@ -320,10 +338,73 @@ class GatewaySession:
                     self._close(cmds, "protocol error: RELEASE without a valid addr")
         elif t == wire.KEEPALIVE:
             cmds.append(Send(wire.frame(wire.KEEPALIVE)))
+        elif t == wire.DC_OFFER or t == wire.DC_PATH:
+            self._data_channel(f, now, cmds)
         elif t == wire.CLOSE:
             self._close(cmds, f"agent closed: {f.fields.get('reason', '')}")
         else:
             self._close(cmds, f"protocol error: agent sent {wire.NAMES.get(t)}")
+
+    def _data_channel(self, f: wire.Frame, now: float, cmds: list) -> None:
+        if self.state != UP:
+            self._close(cmds, f"protocol error: {wire.NAMES[f.type]} before HELLO")
+            return
+        if self.udp_port is None:
+            self.counters["udp_offers_ignored"] += 1  # no UDP here: the agent's try times out, data stays in TLS
+            return
+        if f.type == wire.DC_PATH:
+            if self.path is not None:
+                self.path.path(f.fields)
+                cmds.append(Log(logging.INFO, f"session {self.id} {self.identity}: data over "
+                                              f"{'UDP' if self.path.agent_says_udp else 'TLS'}"))
+            return
+        if self.path is None:
+            self.path = GatewayPath(self.id, port=self.udp_port, agent_identity=self.identity,
+                                    gateway_identity=self.gateway_identity)
+            self.path.counters = self.counters  # the gateway's counters (metrics)
+        try:
+            for pc in self.path.offered(f.fields, now):
+                cmds.append(Send(pc.data))
+        except ValueError as exc:
+            self._close(cmds, f"protocol error: bad DC_OFFER: {exc}", tell=True)
+
+    def datagram(self, data: bytes, source: tuple, now: float) -> list:
+        """One datagram whose header names this session (the shell found it by ``udppath.session_of``)."""
+        path, nat = self.path, self.nat
+        if path is None or nat is None or self.state == CLOSED:
+            self.counters["udp_dropped_no_path"] += 1
+            return []
+        cmds, got = path.datagram(data, source, now)
+        if got.moved:
+            cmds.append(Log(logging.INFO, f"session {self.id} {self.identity}: UDP peer now {source[0]}:{source[1]}"))
+        pkt = got.packet
+        if pkt is not None:
+            buf = bytearray(NO_VNET)
+            buf += pkt
+            verdict = nat.outbound(buf, wire.VNET_HDR_LEN, False, now) if len(pkt) >= 20 else None
+            if verdict is None:
+                self._dropped(cmds)
+            else:
+                if verdict[1]:
+                    cmds.append(self._flow_line(verdict[0]))
+                cmds.append(WriteTun([buf]))
+        return cmds
+
+    def _udp_out(self, out: list) -> tuple[list, list]:
+        """(commands sending what fits as datagrams, the packets left for TLS)."""
+        path, mtu = self.path, self.udp_mtu
+        dgs: list = []
+        rest: list = []
+        for buf in out:
+            try:
+                pieces = segment(buf, mtu)
+            except TooBig:
+                rest.append(buf)
+                continue
+            for p in pieces:
+                dgs.append(path.seal_data(p))
+        self.counters["udp_tx_packets"] += len(dgs)
+        return ([SendDatagrams(dgs, path.channel.peer)] if dgs else []), rest
 
     def _hello(self, fields: dict, cmds: list) -> None:
         if self.state != HELLO:

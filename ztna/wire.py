@@ -15,6 +15,9 @@ frames into one TLS write.
                                     <----  LEASE_RESULT {fqdn, addr, allowed, reason[, retry: for now only]}
       DATA vnet+packet              <--->  DATA vnet+packet
       RELEASE {addr}                ---->
+      DC_OFFER {epoch, pub, nonce}  ---->  (UDP data channel keys, ztna/udppath.py)
+                                    <----  DC_ACCEPT {epoch, pub, nonce, session, port}
+      DC_PATH {udp}                 ---->  (the agent's UDP path is up / has fallen back)
       KEEPALIVE                     <--->  KEEPALIVE
       CLOSE {reason}                <--->  CLOSE {reason}
 
@@ -41,6 +44,10 @@ LEASE_RESULT = 0x04
 RELEASE = 0x05
 KEEPALIVE = 0x06
 CLOSE = 0x07
+# The UDP data channel's key exchange and path state (ztna/udppath.py), control frames inside TLS.
+DC_OFFER = 0x08
+DC_ACCEPT = 0x09
+DC_PATH = 0x0A
 DATA = 0x10
 # Connector tunnel only (ztna/mux.py): channels multiplexed over one PoP <-> gateway tunnel.
 OPEN = 0x20
@@ -49,11 +56,12 @@ CHDATA = 0x22
 CREDIT = 0x23
 CHCLOSE = 0x24
 
-CONTROL = {HELLO, WELCOME, LEASE, LEASE_RESULT, RELEASE, KEEPALIVE, CLOSE}
+CONTROL = {HELLO, WELCOME, LEASE, LEASE_RESULT, RELEASE, KEEPALIVE, CLOSE, DC_OFFER, DC_ACCEPT, DC_PATH}
 MUX_CONTROL = {OPEN, OPENED, CHCLOSE}
 MUX_BINARY = {CHDATA, CREDIT}
 NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", LEASE: "LEASE", LEASE_RESULT: "LEASE_RESULT",
          RELEASE: "RELEASE", KEEPALIVE: "KEEPALIVE", CLOSE: "CLOSE", DATA: "DATA",
+         DC_OFFER: "DC_OFFER", DC_ACCEPT: "DC_ACCEPT", DC_PATH: "DC_PATH",
          OPEN: "OPEN", OPENED: "OPENED", CHDATA: "CHDATA", CREDIT: "CREDIT", CHCLOSE: "CHCLOSE"}
 MAX_CHDATA = 4 + 256 * 1024  # channel id + one piece
 
