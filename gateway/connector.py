@@ -11,6 +11,13 @@ channel is one agent's tunnel frame stream, and the gateway runs an ordinary
 dialled in (private DNS, NAT, the TUN), except that its ``Send`` bytes leave as
 CHDATA on the channel (:class:`ChannelConn` stands in for the TLS connection).
 
+A ``stream`` channel is one agentless browser connection the PoP has
+authenticated: ``OPEN {kind: stream, identity, resource, host, port}``.  The
+gateway checks its own policy, resolves ``host`` with its private DNS, connects
+TCP to it and only then answers OPENED; the bytes then move between the channel
+and that socket (:class:`ztna.chansock.ChannelSocket`, credit-bounded).  A
+refusal or a failed connect is a CHCLOSE with ``reset`` and a log line.
+
 A reply burst the channel's credit cannot take is dropped (the session's queue
 rule, counted), never queued.  A lost tunnel is dialled again after a delay
 from :class:`Backoff` (exponential, full jitter).
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ztna import mux, wire
+from ztna.chansock import ChannelSocket
 from ztna.config import ConfigError, section
 from ztna.names import BadName, normalize, normalize_pattern
 from ztna.tlsconn import FramedTLS, client_context
@@ -136,6 +144,7 @@ class NewChannel:
     ch: int
     identity: str
     fields: dict
+    kind: str = "agent"
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,8 @@ class ChannelData:
 class ChannelGone:
     ch: int
     reason: str
+    reset: bool = False
+    half: bool = False  # a stream's half-close: the PoP sends no more on it
 
 
 @dataclass(frozen=True)
@@ -163,7 +174,7 @@ class CloseTunnel:
 class ConnectorCore:
     """One connector tunnel's protocol: bytes in, events and frames out."""
 
-    KINDS = ("agent",)
+    KINDS = ("agent", mux.STREAM)
 
     def __init__(self, resource: str, *, window: int = mux.DEFAULT_WINDOW, keepalive: float = 15.0, now: float = 0.0):
         self.resource = resource
@@ -198,10 +209,18 @@ class ConnectorCore:
                     out.append(SendTunnel(self.mux.close(ev.ch, f"kind {ev.kind!r} with identity {identity!r} "
                                                                  "is not served here")))
                     continue
+                if ev.kind == mux.STREAM:
+                    try:
+                        mux.stream_fields(ev.fields)
+                    except ValueError as exc:
+                        out.append(SendTunnel(self.mux.close(ev.ch, str(exc)[:200], reset=True)))
+                        continue
+                    out.append(NewChannel(ev.ch, identity, ev.fields, mux.STREAM))  # OPENED once the app's TCP is up
+                    continue
                 out.append(NewChannel(ev.ch, identity, ev.fields))
                 out.append(SendTunnel(self.mux.accept(ev.ch)))
             elif t is mux.Closed:
-                out.append(ChannelGone(ev.ch, ev.reason))
+                out.append(ChannelGone(ev.ch, ev.reason, ev.reset, ev.half))
             elif t is mux.Tunnel:
                 f = ev.frame
                 if f.type == wire.WELCOME and not self.up:
@@ -294,6 +313,7 @@ class Connector:
         self.conn: FramedTLS | None = None
         self.core: ConnectorCore | None = None
         self.sessions: dict[int, object] = {}  # channel -> gateway.service.Session
+        self.streams: dict[int, ChannelSocket | None] = {}  # stream channel -> its socket (None: connecting)
         self.task: asyncio.Task | None = None
         self.stopping = False
         self.lost: asyncio.Event | None = None
@@ -369,7 +389,20 @@ class Connector:
         gw = self.gw
         for c in cmds:
             t = type(c)
-            if t is ChannelData:
+            if t is ChannelData and c.ch in self.streams:
+                cs = self.streams[c.ch]
+                if cs is not None:
+                    cs.deliver(c.data)
+            elif t is ChannelGone and c.ch in self.streams:
+                cs = self.streams[c.ch]
+                if cs is not None:
+                    cs.closed_by_peer(c.reason, reset=c.reset, half=c.half)
+                elif not c.half:
+                    self.streams.pop(c.ch, None)  # the PoP gave up while we were connecting
+            elif t is NewChannel and c.kind == mux.STREAM:
+                self.streams[c.ch] = None
+                asyncio.ensure_future(self._new_stream(c, self.core))
+            elif t is ChannelData:
                 s = self.sessions.get(c.ch)
                 if s is None:
                     continue
@@ -408,6 +441,50 @@ class Connector:
         log.info("session %d: identity %s (vouched for by the PoP, its session %s) on channel %d of %s",
                  sid, c.identity, c.fields.get("session"), c.ch, self.resource)
 
+    async def _new_stream(self, c: NewChannel, core: ConnectorCore) -> None:
+        """An agentless stream: our policy, private DNS, TCP to the app, then OPENED (or CHCLOSE reset)."""
+        identity, resource, host, port = mux.stream_fields(c.fields)
+        gw = self.gw
+        where = f"stream {c.ch} of {self.resource} for {identity} to {host}:{port}"
+        ok, why = gw.policy.allows(identity, host)
+        sock = None
+        if ok:
+            try:
+                addr = socket.inet_ntoa(await gw._resolve(host))
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (addr, port)),
+                                       self.cfg.connect_timeout)
+            except (LookupError, OSError, asyncio.TimeoutError) as exc:
+                if sock is not None:
+                    sock.close()
+                    sock = None
+                ok, why = False, f"cannot connect: {str(exc) or type(exc).__name__}"
+        else:
+            why = f"refused by the gateway's policy: {why}"
+        if self.core is not core or c.ch not in self.streams:  # the tunnel or the channel went meanwhile
+            if sock is not None:
+                sock.close()
+            self.streams.pop(c.ch, None) if self.core is core else None
+            return
+        if not ok:
+            self.streams.pop(c.ch, None)
+            gw.counters["streams_refused"] += 1
+            log.warning("%s: %s", where, why)
+            self.send(core.mux.close(c.ch, why[:200], reset=True))
+            return
+        self.send(core.mux.accept(c.ch))
+        cs = ChannelSocket(sock, core.mux, c.ch, self.send, on_done=self._stream_done, name=where)
+        self.streams[c.ch] = cs
+        gw.counters["streams"] += 1
+        log.info("%s: connected to %s (%s)", where, addr, why)
+        cs.start()
+
+    def _stream_done(self, cs: ChannelSocket, reason: str) -> None:
+        if self.streams.get(cs.ch) is cs:
+            del self.streams[cs.ch]
+        log.info("%s: ended: %s; %d bytes to the app, %d back", cs.name, reason, cs.bytes_down, cs.bytes_up)
+
     def channel_gone(self, ch: int, reason: str) -> None:
         s = self.sessions.pop(ch, None)
         if s is not None:
@@ -416,6 +493,9 @@ class Connector:
     def _on_data(self, data: bytes) -> None:
         self._perform(self.core.receive(data, time.monotonic()))
         self._drain()  # a CREDIT may have come: the sessions' queued replies may go now
+        for cs in list(self.streams.values()):
+            if cs is not None:
+                cs.credit()
 
     def _drain(self) -> None:
         for s in list(self.sessions.values()):
@@ -428,6 +508,10 @@ class Connector:
             if s is not None:
                 s.conn.closed = True
             self.channel_gone(ch, f"tunnel to the PoP lost: {reason}")
+        for cs in list(self.streams.values()):
+            if cs is not None:
+                cs.closed_by_peer(f"tunnel to the PoP lost: {reason}", reset=True, half=False)
+        self.streams.clear()
         self.conn = None
         if not self.stopping:
             log.warning("connector %s: tunnel to the PoP lost: %s", self.resource, reason)

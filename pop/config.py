@@ -1,4 +1,10 @@
-"""The PoP's configuration: ``[pop]``, ``[policy]`` and ``[connectors]`` in pop.toml (docs/pop.md)."""
+"""The PoP's configuration: ``[pop]``, ``[policy]``, ``[connectors]`` and ``[agentless]`` in pop.toml (docs/pop.md).
+
+``[agentless]`` with its ``[[agentless.app]]`` tables is the gateway's section
+(gateway/agentless/config.py, the same parser): each app's ``name`` is its public
+name, served at the PoP (login form or client certificate, then ``[policy]``)
+and relayed on a ``stream`` channel to a connector publishing it.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ class PopConfig:
     window: int = 1024 * 1024  # credit granted per channel
     flow_log: str = ""         # JSON lines, one per flow; "" = the log only
     log_level: str = "INFO"
-    alias_names: list[str] = field(default_factory=list)  # agentless aliases (not served yet: refused)
+    alias_names: list[str] = field(default_factory=list)  # names routed to the agentless front (with its apps')
     site_name: str = ""        # SNI of site routers' tunnels (ztna site run); "" = no sites
     tun: str = "ztna-pop0"     # the TUN the sites' packets enter the PoP's routing by
     tun_address: str = "100.127.255.254/32"
@@ -38,6 +44,7 @@ class PopConfig:
     egress_interface: str = ""  # ... out of this interface
     crl: str = ""              # the CA's CRL (ztna pki revoke): checked at each handshake, re-read each second
     sites: dict = field(default_factory=dict, init=False)  # from [sites]: identity -> SiteEntry
+    agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig or None
 
 
 @dataclass(frozen=True)
@@ -125,4 +132,12 @@ def load(path: Path) -> tuple[PopConfig, PopPolicy]:
         except ValueError as exc:
             raise ConfigError(f"{path}: [pop] tun_address / egress_address: {exc}") from exc
     cfg.sites = _sites(data, path, cfg)
+    if "agentless" in data:
+        from gateway.agentless import config as agentless_config
+
+        raw = data["agentless"]
+        if isinstance(raw, dict) and "tunnel_names" not in raw:
+            # Names the front hands back untouched: at the PoP, the agent and connector endpoints.
+            raw = {**raw, "tunnel_names": [cfg.tunnel_name, cfg.connector_name]}
+        cfg.agentless = agentless_config.load({"agentless": raw}, path, default_ca=cfg.ca)
     return cfg, PopPolicy(tables["policy"], tables["connectors"])

@@ -74,6 +74,14 @@ class CloseConnector:
 
 
 @dataclass(frozen=True)
+class StreamEvent:
+    """A mux event (Accepted, Data, Closed) of an agentless ``stream`` channel, for the shell's ChannelSocket."""
+    connector: int
+    ch: int
+    event: object
+
+
+@dataclass(frozen=True)
 class FlowLog:
     """One JSON line for the flow log."""
     fields: dict
@@ -117,6 +125,7 @@ class ConnectorLink:
     decoders: dict = field(default_factory=dict)   # channel id -> wire.Decoder of the gateway's frames
     pending: dict = field(default_factory=dict)    # channel id -> frames waiting for OPENED
     owed: dict = field(default_factory=dict)       # channel id -> credit not yet granted (agent slow)
+    streams: set = field(default_factory=set)      # agentless stream channels (their bytes are the shell's)
 
 
 class Relay:
@@ -153,7 +162,11 @@ class Relay:
             if cid not in self.connectors:
                 return cmds
             t = type(ev)
-            if t is mux.Data:
+            if t in (mux.Data, mux.Accepted, mux.Closed) and ev.ch in c.streams:
+                if t is mux.Closed and ev.ch not in c.mux.channels:
+                    c.streams.discard(ev.ch)
+                cmds.append(StreamEvent(cid, ev.ch, ev))
+            elif t is mux.Data:
                 self._channel_data(c, ev.ch, ev.data, cmds, agent_queued)
             elif t is mux.Accepted:
                 waiting = c.pending.pop(ev.ch, [])
@@ -205,6 +218,9 @@ class Relay:
         level = logging.WARNING if "refused" in reason or "error" in reason else logging.INFO
         cmds.append(Log(level, f"connector {c.id} {c.identity} from {c.peer} ({c.resource or 'no resource'}) "
                                f"closed: {reason}"))
+        for ch in sorted(c.streams):  # agentless streams on it are reset; their browsers get 502 or a broken answer
+            cmds.append(StreamEvent(c.id, ch, mux.Closed(ch, f"connector gone: {reason}"[:200], True)))
+        c.streams.clear()
         # Its agents' flows end; each agent reconnects and its next lease picks another connector.
         for ch, aid in list(c.agents.items()):
             a = self.agents.get(aid)
@@ -218,6 +234,31 @@ class Relay:
         cmds: list = []
         self._forget_connector(c, reason, cmds)
         return cmds
+
+    # ==== agentless streams =====================================================================
+    def open_stream(self, identity: str, resource: str, host: str, port: int) -> tuple[int, int, list]:
+        """(connector id, channel, commands) of a new ``stream`` channel for an authenticated browser connection.
+
+        Raises PermissionError when ``[policy]`` refuses (the front asked it already: this is the
+        second lock), LookupError when no live connector publishes ``resource``."""
+        ok, why = self.policy.allows(identity, resource)
+        if not ok:
+            self.counters["streams_denied"] += 1
+            raise PermissionError(why)
+        c = self._pick(resource)
+        if c is None:
+            self.counters["streams_no_connector"] += 1
+            raise LookupError(f"no live connector publishes {resource}")
+        ch, frame = c.mux.open(mux.STREAM, identity=identity, resource=resource, host=host, port=port)
+        c.streams.add(ch)
+        self.counters["streams"] += 1
+        return c.id, ch, [SendConnector(c.id, frame)]
+
+    def stream_gone(self, cid: int, ch: int) -> None:
+        """The shell's stream on ``ch`` has ended (its ChannelSocket closed the channel or saw it closed)."""
+        c = self.connectors.get(cid)
+        if c is not None:
+            c.streams.discard(ch)
 
     # ==== agents ===============================================================================
     def agent_up(self, aid: int, identity: str, now: float) -> list:

@@ -4,6 +4,13 @@ The shell accepts TCP, peeks at the ClientHello (the bytes stay for the TLS
 handshake, as the gateway's agentless front does), completes mutual TLS, takes
 the identity from the client certificate and hands everything else to
 :class:`pop.relay.Relay`, performing the commands it returns.
+
+With ``[agentless]`` a browser's SNI naming one of its apps goes to the
+gateway's agentless front (gateway/agentless/server.py), run here with the
+PoP's ``[policy]``; its dial hook opens a ``stream`` channel on a live
+connector tunnel instead of a TCP connection, and the front's TLS to the app
+runs over one end of a socketpair whose other end is joined to that channel
+(ztna/chansock.py).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from cryptography import x509
 from gateway.agentless.route import Refuse
 from gateway.agentless.server import _alert_and_close, _peek
 from gateway.pending import HandshakeGate
-from ztna import pki, tlswire, wire
+from ztna import mux, pki, tlswire, wire
+from ztna.chansock import ChannelSocket
 from ztna.crl import CrlWatch
 from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, accept_ready, server_context
@@ -57,10 +65,18 @@ class Pop:
         self.tun = None
         self.refusal_log = LogLimiter(interval=10.0)
         self.flow_file = open(cfg.flow_log, "a", buffering=1) if cfg.flow_log else None
-        self.aliases = frozenset(cfg.alias_names)
+        self.front = None
+        self.streams: dict[tuple[int, int], dict] = {}  # (connector, channel) -> an agentless stream's state
+        if cfg.agentless is not None:
+            from gateway.agentless.server import Front
+
+            self.front = Front(cfg.agentless, policy.agents, self._no_resolve, dial=self._dial_stream)
+        self.aliases = frozenset(cfg.alias_names) | (self.front.names if self.front is not None else frozenset())
         # Revocation as the gateway does it (ztna/crl.py): checked after each handshake, and the file
         # re-read each tick so a revoked agent's or connector's live tunnel ends within a second or two.
         self.crl = CrlWatch(cfg.crl, x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes())) if cfg.crl else None
+        if self.front is not None:
+            self.front.crl = self.crl
         self.serials: dict[int, tuple[int, str, str]] = {}  # connection id -> (serial, identity, agent|connector)
         # Connections between accept and an established tunnel (the ClientHello peek and the handshake):
         # bounded in total and per source, with a shorter deadline under pressure (as the gateway's).
@@ -157,6 +173,9 @@ class Pop:
         where = route(hello, tunnel_name=self.cfg.tunnel_name, connector_name=self.cfg.connector_name,
                       aliases=self.aliases, error=error, site_name=self.cfg.site_name)
         if isinstance(where, Alias):
+            if self.front is not None and where.name in self.front.apps:
+                await self.front.claim(sock, peer, timeout)  # peeks again: the ClientHello is still queued
+                return
             where = self.agentless_alias(sock, peer, where.name)
         if isinstance(where, Refuse):
             self._refused(peer, f"on port 443: {where.reason} (TLS alert {where.alert})", "route")
@@ -197,19 +216,98 @@ class Pop:
             self._perform(self.hub.site_up(cid, identity, peer, now))
         else:
             self.connectors[cid] = conn
-            conn.on_data = lambda data: self._perform(
-                self.relay.connector_data(cid, data, time.monotonic(), self._agent_queued))
+            conn.on_data = lambda data: self._connector_data(cid, data)
             conn.on_close = lambda reason: self._connector_gone(cid, reason)
             self._perform(self.relay.connector_up(cid, identity, peer, now))
         log.info("%s %d from %s: identity %s, %s", what, cid, peer, identity, ssock.version())
         conn.start_reading()
 
     def agentless_alias(self, sock: socket.socket, peer: str, name: str) -> Refuse:
-        """The hook for agentless access through the PoP (a browser's SNI is an alias name).
-
-        Not built yet: the connection is refused with a log line that says so."""
-        return Refuse(f"SNI {name} is an agentless alias, which this PoP does not serve yet",
+        """An alias name that no ``[[agentless.app]]`` serves: refused with a log line that says so."""
+        return Refuse(f"SNI {name} is an alias name but no [[agentless.app]] of this PoP serves it",
                       tlswire.ALERT_UNRECOGNIZED_NAME)
+
+    # ---- agentless streams (the front's dial hook) ------------------------------------------
+    @staticmethod
+    async def _no_resolve(name: str) -> bytes:
+        raise LookupError("the PoP has no private DNS: its apps are reached through connectors")
+
+    async def _dial_stream(self, app, identity: str) -> tuple[socket.socket, str]:
+        """A stream channel to ``app`` for ``identity``; returns our end of a socketpair joined to it."""
+        cid, ch, cmds = self.relay.open_stream(identity, app.name, app.name, app.upstream_port)
+        link = self.relay.connectors[cid]
+        st = {"opened": asyncio.get_running_loop().create_future(), "identity": identity, "resource": app.name,
+              "connector": link.identity, "cs": None}
+        self.streams[(cid, ch)] = st
+        self._perform(cmds)
+        mine = theirs = None
+        try:
+            await st["opened"]
+            mine, theirs = socket.socketpair()
+        except BaseException:
+            self.streams.pop((cid, ch), None)
+            self.relay.stream_gone(cid, ch)
+            conn = self.connectors.get(cid)
+            if conn is not None and cid in self.relay.connectors:
+                fr = link.mux.close(ch, "the PoP gave up waiting", reset=True)
+                if fr:
+                    conn.send(fr)
+            raise
+        send = self._connector_sender(cid)
+        cs = ChannelSocket(theirs, link.mux, ch, send, name=f"agentless {identity} -> {app.name} (connector "
+                           f"{link.identity}, channel {ch})", on_done=lambda c, why: self._stream_done(cid, ch, why))
+        st["cs"] = cs
+        cs.start()
+        return mine, f"connector {link.identity} channel {ch}"
+
+    def _connector_sender(self, cid: int):
+        def send(data: bytes) -> None:
+            conn = self.connectors.get(cid)
+            if conn is not None and data:
+                conn.send(data)
+        return send
+
+    def _stream_event(self, c: r.StreamEvent) -> None:
+        st = self.streams.get((c.connector, c.ch))
+        if st is None:
+            return
+        ev, cs = c.event, st["cs"]
+        if cs is None:  # still waiting for OPENED
+            fut = st["opened"]
+            if not fut.done():
+                if type(ev) is mux.Accepted:
+                    fut.set_result(True)
+                elif type(ev) is mux.Closed:
+                    self.streams.pop((c.connector, c.ch), None)
+                    self.relay.stream_gone(c.connector, c.ch)
+                    log.warning("agentless %s -> %s: the connector %s refused the stream: %s", st["identity"],
+                                st["resource"], st["connector"], ev.reason)
+                    fut.set_exception(OSError(f"connector {st['connector']} refused: {ev.reason}"))
+            return
+        if type(ev) is mux.Data:
+            cs.deliver(ev.data)
+        elif type(ev) is mux.Closed:
+            cs.closed_by_peer(ev.reason, reset=ev.reset, half=ev.half)
+
+    def _stream_done(self, cid: int, ch: int, reason: str) -> None:
+        st = self.streams.pop((cid, ch), None)
+        self.relay.stream_gone(cid, ch)
+        if st is None:
+            return
+        cs = st["cs"]
+        self._perform([r.FlowLog({"event": "agentless", "identity": st["identity"], "resource": st["resource"],
+                                  "connector": st["connector"], "connector_id": cid, "channel": ch,
+                                  "bytes_up": cs.bytes_up, "bytes_down": cs.bytes_down, "end": reason})])
+
+    def _streams_credit(self, cid: int) -> None:
+        for (c, _), st in list(self.streams.items()):
+            if c == cid and st["cs"] is not None:
+                st["cs"].credit()
+
+    def _connector_data(self, cid: int, data: bytes) -> None:
+        self._perform(self.relay.connector_data(cid, data, time.monotonic(), self._agent_queued))
+        if self.streams:
+            self._streams_credit(cid)  # a CREDIT may have come: paused streams read again
 
     def _agent_queued(self, aid: int) -> int:
         conn = self.agents.get(aid)
@@ -323,6 +421,8 @@ class Pop:
                 flowlog.info("%s", line)
                 if self.flow_file is not None:
                     self.flow_file.write(line + "\n")
+            elif t is r.StreamEvent:
+                self._stream_event(c)
             elif t is Log:
                 log.log(c.level, "%s", c.message)
             else:

@@ -5,7 +5,7 @@ Theory of operation
 The connector tunnel is one mTLS connection carrying the frames of ztna/wire.py
 (``Decoder(mux=True)``).  Besides the tunnel's own HELLO/WELCOME/KEEPALIVE/CLOSE
 it carries channels, each a byte stream of some ``kind`` (``agent``: an agent's
-tunnel frame stream; later ``stream``: a TCP byte stream).  Frames::
+tunnel frame stream; ``stream``: one TCP byte stream, see below).  Frames::
 
     OPEN    {ch, kind, window, ...kind's fields}   opener -> peer
     OPENED  {ch, window}                             peer -> opener (the channel is usable)
@@ -23,6 +23,17 @@ and the shell closes the tunnel with CLOSE {reason}.
 
 The opener picks channel ids of its parity (``opener=True``: odd), so both ends
 may open channels without colliding.
+
+``stream`` channels carry one TCP connection's bytes.  Their OPEN names
+``identity``, ``resource``, ``host`` and ``port`` (:func:`stream_fields` checks
+them).  A TCP half-close is ``CHCLOSE {ch, reason, reset: false, half: true}``
+(:meth:`Mux.shutdown`): the sender sends no more CHDATA, the other direction
+goes on, and the channel is forgotten once both sides have half-closed.  A full
+CHCLOSE ends both directions; ``reset: true`` says the connection was aborted
+(the shell resets its socket rather than closing it cleanly).  The shell of a
+stream stops reading its socket while the channel's credit is spent
+(:meth:`Mux.room`), so a slow reader on one side costs the other side at most a
+window of memory (ztna/chansock.py).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from . import wire
 DEFAULT_WINDOW = 1024 * 1024
 MAX_WINDOW = 64 * 1024 * 1024
 PIECE = wire.MAX_CHDATA - 4
+STREAM = "stream"
 
 
 # ---- events (what the peer said) ----------------------------------------------------
@@ -64,6 +76,7 @@ class Closed:
     ch: int
     reason: str
     reset: bool
+    half: bool = False  # a half-close: the peer sends no more, but still reads (``stream`` channels)
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,8 @@ class Channel:
     sent: int = 0
     received: int = 0
     dropped: int = 0           # sends refused for lack of credit
+    eof_sent: bool = False     # we half-closed: no more CHDATA from us
+    eof_received: bool = False  # the peer half-closed: no more CHDATA from it
     extra: dict = field(default_factory=dict)  # for the shell
 
 
@@ -122,7 +137,7 @@ class Mux:
     def send(self, ch: int, data: bytes) -> bytes | None:
         """CHDATA frames for ``data``, or None (nothing sent) if the peer has not granted that much."""
         c = self.channels.get(ch)
-        if c is None or not c.accepted:
+        if c is None or not c.accepted or c.eof_sent:
             return None
         n = len(data)
         if n == 0:
@@ -139,7 +154,24 @@ class Mux:
 
     def can_send(self, ch: int, n: int) -> bool:
         c = self.channels.get(ch)
-        return c is not None and c.accepted and n <= c.send_credit
+        return c is not None and c.accepted and not c.eof_sent and n <= c.send_credit
+
+    def room(self, ch: int) -> int:
+        """How many bytes ``send`` would take now (0 before OPENED, after our half-close, or once closed)."""
+        c = self.channels.get(ch)
+        if c is None or not c.accepted or c.eof_sent:
+            return 0
+        return c.send_credit
+
+    def shutdown(self, ch: int, reason: str = "eof") -> bytes:
+        """Half-close ``ch``: CHCLOSE {half: true}; we send no more, the peer may.  b"" if not open or done."""
+        c = self.channels.get(ch)
+        if c is None or c.eof_sent:
+            return b""
+        c.eof_sent = True
+        if c.eof_received:
+            del self.channels[ch]
+        return wire.control(wire.CHCLOSE, ch=ch, reason=reason, reset=False, half=True)
 
     def consumed(self, ch: int, n: int) -> bytes:
         """We have delivered ``n`` received bytes of ``ch``: a CREDIT frame once half a window is due, else b""."""
@@ -187,6 +219,8 @@ class Mux:
             if c is None:
                 return  # closed by us while it was on the way: not the peer's fault
             n = len(f.payload) - 4
+            if c.eof_received:
+                raise wire.BadFrame(f"channel {ch}: CHDATA after the peer's half-close")
             if n > c.recv_credit:
                 raise wire.BadFrame(f"channel {ch}: {n} bytes of CHDATA past the {c.recv_credit} granted")
             c.recv_credit -= n
@@ -227,17 +261,40 @@ class Mux:
             events.append(Accepted(ch))
         elif t == wire.CHCLOSE:
             ch = f.fields.get("ch")
-            c = self.channels.pop(ch, None) if _uint(ch) else None
-            if c is not None:
-                events.append(Closed(ch, str(f.fields.get("reason", ""))[:200], bool(f.fields.get("reset"))))
+            c = self.channels.get(ch) if _uint(ch) else None
+            if c is None:
+                return
+            reason = str(f.fields.get("reason", ""))[:200]
+            if f.fields.get("half") is True and not f.fields.get("reset"):
+                if c.eof_received:
+                    raise wire.BadFrame(f"channel {ch}: a second half-close")
+                c.eof_received = True
+                if c.eof_sent:
+                    del self.channels[ch]
+                events.append(Closed(ch, reason, False, half=True))
+                return
+            del self.channels[ch]
+            events.append(Closed(ch, reason, bool(f.fields.get("reset"))))
         elif t in (wire.HELLO, wire.WELCOME, wire.KEEPALIVE, wire.CLOSE):
             events.append(Tunnel(f))
         else:
             raise wire.BadFrame(f"{wire.NAMES.get(t, hex(t))} has no place in a connector tunnel")
 
 
+def stream_fields(fields: dict) -> tuple[str, str, str, int]:
+    """(identity, resource, host, port) of a ``stream`` OPEN; ValueError saying what is wrong."""
+    identity, resource, host, port = (fields.get(k) for k in ("identity", "resource", "host", "port"))
+    for key, v in (("identity", identity), ("resource", resource), ("host", host)):
+        if not isinstance(v, str) or not v or len(v) > 253:
+            raise ValueError(f"stream OPEN: bad {key} {v!r}"[:300])
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValueError(f"stream OPEN: bad port {port!r}"[:300])
+    return identity, resource, host, port
+
+
 def _uint(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 32
 
 
-__all__ = ["Mux", "Channel", "Opened", "Accepted", "Data", "Closed", "Tunnel", "chdata", "credit"]
+__all__ = ["Mux", "Channel", "Opened", "Accepted", "Data", "Closed", "Tunnel", "chdata", "credit", "STREAM",
+           "stream_fields"]

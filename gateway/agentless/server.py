@@ -57,8 +57,10 @@ class _Closed(Exception):
 class Upstream:
     """The gateway's own TLS connection to one app, kept alive between a browser's requests."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str,
+                 identity: str | None = None):
         self.reader, self.writer, self.address = reader, writer, address
+        self.identity = identity  # set when dialled through a hook: the connection is that identity's only
         self.buf = b""
         self.clean = True  # between exchanges: no request or answer half-way, so another browser may use it
         self.idle_since = 0.0
@@ -74,9 +76,12 @@ class Upstream:
 class Front:
     """The agentless side of port 443 (see the module docstring)."""
 
-    def __init__(self, cfg: AgentlessConfig, policy: Policy, resolve):
+    def __init__(self, cfg: AgentlessConfig, policy: Policy, resolve, dial=None):
         self.cfg = cfg
         self.resolve = resolve  # async name -> 4-byte address, through the private DNS server
+        # The PoP's hook (pop/service.py): async (app, identity) -> (connected socket, "via" text) instead of
+        # TCP to the app's address; raises PermissionError, LookupError or OSError when there is no way there.
+        self.dial = dial
         self.apps: dict[str, AppConfig] = {a.name: a for a in cfg.apps}
         self.tunnel_names = frozenset(cfg.tunnel_names)
         self.names = frozenset(self.apps)
@@ -218,35 +223,57 @@ class Front:
     def release(self, name: str, up: Upstream) -> None:
         """Keep ``up`` for the next browser connection to ``name``, if it is clean and there is room."""
         pool = self.pool[name]
+        if self.dial is not None:
+            # At the PoP a stream is one browser connection's (its identity, its flow line): not kept.
+            up.close()
+            return
         if up.usable and len(pool) < self.POOL_MAX:
             up.idle_since = time.monotonic()
             pool.append(up)
         else:
             up.close()
 
-    def take(self, name: str) -> Upstream | None:
-        """A kept upstream connection to ``name`` that still looks alive (the newest first)."""
+    def take(self, name: str, identity: str | None = None) -> Upstream | None:
+        """A kept upstream connection to ``name`` that still looks alive (the newest first); with a dial
+        hook only one dialled for ``identity`` (the stream was opened in its name)."""
         pool, now = self.pool[name], time.monotonic()
-        while pool:
-            up = pool.pop()
-            if up.usable and now - up.idle_since < self.POOL_IDLE:
+        for i in range(len(pool) - 1, -1, -1):
+            up = pool[i]
+            if not up.usable or now - up.idle_since >= self.POOL_IDLE:
+                del pool[i]
+                up.close()
+            elif self.dial is None or up.identity == identity:
+                del pool[i]
                 return up
-            up.close()
         return None
 
     def write_access(self, record: dict) -> None:
         self.access.write(json.dumps(record, separators=(",", ":")) + "\n")
 
-    async def connect_upstream(self, app: AppConfig) -> Upstream:
-        """A verified TLS connection to the app at the address private DNS gives; raises _Upstream."""
-        try:
-            raw = await self.resolve(app.name)
-        except LookupError as exc:
-            raise _UpstreamError(502, f"cannot resolve {app.name} with the private DNS server: {exc}") from None
-        address = socket.inet_ntoa(raw)
+    async def connect_upstream(self, app: AppConfig, identity: str | None = None) -> Upstream:
+        """A verified TLS connection to the app at the address private DNS gives (or over the dial
+        hook's socket); raises _Upstream."""
+        if self.dial is not None:
+            try:
+                sock, address = await asyncio.wait_for(self.dial(app, identity), self.cfg.upstream_connect_timeout)
+            except asyncio.TimeoutError:
+                raise _UpstreamError(504, f"{app.name}: no stream through a connector within "
+                                     f"{self.cfg.upstream_connect_timeout:g}s") from None
+            except PermissionError as exc:
+                raise _UpstreamError(403, f"{app.name} refused for {identity}: {exc}") from None
+            except (LookupError, OSError) as exc:
+                raise _UpstreamError(502, f"cannot reach {app.name} through a connector: {exc}") from None
+            target = {"sock": sock}
+        else:
+            try:
+                raw = await self.resolve(app.name)
+            except LookupError as exc:
+                raise _UpstreamError(502, f"cannot resolve {app.name} with the private DNS server: {exc}") from None
+            address = socket.inet_ntoa(raw)
+            target = {"host": address, "port": app.upstream_port}
         try:
             r, w = await asyncio.wait_for(
-                asyncio.open_connection(address, app.upstream_port, ssl=self.upstream_ctx[app.name],
+                asyncio.open_connection(**target, ssl=self.upstream_ctx[app.name],
                                         server_hostname=app.name, limit=PIECE),
                 self.cfg.upstream_connect_timeout)
         except asyncio.TimeoutError:
@@ -260,7 +287,7 @@ class Front:
         issuer = dict(x for rdn in cert.get("issuer", ()) for x in rdn).get("commonName", "?")
         log.info("upstream %s %s:%d: TLS %s, certificate for %s verified against %s (issuer %s)", app.name, address,
                  app.upstream_port, w.get_extra_info("ssl_object").version(), app.name, app.upstream_ca, issuer)
-        return Upstream(r, w, address)
+        return Upstream(r, w, address, identity if self.dial is not None else None)
 
 
 class _UpstreamError(Exception):
@@ -278,6 +305,7 @@ class _BrowserConn:
         self.app = front.apps[client.sni]
         self.buf = b""
         self.up: Upstream | None = None
+        self.identity: str | None = None  # of the request being forwarded
 
     async def _read(self, timeout: float, what: str) -> bytes:
         # asyncio.timeout, not wait_for: wait_for makes a task per call, a cost paid per read.
@@ -392,6 +420,7 @@ class _BrowserConn:
                     else:
                         cmds = ex.checked(await check, time.time())
                 elif isinstance(cmd, Forward):
+                    self.identity = ex.record.get("identity")
                     keep = await self._forward(head, cmd, stats, t0)
         except (_Closed, TimeoutError) as exc:
             keep = False
@@ -428,15 +457,16 @@ class _BrowserConn:
 
     # ---- relaying to the app ------------------------------------------------------------
     async def _forward(self, head, cmd: Forward, stats: dict, t0: float) -> bool:
-        fresh = self.up is None or not self.up.usable
+        fresh = self.up is None or not self.up.usable or (self.front.dial is not None
+                                                          and self.up.identity != self.identity)
         try:
             if fresh:
                 if self.up is not None:
                     self.up.close()
-                self.up = self.front.take(self.app.name)
+                self.up = self.front.take(self.app.name, self.identity)
                 fresh = self.up is None  # a pooled one may have been closed by the app: retried below
                 if fresh:
-                    self.up = await self.front.connect_upstream(self.app)
+                    self.up = await self.front.connect_upstream(self.app, self.identity)
         except _UpstreamError as exc:
             return await self._gateway_error(exc.status, exc.reason, stats, head)
         length = http1.body_length(head)
@@ -459,7 +489,7 @@ class _BrowserConn:
                     # A kept-alive connection the app had closed meanwhile: one new connection may carry
                     # the same request if it is safe and bodiless (the exchange says; RFC 9112 9.3.1.1).
                     try:
-                        self.up = await self.front.connect_upstream(self.app)
+                        self.up = await self.front.connect_upstream(self.app, self.identity)
                         continue
                     except _UpstreamError as exc2:
                         exc = exc2

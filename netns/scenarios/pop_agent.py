@@ -53,17 +53,22 @@ FIREWALL = (
 )
 
 
-def start_servers(lab: Lab) -> list:
-    """Public DNS, private DNS and the app, started; (proc, address, port, protocol) to wait for each."""
-    public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in PUBLIC_ZONES.items()]
-    private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}")
+def start_servers(lab: Lab, *, public_extra: str = "", private_extra: str = "", more_names: tuple = ()) -> list:
+    """Public DNS, private DNS and the app, started; (proc, address, port, protocol) to wait for each.
+
+    ``public_extra``/``private_extra``: more mycompany.net records; ``more_names``: more names the app
+    serves (their certificates ``NAME.pem``/``NAME.key`` in the lab's pki directory)."""
+    zones = dict(PUBLIC_ZONES, **{"mycompany.net": PUBLIC_ZONES["mycompany.net"] + public_extra})
+    public = [lab.write_conf(f"public-{z}.zone", f"$ORIGIN {z}.\n{body}") for z, body in zones.items()]
+    private = lab.write_conf("private.zone", f"$ORIGIN mycompany.net.\n{PRIVATE_ZONE}{private_extra}")
+    certs = [a for n in more_names for a in ("--cert", f"{n}={lab.pki_dir / f'{n}.pem'},{lab.pki_dir / f'{n}.key'}")]
     return [
         (lab.start("inet", procs.ztna_argv("authdns", "run", "--listen", PUBLIC_DNS,
                                            *[a for z in public for a in ("--zone", str(z))]), name="public-dns"),
          PUBLIC_DNS, 53, "udp"),
         (lab.start("privdns", procs.ztna_argv("authdns", "run", "--listen", PRIV_DNS, "--zone", str(private)),
                    name="private-dns"), PRIV_DNS, 53, "udp"),
-        (lab.start("app", web_argv(APP_IP, cert=(APP, lab.pki_dir / f"{APP}.pem", lab.pki_dir / f"{APP}.key")),
+        (lab.start("app", web_argv(APP_IP, cert=(APP, lab.pki_dir / f"{APP}.pem", lab.pki_dir / f"{APP}.key")) + certs,
                    name="web-app"), APP_IP, 443, "tcp"),
     ]
 

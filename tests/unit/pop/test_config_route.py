@@ -81,3 +81,25 @@ def test_gateway_pop_section(tmp_path):
                      ({"resources": ["a.example"], "address": "pop"}, "pop")):
         with pytest.raises(ConfigError, match=why):
             load_pop({"pop": {**base, **bad}}, Path("gw.toml"), default_ca=f"{tmp_path}/ca.pem")
+
+
+def test_agentless_section_uses_the_gateways_parser(tmp_path):
+    base = ('tunnel_name = "t.pop.example"\nconnector_name = "c.pop.example"\n[policy]\nalice = ["app.corp.example"]\n'
+            '[connectors]\ngw1 = ["app.corp.example"]\n')
+    cfg, _ = load(write(tmp_path, base))
+    assert cfg.agentless is None
+    app = (f'[[agentless.app]]\nname = "App.Corp.Example"\ncert = "{tmp_path}/c.pem"\nkey = "{tmp_path}/c.key"\n'
+           f'upstream_ca = "{tmp_path}/ca.pem"\nauth = "certificate"\n')
+    section = (f'[agentless]\nusers = "{tmp_path}/u.json"\nsession_key = "{tmp_path}/k"\n'
+               f'access_log = "{tmp_path}/a.jsonl"\n')
+    cfg, _ = load(write(tmp_path, base + section + app))
+    a = cfg.agentless
+    assert [x.name for x in a.apps] == ["app.corp.example"] and a.apps[0].auth == "certificate"
+    assert a.tunnel_names == ["t.pop.example", "c.pop.example"]   # handed back to the PoP's own routing
+    assert a.client_ca == f"{tmp_path}/ca.pem"                    # browsers' certificates: the PoP's CA by default
+    with pytest.raises(ConfigError, match="publishes no application"):
+        load(write(tmp_path, base + section))
+    with pytest.raises(ConfigError, match="auth"):
+        load(write(tmp_path, base + section + app.replace('"certificate"', '"magic"')))
+    with pytest.raises(ConfigError, match="named twice"):
+        load(write(tmp_path, base + section + app.replace("App.Corp.Example", "t.pop.example")))

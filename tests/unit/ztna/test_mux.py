@@ -106,3 +106,69 @@ def test_partial_frames_wait():
     assert gw.feed_untrusted(fr[:5]) == []
     assert gw.feed_untrusted(fr[5:]) == [mux.Data(ch, b"abcdef")]
     assert struct.unpack("!I", fr[4:8])[0] == ch
+
+
+# ---- stream channels: half-close, reset, room, the OPEN's fields ----------------------------
+def stream_pair(window=1000):
+    pop = mux.Mux(opener=True, window=window)
+    gw = mux.Mux(opener=False, window=window)
+    ch, frame = pop.open(mux.STREAM, identity="alice", resource="wiki.example", host="wiki.example", port=443)
+    (ev,) = gw.feed_untrusted(frame)
+    assert ev.kind == "stream" and mux.stream_fields(ev.fields) == ("alice", "wiki.example", "wiki.example", 443)
+    pop.feed_untrusted(gw.accept(ch))
+    return pop, gw, ch
+
+
+def test_stream_half_close_each_way_then_forgotten():
+    pop, gw, ch = stream_pair()
+    fin = pop.shutdown(ch)
+    assert pop.send(ch, b"late") is None and pop.room(ch) == 0   # we said EOF: nothing more from us
+    assert pop.shutdown(ch) == b""                                 # once only
+    assert gw.feed_untrusted(fin) == [mux.Closed(ch, "eof", False, half=True)]
+    # the other direction still flows, and its credit still comes back
+    assert pop.feed_untrusted(gw.send(ch, b"answer")) == [mux.Data(ch, b"answer")]
+    assert ch in pop.channels and ch in gw.channels
+    assert pop.feed_untrusted(gw.shutdown(ch)) == [mux.Closed(ch, "eof", False, half=True)]
+    assert ch not in pop.channels and ch not in gw.channels       # both sides done: forgotten
+
+
+def test_stream_data_after_the_peers_half_close_is_a_protocol_error():
+    pop, gw, ch = stream_pair()
+    gw.feed_untrusted(pop.shutdown(ch))
+    with pytest.raises(wire.BadFrame, match="after the peer's half-close"):
+        gw.feed_untrusted(mux.chdata(ch, b"x"))
+    pop2, gw2, ch2 = stream_pair()
+    gw2.feed_untrusted(pop2.shutdown(ch2))
+    with pytest.raises(wire.BadFrame, match="second half-close"):
+        gw2.feed_untrusted(wire.control(wire.CHCLOSE, ch=ch2, reason="eof", reset=False, half=True))
+
+
+def test_stream_reset_ends_both_directions():
+    pop, gw, ch = stream_pair()
+    gw.feed_untrusted(pop.shutdown(ch))
+    assert pop.feed_untrusted(gw.close(ch, "connection refused", reset=True)) == [
+        mux.Closed(ch, "connection refused", True)]
+    assert ch not in pop.channels and ch not in gw.channels
+
+
+def test_stream_room_is_the_credit_the_reader_may_fill():
+    pop, gw, ch = stream_pair(window=1000)
+    assert pop.room(ch) == 1000
+    assert pop.send(ch, b"a" * 1000) is not None
+    assert pop.room(ch) == 0                       # the socket's reader must pause here
+    pop.feed_untrusted(gw.consumed(ch, 1000))
+    assert pop.room(ch) == 1000                    # and may read again
+    assert mux.Mux(opener=True).room(99) == 0
+
+
+@pytest.mark.parametrize("fields, why", [
+    ({"resource": "r", "host": "h", "port": 443}, "identity"),
+    ({"identity": "a", "resource": "", "host": "h", "port": 443}, "resource"),
+    ({"identity": "a", "resource": "r", "host": 5, "port": 443}, "host"),
+    ({"identity": "a", "resource": "r", "host": "h", "port": 0}, "port"),
+    ({"identity": "a", "resource": "r", "host": "h", "port": True}, "port"),
+    ({"identity": "a", "resource": "r", "host": "h", "port": "443"}, "port"),
+])
+def test_stream_fields_refuse_bad_opens(fields, why):
+    with pytest.raises(ValueError, match=why):
+        mux.stream_fields(fields)
