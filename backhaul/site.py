@@ -51,8 +51,9 @@ class Site:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            self._pin_pop_route()
-            self.tun = Tun(self.cfg.tun, [self.cfg.tun_address], INTERNET)
+            # pyroute2 runs its own loop: routes and the TUN are set up off this one
+            await loop.run_in_executor(None, self._pin_pop_route)
+            self.tun = await loop.run_in_executor(None, lambda: Tun(self.cfg.tun, [self.cfg.tun_address], INTERNET))
             loop.add_reader(self.tun.fd, self._on_tun)
             log.info("site %s: TUN %s up (%s); the internet half of the table goes to the PoP %s as %s; LAN %s",
                      self.cfg.name, self.tun.name, self.cfg.tun_address, self.cfg.pop, self.cfg.pop_name,

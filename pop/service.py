@@ -93,7 +93,7 @@ class Pop:
         try:
             self._poll_crl()
             if self.hub is not None:
-                self._start_sites(loop)
+                await self._start_sites(loop)
             lsock.bind((self.cfg.listen, self.cfg.port))
             lsock.listen(256)
             lsock.setblocking(False)
@@ -321,14 +321,15 @@ class Pop:
             log.info("agent %d closed: %s; %d bytes in, %d out", aid, reason, conn.bytes_in, conn.bytes_out)
 
     # ---- sites (ztna site run) ------------------------------------------------------------
-    def _start_sites(self, loop) -> None:
+    async def _start_sites(self, loop) -> None:
         from ztna import nft
         from ztna.tun import Tun
 
         if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
             raise OSError("[pop] site_name needs IPv4 forwarding: sysctl -w net.ipv4.ip_forward=1")
         lans = [str(n) for e in self.cfg.sites.values() for n in e.lan]
-        self.tun = Tun(self.cfg.tun, [self.cfg.tun_address], lans)
+        # pyroute2 runs its own loop: configure the TUN off this one (as the agent does)
+        self.tun = await loop.run_in_executor(None, lambda: Tun(self.cfg.tun, [self.cfg.tun_address], lans))
         nat = (f"snat to {self.cfg.egress_address}" if self.cfg.egress_address else "masquerade")
         nft.replace_table(SITE_TABLE, (
             f"table ip {SITE_TABLE} {{\n  chain egress {{\n    type nat hook postrouting priority 100; policy accept;\n"
