@@ -37,8 +37,47 @@ class PopConfig:
     flow_log: str = ""         # JSON lines, one per flow; "" = the log only
     log_level: str = "INFO"
     alias_names: list[str] = field(default_factory=list)  # names routed to the agentless front (with its apps')
+    site_name: str = ""        # SNI of site routers' tunnels (ztna site run); "" = no sites
+    tun: str = "ztna-pop0"     # the TUN the sites' packets enter the PoP's routing by
+    tun_address: str = "100.127.255.254/32"
+    egress_address: str = ""   # sites' internet traffic leaves with this source (nft masquerade/SNAT)
+    egress_interface: str = ""  # ... out of this interface
     crl: str = ""              # the CA's CRL (ztna pki revoke): checked at each handshake, re-read each second
+    sites: dict = field(default_factory=dict, init=False)  # from [sites]: identity -> SiteEntry
     agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig or None
+
+
+@dataclass(frozen=True)
+class SiteEntry:
+    name: str
+    lan: tuple
+
+
+def _sites(data: dict, path: Path, cfg: PopConfig) -> dict:
+    """``[sites]``: certificate identity -> {lan = [prefixes]}; the identity is the site's name."""
+    table = data.get("sites", {})
+    if table and not cfg.site_name:
+        raise ConfigError(f"{path}: [sites] needs [pop] site_name, the SNI site routers dial")
+    if cfg.site_name and not cfg.egress_interface:
+        raise ConfigError(f"{path}: [pop] site_name needs egress_interface (and egress_address) for the sites' "
+                          "internet traffic")
+    out = {}
+    seen: list[tuple[ipaddress.IPv4Network, str]] = []
+    for ident, entry in table.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("lan"), list) or not entry["lan"]:
+            raise ConfigError(f"{path}: [sites] {ident} needs lan = [\"10.10.0.0/24\"], the prefixes it routes")
+        try:
+            nets = tuple(ipaddress.IPv4Network(p) for p in entry["lan"])
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: [sites] {ident} lan: {exc}") from exc
+        for n in nets:
+            for m, other in seen:
+                if n.overlaps(m):
+                    raise ConfigError(f"{path}: [sites] {ident} lan {n} overlaps {other}'s {m}: "
+                                      "the PoP could not tell whose replies are whose")
+            seen.append((n, ident))
+        out[ident] = SiteEntry(ident, nets)
+    return out
 
 
 def load(path: Path) -> tuple[PopConfig, PopPolicy]:
@@ -79,6 +118,20 @@ def load(path: Path) -> tuple[PopConfig, PopPolicy]:
         from ztna.crl import check_config
 
         check_config(cfg.crl, cfg.ca, f"{path}: [pop] crl")
+    if cfg.site_name:
+        try:
+            cfg.site_name = normalize(cfg.site_name)
+        except BadName as exc:
+            raise ConfigError(f"{path}: [pop] site_name: {exc}") from exc
+        if cfg.site_name in (cfg.tunnel_name, cfg.connector_name):
+            raise ConfigError(f"{path}: [pop] site_name must differ from tunnel_name and connector_name")
+        try:
+            ipaddress.IPv4Interface(cfg.tun_address)
+            if cfg.egress_address:
+                ipaddress.IPv4Address(cfg.egress_address)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: [pop] tun_address / egress_address: {exc}") from exc
+    cfg.sites = _sites(data, path, cfg)
     if "agentless" in data:
         from gateway.agentless import config as agentless_config
 

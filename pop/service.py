@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -40,9 +41,12 @@ from ztna.tunnelcmds import Log
 from . import relay as r
 from .config import PopConfig
 from .policy import PopPolicy
-from .route import Agent, Alias, route
+from . import sitehub as sh
+from .route import Agent, Alias, Site, route
 
 log = logging.getLogger("ztna.pop")
+SITE_TABLE = "ztna_pop_egress"
+TUN_READ = 65536 + 128
 flowlog = logging.getLogger("ztna.pop.flow")
 
 
@@ -54,6 +58,11 @@ class Pop:
         self.ids = itertools.count(1)
         self.agents: dict[int, FramedTLS] = {}
         self.connectors: dict[int, FramedTLS] = {}
+        self.sites: dict[int, FramedTLS] = {}
+        # Site routers (ztna site run): their LANs' packets through the PoP's TUN and egress (pop/sitehub.py).
+        self.hub = sh.SiteHub({i: sh.SiteDef(e.name, e.lan) for i, e in cfg.sites.items()},
+                              keepalive=cfg.keepalive, queue_limit=cfg.queue_limit) if cfg.site_name else None
+        self.tun = None
         self.refusal_log = LogLimiter(interval=10.0)
         self.flow_file = open(cfg.flow_log, "a", buffering=1) if cfg.flow_log else None
         self.front = None
@@ -83,6 +92,8 @@ class Pop:
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._poll_crl()
+            if self.hub is not None:
+                await self._start_sites(loop)
             lsock.bind((self.cfg.listen, self.cfg.port))
             lsock.listen(256)
             lsock.setblocking(False)
@@ -98,8 +109,10 @@ class Pop:
             except (ValueError, OSError):
                 pass
             lsock.close()
-            for conn in list(self.agents.values()) + list(self.connectors.values()):
+            for conn in list(self.agents.values()) + list(self.connectors.values()) + list(self.sites.values()):
                 conn.close("PoP stopping")
+            if self.hub is not None:
+                self._stop_sites(loop)
             log.info("PoP stopped; counters: %s", dict(self.relay.counters))
             if self.flow_file is not None:
                 self.flow_file.close()
@@ -109,6 +122,8 @@ class Pop:
             await asyncio.sleep(1.0)
             self._poll_crl()
             self._perform(self.relay.tick(time.monotonic()))
+            if self.hub is not None:
+                self._perform(self.hub.tick(time.monotonic()))
 
     def _poll_crl(self) -> None:
         if self.crl is None:
@@ -117,7 +132,7 @@ class Pop:
         self.relay.counters["crl_errors"] += refused
         for cid, (serial, identity, what) in list(self.serials.items()):
             if serial in added:
-                conn = (self.agents if what == "agent" else self.connectors).get(cid)
+                conn = {"agent": self.agents, "connector": self.connectors, "site": self.sites}[what].get(cid)
                 if conn is not None:
                     self.relay.counters["tunnels_revoked"] += 1
                     log.warning("%s %d %s: ended: certificate revoked (serial %x)", what, cid, identity, serial)
@@ -156,7 +171,7 @@ class Pop:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         hello, error = await _peek(sock, timeout)
         where = route(hello, tunnel_name=self.cfg.tunnel_name, connector_name=self.cfg.connector_name,
-                      aliases=self.aliases, error=error)
+                      aliases=self.aliases, error=error, site_name=self.cfg.site_name)
         if isinstance(where, Alias):
             if self.front is not None and where.name in self.front.apps:
                 await self.front.claim(sock, peer, timeout)  # peeks again: the ClientHello is still queued
@@ -166,7 +181,7 @@ class Pop:
             self._refused(peer, f"on port 443: {where.reason} (TLS alert {where.alert})", "route")
             _alert_and_close(sock, where.alert)
             return
-        what = "agent" if isinstance(where, Agent) else "connector"
+        what = "agent" if isinstance(where, Agent) else "site" if isinstance(where, Site) else "connector"
         ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         conn = FramedTLS(ssock, name=peer)
         try:
@@ -194,6 +209,11 @@ class Pop:
             conn.on_close = lambda reason: self._agent_gone(cid, reason)
             conn.on_blocked = lambda blocked: blocked or self._perform(self.relay.agent_drained(cid))
             self._perform(self.relay.agent_up(cid, identity, now))
+        elif what == "site":
+            self.sites[cid] = conn
+            conn.on_data = lambda data: self._perform(self.hub.site_data(cid, data, time.monotonic()))
+            conn.on_close = lambda reason: self._site_gone(cid, reason)
+            self._perform(self.hub.site_up(cid, identity, peer, now))
         else:
             self.connectors[cid] = conn
             conn.on_data = lambda data: self._connector_data(cid, data)
@@ -300,6 +320,60 @@ class Pop:
         if conn is not None:
             log.info("agent %d closed: %s; %d bytes in, %d out", aid, reason, conn.bytes_in, conn.bytes_out)
 
+    # ---- sites (ztna site run) ------------------------------------------------------------
+    async def _start_sites(self, loop) -> None:
+        from ztna import nft
+        from ztna.tun import Tun
+
+        if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
+            raise OSError("[pop] site_name needs IPv4 forwarding: sysctl -w net.ipv4.ip_forward=1")
+        lans = [str(n) for e in self.cfg.sites.values() for n in e.lan]
+        # pyroute2 runs its own loop: configure the TUN off this one (as the agent does)
+        self.tun = await loop.run_in_executor(None, lambda: Tun(self.cfg.tun, [self.cfg.tun_address], lans))
+        nat = (f"snat to {self.cfg.egress_address}" if self.cfg.egress_address else "masquerade")
+        nft.replace_table(SITE_TABLE, (
+            f"table ip {SITE_TABLE} {{\n  chain egress {{\n    type nat hook postrouting priority 100; policy accept;\n"
+            + "".join(f"    oifname \"{self.cfg.egress_interface}\" ip saddr {n} {nat}\n" for n in lans)
+            + "  }\n}\n"), what="the PoP's egress NAT")
+        loop.add_reader(self.tun.fd, self._on_tun)
+        log.info("sites as %s: TUN %s routes %s; internet traffic leaves %s as %s", self.cfg.site_name,
+                 self.tun.name, ", ".join(lans) or "nothing yet", self.cfg.egress_interface,
+                 self.cfg.egress_address or "its address")
+
+    def _stop_sites(self, loop) -> None:
+        from ztna import nft
+
+        self._perform(self.hub.flush_flows("PoP stopping"))
+        if self.tun is not None:
+            try:
+                loop.remove_reader(self.tun.fd)
+            except (ValueError, OSError):
+                pass
+            self.tun.close()
+        nft.delete_table(SITE_TABLE)
+
+    def _on_tun(self) -> None:
+        bufs = []
+        fd = self.tun.fd
+        for _ in range(128):
+            try:
+                bufs.append(os.read(fd, TUN_READ))
+            except BlockingIOError:
+                break
+        if bufs:
+            self._perform(self.hub.tun_packets(bufs, time.monotonic(), self._site_queued))
+
+    def _site_queued(self, sid: int) -> int:
+        conn = self.sites.get(sid)
+        return conn.queued if conn is not None else 0
+
+    def _site_gone(self, sid: int, reason: str) -> None:
+        self.serials.pop(sid, None)
+        conn = self.sites.pop(sid, None)
+        self._perform(self.hub.site_closed(sid, reason))
+        if conn is not None:
+            log.info("site %d closed: %s; %d bytes in, %d out", sid, reason, conn.bytes_in, conn.bytes_out)
+
     def _connector_gone(self, cid: int, reason: str) -> None:
         self.serials.pop(cid, None)
         conn = self.connectors.pop(cid, None)
@@ -327,6 +401,21 @@ class Pop:
                 conn = self.connectors.get(c.connector)
                 if conn is not None:
                     conn.close(c.reason)
+            elif t is sh.SendSite:
+                conn = self.sites.get(c.site)
+                if conn is not None:
+                    conn.send(c.data)
+            elif t is sh.CloseSite:
+                conn = self.sites.get(c.site)
+                if conn is not None:
+                    conn.close(c.reason)
+            elif t is sh.WriteTun:
+                for pkt in c.packets:
+                    try:
+                        os.write(self.tun.fd, pkt)
+                    except OSError as exc:
+                        self.hub.counters["tun_write_errors"] += 1
+                        log.debug("TUN write failed: %s", exc)
             elif t is r.FlowLog:
                 line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **c.fields},
                                   separators=(",", ":"))

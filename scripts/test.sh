@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 # pyflakes-level checks first: undefined or shadowed names are bugs the tests may not reach.
-.venv/bin/ruff check --select F --quiet agent gateway netns pop ztna tests scripts
+.venv/bin/ruff check --select F --quiet agent backhaul gateway netns pop ztna tests scripts
 args=("$@")
 [ "${#args[@]}" -gt 0 ] || args=(tests)
 exec .venv/bin/python -m pytest -q -ra "${args[@]}"

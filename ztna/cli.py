@@ -21,6 +21,7 @@ ROLES: dict[str, tuple[str, str, str]] = {
     "agent": ("agent.cli", "agent", "ZTNA agent: TUN, leased 100.64/10 addresses, DNS interception, mTLS tunnel."),
     "gateway": ("gateway.cli", "gateway", "ZTNA gateway: tunnel server, per-client NAT, private DNS."),
     "pop": ("pop.cli", "pop", "Cloud PoP: agents and outbound-only gateway connectors meet on 443, routed by SNI."),
+    "site": ("backhaul.cli", "site", "Branch site router: the LAN's internet traffic through the PoP's mTLS tunnel."),
     "authdns": ("netns.authdns", "authdns", "Small authoritative DNS server for zone files (lab public/private DNS)."),
     "dns": ("gateway.dnsfilter.cli", "dns", "DNS security resolver and block page."),
     "proxy": ("gateway.proxy.cli", "proxy", "HTTPS forward proxy, explicit and transparent."),

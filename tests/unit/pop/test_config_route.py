@@ -103,3 +103,27 @@ def test_agentless_section_uses_the_gateways_parser(tmp_path):
         load(write(tmp_path, base + section + app.replace('"certificate"', '"magic"')))
     with pytest.raises(ConfigError, match="named twice"):
         load(write(tmp_path, base + section + app.replace("App.Corp.Example", "t.pop.example")))
+
+
+SITES = 'tunnel_name = "t.pop.example"\nconnector_name = "c.pop.example"\nsite_name = "s.pop.example"\n'
+
+
+def test_sites_load_and_bad_ones_are_refused_with_a_reason(tmp_path):
+
+
+    cfg, _ = load(write(tmp_path, SITES + 'egress_interface = "eth0"\negress_address = "150.195.219.10"\n\n'
+                                 '[sites]\nbranch1 = { lan = ["10.10.0.0/24"] }\nhq = { lan = ["10.20.0.0/16"] }\n'))
+    assert [str(n) for n in cfg.sites["hq"].lan] == ["10.20.0.0/16"]
+    assert r.route(hello("s.pop.example"), tunnel_name="t.pop.example", connector_name="c.pop.example",
+                 site_name=cfg.site_name) == r.Site("s.pop.example")
+    for body, why in (
+            ('egress_interface = "eth0"\n\n[sites]\na = { lan = ["10.0.0.0/8"] }\nb = { lan = ["10.1.0.0/16"] }\n',
+             "overlaps"),
+            ('egress_interface = "eth0"\n\n[sites]\na = { lan = [] }\n', "needs lan"),
+            ('egress_interface = "eth0"\n\n[sites]\na = { lan = ["10.0.0.300/8"] }\n', "lan"),
+            ('\n[sites]\na = { lan = ["10.0.0.0/8"] }\n', "egress_interface")):
+        with pytest.raises(ConfigError, match=why):
+            load(write(tmp_path, SITES + body))
+    with pytest.raises(ConfigError, match="needs \\[pop\\] site_name"):
+        load(write(tmp_path, 'tunnel_name = "t.pop.example"\nconnector_name = "c.pop.example"\n\n'
+                             '[sites]\na = { lan = ["10.0.0.0/8"] }\n'))

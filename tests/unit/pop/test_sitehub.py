@@ -1,0 +1,156 @@
+"""pop.sitehub against backhaul.sitecore, sans-IO: the site's frames cross to the hub as on the wire."""
+
+import ipaddress
+
+from scapy.layers.inet import IP, TCP, UDP
+
+from backhaul.sitecore import SiteCore
+from pop import sitehub as sh
+from pop.relay import FlowLog
+from ztna import wire
+from ztna.ippacket import NO_VNET
+from ztna.tunnelcmds import WriteTun
+
+LAN = ipaddress.IPv4Network("10.10.0.0/24")
+HQ = ipaddress.IPv4Network("10.20.0.0/24")
+
+
+def pkt(src, dst, sport=40000, dport=80, proto="tcp", payload=b"x" * 100):
+    layer = TCP(sport=sport, dport=dport) if proto == "tcp" else UDP(sport=sport, dport=dport)
+    return NO_VNET + bytes(IP(src=src, dst=dst) / layer / payload)
+
+
+def hub(**kw):
+    return sh.SiteHub({"branch1": sh.SiteDef("branch1", (LAN,)), "hq": sh.SiteDef("hq", (HQ,))}, **kw)
+
+
+def sends(cmds, sid):
+    return b"".join(c.data for c in cmds if isinstance(c, sh.SendSite) and c.site == sid)
+
+
+def up(h, sid=1, identity="branch1", site="branch1"):
+    core = SiteCore(site)
+    h.site_up(sid, identity, "198.51.100.2:5000", 0.0)
+    out = h.site_data(sid, core.hello(), 0.0)
+    core.receive(sends(out, sid), 0.0)
+    return core, out
+
+
+def test_hello_welcome_and_lan_packets_go_to_the_tun_whole():
+    h = hub()
+    core, _ = up(h)
+    assert core.up
+    p = pkt("10.10.0.10", "203.0.113.80")
+    cmds = core.tun_packets([p], 1.0)
+    (send,) = cmds
+    out = h.site_data(1, send.data, 1.0)
+    tun = [c for c in out if isinstance(c, WriteTun)]
+    assert tun and tun[0].packets == [p]  # virtio-net header and all: one write per super-packet
+    assert h.counters["site_packets_out"] == 1
+
+
+def test_replies_from_the_tun_go_to_the_site_that_holds_the_destination():
+    h = hub()
+    branch, _ = up(h, 1)
+    hq, _ = up(h, 2, "hq", "hq")
+    h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "203.0.113.80")], 1.0)[0].data, 1.0)
+    reply = pkt("203.0.113.80", "10.10.0.10", sport=80, dport=40000)
+    out = h.tun_packets([reply, pkt("203.0.113.80", "10.20.0.5", 80, 1234)], 1.1)
+    got = branch.receive(sends(out, 1), 1.1)
+    assert [c.packets for c in got if isinstance(c, WriteTun)] == [[reply]]
+    assert sends(out, 2)  # the second packet went to hq
+    assert h.flows[(6, "10.10.0.10", 40000, "203.0.113.80", 80)].bytes_down == len(reply) - wire.VNET_HDR_LEN
+
+
+def test_a_site_cannot_send_from_another_sites_addresses():
+    h = hub()
+    core, _ = up(h)
+    out = h.site_data(1, core.tun_packets([pkt("10.20.0.5", "203.0.113.80")], 1.0)[0].data, 1.0)
+    assert not [c for c in out if isinstance(c, WriteTun)]
+    assert h.counters["site_packets_spoofed"] == 1
+
+
+def test_a_certificate_that_is_no_site_or_another_site_is_refused():
+    h = hub()
+    _, out = up(h, 1, identity="mallory", site="branch1")
+    assert any(isinstance(c, sh.CloseSite) for c in out)
+    assert b"not a site of this PoP" in sends(out, 1)
+    _, out = up(h, 2, identity="branch1", site="hq")
+    assert any(isinstance(c, sh.CloseSite) for c in out)
+    assert b"asked to be site" in sends(out, 2)
+    assert h.counters["sites_refused"] == 2 and not h.by_site
+
+
+def test_data_before_hello_garbage_and_unknown_frames_close_the_tunnel():
+    h = hub()
+    h.site_up(1, "branch1", "p", 0.0)
+    out = h.site_data(1, wire.data_header(130) + pkt("10.10.0.1", "1.2.3.4"), 0.0)
+    assert any(isinstance(c, sh.CloseSite) for c in out) and 1 not in h.links
+    core, _ = up(h, 2)
+    out = h.site_data(2, b"\xff\x00\x00\x01!", 0.0)
+    assert any(isinstance(c, sh.CloseSite) for c in out) and h.counters["bad_frames"] == 1
+    core, _ = up(h, 3)
+    out = h.site_data(3, wire.control(wire.LEASE, fqdn="a.example", addr="100.64.0.1"), 0.0)
+    assert b"has no place in a site tunnel" in sends(out, 3)
+
+
+def test_one_flow_line_per_flow_with_the_exit_and_bytes():
+    h = hub(flow_idle=5.0)
+    core, _ = up(h)
+    for t in (1.0, 1.5):
+        h.site_data(1, core.tun_packets([pkt("10.10.0.10", "203.0.113.80")], t)[0].data, t)
+    h.tun_packets([pkt("203.0.113.80", "10.10.0.10", 80, 40000)], 1.6)
+    assert h.tick(3.0) == [] or all(not isinstance(c, FlowLog) for c in h.tick(3.0))
+    lines = [c.fields for c in h.tick(7.0) if isinstance(c, FlowLog)]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["site"] == "branch1" and line["exit"] == "pop-egress" and line["end"] == "idle"
+    assert line["src"] == "10.10.0.10:40000" and line["dst"] == "203.0.113.80:80" and line["proto"] == "tcp"
+    assert line["bytes_up"] == 2 * 140 and line["bytes_down"] == 140
+
+
+def test_the_flow_table_is_bounded():
+    h = hub(max_flows=10)
+    core, _ = up(h)
+    frames = core.tun_packets([pkt("10.10.0.10", "203.0.113.80", sport=1000 + i) for i in range(50)], 1.0)
+    out = h.site_data(1, frames[0].data, 1.0)
+    assert len(h.flows) == 10 and h.counters["flows_untracked"] == 40
+    assert len([p for c in out if isinstance(c, WriteTun) for p in c.packets]) == 50  # still routed
+
+
+def test_a_decide_hook_that_drops_is_obeyed_and_named_in_the_line():
+    h = hub(decide=lambda site, proto, src, dst, dport: sh.Exit("drop", "r1", "block-x"))
+    core, _ = up(h)
+    out = h.site_data(1, core.tun_packets([pkt("10.10.0.10", "203.0.113.80")], 1.0)[0].data, 1.0)
+    assert not [c for c in out if isinstance(c, WriteTun)]
+    (line,) = [c.fields for c in h.site_closed(1, "gone") if isinstance(c, FlowLog)]
+    assert line["exit"] == "drop" and line["firewall_rule"] == "block-x" and line["end"] == "site tunnel ended"
+
+
+def test_a_slow_site_has_its_replies_dropped_not_queued():
+    h = hub(queue_limit=1000)
+    up(h)
+    out = h.tun_packets([pkt("203.0.113.80", "10.10.0.10", 80, 40000)], 1.0, queued=lambda sid: 5000)
+    assert not sends(out, 1) and h.counters["site_queue_drops"] == 1
+
+
+def test_a_newer_tunnel_of_the_same_site_replaces_the_old_one():
+    h = hub()
+    up(h, 1)
+    _, out = up(h, 2)
+    assert h.by_site["branch1"] == 2 and 1 not in h.links
+    assert any(isinstance(c, sh.CloseSite) and c.site == 1 for c in out)
+
+
+def test_keepalive_and_silence():
+    h = hub(keepalive=10.0)
+    core, _ = up(h)
+    assert sends(h.tick(10.5), 1) == wire.control(wire.KEEPALIVE)
+    out = h.tick(31.0)
+    assert any(isinstance(c, sh.CloseSite) for c in out)
+
+
+def test_packet_info_refuses_what_is_not_ipv4():
+    assert sh.packet_info(b"\x60" + b"\x00" * 39) is None
+    assert sh.packet_info(b"\x45\x00") is None
+    assert sh.packet_info(bytes(IP(src="1.2.3.4", dst="5.6.7.8", proto=6, frag=3) / (b"\x00" * 8)))[2] == 0
