@@ -4,7 +4,8 @@
 
 One lab, the agent scenario's hosts, no captures; iperf3 from ``client`` to ``app``, 1 stream:
   plain         routed client -> inet -> gateway -> app, no tunnel (the ceiling)
-  ztna          through the agent's TUN, the mTLS tunnel and the gateway's NAT
+  ztna          through the agent's TUN, the mTLS tunnel and the gateway's NAT (TLS/TCP mode)
+  ztna-udp      the same, with the UDP data channel on (docs/datachannel.md): data in datagrams
   wireguard-go  WireGuard in user space (the same kind of program as ours), UDP
   openvpn-udp   OpenVPN over UDP with mutual TLS (same certificates)
   openvpn-tcp   OpenVPN over TCP with mutual TLS: the other TCP-carried tunnel
@@ -215,7 +216,31 @@ def openvpn_down(lab: Lab) -> None:
             lab.stop(name)
 
 
-PATHS = ("plain", "ztna", "wireguard-go", "openvpn-udp", "openvpn-tcp")
+PATHS = ("plain", "ztna", "ztna-udp", "wireguard-go", "openvpn-udp", "openvpn-tcp")
+UDP_PORT = 51820
+
+
+class BenchScenario(AgentScenario):
+    """The agent lab, its gateway with the UDP data channel's port open; ``udp`` turns it on at the agent."""
+
+    udp = False
+
+    def gateway_conf(self, lab: Lab) -> str:
+        return super().gateway_conf(lab).replace("port = 443\n", f"port = 443\nudp_port = {UDP_PORT}\n", 1)
+
+    def agent_conf(self, lab: Lab, host: str, ident: str):
+        path = super().agent_conf(lab, host, ident)
+        if self.udp:
+            path.write_text(path.read_text().replace("[agent]\n", "[agent]\nudp = true\n", 1))
+        return path
+
+
+def udp_state(lab: Lab) -> str:
+    r = lab.exec("client", procs.ztna_argv("agent", "status", "--state-dir", str(lab.root / "agent-client"), "--json"))
+    try:
+        return json.loads(r.stdout)["tunnel"]["udp"]["state"]
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
 
 
 def main() -> None:
@@ -227,7 +252,7 @@ def main() -> None:
     a = ap.parse_args()
     paths = [p for p in a.paths.split(",") if p]
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if a.json else (lambda s: print(s, flush=True))
-    sc = AgentScenario()
+    sc = BenchScenario()
     lab = Lab("bench-tunnel", sc.topology())
     results: dict[str, dict] = {}
     try:
@@ -245,6 +270,16 @@ def main() -> None:
             if name in paths:
                 say(f"  {name} ...")
                 results[name] = measure(lab, target, a.seconds, a.repeat, say)
+        if "ztna-udp" in paths:
+            lab.stop("agent-client")
+            sc.udp = True
+            sc.start_agent(lab, "client", "alice")
+            lease = lab.exec("client", ["dig", "+short", APP]).stdout.decode().strip()
+            lab.exec("client", ["ping", "-c", "3", "-i", "0.2", lease])  # the tunnel comes up on demand
+            procs.wait_until(lambda: udp_state(lab) == "up", timeout=15, what="the agent's UDP path to come up")
+            say("  ztna-udp ...")
+            results["ztna-udp"] = measure(lab, lease, a.seconds, a.repeat, say)
+            results["ztna-udp"]["udp_state_after"] = udp_state(lab)
         lab.stop("agent-client")  # the other tunnels get the client to itself
         if "wireguard-go" in paths:
             wireguard_up(lab)
