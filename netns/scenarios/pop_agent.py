@@ -110,6 +110,10 @@ class PopAgentScenario(Scenario):
         """More [pop] lines (tests add a CRL)."""
         return ""
 
+    def pop_policy(self) -> str:
+        """The PoP's [policy] lines: alice may reach the app, bob is not listed (tests may allow more)."""
+        return f"alice = [\"{APP}\"]\n"
+
     def start(self, lab: Lab) -> None:
         lab.ca()
         lab.issue("pop", "server", dns=[TUNNEL_NAME, CONNECTOR_NAME])
@@ -133,7 +137,7 @@ class PopAgentScenario(Scenario):
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
             f"flow_log = \"{lab.root}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n{self.pop_extra(lab)}\n"
-            f"[policy]\nalice = [\"{APP}\"]\n\n[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n"))
+            f"[policy]\n{self.pop_policy()}\n[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n"))
         pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
         procs.wait_listening(pop, POP, 443)
         gw_conf = lab.write_conf("gateway.toml", self.gateway_conf(lab, [APP]))
