@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -23,14 +22,13 @@ from pyroute2 import IPRoute
 from gateway.connector import Backoff
 from ztna import wire
 from ztna.tlsconn import FramedTLS, client_context, tune_tunnel_socket
-from ztna.tun import Tun
+from ztna.tun import Tun, read_batch, write_packets
 from ztna.tunnelcmds import Close, Log, Send, WriteTun
 
 from .config import SiteConfig
 from .sitecore import SiteCore
 
 log = logging.getLogger("ztna.site")
-TUN_READ = 65536 + 128
 INTERNET = ["0.0.0.0/1", "128.0.0.0/1"]
 
 
@@ -149,13 +147,7 @@ class Site:
                 self._perform(self.core.tick(time.monotonic()))
 
     def _on_tun(self) -> None:
-        bufs = []
-        fd = self.tun.fd
-        for _ in range(128):
-            try:
-                bufs.append(os.read(fd, TUN_READ))
-            except BlockingIOError:
-                break
+        bufs = read_batch(self.tun.fd)
         if bufs and self.core is not None and self.conn is not None:
             self._perform(self.core.tun_packets(bufs, time.monotonic(), self.conn.queued))
 
@@ -166,12 +158,7 @@ class Site:
                 if self.conn is not None:
                     self.conn.send(c.data)
             elif t is WriteTun:
-                for pkt in c.packets:
-                    try:
-                        os.write(self.tun.fd, pkt)
-                    except OSError as exc:
-                        self.core.counters["tun_write_errors"] += 1
-                        log.debug("TUN write failed: %s", exc)
+                write_packets(self.tun.fd, c.packets, self.core.counters, log)
             elif t is Close:
                 if self.conn is not None:
                     self.conn.close(c.reason)

@@ -19,7 +19,6 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -36,6 +35,7 @@ from ztna.chansock import ChannelSocket
 from ztna.crl import CrlWatch
 from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, accept_ready, server_context
+from ztna.tun import read_batch, write_packets
 from ztna.tunnelcmds import Log
 
 from . import relay as r
@@ -46,7 +46,6 @@ from .route import Agent, Alias, Site, route
 
 log = logging.getLogger("ztna.pop")
 SITE_TABLE = "ztna_pop_egress"
-TUN_READ = 65536 + 128
 flowlog = logging.getLogger("ztna.pop.flow")
 
 
@@ -353,13 +352,7 @@ class Pop:
         nft.delete_table(SITE_TABLE)
 
     def _on_tun(self) -> None:
-        bufs = []
-        fd = self.tun.fd
-        for _ in range(128):
-            try:
-                bufs.append(os.read(fd, TUN_READ))
-            except BlockingIOError:
-                break
+        bufs = read_batch(self.tun.fd)
         if bufs:
             self._perform(self.hub.tun_packets(bufs, time.monotonic(), self._site_queued))
 
@@ -410,12 +403,7 @@ class Pop:
                 if conn is not None:
                     conn.close(c.reason)
             elif t is sh.WriteTun:
-                for pkt in c.packets:
-                    try:
-                        os.write(self.tun.fd, pkt)
-                    except OSError as exc:
-                        self.hub.counters["tun_write_errors"] += 1
-                        log.debug("TUN write failed: %s", exc)
+                write_packets(self.tun.fd, c.packets, self.hub.counters, log)
             elif t is r.FlowLog:
                 line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **c.fields},
                                   separators=(",", ":"))

@@ -62,3 +62,27 @@ class Tun:
             self.dev.close()
         except Exception:
             pass
+
+
+READ_SIZE = 65536 + 128  # a super-packet of up to 64 KiB, its virtio-net header, slack
+
+
+def read_batch(fd: int, limit: int = 128) -> list[bytes]:
+    """What a non-blocking TUN holds now, up to ``limit`` packets (one wake-up's worth)."""
+    bufs = []
+    for _ in range(limit):
+        try:
+            bufs.append(os.read(fd, READ_SIZE))
+        except BlockingIOError:
+            break
+    return bufs
+
+
+def write_packets(fd: int, packets, counters, log) -> None:
+    """Write each packet; a refused one (a bad header, the device going) is counted and logged at debug."""
+    for pkt in packets:
+        try:
+            os.write(fd, pkt)
+        except OSError as exc:
+            counters["tun_write_errors"] += 1
+            log.debug("TUN write failed: %s", exc)

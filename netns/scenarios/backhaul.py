@@ -66,7 +66,7 @@ class BackhaulScenario(Scenario):
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\nsite_name = \"{SITE_NAME}\"\n"
             f"egress_address = \"{EGRESS}\"\negress_interface = \"eth0\"\n"
-            f"flow_log = \"{lab.root}/pop-flows.jsonl\"\n\n"
+            f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\n\n"
             f"[sites]\nbranch1 = {{ lan = [\"{LAN}\"] }}\n"))
         pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
         procs.wait_listening(pop, POP, 443)
@@ -92,7 +92,7 @@ class BackhaulScenario(Scenario):
         # (docs/backhaul.md), so the uplink is checked up to this moment.
         seen["site_stopped_at"] = time.time()
         procs.stop(lab.procs["site"])
-        flows = lab.root / "pop-flows.jsonl"
+        flows = lab.log_dir / "pop-flows.jsonl"
         try:
             procs.wait_until(lambda: flows.exists() and '"site":"branch1"' in flows.read_text(), timeout=10,
                              what="the PoP's flow lines for branch1")
@@ -104,7 +104,7 @@ class BackhaulScenario(Scenario):
         up = capture.read(lab.pcap("branch", "eth1"))
         popl = capture.read(lab.pcap("pop", "eth0"))
         web = capture.read(lab.pcap("web", "eth0"))
-        flows_path = lab.root / "pop-flows.jsonl"
+        flows_path = lab.log_dir / "pop-flows.jsonl"
         flows = [json.loads(x) for x in flows_path.read_text().splitlines()] if flows_path.exists() else []
         steps = [Step(str(i), text) for i, text in enumerate([
             f"the branch router's uplink carries only TLS to the PoP {POP}:443 (SNI {SITE_NAME}), nothing of its LAN",

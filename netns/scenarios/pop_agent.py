@@ -136,7 +136,7 @@ class PopAgentScenario(Scenario):
         pop_conf = lab.write_conf("pop.toml", (
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
-            f"flow_log = \"{lab.root}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n{self.pop_extra(lab)}\n"
+            f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n{self.pop_extra(lab)}\n"
             f"[policy]\n{self.pop_policy()}\n[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n"))
         pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
         procs.wait_listening(pop, POP, 443)
@@ -248,7 +248,7 @@ class PopAgentScenario(Scenario):
         seen["tunnels_removed"] = tunnels()
         # alice's agent stops: her tunnel ends, and the PoP writes the flow's JSON line with its bytes.
         procs.stop(lab.procs["agent-client"])
-        flows = lab.root / "pop-flows.jsonl"
+        flows = lab.log_dir / "pop-flows.jsonl"
         try:
             procs.wait_until(lambda: flows.exists() and '"identity":"alice"' in flows.read_text(), timeout=10,
                              what="the PoP's flow line for alice")
@@ -277,7 +277,7 @@ class PopAgentScenario(Scenario):
         client_ip = self.clients[0][1]
         poplog = Path(lab.procs["pop"].log).read_text(errors="replace")
         gwlog = Path(lab.procs["gateway"].log).read_text(errors="replace")
-        flows_path = lab.root / "pop-flows.jsonl"
+        flows_path = lab.log_dir / "pop-flows.jsonl"
         flows = [json.loads(x) for x in flows_path.read_text().splitlines()] if flows_path.exists() else []
 
         steps = [Step(str(i), text) for i, text in enumerate([

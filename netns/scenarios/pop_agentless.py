@@ -77,7 +77,7 @@ class PopAgentlessScenario(PopAgentScenario):
         pop_conf = lab.write_conf("pop.toml", (
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
-            f"flow_log = \"{lab.root}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n\n"
+            f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n\n"
             f"[policy]\nalice = [\"{APP}\"]\ncarol = [\"{HR}\"]\ndave = [\"{APP}\"]\n\n"
             f"[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n\n"
             f"[agentless]\nusers = \"{users}\"\nsession_key = \"{lab.conf_dir}/pop-session.key\"\n"
@@ -111,7 +111,7 @@ class PopAgentlessScenario(PopAgentScenario):
         jar = str(lab.conf_dir / "browser-cookies.txt")
         rc, out, err = self.sign_in(lab, "alice", USERS["alice"], jar)
         seen["alice"], seen["alice_rc"], seen["alice_err"] = out, rc, err
-        flows = lab.root / "pop-flows.jsonl"
+        flows = lab.log_dir / "pop-flows.jsonl"
         try:
             procs.wait_until(lambda: flows.exists() and '"event":"agentless"' in flows.read_text(), timeout=10,
                              what="the PoP's agentless flow line")
@@ -154,7 +154,7 @@ class PopAgentlessScenario(PopAgentScenario):
         app = capture.read(lab.pcap("app", "eth0"))
         browser_ip = self.clients[0][1]
         gwlog = Path(lab.procs["gateway"].log).read_text(errors="replace")
-        flows_path = lab.root / "pop-flows.jsonl"
+        flows_path = lab.log_dir / "pop-flows.jsonl"
         flows = [json.loads(x) for x in flows_path.read_text().splitlines()] if flows_path.exists() else []
         access_path = lab.log_dir / "pop-access.jsonl"
         access = [json.loads(x) for x in access_path.read_text().splitlines()] if access_path.exists() else []
@@ -199,7 +199,8 @@ class PopAgentlessScenario(PopAgentScenario):
         # 3. unauthenticated: redirect to the sign-in page
         anon = seen.get("anon", "")
         if anon.startswith("302 ") and "/.ztna/login" in anon:
-            steps[2].passed(f"curl https://{APP}/ -> {anon}")
+            steps[2].passed(f"curl https://{APP}/ -> {anon}",
+                            flow.note("pop", "302 to /.ztna/login: no session yet"))
         else:
             steps[2].see(f"curl exit {seen.get('anon_rc')}: {anon!r} {seen.get('anon_err', '')[:200]}")
         # 4. alice: 200 and the page, access line, flow line

@@ -71,7 +71,7 @@ class PopFailoverScenario(PopAgentScenario):
         pop_conf = lab.write_conf("pop.toml", (
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
-            f"flow_log = \"{lab.root}/pop-flows.jsonl\"\n\n"
+            f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\n\n"
             f"[policy]\nalice = [\"{APP}\"]\ncarol = [\"{APP}\"]\n\n[connectors]\ngw1 = [\"{APP}\"]\ngw2 = [\"{APP}\"]\n"))
         argv = procs.ztna_argv("pop", "run", "--config", str(pop_conf))
         (lab.root / "pop-argv.json").write_text(json.dumps(argv))
