@@ -51,7 +51,6 @@ from ztna.fqcodel import FqCodel
 from ztna.ippacket import NO_VNET, TCP_RST, TCP_SYN, BadPacket, icmp_unreachable_for, ip4_text, parse_untrusted, refusal_for
 from ztna.loglimit import LogLimiter, suffix
 from ztna.names import PatternSet
-from ztna.segment import TooBig, segment
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
 from ztna.udppath import AgentPath, SendControl, SendDatagram, SendDatagrams  # noqa: F401
 
@@ -191,19 +190,9 @@ class AgentSession:
     # ---- the UDP data channel (only with ``path``) ----------------------------------
     def _udp_out(self, out: list, cmds: list) -> list:
         """Seal what fits into datagrams; return what must still go over TLS."""
-        path, mtu, c = self.path, self.udp_mtu, self.counters
-        dgs: list = []
-        rest: list = []
-        for buf in out:
-            try:
-                pieces = segment(buf, mtu)
-            except TooBig:
-                rest.append(buf)
-                continue
-            for p in pieces:
-                dgs.append(path.seal_data(p))
+        dgs, rest = self.path.seal_packets(out, self.udp_mtu)
         if dgs:
-            c["udp_tx_packets"] += len(dgs)
+            self.counters["udp_tx_packets"] += len(dgs)
             cmds.append(SendDatagrams(dgs))
         return rest
 

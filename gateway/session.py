@@ -51,7 +51,6 @@ from ztna import wire
 from ztna.fqcodel import FqCodel
 from ztna.ippacket import NO_VNET
 from ztna.names import BadName, normalize
-from ztna.segment import TooBig, segment
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
 from ztna.udppath import GatewayPath, SendControl, SendDatagram, SendDatagrams  # noqa: F401
 
@@ -392,19 +391,9 @@ class GatewaySession:
 
     def _udp_out(self, out: list) -> tuple[list, list]:
         """(commands sending what fits as datagrams, the packets left for TLS)."""
-        path, mtu = self.path, self.udp_mtu
-        dgs: list = []
-        rest: list = []
-        for buf in out:
-            try:
-                pieces = segment(buf, mtu)
-            except TooBig:
-                rest.append(buf)
-                continue
-            for p in pieces:
-                dgs.append(path.seal_data(p))
+        dgs, rest = self.path.seal_packets(out, self.udp_mtu)
         self.counters["udp_tx_packets"] += len(dgs)
-        return ([SendDatagrams(dgs, path.channel.peer)] if dgs else []), rest
+        return ([SendDatagrams(dgs, self.path.channel.peer)] if dgs else []), rest
 
     def _hello(self, fields: dict, cmds: list) -> None:
         if self.state != HELLO:

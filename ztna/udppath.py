@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from ztna import datachannel as dc
 from ztna import wire
+from ztna.segment import TooBig, segment
 
 OFF, TRYING, UP, FALLBACK, REPROBING = "off", "trying", "up", "fallback", "reprobing"
 
@@ -139,6 +140,21 @@ class _Path:
         """One inner packet (already at most the path MTU) as a datagram."""
         self.counters["udp_tx"] += 1
         return self.channel.seal(bytes([KIND_DATA]) + packet)
+
+    def seal_packets(self, packets: list, mtu: int) -> tuple[list, list]:
+        """(datagrams, packets left for TLS): each packet cut to ``mtu`` (ztna/segment.py) and sealed;
+        one that cannot be cut (a non-TCP packet over the MTU) is left for the TLS path."""
+        dgs: list = []
+        rest: list = []
+        for buf in packets:
+            try:
+                pieces = segment(buf, mtu)
+            except TooBig:
+                rest.append(buf)
+                continue
+            for p in pieces:
+                dgs.append(self.seal_data(p))
+        return dgs, rest
 
 
 class AgentPath(_Path):
