@@ -27,7 +27,7 @@ from ztna import dnsclient, dnswire, pki, resolvectl
 from ztna.loglimit import suffix
 from ztna.resolved import RESOLVED, ResolvedError, routing_domains
 from ztna.tlsconn import FramedTLS, client_context, tune_tunnel_socket
-from ztna.tun import Tun
+from ztna.tun import Tun, read_batch, write_packets
 from ztna.udppath import AgentPath, SendDatagram, SendDatagrams
 
 from . import takeover
@@ -37,7 +37,6 @@ from .session import AgentSession, Close, Connect, Log, Send, WriteTun
 
 log = logging.getLogger("ztna.agent")
 
-TUN_READ = 65536 + 128
 
 
 class Agent:
@@ -163,8 +162,7 @@ class Agent:
                 if self.tunnel is not None:
                     self.tunnel.send(c.data)
             elif t is WriteTun:
-                for pkt in c.packets:
-                    self._tun_write(pkt)
+                self.counters["tun_tx_packets"] += write_packets(self.tun.fd, c.packets, self.counters, log)
             elif t is Log:
                 log.log(c.level, "%s", c.message)
             elif t is Connect:
@@ -230,24 +228,10 @@ class Agent:
             self._perform(cmds)
 
     def _on_tun(self) -> None:
-        bufs: list[bytes] = []
-        fd = self.tun.fd
-        for _ in range(128):
-            try:
-                bufs.append(os.read(fd, TUN_READ))
-            except BlockingIOError:
-                break
+        bufs = read_batch(self.tun.fd)
         if bufs:
             self._perform(self.core.tun_packets(bufs, time.monotonic()))
             self._drain()
-
-    def _tun_write(self, data: bytes | bytearray) -> None:
-        try:
-            os.write(self.tun.fd, data)
-            self.counters["tun_tx_packets"] += 1
-        except OSError as exc:
-            self.counters["tun_write_errors"] += 1
-            log.debug("TUN write failed: %s", exc)
 
     # ---- the tunnel ------------------------------------------------------
     def _resolve_gateway(self) -> list[str]:

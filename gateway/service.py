@@ -16,7 +16,6 @@ import hashlib
 import ipaddress
 import itertools
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -34,7 +33,7 @@ from ztna.crl import CrlWatch
 from ztna.nft import NftError
 from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, accept_ready, server_context, tune_tunnel_socket
-from ztna.tun import Tun
+from ztna.tun import Tun, read_batch, write_packets
 from ztna.udppath import session_of
 
 from . import reload as reload_mod
@@ -47,7 +46,6 @@ from .session import Bind, Close, GatewaySession, Log, Resolve, Send, SendDatagr
 log = logging.getLogger("ztna.gateway")
 
 NFT_TABLE = "ztna_gw"
-TUN_READ = 65536 + 128
 
 
 def nft_rules(tun: str, inside: str) -> str:
@@ -451,13 +449,7 @@ class Gateway:
         for c in cmds:
             t = type(c)
             if t is WriteTun:
-                fd = self.tun.fd
-                for pkt in c.packets:
-                    try:
-                        os.write(fd, pkt)
-                    except OSError as exc:
-                        self.counters["tun_write_errors"] += 1
-                        log.debug("TUN write: %s", exc)
+                write_packets(self.tun.fd, c.packets, self.counters, log)
             elif t is Send:
                 s.conn.send(c.data)
             elif t is Log:
@@ -555,14 +547,10 @@ class Gateway:
     # ---- the TUN side (hot path) -------------------------------------------
     def _on_tun(self) -> None:
         now = time.monotonic()
-        fd = self.tun.fd
         busy: list[Session] = []
         by_inside = self.by_inside
-        for _ in range(128):
-            try:
-                buf = bytearray(os.read(fd, TUN_READ))
-            except BlockingIOError:
-                break
+        for raw in read_batch(self.tun.fd):
+            buf = bytearray(raw)
             if len(buf) < 30:
                 continue
             s = by_inside.get(bytes(buf[26:30]))

@@ -78,11 +78,15 @@ def read_batch(fd: int, limit: int = 128) -> list[bytes]:
     return bufs
 
 
-def write_packets(fd: int, packets, counters, log) -> None:
-    """Write each packet; a refused one (a bad header, the device going) is counted and logged at debug."""
+def write_packets(fd: int, packets, counters, log) -> int:
+    """Write each packet; a refused one (a bad header, the device going) is counted and logged at debug.
+    Returns how many were written."""
+    written = 0
     for pkt in packets:
         try:
             os.write(fd, pkt)
+            written += 1
         except OSError as exc:
             counters["tun_write_errors"] += 1
             log.debug("TUN write failed: %s", exc)
+    return written
