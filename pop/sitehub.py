@@ -46,6 +46,8 @@ from .relay import FlowLog
 
 VNET = wire.VNET_HDR_LEN
 POP_EGRESS = "pop-egress"
+DROP = "drop"
+BACKHAUL = "backhaul"
 
 
 # ---- commands -------------------------------------------------------------------------
@@ -70,10 +72,12 @@ class SiteDef:
 
 @dataclass(frozen=True)
 class Exit:
-    """Where a flow leaves: ``kind`` is pop-egress (or drop); the rule names go to the flow line."""
+    """Where a flow leaves: ``kind`` is pop-egress, drop or backhaul (through the gateway site ``site``);
+    the rule names go to the flow line."""
     kind: str = POP_EGRESS
     network_rule: str | None = None
     firewall_rule: str | None = None
+    site: str | None = None  # kind backhaul: the gateway site whose internet line the flow leaves by
 
 
 def default_decide(site: str, proto: int, src: str, dst: str, dport: int) -> Exit:
