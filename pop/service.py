@@ -210,7 +210,7 @@ class Pop:
             self._perform(self.relay.agent_up(cid, identity, now))
         elif what == "site":
             self.sites[cid] = conn
-            conn.on_data = lambda data: self._perform(self.hub.site_data(cid, data, time.monotonic()))
+            conn.on_data = lambda data: self._perform(self.hub.site_data(cid, data, time.monotonic(), self._site_queued))
             conn.on_close = lambda reason: self._site_gone(cid, reason)
             self._perform(self.hub.site_up(cid, identity, peer, now))
         else:

@@ -24,6 +24,18 @@ the egress address (pop/service.py sets that up).  Replies come back through
 the TUN, addressed to a site prefix, and go to the site whose prefix holds the
 destination (longest prefix).
 
+A flow whose exit is ``backhaul`` (``Exit.site`` names a gateway site, pop/netrules.py
+decides) is sent unchanged, the branch user's source address and all, as DATA
+into that gateway site's tunnel; the site (``ztna site run`` with ``[backhaul]
+gateway = true``) sends it out of its own WAN port.  Its replies come back from
+the gateway site's tunnel with an internet source that is none of that site's
+LAN prefixes: such a packet is accepted only when it is the reverse of a flow
+the hub sent to that very site (the flow table holds the 5-tuple), and is then
+delivered to the site whose prefix holds its destination, as replies from the
+TUN are.  Anything else from a site still has to come from its own prefixes.
+A gateway site reports the WAN port it uses (``port`` in HELLO and KEEPALIVE);
+the flow line names it.
+
 One JSON line per flow (protocol, addresses and ports; the first packet from a
 site opens it, idleness or the site's end closes it): site, source,
 destination, the network rule, the firewall rule, the exit and bytes each way.
@@ -94,6 +106,7 @@ class SiteLink:
     last_sent: float
     state: str = "hello"
     site: SiteDef | None = None
+    port: str | None = None  # the WAN port a gateway site says it sends backhauled flows from
     decoder: wire.Decoder = field(default_factory=wire.Decoder)
 
 
@@ -106,6 +119,7 @@ class Flow:
     last: float
     bytes_up: int = 0
     bytes_down: int = 0
+    port: str | None = None  # backhaul: the gateway site's WAN port when the flow began
 
 
 def packet_info(pkt) -> tuple[int, str, int, str, int] | None:
@@ -160,18 +174,20 @@ class SiteHub:
         else:
             bad = None
         tun: list = []
+        fwd: dict[int, list] = {}  # another site's link id -> DATA frames (backhaul out, replies back)
         for f in frames:
             if f.type == wire.DATA:
                 if link.state != "up":
                     self._close(link, "DATA before WELCOME", cmds, tell=True)
                     return cmds
-                self._from_site(link, f.payload, now, tun)
+                self._from_site(link, f.payload, now, tun, fwd, queued)
             elif f.type == wire.HELLO:
                 self._hello(link, f.fields, now, cmds)
                 if link.sid not in self.links:
                     break
             elif f.type == wire.KEEPALIVE:
-                pass
+                if link.state == "up":
+                    self._port(link, f.fields, cmds)
             elif f.type == wire.CLOSE:
                 self._close(link, f"site said CLOSE: {f.fields.get('reason', '')}", cmds)
                 break
@@ -180,6 +196,10 @@ class SiteHub:
                 break
         if tun:
             cmds.insert(0, WriteTun(tun))
+        for other, out in fwd.items():
+            if other in self.links:
+                self.links[other].last_sent = now
+                cmds.insert(0, SendSite(other, b"".join(out)))
         if bad is not None and sid in self.links:
             self.counters["bad_frames"] += 1
             self._close(link, f"bad frame: {bad}", cmds, tell=True)
@@ -211,14 +231,32 @@ class SiteHub:
         cmds.append(SendSite(link.sid, wire.control(wire.WELCOME, version=wire.VERSION, site=site.name)))
         cmds.append(Log(logging.INFO, f"site {site.name} up from {link.peer} (LAN "
                                       f"{', '.join(str(p) for p in site.prefixes)})"))
+        self._port(link, fields, cmds)
 
-    def _from_site(self, link: SiteLink, payload, now: float, tun: list) -> None:
+    def _port(self, link: SiteLink, fields: dict, cmds: list) -> None:
+        """A gateway site's ``port`` (HELLO, KEEPALIVE): the WAN port its backhauled flows leave by now."""
+        port = fields.get("port")
+        if port is None or port == link.port:
+            return
+        if not isinstance(port, str) or not 0 < len(port) <= 16 or not port.isprintable():
+            self.counters["bad_port_reports"] += 1
+            return
+        cmds.append(Log(logging.INFO, f"site {link.site.name}: backhauled flows leave by its port {port}"
+                                      + (f" (was {link.port})" if link.port else "")))
+        link.port = port
+
+    def _from_site(self, link: SiteLink, payload, now: float, tun: list, fwd: dict, queued) -> None:
         pkt = memoryview(payload)[VNET:]
         info = packet_info(pkt)
         if info is None:
             self.counters["site_packets_not_ipv4"] += 1
             return
         proto, src, sport, dst, dport = info
+        # A reply to a flow backhauled through this site: its source is the internet, not the site's LAN.
+        rev = self.flows.get((proto, dst, dport, src, sport))
+        if rev is not None and rev.exit.kind == BACKHAUL and rev.exit.site == link.site.name:
+            self._backhaul_reply(rev, payload, len(pkt), dst, now, fwd, queued)
+            return
         addr = ipaddress.IPv4Address(src)
         if not any(addr in p for p in link.site.prefixes):
             self.counters["site_packets_spoofed"] += 1
@@ -229,6 +267,9 @@ class SiteHub:
             ex = self.decide(link.site.name, proto, src, dst, dport)
             if len(self.flows) < self.max_flows:
                 fl = self.flows[key] = Flow(key, link.site.name, ex, now, now)
+                if ex.kind == BACKHAUL:
+                    gw = self.links.get(self.by_site.get(ex.site, -1))
+                    fl.port = gw.port if gw is not None else None
             else:
                 self.counters["flows_untracked"] += 1
         else:
@@ -239,8 +280,42 @@ class SiteHub:
         if ex.kind == POP_EGRESS:
             self.counters["site_packets_out"] += 1
             tun.append(bytes(payload))
+        elif ex.kind == BACKHAUL:
+            self._backhaul_out(link, ex.site, payload, fwd, queued)
         else:
             self.counters["site_packets_dropped"] += 1
+
+    def _backhaul_out(self, link: SiteLink, via: str | None, payload, fwd: dict, queued) -> None:
+        """A packet of a backhauled flow, unchanged, into the gateway site's tunnel."""
+        gw = self.by_site.get(via) if via is not None else None
+        if gw is None:
+            # The rules core gives a fallback to a flow whose gateway site is down; a flow that began
+            # while the site was up keeps its exit, and its packets are dropped until the site is back.
+            self.counters["backhaul_site_down"] += 1
+            return
+        if gw == link.sid:
+            self.counters["backhaul_to_itself"] += 1  # a gateway site's own LAN sent back to itself: a loop
+            return
+        if queued(gw) > self.queue_limit:
+            self.counters["site_queue_drops"] += 1
+            return
+        self.counters["backhaul_packets_out"] += 1
+        fwd.setdefault(gw, []).append(wire.data_header(len(payload)) + bytes(payload))
+
+    def _backhaul_reply(self, fl: Flow, payload, size: int, dst: str, now: float, fwd: dict, queued) -> None:
+        """A reply from the gateway site, to the site whose prefix holds its destination (the flow's)."""
+        fl.last = now
+        fl.bytes_down += size
+        name = self._site_for(dst)
+        sid = self.by_site.get(name) if name else None
+        if sid is None:
+            self.counters["backhaul_replies_no_site"] += 1
+            return
+        if queued(sid) > self.queue_limit:
+            self.counters["site_queue_drops"] += 1
+            return
+        self.counters["backhaul_replies_in"] += 1
+        fwd.setdefault(sid, []).append(wire.data_header(len(payload)) + bytes(payload))
 
     # ---- replies through the PoP's TUN --------------------------------------------------
     def tun_packets(self, bufs: list, now: float, queued=lambda sid: 0) -> list:
@@ -307,11 +382,16 @@ class SiteHub:
     def _end_flow(self, fl: Flow, end: str, cmds: list) -> None:
         self.flows.pop(fl.key, None)
         proto, src, sport, dst, dport = fl.key
-        cmds.append(FlowLog({"event": "flow", "site": fl.site, "proto": {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, proto),
-                             "src": f"{src}:{sport}" if sport else src, "dst": f"{dst}:{dport}" if dport else dst,
-                             "network_rule": fl.exit.network_rule, "firewall_rule": fl.exit.firewall_rule,
-                             "exit": fl.exit.kind, "bytes_up": fl.bytes_up, "bytes_down": fl.bytes_down,
-                             "seconds": round(fl.last - fl.first, 3), "end": end}))
+        line = {"event": "flow", "site": fl.site, "proto": {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, proto),
+                "src": f"{src}:{sport}" if sport else src, "dst": f"{dst}:{dport}" if dport else dst,
+                "network_rule": fl.exit.network_rule, "firewall_rule": fl.exit.firewall_rule, "exit": fl.exit.kind}
+        if fl.exit.kind == BACKHAUL:
+            line["via"], line["port"] = fl.exit.site, fl.port
+        elif fl.exit.site is not None:
+            line["fallback_of"] = fl.exit.site  # the gateway site was not connected: its fallback applied
+        line.update({"bytes_up": fl.bytes_up, "bytes_down": fl.bytes_down, "seconds": round(fl.last - fl.first, 3),
+                     "end": end})
+        cmds.append(FlowLog(line))
 
     def tick(self, now: float) -> list:
         cmds: list = []

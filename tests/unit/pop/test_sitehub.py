@@ -154,3 +154,112 @@ def test_packet_info_refuses_what_is_not_ipv4():
     assert sh.packet_info(b"\x60" + b"\x00" * 39) is None
     assert sh.packet_info(b"\x45\x00") is None
     assert sh.packet_info(bytes(IP(src="1.2.3.4", dst="5.6.7.8", proto=6, frag=3) / (b"\x00" * 8)))[2] == 0
+
+
+# ---- backhaul through a gateway site (issue 16) ---------------------------------------
+def via_hq(site, proto, src, dst, dport):
+    if dst == "198.18.20.80":
+        return sh.Exit(sh.BACKHAUL, "SaaS via HQ", None, "hq")
+    return sh.Exit()
+
+
+def gateway_pair(**kw):
+    h = hub(decide=via_hq, **kw)
+    branch, _ = up(h, 1)
+    hq = SiteCore("hq")
+    h.site_up(2, "hq", "198.18.1.2:6000", 0.0)
+    hello = wire.control(wire.HELLO, version=wire.VERSION, site="hq", port="wan1")
+    out = h.site_data(2, hello, 0.0)
+    hq.receive(sends(out, 2), 0.0)
+    return h, branch, hq
+
+
+def test_a_backhauled_packet_goes_unchanged_into_the_gateway_sites_tunnel():
+    h, branch, hq = gateway_pair()
+    p = pkt("10.10.0.10", "198.18.20.80")
+    out = h.site_data(1, branch.tun_packets([p], 1.0)[0].data, 1.0)
+    assert not [c for c in out if isinstance(c, WriteTun)]  # not the PoP's egress
+    got = hq.receive(sends(out, 2), 1.0)
+    assert [c.packets for c in got if isinstance(c, WriteTun)] == [[p]]  # the branch user's source and all
+    assert h.counters["backhaul_packets_out"] == 1
+    # an unmatched destination still leaves by the PoP's TUN
+    q = pkt("10.10.0.10", "203.0.113.80")
+    out = h.site_data(1, branch.tun_packets([q], 1.1)[0].data, 1.1)
+    assert [c.packets for c in out if isinstance(c, WriteTun)] == [[q]] and not sends(out, 2)
+
+
+def test_replies_from_the_gateway_site_reach_the_branch_only_for_its_flows():
+    h, branch, hq = gateway_pair()
+    h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 1.0)[0].data, 1.0)
+    reply = pkt("198.18.20.80", "10.10.0.10", sport=80, dport=40000)
+    out = h.site_data(2, hq.tun_packets([reply], 1.1)[0].data, 1.1)
+    got = branch.receive(sends(out, 1), 1.1)
+    assert [c.packets for c in got if isinstance(c, WriteTun)] == [[reply]]
+    fl = h.flows[(6, "10.10.0.10", 40000, "198.18.20.80", 80)]
+    assert fl.bytes_down == len(reply) - wire.VNET_HDR_LEN and h.counters["backhaul_replies_in"] == 1
+    # an internet source that answers no flow sent to hq, or another port of the server, is spoofing
+    for stray in (pkt("198.18.20.81", "10.10.0.10", 80, 40000), pkt("198.18.20.80", "10.10.0.10", 81, 40000),
+                  pkt("198.18.20.80", "10.10.0.10", 80, 40001)):
+        out = h.site_data(2, hq.tun_packets([stray], 1.2)[0].data, 1.2)
+        assert not sends(out, 1) and not [c for c in out if isinstance(c, WriteTun)]
+    assert h.counters["site_packets_spoofed"] == 3
+
+
+def test_only_the_gateway_site_the_flow_went_to_may_answer_it():
+    h, branch, hq = gateway_pair()
+    h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 1.0)[0].data, 1.0)
+    # the branch itself (or any other site) cannot inject a "reply" from the server
+    out = h.site_data(1, branch.tun_packets([pkt("198.18.20.80", "10.10.0.10", 80, 40000)], 1.1)[0].data, 1.1)
+    assert not sends(out, 1) and h.counters["site_packets_spoofed"] == 1
+    # a reply to a flow that left by the PoP's egress is not accepted from hq either
+    h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "203.0.113.80")], 1.2)[0].data, 1.2)
+    out = h.site_data(2, hq.tun_packets([pkt("203.0.113.80", "10.10.0.10", 80, 40000)], 1.3)[0].data, 1.3)
+    assert not sends(out, 1) and h.counters["site_packets_spoofed"] == 2
+
+
+def test_a_gateway_site_that_is_down_gets_nothing_and_the_drop_is_counted():
+    h, branch, hq = gateway_pair()
+    h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 1.0)[0].data, 1.0)
+    h.site_closed(2, "gone")
+    out = h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 1.1)[0].data, 1.1)
+    assert not sends(out, 2) and not [c for c in out if isinstance(c, WriteTun)]
+    assert h.counters["backhaul_site_down"] == 1
+    # the established flow keeps its exit and resumes when hq's next tunnel is up
+    hq2 = SiteCore("hq")
+    h.site_up(3, "hq", "198.18.2.2:6001", 2.0)
+    hq2.receive(sends(h.site_data(3, hq2.hello(), 2.0), 3), 2.0)
+    out = h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 2.1)[0].data, 2.1)
+    assert sends(out, 3)
+
+
+def test_a_gateway_site_full_queue_drops_and_a_site_cannot_backhaul_to_itself():
+    h, branch, hq = gateway_pair(queue_limit=1000)
+    out = h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 1.0)[0].data, 1.0,
+                      queued=lambda sid: 5000 if sid == 2 else 0)
+    assert not sends(out, 2) and h.counters["site_queue_drops"] == 1
+    out = h.site_data(2, hq.tun_packets([pkt("10.20.0.5", "198.18.20.80")], 1.1)[0].data, 1.1)
+    assert not sends(out, 2) and h.counters["backhaul_to_itself"] == 1
+
+
+def test_the_flow_line_names_the_gateway_site_and_its_port_or_the_fallback():
+    h, branch, hq = gateway_pair()
+    h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 1.0)[0].data, 1.0)
+    out = h.site_data(2, wire.control(wire.KEEPALIVE, port="wan2"), 1.5)
+    assert any("leave by its port wan2 (was wan1)" in getattr(c, "message", "") for c in out)
+    h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80", sport=40001)], 2.0)[0].data, 2.0)
+    lines = {c.fields["src"]: c.fields for c in h.site_closed(1, "gone") if isinstance(c, FlowLog)}
+    first, second = lines["10.10.0.10:40000"], lines["10.10.0.10:40001"]
+    assert first["exit"] == "backhaul" and first["via"] == "hq" and first["port"] == "wan1"
+    assert first["network_rule"] == "SaaS via HQ" and second["port"] == "wan2"
+    h2 = hub(decide=lambda *a: sh.Exit(sh.POP_EGRESS, "SaaS via HQ", None, "hq"))
+    b2, _ = up(h2)
+    h2.site_data(1, b2.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 1.0)[0].data, 1.0)
+    (line,) = [c.fields for c in h2.site_closed(1, "gone") if isinstance(c, FlowLog)]
+    assert line["exit"] == "pop-egress" and line["fallback_of"] == "hq" and "via" not in line
+
+
+def test_a_bad_port_report_is_counted_not_believed():
+    h, branch, hq = gateway_pair()
+    h.site_data(2, wire.control(wire.KEEPALIVE, port=["wan9"]), 1.0)
+    h.site_data(2, wire.control(wire.KEEPALIVE, port="x" * 40), 1.0)
+    assert h.links[2].port == "wan1" and h.counters["bad_port_reports"] == 2
