@@ -6,6 +6,10 @@ read from the site's TUN go out as DATA frames, and DATA from the PoP is
 written to the TUN.  Packets read before WELCOME, or while the connection
 already holds more than ``queue_limit`` bytes unsent, are dropped and counted,
 as a router drops: the LAN's TCP backs off, nothing queues without a bound.
+
+A gateway site also tells the PoP which WAN port its backhauled flows leave by
+(``port`` in HELLO, and a KEEPALIVE carrying ``port`` when it changes), so the
+PoP's flow lines can name it.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from ztna.tunnelcmds import Close, Log, Send, WriteTun
 
 
 class SiteCore:
-    def __init__(self, site: str, *, keepalive: float = 15.0, queue_limit: int = 4 * 1024 * 1024, now: float = 0.0):
+    def __init__(self, site: str, *, keepalive: float = 15.0, queue_limit: int = 4 * 1024 * 1024, now: float = 0.0,
+                 port: str | None = None):
         self.site = site
+        self.port = port  # a gateway site's WAN port in use (None: a branch site)
         self.keepalive = keepalive
         self.queue_limit = queue_limit
         self.decoder = wire.Decoder()
@@ -29,7 +35,16 @@ class SiteCore:
         self.counters: Counter = Counter()
 
     def hello(self) -> bytes:
-        return wire.control(wire.HELLO, version=wire.VERSION, site=self.site)
+        extra = {"port": self.port} if self.port else {}
+        return wire.control(wire.HELLO, version=wire.VERSION, site=self.site, **extra)
+
+    def report_port(self, port: str, now: float) -> list:
+        """The gateway site's port changed: tell the PoP (once up; HELLO carries it otherwise)."""
+        self.port = port
+        if not self.up or self.closed:
+            return []
+        self.last_sent = now
+        return [Send(wire.control(wire.KEEPALIVE, port=port))]
 
     def receive(self, data: bytes, now: float) -> list:
         if self.closed:

@@ -53,3 +53,14 @@ def test_keepalive_and_silence():
     c = welcomed(keepalive=5.0)
     assert c.tick(5.0) == [Send(wire.control(wire.KEEPALIVE))]
     assert isinstance(c.tick(16.0)[-1], Close)
+
+
+def test_a_gateway_site_reports_its_wan_port_in_hello_and_when_it_changes():
+    c = SiteCore("hq", port="wan1")
+    assert wire.Decoder().feed_untrusted(c.hello())[0].fields["port"] == "wan1"
+    assert c.report_port("wan2", 0.0) == []  # not up yet: the next HELLO says it
+    assert wire.Decoder().feed_untrusted(c.hello())[0].fields["port"] == "wan2"
+    c.receive(wire.control(wire.WELCOME, version=wire.VERSION, site="hq"), 0.0)
+    (send,) = c.report_port("wan1", 1.0)
+    (f,) = wire.Decoder().feed_untrusted(send.data)
+    assert f.type == wire.KEEPALIVE and f.fields == {"port": "wan1"}
