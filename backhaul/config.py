@@ -41,7 +41,7 @@ class BackhaulConfig:
     destination: str = "internet"  # "internet": out of a WAN port with SNAT; "local": to local_gateway_ip
     local_gateway_ip: str = ""     # destination = "local": the next hop on the site's LAN
     port: str = "auto"             # "wan1" | "wan2" (pinned) | "auto" (health checks, WAN1 preferred)
-    table: int = 5100              # routing tables table..table+3 and ip rule priorities of the same numbers
+    table: int = 5100              # routing tables table+1..table+4, ip rule priorities table..table+8
     mark: int = 0x5A100            # connection marks mark+1 (wan1), +2 (wan2), +3 (to the TUN), +4 (local)
 
 

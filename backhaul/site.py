@@ -6,26 +6,38 @@ stays), a host route keeps the PoP itself on the uplink, and one mTLS tunnel
 to the PoP's ``site_name`` carries the packets, dialled again with backoff and
 jitter (gateway.connector.Backoff) whenever it is lost.  The routes through the
 TUN go with the TUN; the host route is removed at exit.
+
+A gateway site (``[backhaul] gateway = true``) also receives flows other sites
+backhaul through it: backhaul/gateway.py routes them out of a WAN port (or to
+the LAN's next hop) and their replies back into the TUN; backhaul/health.py
+chooses the port from probes sent out of each WAN every ``[health] interval``.
+Each port change is logged with its time and reason and reported to the PoP;
+the tunnel to the PoP itself moves to the other port only when its own fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 import socket
 import ssl
 import time
+from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from gateway.connector import Backoff
 from ztna import wire
+from ztna.nft import NftError
 from ztna.tlsconn import FramedTLS, client_context, tune_tunnel_socket
 from ztna.tun import Tun, read_batch, write_packets
 from ztna.tunnelcmds import Close, Log, Send, WriteTun
 
 from .config import SiteConfig
+from .gateway import GatewayNet, probe
+from .health import Ports, TunnelVia, UsePort
 from .sitecore import SiteCore
 
 log = logging.getLogger("ztna.site")
@@ -42,6 +54,13 @@ class Site:
         self.core: SiteCore | None = None
         self.lost: asyncio.Event | None = None
         self.host_route: dict | None = None
+        b = cfg.backhaul
+        self.ports = (Ports(list(cfg.wans), b.port, fail_after=cfg.health.fail_after,
+                            recover_after=cfg.health.recover_after)
+                      if b is not None and b.destination == "internet" else None)
+        self.port: str | None = "local" if b is not None and b.destination == "local" else None
+        self.net: GatewayNet | None = None
+        self.probers: list[asyncio.Task] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -49,19 +68,29 @@ class Site:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
+            if self.cfg.backhaul is not None and Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
+                raise OSError("a gateway site ([backhaul] gateway = true) forwards: sysctl -w net.ipv4.ip_forward=1")
+            start = self.ports.start() if self.ports is not None else []
+            tunnel_wan = next((self.cfg.wans[c.port] for c in start if isinstance(c, TunnelVia)), None)
             # pyroute2 runs its own loop: routes and the TUN are set up off this one
-            await loop.run_in_executor(None, self._pin_pop_route)
+            await loop.run_in_executor(None, lambda: self._pin_pop_route(tunnel_wan))
             self.tun = await loop.run_in_executor(None, lambda: Tun(self.cfg.tun, [self.cfg.tun_address], INTERNET))
             loop.add_reader(self.tun.fd, self._on_tun)
             log.info("site %s: TUN %s up (%s); the internet half of the table goes to the PoP %s as %s; LAN %s",
                      self.cfg.name, self.tun.name, self.cfg.tun_address, self.cfg.pop, self.cfg.pop_name,
                      ", ".join(self.cfg.lan))
+            if self.cfg.backhaul is not None:
+                self._gateway_up(start)
             dialler = asyncio.ensure_future(self._dial_loop())
             ticker = asyncio.ensure_future(self._tick())
             await stop.wait()
             dialler.cancel()
             ticker.cancel()
         finally:
+            for t in self.probers:
+                t.cancel()
+            if self.net is not None:
+                self.net.down()
             if self.conn is not None and not self.conn.closed:
                 self.conn.send(wire.control(wire.CLOSE, reason="site stopping"))
                 self.conn.close("site stopping")
@@ -75,16 +104,97 @@ class Site:
             log.info("site %s stopped; counters: %s", self.cfg.name, dict(self.core.counters) if self.core else {})
 
     # ---- routes ---------------------------------------------------------------------------
-    def _pin_pop_route(self) -> None:
-        """The PoP stays reachable through today's route, whatever the TUN takes over."""
+    def _pin_pop_route(self, wan=None) -> None:
+        """The PoP stays reachable through today's route (a gateway site: through ``wan``), whatever the
+        TUN takes over."""
         with IPRoute() as ipr:
-            r = ipr.route("get", dst=self.cfg.pop)[0]
-            gw, oif = r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF")
+            if wan is not None:
+                gw, oif = wan.gateway, ipr.link_lookup(ifname=wan.interface)[0]
+            else:
+                r = ipr.route("get", dst=self.cfg.pop)[0]
+                gw, oif = r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF")
             spec = {"dst": f"{self.cfg.pop}/32", "oif": oif, **({"gateway": gw} if gw else {})}
             ipr.route("replace", **spec)
             self.host_route = spec
         log.info("site %s: route to the PoP %s pinned (%s)", self.cfg.name, self.cfg.pop,
-                 f"via {gw}" if gw else "on-link")
+                 (f"via {gw}" if gw else "on-link") + (f" on {wan.interface}" if wan is not None else ""))
+
+    # ---- a gateway site -------------------------------------------------------------------
+    def _gateway_up(self, start: list) -> None:
+        b = self.cfg.backhaul
+        first = next((c.port for c in start if isinstance(c, UsePort)), "local")
+        self.net = GatewayNet(self.tun.name, self.cfg)
+        self.net.up(first)
+        self.port = first
+        self._warn_rp_filter()
+        if b.destination == "local":
+            log.info("site %s: gateway site: backhauled flows go to the local gateway %s (no NAT); replies come "
+                     "back into %s", self.cfg.name, b.local_gateway_ip, self.tun.name)
+            return
+        log.info("site %s: gateway site: backhauled flows leave by %s (port = %s) with its address; health: ping "
+                 "%s every %gs, timeout %gs, fail after %d, recover after %d", self.cfg.name, first, b.port,
+                 self.cfg.health.target, self.cfg.health.interval, self.cfg.health.timeout,
+                 self.cfg.health.fail_after, self.cfg.health.recover_after)
+        self._perform_ports([c for c in start if isinstance(c, UsePort)])
+        self.probers = [asyncio.ensure_future(self._probe_loop(port)) for port in self.ports.ports]
+
+    def _warn_rp_filter(self) -> None:
+        ifs = [self.tun.name] + [w.interface for w in self.net.wans.values()]
+        try:
+            strict = [i for i in ifs if max(int(Path(f"/proc/sys/net/ipv4/conf/{n}/rp_filter").read_text())
+                                            for n in ("all", i)) == 1]
+        except (OSError, ValueError):
+            return
+        if strict:
+            log.warning("site %s: strict rp_filter on %s drops replies that arrive by the other port and flows "
+                        "from the TUN: set net.ipv4.conf.<if>.rp_filter=2 (loose) there", self.cfg.name,
+                        ", ".join(strict))
+
+    async def _probe_loop(self, port: str) -> None:
+        h, w = self.cfg.health, self.cfg.wans[port]
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            try:
+                ok, detail = await probe(w.address, h.target, h.timeout)
+            except OSError as exc:
+                ok, detail = False, f"ping: {exc}"
+            self._perform_ports(self.ports.probe(port, ok, detail))
+            await asyncio.sleep(max(0.0, h.interval - (loop.time() - t0)))
+
+    async def _move_tunnel(self, c: TunnelVia) -> None:
+        """The tunnel's port failed: pin the PoP's route to ``c.port`` and dial again over it."""
+        wan = self.cfg.wans[c.port]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: self._pin_pop_route(wan))
+        except Exception as exc:  # pyroute2's errors are its own: the old route stays, the dial loop goes on
+            log.error("site %s: cannot move the tunnel to %s: %s", self.cfg.name, c.port, exc)
+            return
+        log.warning("site %s: the tunnel to the PoP moves to %s: %s", self.cfg.name, c.port, c.reason)
+        if self.conn is not None:
+            self.conn.close(f"the tunnel moves to {c.port}")
+
+    def _perform_ports(self, cmds: list) -> None:
+        for c in cmds:
+            if isinstance(c, UsePort):
+                was, self.port = self.port, c.port
+                if was != c.port:
+                    try:
+                        self.net.use(c.port)
+                    except (OSError, NftError) as exc:  # the flows keep the port they had
+                        log.error("site %s: cannot move new flows to %s: %s", self.cfg.name, c.port, exc)
+                        self.port = was
+                        continue
+                at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                log.warning("site %s: port %s at %s: new backhauled flows leave by %s (%s, address %s): %s",
+                            self.cfg.name, c.port, at, c.port, self.cfg.wans[c.port].interface,
+                            self.cfg.wans[c.port].address, c.reason)
+                if self.core is not None and self.conn is not None:
+                    self._perform(self.core.report_port(c.port, time.monotonic()))
+            elif isinstance(c, TunnelVia):
+                asyncio.ensure_future(self._move_tunnel(c))
+            elif isinstance(c, Log):
+                log.log(c.level, "site %s: %s", self.cfg.name, c.message)
 
     def _unpin_pop_route(self) -> None:
         if self.host_route is None:
@@ -124,7 +234,7 @@ class Site:
                         str(exc) or type(exc).__name__)
             return False
         self.core = SiteCore(self.cfg.name, keepalive=self.cfg.keepalive, queue_limit=self.cfg.queue_limit,
-                             now=time.monotonic())
+                             now=time.monotonic(), port=self.port)
         self.conn = conn
         conn.on_data = lambda data: self._perform(self.core.receive(data, time.monotonic()))
         conn.on_close = self._on_close
