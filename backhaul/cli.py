@@ -28,7 +28,11 @@ def run_cmd(config: Path) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s site %(levelname)s %(message)s")
+    from ztna.nft import NftError
+
     try:
         asyncio.run(Site(cfg).run())
     except OSError as exc:
         raise click.ClickException(f"{exc} (ztna site run needs root: it makes a TUN and routes)") from exc
+    except NftError as exc:
+        raise click.ClickException(f"{exc} (a gateway site needs nftables and root)") from exc

@@ -343,6 +343,7 @@ class Pop:
         from ztna import nft
 
         self._perform(self.hub.flush_flows("PoP stopping"))
+        log.info("sites stopped; counters: %s", dict(self.hub.counters))
         if self.tun is not None:
             try:
                 loop.remove_reader(self.tun.fd)

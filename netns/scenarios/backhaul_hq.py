@@ -186,6 +186,8 @@ class BackhaulHqScenario(Scenario):
         seen["s2_country"] = curl(lab, COUNTRY)
         seen["s2_web"] = curl(lab, WEB)
         # 3. WAN1 taken down in isp1's namespace, then back
+        # a request through the PoP's egress whose answer comes after the failover: untouched by it
+        egress_req = lab.start("user", slow_argv(WEB, 4), name="egress-slow")
         mark = log_size(lab, "hq-site")
         seen["t3_down"] = time.time()
         lab.exec("isp1", ["ip", "link", "set", "eth0", "down"])
@@ -194,23 +196,17 @@ class BackhaulHqScenario(Scenario):
         seen["t3_failed_over"] = time.time()
         seen["s3_country"] = curl(lab, COUNTRY)
         seen["s3_saas"] = curl(lab, SAAS, max_time=5)
-        # a long download through WAN2 while WAN1 comes back: it stays on WAN2
-        dl = lab.start("user", ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download} %{local_port}\n",
-                                "--limit-rate", "1M", "--max-time", "30", f"http://{COUNTRY}/bytes/6000000"],
-                       name="long-download")
-        time.sleep(1.0)
+        seen["s3_egress_slow"] = finished(egress_req)
+        # a request through WAN2 whose answer comes after WAN1 is back: it stays on WAN2
+        held = lab.start("user", slow_argv(COUNTRY, 5), name="wan2-slow")
+        time.sleep(0.5)
         mark = log_size(lab, "hq-site")
         seen["t3_up"] = time.time()
         lab.exec("isp1", ["ip", "link", "set", "eth0", "up"])
         seen["s3_wan1_line"] = wait_line(lab, "hq-site", r"port wan1 at (\S+): .*healthy again", 15, mark)
         seen["t3_failed_back"] = time.time()
         seen["s3_back_country"] = curl(lab, COUNTRY)
-        try:
-            dl.popen.wait(timeout=30)
-        except Exception:
-            pass
-        seen["s3_download"] = Path(dl.log).read_text(errors="replace").strip()
-        seen["s3_download_done"] = time.time()
+        seen["s3_wan2_slow"] = finished(held)
         # 4. the firewall before routing
         self.reload(lab, BLOCK + RULE, seen, "s4")
         seen["t4"] = time.time()
@@ -270,8 +266,9 @@ class BackhaulHqScenario(Scenario):
             ("1", f"before any rule: whoami sees the PoP's egress {EGRESS}; the country-only server refuses it"),
             ("2", f"rule \"SaaS via HQ\": the SaaS and country-only servers see HQ's WAN1 {WAN1}; the flow enters the "
                   f"PoP, crosses HQ's site tunnel unchanged and leaves WAN1; whoami still sees {EGRESS}"),
-            ("3a", f"automatic port, WAN1 down in isp1: after the health checks notice, new flows leave WAN2 {WAN2}"),
-            ("3b", "WAN1 back: new flows leave WAN1 again; a download begun on WAN2 stays on WAN2 to its end"),
+            ("3a", f"automatic port, WAN1 down in isp1: after the health checks notice, new flows leave WAN2 {WAN2}; "
+                   "a flow by the PoP's egress is untouched"),
+            ("3b", "WAN1 back: new flows leave WAN1 again; a flow begun on WAN2 stays on WAN2 to its end"),
             ("4", "firewall: a block rule on the SaaS blocks it for the branch although the backhaul rule matches; "
                   "the flow line names both rules and the site"),
             ("5a", f"HQ's site stopped: the fallback (pop-egress) applies: the flow leaves from {EGRESS}"),
@@ -338,39 +335,50 @@ class BackhaulHqScenario(Scenario):
         w1 = syns("hq:wan1", COUNTRY, t3, t_up)
         logged = _utc(re.search(r"port wan2 at (\S+):", line).group(1)) if line else None
         bh = [f for f in flows if f.get("dst") == f"{COUNTRY}:80" and f.get("exit") == "backhaul" and f.get("port") == "wan2"]
-        if bh and line and f"to client {WAN2}" in c.get("out", "") and w2 and all(x.src == WAN2 for x in w2) and not w1 \
+        ebody, eport = seen.get("s3_egress_slow", ["", 0])
+        # (the PoP's NAT keeps the source port: nothing else in the lab holds it)
+        answer = [x for x in seg["web:eth0"] if x.src == WEB and x.dst == EGRESS and x.dport == eport and x.payload]
+        edl_last = max((x.time for x in answer), default=0)
+        if "slow answer after 4s" in ebody and logged and edl_last > logged and bh and line \
+                and f"to client {WAN2}" in c.get("out", "") and w2 and all(x.src == WAN2 for x in w2) and not w1 \
                 and s.get("rc") != 0:
             by["3a"].passed(f"isp1 eth0 down at {_hms(t3)}; HQ logged at {_hms(logged)} "
-                            f"(+{logged - t3:.1f} s): {line.split(': ', 1)[-1][:150]}", flow.note("hq", line[:160], logged))
+                            f"(+{logged - t3:.1f} s): {line.split(': ', 1)[-1][:220]}", flow.note("hq", line[:160], logged))
             by["3a"].see(f"country-only: {c['out'].strip()[:90]}; hq:wan2 SYN {w2[0].src}:{w2[0].sport} -> {COUNTRY}:80 "
                          f"at {_hms(w2[0].time)}; the SaaS (WAN1 only) refuses WAN2: curl {s.get('err', '').strip()[:60]}",
                          w2[0])
             by["3a"].see("flow line: " + json.dumps(bh[0], separators=(",", ":")))
+            by["3a"].see(f"a request by the PoP's egress made before WAN1 went down got its answer after the "
+                         f"failover: web:eth0 {WEB}:80 -> {EGRESS}:{eport} at {_hms(edl_last)}, curl: {ebody.strip()}",
+                         answer[-1])
         else:
-            by["3a"].see(f"flow lines {bh[:1]}; log {line[:120]!r}; country {c}; wan2 SYNs {[x.src for x in w2]}, wan1 SYNs {len(w1)}; saas {s}")
+            by["3a"].see(f"egress request {ebody!r} port {eport}, answer {_hms(edl_last)}; flow lines {bh[:1]}; log "
+                         f"{line[:120]!r}; country {c}; wan2 SYNs {[x.src for x in w2]}, wan1 SYNs {len(w1)}; saas {s}")
         # 3b
         line = seen.get("s3_wan1_line") or ""
         t_back, t4 = seen.get("t3_failed_back", 0), seen.get("t4", 0)
         c = seen.get("s3_back_country", {})
         w1 = syns("hq:wan1", COUNTRY, t_back, t4)
-        dl = seen.get("s3_download", "").split()
-        dl_bytes, dl_port = (int(dl[0]), int(dl[1])) if len(dl) == 2 and all(x.isdigit() for x in dl) else (0, 0)
+        hbody, hport = seen.get("s3_wan2_slow", ["", 0])
         # (HQ's SNAT keeps the source port: nothing else in the lab holds it)
-        dl_tun = [x for x in seg["hq:ztna-site0"] if x.src == USER and x.sport == dl_port and x.dst == COUNTRY]
-        dl_w1 = [x for x in seg["hq:wan1"] if x.dst == COUNTRY and x.sport == dl_port]
-        dl_w2 = [x for x in seg["hq:wan2"] if x.dst == COUNTRY and x.sport == dl_port]
+        h_tun = [x for x in seg["hq:ztna-site0"] if USER in (x.src, x.dst) and hport in (x.sport, x.dport)
+                 and COUNTRY in (x.src, x.dst)]
+        h_w1 = [x for x in seg["hq:wan1"] if COUNTRY in (x.src, x.dst) and hport in (x.sport, x.dport)]
+        h_ans = [x for x in seg["hq:wan2"] if x.src == COUNTRY and x.dst == WAN2 and x.dport == hport and x.payload]
         logged = _utc(re.search(r"port wan1 at (\S+):", line).group(1)) if line else None
-        last_w2 = max((x.time for x in dl_w2), default=0)
+        last_w2 = max((x.time for x in h_ans), default=0)
         if line and f"to client {WAN1}" in c.get("out", "") and w1 and all(x.src == WAN1 for x in w1) \
-                and dl_bytes == 6_000_000 and dl_tun and dl_w2 and not dl_w1 and logged and last_w2 > logged:
+                and "slow answer after 5s" in hbody and h_tun and h_ans and not h_w1 and logged and last_w2 > logged:
             by["3b"].passed(f"isp1 eth0 up at {_hms(t_up)}; HQ logged at {_hms(logged)} (+{logged - t_up:.1f} s): "
-                            f"{line.split(': ', 1)[-1][:160]}; country-only: {c['out'].strip()[:80]}",
+                            f"{line.split(': ', 1)[-1][:220]}; country-only: {c['out'].strip()[:80]}",
                             flow.note("hq", line[:160], logged), w1[0])
-            by["3b"].see(f"the download from {USER}:{dl_port} got {dl_bytes} bytes; {len(dl_w2)} of its segments on "
-                         f"hq:wan2 (the last at {_hms(last_w2)}, after the fail back), 0 on wan1")
+            by["3b"].see(f"a request from {USER}:{hport} made on WAN2 before WAN1 came back got its answer on "
+                         f"hq:wan2 at {_hms(last_w2)}, after the fail back ({COUNTRY}:80 -> {WAN2}:{hport}); 0 of "
+                         f"its packets on wan1; curl: {hbody.strip()}", h_ans[-1])
         else:
-            by["3b"].see(f"log {line[:120]!r}; country {c}; wan1 SYNs {[x.src for x in w1]}; download {dl} "
-                         f"({len(dl_w2)} on wan2, {len(dl_w1)} on wan1, last {last_w2}, fail back {logged})")
+            by["3b"].see(f"log {line[:120]!r}; country {c}; wan1 SYNs {[x.src for x in w1]}; held request {hbody!r} "
+                         f"port {hport} ({len(h_tun)} on the TUN, {len(h_ans)} answers on wan2, {len(h_w1)} on wan1, "
+                         f"last {last_w2}, fail back {logged})")
         # 4
         t4_end = seen.get("t4_end", 0)
         s, c = seen.get("s4_saas", {}), seen.get("s4_country", {})
@@ -446,6 +454,22 @@ def _hms(t) -> str:
     if not t:
         return "?"
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+
+
+def slow_argv(addr: str, seconds: int) -> list[str]:
+    """A request the server answers after ``seconds``; curl prints the answer and its own port."""
+    return ["curl", "-sS", "--max-time", str(seconds + 10), "-w", "%{local_port}\n", f"http://{addr}/slow/{seconds}"]
+
+
+def finished(p: procs.Proc) -> list:
+    """[the answer, the local port] of a slow_argv request once it has ended."""
+    try:
+        p.popen.wait(timeout=30)
+    except Exception:  # a hung curl: stopped with the lab; the step says what it got
+        pass
+    text = Path(p.log).read_text(errors="replace").strip().splitlines()
+    port = int(text[-1]) if text and text[-1].isdigit() else 0
+    return ["\n".join(text[:-1]) if port else "\n".join(text), port]
 
 
 def curl(lab: Lab, addr: str, *, max_time: float = 10) -> dict:
