@@ -259,7 +259,7 @@ class BackhaulHqScenario(Scenario):
     def verify(self, lab: Lab, seen: dict) -> list[Step]:
         cap = {k: capture.read(lab.pcap(*k.split(":"))) for k in (
             "pop:eth0", "pop:ztna-pop0", "hq:ztna-site0", "hq:wan1", "hq:wan2", "hq:eth0", "saas:eth0", "web:eth0",
-            "branch:eth1", "hqgw:eth1", "intranet:eth0")}
+            "branch:eth1", "branch:ztna-site0", "hqgw:eth1", "intranet:eth0")}
         seg = {k: evidence.tcp(v) for k, v in cap.items()}
         flows = evidence.json_lines(lab.log_dir / "pop-flows.jsonl")
         steps = [Step(n, text) for n, text in [
@@ -298,6 +298,7 @@ class BackhaulHqScenario(Scenario):
         # 2
         t3 = seen.get("t3_down", 0)
         s, c, w = seen.get("s2_saas", {}), seen.get("s2_country", {}), seen.get("s2_web", {})
+        br_in = syns("branch:ztna-site0", SAAS, t2, t3, src=USER)
         tun_in = syns("hq:ztna-site0", SAAS, t2, t3, src=USER)
         wan_out = syns("hq:wan1", SAAS, t2, t3)
         at_saas = syns("saas:eth0", SAAS, t2, t3)
@@ -311,11 +312,12 @@ class BackhaulHqScenario(Scenario):
         bh = [f for f in flows if f.get("dst") == f"{SAAS}:80" and f.get("exit") == "backhaul"
               and f.get("via") == "hq" and f.get("port") == "wan1" and f.get("network_rule") == "SaaS via HQ"]
         if bh and f"to client {WAN1}" in s.get("out", "") and f"to client {WAN1}" in c.get("out", "") \
-                and f"to client {EGRESS}" in w.get("out", "") and tun_in and wan_out and at_saas \
+                and f"to client {EGRESS}" in w.get("out", "") and br_in and tun_in and wan_out and at_saas \
                 and all(x.src == WAN1 for x in wan_out + at_saas + csaas) and not pop_tun and not pop_out \
                 and branch_in and hq_out and wsyn and all(x.src == EGRESS for x in wsyn):
             by["2"].passed(f"SaaS: {s['out'].strip()[:90]}; country-only: {c['out'].strip()[:90]}; whoami: "
                            f"{w['out'].strip()[:90]}", branch_in[0], hq_out[0])
+            by["2"].see(f"branch:{TUN} SYN {USER}:{br_in[0].sport} -> {SAAS}:80 (into the branch's tunnel)", br_in[0])
             by["2"].see(f"hq:{TUN} SYN {USER}:{tun_in[0].sport} -> {SAAS}:80 (the branch user's source, out of HQ's "
                         f"tunnel); hq:wan1 SYN {wan_out[0].src}:{wan_out[0].sport} -> {SAAS}:80; saas:eth0 from "
                         f"{at_saas[0].src}", tun_in[0], wan_out[0], at_saas[0])
@@ -326,7 +328,7 @@ class BackhaulHqScenario(Scenario):
         else:
             by["2"].see(f"flow lines {bh[:1]}; saas {s}, country {c}, whoami {w}; hq TUN SYNs {len(tun_in)}, wan1 SYNs "
                         f"{[x.src for x in wan_out]}, at saas {[x.src for x in at_saas + csaas]}, PoP TUN {len(pop_tun)}, "
-                        f"PoP egress {len(pop_out)}, branch TLS {len(branch_in)}, HQ TLS {len(hq_out)}")
+                        f"PoP egress {len(pop_out)}, branch TUN {len(br_in)}, branch TLS {len(branch_in)}, HQ TLS {len(hq_out)}")
         # 3a
         line = seen.get("s3_wan2_line") or ""
         t_over, t_up = seen.get("t3_failed_over", 0), seen.get("t3_up", 0)
