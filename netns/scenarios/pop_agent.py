@@ -302,17 +302,14 @@ class PopAgentScenario(Scenario):
             steps[0].see(f"dig printed {ans!r}")
         # 2. client uplink: TLS to the PoP only
         segs = evidence.tcp(up)
-        syn = evidence.syns(up, dst=POP, dport=443)
-        port = syn[0].sport if syn else None
-        ch = evidence.tls(evidence.stream(segs, client_ip, POP, sport=port, dport=443)) if syn else {"sni": None}
-        inner = evidence.touching(up, LAN) + evidence.touching(up, AGENT_NET)
-        to_gw = [s for s in segs if GW in (s.src, s.dst)]
-        if syn and ch.get("sni") == TUNNEL_NAME and not inner and not to_gw:
-            steps[1].passed(f"client:eth0  SYN {client_ip}:{port} -> {POP}:443, ClientHello SNI {ch['sni']}; "
-                            f"0 packets touch {LAN}, {AGENT_NET} or the gateway {GW}", syn[0],
-                            flow.first_data(segs, client_ip, POP, sport=port, dport=443), label=f"ClientHello SNI {ch.get('sni')}")
+        ul = evidence.uplink(up, client_ip, POP, nets=(LAN, AGENT_NET), hosts=(GW,))
+        if ul.only_tls(TUNNEL_NAME):
+            port = ul.syns[0].sport
+            steps[1].passed(f"client:eth0  SYN {client_ip}:{port} -> {POP}:443, ClientHello SNI {TUNNEL_NAME}; "
+                            f"0 packets touch {LAN}, {AGENT_NET} or the gateway {GW}", ul.syns[0],
+                            flow.first_data(segs, client_ip, POP, sport=port, dport=443), label=f"ClientHello SNI {TUNNEL_NAME}")
         else:
-            steps[1].see(f"SYN to PoP: {bool(syn)}, SNI {ch.get('sni')}, {len(inner)} LAN/agent packets, {len(to_gw)} to the gateway")
+            steps[1].see(ul.summary())
         # 3. the PoP's link: tunnel in, connector in (from the gateway, since the gateway dials out)
         psegs = evidence.tcp(popl)
         a_in = evidence.syns(popl, dst=POP, dport=443)

@@ -183,19 +183,14 @@ class PopAgentlessScenario(PopAgentScenario):
             steps[0].see(f"dig printed {seen.get('public_app')!r}")
         # 2. the browser's ClientHello to the PoP names the app
         segs = evidence.tcp(up)
-        syn = evidence.syns(up, dst=POP, dport=443)
-        snis = []
-        for s in syn:
-            snis.append(evidence.tls(evidence.stream(segs, browser_ip, POP, sport=s.sport, dport=443)).get("sni"))
-        inner = evidence.touching(up, LAN)
-        to_gw = [s for s in segs if GW in (s.src, s.dst)]
-        if syn and snis and all(n == APP for n in snis) and not inner and not to_gw:
-            steps[1].passed(f"browser:eth0  {len(syn)} connection(s) {browser_ip} -> {POP}:443, every ClientHello "
-                            f"SNI {APP}; 0 packets touch {LAN} or the gateway {GW}", syn[0],
-                            flow.first_data(segs, browser_ip, POP, sport=syn[0].sport, dport=443),
+        ul = evidence.uplink(up, browser_ip, POP, nets=(LAN,), hosts=(GW,))
+        if ul.only_tls(APP):
+            steps[1].passed(f"browser:eth0  {len(ul.syns)} connection(s) {browser_ip} -> {POP}:443, every ClientHello "
+                            f"SNI {APP}; 0 packets touch {LAN} or the gateway {GW}", ul.syns[0],
+                            flow.first_data(segs, browser_ip, POP, sport=ul.syns[0].sport, dport=443),
                             label=f"ClientHello SNI {APP}")
         else:
-            steps[1].see(f"{len(syn)} SYNs to the PoP, SNIs {snis}, {len(inner)} LAN packets, {len(to_gw)} to the gateway")
+            steps[1].see(ul.summary())
         # 3. unauthenticated: redirect to the sign-in page
         anon = seen.get("anon", "")
         if anon.startswith("302 ") and "/.ztna/login" in anon:
