@@ -78,7 +78,7 @@ class PopAgentlessScenario(PopAgentScenario):
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
             f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n\n"
-            f"[policy]\nalice = [\"{APP}\"]\ncarol = [\"{HR}\"]\ndave = [\"{APP}\"]\n\n"
+            f"[policy]\n{self.pop_policy()}\n"
             f"[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n\n"
             f"[agentless]\nusers = \"{users}\"\nsession_key = \"{lab.conf_dir}/pop-session.key\"\n"
             f"access_log = \"{lab.log_dir}/pop-access.jsonl\"\n\n"
@@ -94,6 +94,10 @@ class PopAgentlessScenario(PopAgentScenario):
             procs.wait_listening(p, ip, port, proto)
         for host, _, _ in self.clients:
             lab.set_resolvers(host, [PUBLIC_DNS])
+
+    def pop_policy(self) -> str:
+        """The PoP's ``[policy]``: alice and dave to the app, carol to hr (bob has none)."""
+        return f"alice = [\"{APP}\"]\ncarol = [\"{HR}\"]\ndave = [\"{APP}\"]\n"
 
     # ---- the users' actions ---------------------------------------------------------
     def drive(self, lab: Lab) -> dict:

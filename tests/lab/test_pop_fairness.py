@@ -27,10 +27,11 @@ RSS_SLACK = 64 * MIB
 READER = r"""
 import json, socket, ssl, sys, time
 app, ca, first, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+cookie = f"Cookie: {sys.argv[5]}\r\n" if len(sys.argv) > 5 else ""  # agentless: the PoP's session cookie
 ctx = ssl.create_default_context(cafile=ca)
 t0 = time.monotonic()
 s = ctx.wrap_socket(socket.create_connection((app, 443), timeout=20), server_hostname=app)
-s.sendall(f"GET /bytes/500000000 HTTP/1.1\r\nHost: {app}\r\nConnection: close\r\n\r\n".encode())
+s.sendall(f"GET /bytes/500000000 HTTP/1.1\r\nHost: {app}\r\n{cookie}Connection: close\r\n\r\n".encode())
 got, head = 0, b""
 while got < first:
     b = s.recv(65536)
