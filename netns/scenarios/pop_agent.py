@@ -167,17 +167,23 @@ class PopAgentScenario(Scenario):
         procs.wait_until(lambda: "100.64.0.2" in lab.resolv_conf_path(host).read_text(), what="the agent to take over DNS")
         return p
 
+    def start_gateway(self, lab: Lab, resources: tuple = (APP,)):
+        """Start the gateway in connector mode and wait until the PoP says each resource is published."""
+        gw = lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(self.gw_conf)), name="gateway")
+        poplog = Path(lab.procs["pop"].log)
+        procs.wait_until(lambda: all(f"publishes {r}" in poplog.read_text(errors="replace") for r in resources)
+                         or not gw.alive(), timeout=15, what="the gateway's connector tunnels to reach the PoP")
+        if not gw.alive():
+            raise RuntimeError("the gateway in connector mode stopped; see its log")
+        return gw
+
     # ---- the users' actions ---------------------------------------------------------
     def drive(self, lab: Lab) -> dict:
         ca = str(lab.pki_dir / "ca.pem")
         seen = {}
         # The gateway starts while every link is captured, so its connector tunnel's dial-out is on record.
-        gw = lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(self.gw_conf)), name="gateway")
+        gw = self.start_gateway(lab)
         poplog = Path(lab.procs["pop"].log)
-        procs.wait_until(lambda: "publishes app.mycompany.net" in poplog.read_text(errors="replace"),
-                         timeout=15, what="the gateway's connector tunnel to reach the PoP")
-        if not gw.alive():
-            raise RuntimeError("the gateway in connector mode stopped; see its log")
         r = lab.exec("client", ["dig", "+noall", "+answer", f"@{PUBLIC_DNS}", APP, "A"])
         seen["public_app"] = r.stdout.decode()
         seen["dig_app"] = dig.short(lab, "client", APP)

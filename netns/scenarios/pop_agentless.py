@@ -102,12 +102,7 @@ class PopAgentlessScenario(PopAgentScenario):
     # ---- the users' actions ---------------------------------------------------------
     def drive(self, lab: Lab) -> dict:
         seen: dict = {}
-        gw = lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(self.gw_conf)), name="gateway")
-        poplog = Path(lab.procs["pop"].log)
-        procs.wait_until(lambda: all(f"publishes {n}" in poplog.read_text(errors="replace") for n in (APP, HR)),
-                         timeout=15, what="the gateway's connector tunnels to reach the PoP")
-        if not gw.alive():
-            raise RuntimeError("the gateway in connector mode stopped; see its log")
+        self.start_gateway(lab, (APP, HR))
         r = lab.exec("browser", ["dig", "+noall", "+answer", f"@{PUBLIC_DNS}", APP, "A"])
         seen["public_app"] = r.stdout.decode()
         rc, out, err = self.curl(lab, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", f"https://{APP}/")

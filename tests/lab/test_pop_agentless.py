@@ -23,7 +23,6 @@ def test_headless_chromium_through_the_pop(tmp_path):
 
     import pytest
 
-    from netns import procs
     from netns.lab import Lab
     from netns.scenarios.agentless import USERS
     from netns.scenarios.pop_agentless import APP
@@ -35,11 +34,8 @@ def test_headless_chromium_through_the_pop(tmp_path):
     lab.up()
     try:
         sc.start(lab)
-        gw = lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(sc.gw_conf)), name="gateway")
+        gw = sc.start_gateway(lab)
         poplog = Path(lab.procs["pop"].log)
-        procs.wait_until(lambda: f"publishes {APP}" in poplog.read_text(errors="replace"), timeout=15,
-                         what="the gateway's connector tunnel to reach the PoP")
-        assert gw.alive()
         shots = tmp_path / "shots"
         script = Path(__file__).parent / "browser_agentless.py"
         r = lab.exec("browser", [sys.executable, str(script), str(lab.pki_dir / "ca.pem"), str(shots),
