@@ -32,6 +32,7 @@ from gateway.agentless.server import _alert_and_close, _peek
 from gateway.pending import HandshakeGate
 from ztna import mux, pki, tlswire, wire
 from ztna.chansock import ChannelSocket
+from ztna.config import ConfigError
 from ztna.crl import CrlWatch
 from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, accept_ready, server_context
@@ -60,7 +61,11 @@ class Pop:
         self.sites: dict[int, FramedTLS] = {}
         # Site routers (ztna site run): their LANs' packets through the PoP's TUN and egress (pop/sitehub.py).
         self.hub = sh.SiteHub({i: sh.SiteDef(e.name, e.lan) for i, e in cfg.sites.items()},
-                              keepalive=cfg.keepalive, queue_limit=cfg.queue_limit) if cfg.site_name else None
+                              keepalive=cfg.keepalive, queue_limit=cfg.queue_limit,
+                              decide=self._decide) if cfg.site_name else None
+        # The network rules and internet firewall (pop/netrules.py): each new flow's exit; SIGHUP reads them again.
+        self.rules = cfg.rule_set
+        self.names_of = None  # address -> names from the PoP's DNS answers (pop/dnsmap.py), when it has them
         self.tun = None
         self.refusal_log = LogLimiter(interval=10.0)
         self.flow_file = open(cfg.flow_log, "a", buffering=1) if cfg.flow_log else None
@@ -87,6 +92,7 @@ class Pop:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_rules)
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -318,6 +324,34 @@ class Pop:
         self._perform(self.relay.agent_closed(aid, reason))
         if conn is not None:
             log.info("agent %d closed: %s; %d bytes in, %d out", aid, reason, conn.bytes_in, conn.bytes_out)
+
+    # ---- network rules ([pop] rules) -------------------------------------------------------
+    def _decide(self, site: str, proto: int, src: str, dst: str, dport: int) -> sh.Exit:
+        if self.rules is None:
+            return sh.Exit()
+        # "up": the gateway sites whose tunnel is connected; a backhaul to another takes its fallback.
+        return self.rules.decide(site, proto, src, dst, dport, time.monotonic(), up=self.hub.by_site,
+                                 names_of=self.names_of)
+
+    def reload_rules(self) -> bool:
+        """SIGHUP: read ``[pop] rules`` again; a bad file is refused and logged, the running rules stay."""
+        from .config import load_rules
+
+        if not self.cfg.rules:
+            log.warning("SIGHUP: [pop] rules names no rules file; nothing to reload")
+            return False
+        try:
+            new = load_rules(self.cfg)
+        except ConfigError as exc:
+            self.relay.counters["rules_reloads_refused"] += 1
+            kept = f"{len(self.rules)} rules" if self.rules is not None else "no rules"
+            log.error("rules reload refused: %s; the running rules stay (%s)", exc, kept)
+            return False
+        self.rules = new
+        self.relay.counters["rules_reloads"] += 1
+        log.info("rules reloaded from %s: %d firewall rule(s), %d network rule(s); new flows take them",
+                 self.cfg.rules, len(new.firewall), len(new.network))
+        return True
 
     # ---- sites (ztna site run) ------------------------------------------------------------
     async def _start_sites(self, loop) -> None:
