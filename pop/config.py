@@ -44,6 +44,8 @@ class PopConfig:
     egress_interface: str = ""  # ... out of this interface
     crl: str = ""              # the CA's CRL (ztna pki revoke): checked at each handshake, re-read each second
     rules: str = ""            # the network rules and internet firewall file (pop/netrules.py); "" = all via egress
+    dns_upstream: str = ""     # "IP" or "IP:PORT": the PoP answers its sites' DNS on tun_address, forwarding here
+    dns_max_entries: int = 100_000  # address/name pairs learnt from those answers (pop/dnsmap.py), at most
     sites: dict = field(default_factory=dict, init=False)  # from [sites]: identity -> SiteEntry
     rule_set: object = field(default=None, init=False)  # pop.netrules.RuleSet from ``rules``, or None
     agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig or None
@@ -97,6 +99,20 @@ def _sites(data: dict, path: Path, cfg: PopConfig) -> dict:
             seen.append((n, ident))
         out[ident] = SiteEntry(ident, nets, gw, fallback)
     return out
+
+
+def dns_upstream(cfg: PopConfig, path="pop.toml") -> tuple[str, int]:
+    """``[pop] dns_upstream`` as (address, port)."""
+    host, _, port = cfg.dns_upstream.partition(":")
+    try:
+        ipaddress.IPv4Address(host)
+        p = int(port) if port else 53
+        if not 0 < p < 65536:
+            raise ValueError(f"port {p} is not 1..65535")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [pop] dns_upstream = {cfg.dns_upstream!r}: write \"IP\" or \"IP:PORT\" ({exc})") \
+            from None
+    return host, p
 
 
 def rule_sites(cfg: PopConfig) -> dict:
@@ -168,6 +184,12 @@ def load(path: Path) -> tuple[PopConfig, PopPolicy]:
         except ValueError as exc:
             raise ConfigError(f"{path}: [pop] tun_address / egress_address: {exc}") from exc
     cfg.sites = _sites(data, path, cfg)
+    if cfg.dns_upstream:
+        if not cfg.site_name:
+            raise ConfigError(f"{path}: [pop] dns_upstream is the sites' DNS: it needs site_name")
+        dns_upstream(cfg, path)
+    if cfg.dns_max_entries < 1:
+        raise ConfigError(f"{path}: [pop] dns_max_entries = {cfg.dns_max_entries} must be at least 1")
     if cfg.rules:
         cfg.rule_set = load_rules(cfg)
     if "agentless" in data:

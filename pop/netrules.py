@@ -232,6 +232,17 @@ class RuleSet:
         """Rules of either kind with a ``domain:`` or ``fqdn:`` destination (their addresses go to nft sets)."""
         return [r for r in self.firewall + self.network if r.domains or r.fqdns]
 
+    def rules_for_name(self, name: str) -> list[Rule]:
+        """The rules (firewall first, each kind in order) whose domain/fqdn destinations cover ``name``."""
+        out = []
+        labels = name.split(".")
+        for idx in (self._fw, self._net):
+            hits = set(idx.fqdns.get(name, ()))
+            for i in range(len(labels)):
+                hits.update(idx.domains.get(".".join(labels[i:]), ()))
+            out.extend(idx.rules[i] for i in sorted(hits))
+        return out
+
     def name_matches(self, name: str) -> bool:
         """True if some rule's domain/fqdn destination covers ``name`` (normalized)."""
         for idx in (self._fw, self._net):

@@ -336,7 +336,7 @@ def test_sighup_reload_keeps_the_running_rules_on_a_bad_file(tmp_path, caplog):
     from pop.service import Pop
 
     cfg, _ = load(popconf(tmp_path, HQ, '[[network_rule]]\nname = "x"\nbackhaul_via = "hq"\n'))
-    shell = SimpleNamespace(cfg=cfg, rules=cfg.rule_set, relay=SimpleNamespace(counters=Counter()))
+    shell = SimpleNamespace(cfg=cfg, rules=cfg.rule_set, relay=SimpleNamespace(counters=Counter()), dmap=None)
     (tmp_path / "rules.toml").write_text('[[network_rule]]\nname = "y"\nrouting = "pop-egress"\n'
                                          '[[network_rule]]\nname = "z"\nbackhaul_via = "paris"\n')
     assert not Pop.reload_rules(shell)
@@ -353,10 +353,12 @@ def test_the_service_asks_the_rules_with_the_connected_sites(tmp_path):
     from pop.service import Pop
 
     cfg, _ = load(popconf(tmp_path, HQ, '[[network_rule]]\nname = "x"\nbackhaul_via = "hq"\n'))
-    shell = SimpleNamespace(rules=cfg.rule_set, hub=SimpleNamespace(by_site={}), names_of=None)
+    shell = SimpleNamespace(rules=cfg.rule_set, hub=SimpleNamespace(by_site={}), names_of=None, tun_ip="100.127.255.254")
     assert Pop._decide(shell, "branch1", TCP, "10.10.0.2", "1.1.1.1", 443) == Exit(DROP, "x", None, "hq")
     shell.hub.by_site["hq"] = 7  # hq's tunnel is up
     assert Pop._decide(shell, "branch1", TCP, "10.10.0.2", "1.1.1.1", 443) == Exit(BACKHAUL, "x", None, "hq")
+    # the PoP's own TUN address (its DNS for the sites) is never backhauled
+    assert Pop._decide(shell, "branch1", UDP, "10.10.0.2", "100.127.255.254", 53) == Exit()
     shell.rules = None
     assert Pop._decide(shell, "branch1", TCP, "10.10.0.2", "1.1.1.1", 443) == Exit()
 
