@@ -2,7 +2,7 @@
 
     user 10.10.0.10 --LAN-- branch (ztna site run) ----+
                                                        |
-    pop 192.0.2.10, egress 150.195.219.10 -------- inet (router) ---- web 203.0.113.80 (whoami)
+    pop 192.0.2.10, egress 150.195.219.10 -------- inet (router) ---- web 203.0.113.80 (whoami; saas.example's DNS)
                                                    |   |    |
                                  isp1 198.18.11.2 -+   |    +- saas 198.18.20.80 (SaaS: WAN1 only)
                                  isp2 198.18.12.2 -----+       198.18.20.81 (country-only: WAN addresses only)
@@ -13,8 +13,11 @@
                          hqgw 192.168.50.254 (the HQ LAN's next hop) -- intranet 172.20.0.80 (whoami)
 
 The PoP's rules file (``[pop] rules``, pop/netrules.py) starts empty; step 2
-writes "SaaS via HQ" (``backhaul_via = "hq"``) and sends SIGHUP.  The PoP then
-sends those flows into HQ's site tunnel unchanged, HQ marks them for its port,
+writes "SaaS via HQ" (``domain:saas.example``, ``backhaul_via = "hq"``) and sends
+SIGHUP.  The user resolves app.saas.example (the SaaS) and jp-only.saas.example
+(the country-only server) through the PoP's DNS (``[pop] dns_upstream``), so the
+PoP knows those addresses by that domain.  It then sends the flows into HQ's
+site tunnel unchanged, HQ marks them for its port,
 routes them out of WAN1 (or WAN2) with SNAT, and the replies come back the same
 way.  Each server is the lab web server, whose page names the client address it
 saw; the SaaS and country-only servers refuse other sources with a TCP reset
@@ -41,16 +44,20 @@ BRANCH_UP, LAN, USER = "198.51.100.2", "10.10.0.0/24", "10.10.0.10"
 WAN1, WAN2, HQ_LAN, HQ_IN = "198.18.1.2", "198.18.2.2", "192.168.50.0/24", "192.168.50.1"
 SAAS, COUNTRY, LOCAL_GW, INTRANET = "198.18.20.80", "198.18.20.81", "192.168.50.254", "172.20.0.80"
 HEALTH_TARGET = "203.0.113.1"
+POP_DNS = "100.127.255.254"  # the PoP answers its sites' DNS on its TUN address ([pop] dns_upstream)
+SAAS_NAME, COUNTRY_NAME = "app.saas.example", "jp-only.saas.example"
+ZONE = (f"$ORIGIN saas.example.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 60 60 60 60\n"
+        f"app IN A {SAAS}\njp-only IN A {COUNTRY}\n")
 SITE_NAME = "site.pop.example"
 TUNNEL_NAME, CONNECTOR_NAME = "tunnel.pop.example", "connector.pop.example"
 TUN = "ztna-site0"
 HQ_ENDED = "site said CLOSE: site stopping"
 
-RULE = f"""[[network_rule]]
+RULE = """[[network_rule]]
 name = "SaaS via HQ"
 type = "internet"
 source = ["site:branch1"]
-destination = ["{SAAS}", "{COUNTRY}"]
+destination = ["domain:saas.example"]
 backhaul_via = "hq"
 
 [[network_rule]]
@@ -64,7 +71,7 @@ BLOCK = f"""[[firewall_rule]]
 name = "block SaaS for branch1"
 action = "block"
 source = ["site:branch1"]
-destination = ["{SAAS}"]
+destination = ["fqdn:{SAAS_NAME}"]
 
 """
 ALLOW_LISTS = f"""table inet saas_allow {{
@@ -134,6 +141,11 @@ class BackhaulHqScenario(Scenario):
                 lab.start("saas", web_argv(SAAS, http_port=80), name="saas-web"),
                 lab.start("saas", web_argv(COUNTRY, http_port=80), name="country-web"),
                 lab.start("intranet", web_argv(INTRANET, http_port=80), name="intranet-web")]
+        # saas.example's authoritative server (on the web host): the PoP forwards its sites' DNS there
+        zone = lab.write_conf("saas.zone", ZONE)
+        dns = lab.start("web", procs.ztna_argv("authdns", "run", "--listen", WEB, "--zone", str(zone)), name="saas-dns")
+        procs.wait_listening(dns, WEB, 53, "udp")
+        lab.set_resolvers("user", [POP_DNS])
         allow = lab.write_conf("saas-allow.nft", ALLOW_LISTS)
         r = lab.exec("saas", ["nft", "-f", str(allow)])
         if r.returncode:
@@ -143,6 +155,7 @@ class BackhaulHqScenario(Scenario):
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\nsite_name = \"{SITE_NAME}\"\n"
             f"egress_address = \"{EGRESS}\"\negress_interface = \"eth0\"\nrules = \"{self.rules}\"\n"
+            f"dns_upstream = \"{WEB}\"\n"
             f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\n\n"
             f"[sites]\nbranch1 = {{ lan = [\"{LAN}\"] }}\n"
             f"hq = {{ lan = [\"{HQ_LAN}\"], backhaul_gateway = true, fallback = \"pop-egress\" }}\n"))
@@ -178,12 +191,12 @@ class BackhaulHqScenario(Scenario):
         # 1. no rule yet
         seen["t1"] = time.time()
         seen["s1_web"] = curl(lab, WEB)
-        seen["s1_country"] = curl(lab, COUNTRY)
+        seen["s1_country"] = curl(lab, COUNTRY_NAME)
         # 2. "SaaS via HQ"
         self.reload(lab, RULE, seen, "s2")
         seen["t2"] = time.time()
-        seen["s2_saas"] = curl(lab, SAAS)
-        seen["s2_country"] = curl(lab, COUNTRY)
+        seen["s2_saas"] = curl(lab, SAAS_NAME)
+        seen["s2_country"] = curl(lab, COUNTRY_NAME)
         seen["s2_web"] = curl(lab, WEB)
         # 3. WAN1 taken down in isp1's namespace, then back
         # a request through the PoP's egress whose answer comes after the failover: untouched by it
@@ -194,38 +207,38 @@ class BackhaulHqScenario(Scenario):
         seen["s3_wan2_line"] = wait_line(lab, "hq-site", r"port wan2 at (\S+): ", 15, mark)
         wait_log(lab, "pop", lambda t: f"site hq up from {WAN2}" in t, 15, "HQ's tunnel over WAN2")
         seen["t3_failed_over"] = time.time()
-        seen["s3_country"] = curl(lab, COUNTRY)
-        seen["s3_saas"] = curl(lab, SAAS, max_time=5)
+        seen["s3_country"] = curl(lab, COUNTRY_NAME)
+        seen["s3_saas"] = curl(lab, SAAS_NAME, max_time=5)
         seen["s3_egress_slow"] = finished(egress_req)
         # a request through WAN2 whose answer comes after WAN1 is back: it stays on WAN2
-        held = lab.start("user", slow_argv(COUNTRY, 5), name="wan2-slow")
+        held = lab.start("user", slow_argv(COUNTRY_NAME, 5), name="wan2-slow")
         time.sleep(0.5)
         mark = log_size(lab, "hq-site")
         seen["t3_up"] = time.time()
         lab.exec("isp1", ["ip", "link", "set", "eth0", "up"])
         seen["s3_wan1_line"] = wait_line(lab, "hq-site", r"port wan1 at (\S+): .*healthy again", 15, mark)
         seen["t3_failed_back"] = time.time()
-        seen["s3_back_country"] = curl(lab, COUNTRY)
+        seen["s3_back_country"] = curl(lab, COUNTRY_NAME)
         seen["s3_wan2_slow"] = finished(held)
         # 4. the firewall before routing
         self.reload(lab, BLOCK + RULE, seen, "s4")
         seen["t4"] = time.time()
-        seen["s4_saas"] = curl(lab, SAAS, max_time=3)
-        seen["s4_country"] = curl(lab, COUNTRY)
+        seen["s4_saas"] = curl(lab, SAAS_NAME, max_time=3)
+        seen["s4_country"] = curl(lab, COUNTRY_NAME)
         seen["t4_end"] = time.time()
         # 5. the gateway site stopped, then back
         ended = pop_log(lab).count(HQ_ENDED)
         lab.stop("hq-site")
         wait_log(lab, "pop", lambda t: t.count(HQ_ENDED) > ended, 15, "the PoP to see HQ's tunnel end")
         seen["t5_down"] = time.time()
-        seen["s5_country"] = curl(lab, COUNTRY, max_time=5)
+        seen["s5_country"] = curl(lab, COUNTRY_NAME, max_time=5)
         seen["s5_web"] = curl(lab, WEB)
         ups = pop_log(lab).count("site hq up")
         seen["t5_restart"] = time.time()
         lab.start("hq", procs.ztna_argv("site", "run", "--config", str(self.hq_conf)), name="hq-site")
         wait_log(lab, "pop", lambda t: t.count("site hq up") > ups, 20, "HQ's tunnel back")
         seen["t5_up"] = time.time()
-        seen["s5_back_country"] = curl(lab, COUNTRY)
+        seen["s5_back_country"] = curl(lab, COUNTRY_NAME)
         # 6. the local gateway IP
         lab.stop("hq-site")
         ups = pop_log(lab).count("site hq up")
@@ -299,6 +312,8 @@ class BackhaulHqScenario(Scenario):
         t3 = seen.get("t3_down", 0)
         s, c, w = seen.get("s2_saas", {}), seen.get("s2_country", {}), seen.get("s2_web", {})
         br_in = syns("branch:ztna-site0", SAAS, t2, t3, src=USER)
+        answered = [m for m in evidence.dns(cap["branch:ztna-site0"]) if m.response and m.name == SAAS_NAME
+                    and SAAS in m.a and m.src == POP_DNS and t2 <= m.time < t3]
         tun_in = syns("hq:ztna-site0", SAAS, t2, t3, src=USER)
         wan_out = syns("hq:wan1", SAAS, t2, t3)
         at_saas = syns("saas:eth0", SAAS, t2, t3)
@@ -312,12 +327,14 @@ class BackhaulHqScenario(Scenario):
         bh = [f for f in flows if f.get("dst") == f"{SAAS}:80" and f.get("exit") == "backhaul"
               and f.get("via") == "hq" and f.get("port") == "wan1" and f.get("network_rule") == "SaaS via HQ"]
         if bh and f"to client {WAN1}" in s.get("out", "") and f"to client {WAN1}" in c.get("out", "") \
-                and f"to client {EGRESS}" in w.get("out", "") and br_in and tun_in and wan_out and at_saas \
+                and f"to client {EGRESS}" in w.get("out", "") and answered and br_in and tun_in and wan_out and at_saas \
                 and all(x.src == WAN1 for x in wan_out + at_saas + csaas) and not pop_tun and not pop_out \
                 and branch_in and hq_out and wsyn and all(x.src == EGRESS for x in wsyn):
             by["2"].passed(f"SaaS: {s['out'].strip()[:90]}; country-only: {c['out'].strip()[:90]}; whoami: "
                            f"{w['out'].strip()[:90]}", branch_in[0], hq_out[0])
-            by["2"].see(f"branch:{TUN} SYN {USER}:{br_in[0].sport} -> {SAAS}:80 (into the branch's tunnel)", br_in[0])
+            by["2"].see(f"branch:{TUN} the PoP's DNS {POP_DNS} answers {SAAS_NAME} A {SAAS} (so the address matches "
+                        f"domain:saas.example), then SYN {USER}:{br_in[0].sport} -> {SAAS}:80 into the branch's tunnel",
+                        answered[0], br_in[0])
             by["2"].see(f"hq:{TUN} SYN {USER}:{tun_in[0].sport} -> {SAAS}:80 (the branch user's source, out of HQ's "
                         f"tunnel); hq:wan1 SYN {wan_out[0].src}:{wan_out[0].sport} -> {SAAS}:80; saas:eth0 from "
                         f"{at_saas[0].src}", tun_in[0], wan_out[0], at_saas[0])
@@ -328,7 +345,7 @@ class BackhaulHqScenario(Scenario):
         else:
             by["2"].see(f"flow lines {bh[:1]}; saas {s}, country {c}, whoami {w}; hq TUN SYNs {len(tun_in)}, wan1 SYNs "
                         f"{[x.src for x in wan_out]}, at saas {[x.src for x in at_saas + csaas]}, PoP TUN {len(pop_tun)}, "
-                        f"PoP egress {len(pop_out)}, branch TUN {len(br_in)}, branch TLS {len(branch_in)}, HQ TLS {len(hq_out)}")
+                        f"PoP egress {len(pop_out)}, DNS answers {len(answered)}, branch TUN {len(br_in)}, branch TLS {len(branch_in)}, HQ TLS {len(hq_out)}")
         # 3a
         line = seen.get("s3_wan2_line") or ""
         t_over, t_up = seen.get("t3_failed_over", 0), seen.get("t3_up", 0)
@@ -393,7 +410,7 @@ class BackhaulHqScenario(Scenario):
             by["4"].passed("flow line: " + json.dumps(blocked[0], separators=(",", ":")),
                            flow.note("pop", f"flow {blocked[0]['src']} -> {SAAS}:80 dropped by \"block SaaS for "
                                             "branch1\" (network rule \"SaaS via HQ\")"))
-            by["4"].see(f"curl {SAAS}: {s.get('err', '').strip()[:60]}; 0 packets to {SAAS} on HQ's TUN, WANs, the "
+            by["4"].see(f"curl {SAAS_NAME}: {s.get('err', '').strip()[:60]}; 0 packets to {SAAS} on HQ's TUN, WANs, the "
                         f"SaaS or the PoP's egress; the country-only server still backhauled: {c['out'].strip()[:70]}")
         else:
             by["4"].see(f"saas {s}; {len(leaked)} packets to {SAAS} leaked; drop lines {blocked[:1]}; country {c}")
