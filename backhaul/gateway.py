@@ -140,6 +140,10 @@ async def probe(source: str, target: str, timeout: float) -> tuple[bool, str]:
         proc.kill()  # our own child, by its handle
         await proc.wait()
         return False, f"no answer within {timeout:g}s"
+    except asyncio.CancelledError:  # the site is stopping: no ping outlives it
+        if proc.returncode is None:
+            proc.kill()
+        raise
     if proc.returncode == 0:
         return True, ""
     text = err.decode(errors="replace").strip().splitlines()

@@ -23,6 +23,7 @@ import logging
 import signal
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -90,7 +91,10 @@ class Site:
             for t in self.probers:
                 t.cancel()
             if self.net is not None:
-                self.net.down()
+                try:
+                    self.net.down()
+                except (OSError, NftError, subprocess.TimeoutExpired) as exc:
+                    log.error("site %s: removing its nft table and ip rules: %s", self.cfg.name, exc)
             if self.conn is not None and not self.conn.closed:
                 self.conn.send(wire.control(wire.CLOSE, reason="site stopping"))
                 self.conn.close("site stopping")

@@ -263,3 +263,11 @@ def test_a_bad_port_report_is_counted_not_believed():
     h.site_data(2, wire.control(wire.KEEPALIVE, port=["wan9"]), 1.0)
     h.site_data(2, wire.control(wire.KEEPALIVE, port="x" * 40), 1.0)
     assert h.links[2].port == "wan1" and h.counters["bad_port_reports"] == 2
+
+
+def test_a_reply_through_the_gateway_for_a_site_that_is_gone_is_counted():
+    h, branch, hq = gateway_pair()
+    h.site_data(1, branch.tun_packets([pkt("10.10.0.10", "198.18.20.80")], 1.0)[0].data, 1.0)
+    h.by_site.pop("branch1")  # the branch's tunnel is down, its flow not yet idle
+    out = h.site_data(2, hq.tun_packets([pkt("198.18.20.80", "10.10.0.10", 80, 40000)], 1.1)[0].data, 1.1)
+    assert not sends(out, 1) and h.counters["backhaul_replies_no_site"] == 1
