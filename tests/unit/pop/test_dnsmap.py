@@ -144,6 +144,11 @@ def test_the_nft_sets_and_their_elements():
     assert lines == ["add element ip ztna_pop_rules fw0 { 198.51.100.7 timeout 90s }",
                      "add element ip ztna_pop_rules net0 { 198.51.100.7 timeout 290s }"]
     assert dm.elements_text(m, ["198.51.100.7"], RULES, 1000.0) == ""
+    m.answered(["b.saas.example"], [("198.51.100.8", 30), ("198.51.100.9", 30)], 0.0, match)
+    lines = dm.elements_text(m, ["198.51.100.7", "198.51.100.8", "198.51.100.9"], RULES, 10.0, chunk=2).splitlines()
+    assert lines == ["add element ip ztna_pop_rules net0 { 198.51.100.7 timeout 290s, 198.51.100.8 timeout 20s }",
+                     "add element ip ztna_pop_rules net0 { 198.51.100.9 timeout 20s }",
+                     "add element ip ztna_pop_rules fw0 { 198.51.100.7 timeout 90s }"]
     assert dm._comment('a "quoted"\\ name\n') == "a _quoted__ name_"
 
 
