@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import time
 import tracemalloc
 
 from dnslib import QTYPE, RR, A, CNAME, DNSRecord
@@ -208,5 +209,33 @@ def test_the_forwarder_answers_caches_and_feeds_the_map():
         finally:
             dns.close()
             t.close()
+
+    asyncio.run(main())
+
+
+def test_the_pop_learns_from_answers_and_batches_the_sets(monkeypatch):
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from pop.service import Pop
+    from ztna import nft
+    from ztna.loglimit import LogLimiter
+
+    applied = []
+    monkeypatch.setattr(nft, "apply", lambda text, what="": applied.append(text))
+
+    async def main():
+        shell = SimpleNamespace(rules=RULES, dmap=dm.DnsMap(100), rule_sets=True, set_flush=None, _perform=lambda c: None,
+                                relay=SimpleNamespace(counters=Counter()), refusal_log=LogLimiter(interval=10.0))
+        shell._flush_sets = lambda: Pop._flush_sets(shell)
+        for name, addr in (("app.saas.example", "198.51.100.7"), ("www.saas.example", "198.51.100.8"),
+                           ("www.other.example", "198.51.100.9")):
+            Pop._dns_answer(shell, answer_bytes(name, [RR(name, QTYPE.A, rdata=A(addr), ttl=300)]), time.monotonic())
+        assert shell.set_flush is not None and not applied  # one flush is scheduled for the lot
+        await asyncio.sleep(0.3)  # after the 0.2 s timer: the loop runs timers in order
+        assert len(applied) == 1 and shell.set_flush is None and not shell.dmap.dirty
+        assert applied[0].startswith("add element ip ztna_pop_rules net0 { ")
+        assert "198.51.100.7 timeout" in applied[0] and "198.51.100.8 timeout" in applied[0]
+        assert "198.51.100.9" not in applied[0]  # no rule covers www.other.example
 
     asyncio.run(main())
