@@ -52,6 +52,7 @@ from ztna.ippacket import NO_VNET, TCP_RST, TCP_SYN, BadPacket, icmp_unreachable
 from ztna.loglimit import LogLimiter, suffix
 from ztna.names import PatternSet
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
+from ztna.segment import coalesce, vnet_for
 from ztna.udppath import AgentPath, SendControl, SendDatagram, SendDatagrams  # noqa: F401
 
 from .backoff import Backoff
@@ -229,10 +230,11 @@ class AgentSession:
                 if len(got.packet) < 20 or got.packet[0] >> 4 != 4:
                     self.counters["udp_dropped_not_ipv4"] += 1
                     continue
-                pkts.append(NO_VNET + got.packet)
+                pkts.append(vnet_for(got.packet, got.partial))
         if pkts:
             self.counters["udp_rx_packets"] += len(pkts)
-            cmds.append(WriteTun(pkts))
+            # in-order TCP segments of one flow go to the TUN as one super-packet
+            cmds.append(WriteTun(coalesce(pkts) if len(pkts) > 1 else pkts))
         return cmds
 
     # ---- the connection's backpressure ------------------------------------------------

@@ -507,20 +507,26 @@ class Gateway:
         now = time.monotonic()
         sessions = self.sessions
         # GRO buffers come split; non-blocking reads until EAGAIN, bounded per wake-up.
+        batches: dict[int, list] = {}  # session -> its datagrams, in order: one call, one TUN write list each
         for data, source in self.udp_sock.receive():
             sid = session_of(data)
-            s = sessions.get(sid) if sid is not None else None
-            if s is None:
+            if sid is None or sid not in sessions:
                 self.counters["udp_rejected_no_session"] += 1
                 quiet = self.udp_log.allow(("no session", source[0]), now)
                 if quiet is not None:
                     log.warning("dropped a datagram from %s:%d on the UDP port: %s%s", source[0], source[1],
                                 "not a data-channel datagram" if sid is None else f"no session {sid}", suffix(quiet))
                 continue
+            batches.setdefault(sid, []).append((data, source))
+        for sid, items in batches.items():
+            s = sessions.get(sid)
+            if s is None:
+                continue
             path = s.core.path
             before = path.counters["udp_rx"] if path is not None else 0
-            self._perform(s, s.core.datagram(data, source, now))
-            if path is not None and path.counters["udp_rx"] == before:  # not authenticated: dropped and counted
+            self._perform(s, s.core.datagrams(items, now))
+            if path is not None and path.counters["udp_rx"] - before < len(items):  # some did not authenticate
+                source = items[-1][1]
                 quiet = self.udp_log.allow(("session", sid, source[0]), now)
                 if quiet is not None:
                     log.warning("dropped a datagram from %s:%d for session %d: it did not authenticate "

@@ -29,7 +29,11 @@ from a new source moves the peer (NAT rebinding, decided by the channel).
 
 A datagram's plaintext is ``kind (1 byte) | body``: DATA carries one IP
 packet (no virtio-net header: packets on UDP are segmented to the path MTU,
-ztna/segment.py), PROBE and PROBE_REPLY an 8-byte probe number.  Anything that
+ztna/segment.py), DATA_PARTIAL one whose TCP or UDP checksum field holds only
+the pseudo-header sum (the receiver's TUN write says NEEDS_CSUM, so nobody sums
+the payload in Python; the AEAD tag vouches for the bytes), PROBE and
+PROBE_REPLY an 8-byte probe number.  DATA_PARTIAL goes only to a peer that said
+it takes it (``partial: true`` in its DC_OFFER or DC_ACCEPT); to any other, DATA.  Anything that
 does not authenticate, or has an unknown kind, is dropped and counted in
 ``counters`` (``udp_rejected_<why>``) and never changes the state.
 """
@@ -44,7 +48,7 @@ from dataclasses import dataclass
 
 from ztna import datachannel as dc
 from ztna import wire
-from ztna.segment import TooBig, segment
+from ztna.segment import TooBig, cut, partial_ok, segment
 
 OFF, TRYING, UP, FALLBACK, REPROBING = "off", "trying", "up", "fallback", "reprobing"
 
@@ -53,7 +57,9 @@ DEAD_AFTER = 3.0       # seconds without an authenticated datagram before a work
 PROBE_EVERY = 1.0      # while up and quiet this long, probe (so that silence means loss)
 REPROBE_AFTER = 15.0   # seconds in fallback before the next probe
 
-KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY = 0, 1, 2
+KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY, KIND_DATA_PARTIAL = 0, 1, 2, 3
+_KINDS = (KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY, KIND_DATA_PARTIAL)
+_DATA_BYTE, _PARTIAL_BYTE = bytes([KIND_DATA]), bytes([KIND_DATA_PARTIAL])
 _PROBE = struct.Struct("!BQ")
 
 
@@ -79,9 +85,11 @@ class SendDatagrams:
 
 @dataclass(frozen=True)
 class Received:
-    """What one datagram was: ``packet`` an inner IP packet to write to the TUN, or None."""
+    """What one datagram was: ``packet`` an inner IP packet to write to the TUN, or None;
+    ``partial``: its L4 checksum field holds the pseudo-header sum (ztna.segment.vnet_for)."""
     packet: bytes | None
     moved: bool = False
+    partial: bool = False
 
 
 def _b64(raw: bytes) -> str:
@@ -118,6 +126,7 @@ class _Path:
         self.channel: dc.Channel | None = None
         self.counters: Counter = Counter()
         self.last_udp_rx: float | None = None
+        self.peer_partial = False  # the peer takes DATA_PARTIAL
 
     def _open(self, data: bytes, source: tuple, now: float) -> tuple[int, bytes, bool] | None:
         if self.channel is None:
@@ -128,32 +137,40 @@ class _Path:
         except dc.Rejected as exc:
             self.counters["udp_rejected_" + exc.why.replace(" ", "_")] += 1
             return None
-        if not payload or payload[0] not in (KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY) or (
-                payload[0] != KIND_DATA and len(payload) != _PROBE.size):
+        kind = payload[0] if payload else -1
+        if kind not in _KINDS or (kind in (KIND_PROBE, KIND_PROBE_REPLY) and len(payload) != _PROBE.size):
             self.counters["udp_rejected_bad_kind"] += 1
+            return None
+        if kind == KIND_DATA_PARTIAL and not partial_ok(memoryview(payload)[1:]):
+            self.counters["udp_rejected_bad_partial"] += 1
             return None
         self.last_udp_rx = now
         self.counters["udp_rx"] += 1
         return payload[0], payload[1:], moved
 
-    def seal_data(self, packet: bytes) -> bytes:
-        """One inner packet (already at most the path MTU) as a datagram."""
+    def seal_data(self, packet: bytes, partial: bool = False) -> bytes:
+        """One inner packet (already at most the path MTU) as a datagram; ``partial``: its L4 checksum
+        is the pseudo-header sum (only for a peer that takes DATA_PARTIAL)."""
         self.counters["udp_tx"] += 1
-        return self.channel.seal(bytes([KIND_DATA]) + packet)
+        return self.channel.seal((_PARTIAL_BYTE if partial else _DATA_BYTE) + packet)
 
     def seal_packets(self, packets: list, mtu: int) -> tuple[list, list]:
         """(datagrams, packets left for TLS): each packet cut to ``mtu`` (ztna/segment.py) and sealed;
         one that cannot be cut (a non-TCP packet over the MTU) is left for the TLS path."""
         dgs: list = []
         rest: list = []
+        fast = self.peer_partial
+        seal = self.channel.seal
         for buf in packets:
             try:
-                pieces = segment(buf, mtu)
+                pieces, partial = cut(buf, mtu) if fast else (segment(buf, mtu), False)
             except TooBig:
                 rest.append(buf)
                 continue
+            kind = _PARTIAL_BYTE if partial else _DATA_BYTE
             for p in pieces:
-                dgs.append(self.seal_data(p))
+                dgs.append(seal(kind + p))
+        self.counters["udp_tx"] += len(dgs)
         return dgs, rest
 
 
@@ -195,7 +212,7 @@ class AgentPath(_Path):
     def _offer(self, now: float) -> list:
         self.offer = dc.Offer((self.epoch + 1) % 256)
         return [SendControl(wire.control(wire.DC_OFFER, epoch=self.offer.epoch, pub=_b64(self.offer.public),
-                                         nonce=_b64(self.offer.nonce)))]
+                                         nonce=_b64(self.offer.nonce), partial=True))]
 
     def accepted(self, fields: dict, now: float) -> list:
         """A DC_ACCEPT from the gateway. Raises ValueError on one that does not fit our offer."""
@@ -214,6 +231,7 @@ class AgentPath(_Path):
             self.channel = dc.Channel(session, agent_side=True)
         self.channel.install(offer.epoch, send, recv, now)
         self.epoch, self.port, self.offer = offer.epoch, port, None
+        self.peer_partial = fields.get("partial") is True
         self.counters["udp_epochs"] += 1
         if self.state in (TRYING, REPROBING):
             return self._probe(now)
@@ -235,8 +253,8 @@ class AgentPath(_Path):
         if kind == KIND_PROBE_REPLY and self.state != UP:
             self._set(UP, now)
             cmds.append(SendControl(wire.control(wire.DC_PATH, udp=True)))
-        if kind == KIND_DATA:
-            return cmds, Received(bytes(body))
+        if kind == KIND_DATA or kind == KIND_DATA_PARTIAL:
+            return cmds, Received(bytes(body), partial=kind == KIND_DATA_PARTIAL)
         return cmds, Received(None)
 
     def tick(self, now: float) -> list:
@@ -298,8 +316,9 @@ class GatewayPath(_Path):
                                agent_identity=self.agent_identity, gateway_identity=self.gateway_identity)
         self.channel.install(epoch, send, recv, now)
         self.counters["udp_epochs"] += 1
+        self.peer_partial = fields.get("partial") is True
         return [SendControl(wire.control(wire.DC_ACCEPT, epoch=epoch, pub=_b64(own.public), nonce=_b64(own.nonce),
-                                         session=self.session, port=self.port))]
+                                         session=self.session, port=self.port, partial=True))]
 
     def path(self, fields: dict) -> None:
         """A DC_PATH from the agent."""
@@ -320,6 +339,6 @@ class GatewayPath(_Path):
         if kind == KIND_PROBE:
             (n,) = struct.unpack("!Q", body)
             return [SendDatagram(self.channel.seal(_PROBE.pack(KIND_PROBE_REPLY, n)), source)], Received(None, moved)
-        if kind == KIND_DATA:
-            return [], Received(bytes(body), moved)
+        if kind == KIND_DATA or kind == KIND_DATA_PARTIAL:
+            return [], Received(bytes(body), moved, kind == KIND_DATA_PARTIAL)
         return [], Received(None, moved)
