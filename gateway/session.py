@@ -51,7 +51,7 @@ from ztna import wire
 from ztna.fqcodel import FqCodel
 from ztna.names import BadName, normalize
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
-from ztna.segment import coalesce, vnet_for
+from ztna.segment import coalesce
 from ztna.udppath import GatewayPath, SendControl, SendDatagram, SendDatagrams  # noqa: F401
 
 from .nat import ClientNat, InsidePool
@@ -379,25 +379,17 @@ class GatewaySession:
         if path is None or nat is None or self.state == CLOSED:
             self.counters["udp_dropped_no_path"] += len(items)
             return []
-        cmds: list = []
-        bufs: list = []
-        for data, source in items:
-            pcmds, got = path.datagram(data, source, now)
-            if pcmds:
-                cmds += pcmds
-            if got.moved:
-                cmds.append(Log(logging.INFO, f"session {self.id} {self.identity}: UDP peer now {source[0]}:{source[1]}"))
-            pkt = got.packet
-            if pkt is not None:
-                if len(pkt) < 20:
-                    self._dropped(cmds)
-                    continue
-                bufs.append(vnet_for(pkt, got.partial))
+        cmds, bufs, moved, _ = path.receive_many(items, now)
+        for source in moved:
+            cmds.append(Log(logging.INFO, f"session {self.id} {self.identity}: UDP peer now {source[0]}:{source[1]}"))
         if not bufs:
             return cmds
         out: list = []
         outbound = nat.outbound
         for buf in coalesce(bufs) if len(bufs) > 1 else bufs:
+            if len(buf) < 30:
+                self._dropped(cmds)
+                continue
             verdict = outbound(buf, wire.VNET_HDR_LEN, bool(buf[0] & 1), now)
             if verdict is None:
                 self._dropped(cmds)

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 
 from ztna import datachannel as dc
 from ztna import wire
-from ztna.segment import TooBig, cut, partial_ok, segment
+from ztna.segment import F_NEEDS_CSUM, TooBig, cut, partial_ok, segment, vnet_for
+from ztna.segment import VNET as _VNET
 
 OFF, TRYING, UP, FALLBACK, REPROBING = "off", "trying", "up", "fallback", "reprobing"
 
@@ -59,6 +60,7 @@ REPROBE_AFTER = 15.0   # seconds in fallback before the next probe
 
 KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY, KIND_DATA_PARTIAL = 0, 1, 2, 3
 _KINDS = (KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY, KIND_DATA_PARTIAL)
+VNET_LEN = _VNET.size
 _DATA_BYTE, _PARTIAL_BYTE = bytes([KIND_DATA]), bytes([KIND_DATA_PARTIAL])
 _PROBE = struct.Struct("!BQ")
 
@@ -128,25 +130,58 @@ class _Path:
         self.last_udp_rx: float | None = None
         self.peer_partial = False  # the peer takes DATA_PARTIAL
 
-    def _open(self, data: bytes, source: tuple, now: float) -> tuple[int, bytes, bool] | None:
+    def receive_many(self, items: list, now: float) -> tuple[list, list, list, list]:
+        """Datagrams from the UDP socket, each ``(data, source)``, in order (the hot path):
+        ``(commands, TUN buffers, sources that moved the peer, sources of the refused ones)``.  A TUN
+        buffer is a DATA packet with its virtio-net header (ztna.segment.vnet_for); the caller
+        still checks that it is IPv4.  A refused datagram is counted (``udp_rejected_<why>``)."""
+        c = self.counters
         if self.channel is None:
-            self.counters["udp_rejected_no_keys_yet"] += 1
-            return None
-        try:
-            payload, moved = self.channel.receive(data, source, now)
-        except dc.Rejected as exc:
-            self.counters["udp_rejected_" + exc.why.replace(" ", "_")] += 1
-            return None
-        kind = payload[0] if payload else -1
-        if kind not in _KINDS or (kind in (KIND_PROBE, KIND_PROBE_REPLY) and len(payload) != _PROBE.size):
-            self.counters["udp_rejected_bad_kind"] += 1
-            return None
-        if kind == KIND_DATA_PARTIAL and not partial_ok(memoryview(payload)[1:]):
-            self.counters["udp_rejected_bad_partial"] += 1
-            return None
-        self.last_udp_rx = now
-        self.counters["udp_rx"] += 1
-        return payload[0], payload[1:], moved
+            c["udp_rejected_no_keys_yet"] += len(items)
+            return [], [], [], [src for _, src in items]
+        cmds: list = []
+        bufs: list = []
+        moved_to: list = []
+        refused: list = []
+        rx = 0
+        for (_, source), (payload, why, moved) in zip(items, self.channel.receive_many(items, now)):
+            if payload is None:
+                c["udp_rejected_" + why.replace(" ", "_")] += 1
+                refused.append(source)
+                continue
+            kind = payload[0] if payload else -1
+            if kind == KIND_DATA_PARTIAL:
+                body = payload[1:]
+                if not partial_ok(body):
+                    c["udp_rejected_bad_partial"] += 1
+                    refused.append(source)
+                    continue
+                bufs.append(vnet_for(body, True))
+            elif kind == KIND_DATA:
+                bufs.append(vnet_for(payload[1:], False))
+            elif (kind == KIND_PROBE or kind == KIND_PROBE_REPLY) and len(payload) == _PROBE.size:
+                cmds += self._probe_kind(kind, payload[1:], source, now)
+            else:
+                c["udp_rejected_bad_kind"] += 1
+                refused.append(source)
+                continue
+            rx += 1
+            if moved:
+                moved_to.append(source)
+        if rx:
+            c["udp_rx"] += rx
+            self.last_udp_rx = now
+        return cmds, bufs, moved_to, refused
+
+    def _probe_kind(self, kind: int, body: bytes, source: tuple, now: float) -> list:
+        return []
+
+    def datagram(self, data: bytes, source: tuple, now: float) -> tuple[list, Received]:
+        """One datagram from the UDP socket: (commands, what it carried)."""
+        cmds, bufs, moved, _ = self.receive_many([(data, source)], now)
+        if not bufs:
+            return cmds, Received(None, bool(moved))
+        return cmds, Received(bytes(bufs[0][VNET_LEN:]), bool(moved), bool(bufs[0][0] & F_NEEDS_CSUM))
 
     def seal_data(self, packet: bytes, partial: bool = False) -> bytes:
         """One inner packet (already at most the path MTU) as a datagram; ``partial``: its L4 checksum
@@ -243,19 +278,11 @@ class AgentPath(_Path):
         self.counters["udp_probes"] += 1
         return [SendDatagram(self.channel.seal(_PROBE.pack(KIND_PROBE, self.probe_no)))]
 
-    def datagram(self, data: bytes, source: tuple, now: float) -> tuple[list, Received]:
-        """One datagram from the UDP socket: (commands, what it carried)."""
-        got = self._open(data, source, now)
-        if got is None:
-            return [], Received(None)
-        kind, body, _ = got
-        cmds: list = []
+    def _probe_kind(self, kind: int, body: bytes, source: tuple, now: float) -> list:
         if kind == KIND_PROBE_REPLY and self.state != UP:
             self._set(UP, now)
-            cmds.append(SendControl(wire.control(wire.DC_PATH, udp=True)))
-        if kind == KIND_DATA or kind == KIND_DATA_PARTIAL:
-            return cmds, Received(bytes(body), partial=kind == KIND_DATA_PARTIAL)
-        return cmds, Received(None)
+            return [SendControl(wire.control(wire.DC_PATH, udp=True))]
+        return []
 
     def tick(self, now: float) -> list:
         cmds: list = []
@@ -329,16 +356,14 @@ class GatewayPath(_Path):
         return (self.agent_says_udp and self.channel.peer is not None and self.channel.sender is not None
                 and self.last_udp_rx is not None and now - self.last_udp_rx < DEAD_AFTER)
 
-    def datagram(self, data: bytes, source: tuple, now: float) -> tuple[list, Received]:
-        got = self._open(data, source, now)
-        if got is None:
-            return [], Received(None)
-        kind, body, moved = got
-        if moved:
-            self.counters["udp_peer_moves"] += 1
+    def receive_many(self, items: list, now: float) -> tuple[list, list, list, list]:
+        got = super().receive_many(items, now)
+        if got[2]:
+            self.counters["udp_peer_moves"] += len(got[2])
+        return got
+
+    def _probe_kind(self, kind: int, body: bytes, source: tuple, now: float) -> list:
         if kind == KIND_PROBE:
             (n,) = struct.unpack("!Q", body)
-            return [SendDatagram(self.channel.seal(_PROBE.pack(KIND_PROBE_REPLY, n)), source)], Received(None, moved)
-        if kind == KIND_DATA or kind == KIND_DATA_PARTIAL:
-            return [], Received(bytes(body), moved, kind == KIND_DATA_PARTIAL)
-        return [], Received(None, moved)
+            return [SendDatagram(self.channel.seal(_PROBE.pack(KIND_PROBE_REPLY, n)), source)]
+        return []
