@@ -185,6 +185,37 @@ def stream(segs: list[Seg], src: str, dst: str, *, dport: int | None = None, spo
     return reassemble(segs, src, sport, dst, dport)[0]
 
 
+@dataclass
+class Uplink:
+    """What one host's uplink capture shows: its TLS connections to ``server``:443 and anything else."""
+    syns: list           # SYNs from ``src`` to server:443
+    snis: list           # the ClientHello SNI of each of them
+    stray: dict          # net or host -> how many packets touch it (each should be 0)
+
+    def only_tls(self, sni: str) -> bool:
+        """At least one TLS connection to the server, every ClientHello naming ``sni``, nothing stray."""
+        return bool(self.syns) and all(n == sni for n in self.snis) and not any(self.stray.values())
+
+    def summary(self) -> str:
+        stray = ", ".join(f"{n} {k}" for k, n in self.stray.items())
+        return f"{len(self.syns)} SYN(s) to the server, SNIs {sorted(set(map(str, self.snis)))}; packets touching {stray}"
+
+
+def uplink(pkts, src: str, server: str, *, nets: tuple = (), hosts: tuple = (), until: float = float("inf")) -> Uplink:
+    """Check a client's uplink: its connections to ``server``:443 with their SNIs, and how many packets
+    (captured before ``until``) touch each of ``nets`` (CIDRs) or ``hosts`` (addresses); the tunnel
+    should be all the uplink carries."""
+    segs = tcp(pkts)
+    syn = [s for s in segs if s.flags == "S" and s.src == src and s.dst == server and s.dport == 443]
+    snis = [tls(stream(segs, src, server, sport=s.sport, dport=443)).get("sni") for s in syn]
+    stray: dict = {}
+    for net in nets:
+        stray[net] = sum(1 for p in touching(pkts, net) if float(p.time) < until)
+    for host in hosts:
+        stray[host] = sum(1 for s in segs if host in (s.src, s.dst) and s.time < until)
+    return Uplink(syn, snis, stray)
+
+
 def time_at(times: list[tuple[float, int]], offset: int) -> float:
     """When the byte at ``offset`` of a reassembled stream was captured."""
     best = times[0][0] if times else 0.0

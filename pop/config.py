@@ -43,7 +43,11 @@ class PopConfig:
     egress_address: str = ""   # sites' internet traffic leaves with this source (nft masquerade/SNAT)
     egress_interface: str = ""  # ... out of this interface
     crl: str = ""              # the CA's CRL (ztna pki revoke): checked at each handshake, re-read each second
+    rules: str = ""            # the network rules and internet firewall file (pop/netrules.py); "" = all via egress
+    dns_upstream: str = ""     # "IP" or "IP:PORT": the PoP answers its sites' DNS on tun_address, forwarding here
+    dns_max_entries: int = 100_000  # address/name pairs learnt from those answers (pop/dnsmap.py), at most
     sites: dict = field(default_factory=dict, init=False)  # from [sites]: identity -> SiteEntry
+    rule_set: object = field(default=None, init=False)  # pop.netrules.RuleSet from ``rules``, or None
     agentless: object = field(default=None, init=False)  # gateway.agentless.config.AgentlessConfig or None
 
 
@@ -51,6 +55,11 @@ class PopConfig:
 class SiteEntry:
     name: str
     lan: tuple
+    backhaul_gateway: bool = False   # network rules may send internet traffic out of this site's own line
+    fallback: str = "pop-egress"     # a gateway site not connected: "pop-egress" or "drop"
+
+
+SITE_KEYS = ("lan", "backhaul_gateway", "fallback")
 
 
 def _sites(data: dict, path: Path, cfg: PopConfig) -> dict:
@@ -66,6 +75,18 @@ def _sites(data: dict, path: Path, cfg: PopConfig) -> dict:
     for ident, entry in table.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("lan"), list) or not entry["lan"]:
             raise ConfigError(f"{path}: [sites] {ident} needs lan = [\"10.10.0.0/24\"], the prefixes it routes")
+        unknown = sorted(set(entry) - set(SITE_KEYS))
+        if unknown:
+            raise ConfigError(f"{path}: [sites] {ident} has unknown key(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(SITE_KEYS)}")
+        gw = entry.get("backhaul_gateway", False)
+        if not isinstance(gw, bool):
+            raise ConfigError(f"{path}: [sites] {ident} backhaul_gateway = {gw!r} should be true or false")
+        fallback = entry.get("fallback", "pop-egress")
+        if fallback not in ("pop-egress", "drop"):
+            raise ConfigError(f"{path}: [sites] {ident} fallback = {fallback!r} should be \"pop-egress\" or \"drop\"")
+        if "fallback" in entry and not gw:
+            raise ConfigError(f"{path}: [sites] {ident} fallback is only for a gateway site (backhaul_gateway = true)")
         try:
             nets = tuple(ipaddress.IPv4Network(p) for p in entry["lan"])
         except (ValueError, TypeError) as exc:
@@ -76,8 +97,39 @@ def _sites(data: dict, path: Path, cfg: PopConfig) -> dict:
                     raise ConfigError(f"{path}: [sites] {ident} lan {n} overlaps {other}'s {m}: "
                                       "the PoP could not tell whose replies are whose")
             seen.append((n, ident))
-        out[ident] = SiteEntry(ident, nets)
+        out[ident] = SiteEntry(ident, nets, gw, fallback)
     return out
+
+
+def dns_upstream(cfg: PopConfig, path="pop.toml") -> tuple[str, int]:
+    """``[pop] dns_upstream`` as (address, port)."""
+    host, _, port = cfg.dns_upstream.partition(":")
+    try:
+        ipaddress.IPv4Address(host)
+        p = int(port) if port else 53
+        if not 0 < p < 65536:
+            raise ValueError(f"port {p} is not 1..65535")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [pop] dns_upstream = {cfg.dns_upstream!r}: write \"IP\" or \"IP:PORT\" ({exc})") \
+            from None
+    return host, p
+
+
+def rule_sites(cfg: PopConfig) -> dict:
+    """[sites] as the rules see them (pop/netrules.py)."""
+    from .netrules import GatewaySite
+
+    return {n: GatewaySite(n, e.backhaul_gateway, e.fallback) for n, e in cfg.sites.items()}
+
+
+def load_rules(cfg: PopConfig):
+    """``[pop] rules`` compiled against ``[sites]``; ConfigError ``path:line: reason`` for a bad file."""
+    from .netrules import RulesError, load as load_netrules
+
+    try:
+        return load_netrules(cfg.rules, rule_sites(cfg))
+    except RulesError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load(path: Path) -> tuple[PopConfig, PopPolicy]:
@@ -132,6 +184,14 @@ def load(path: Path) -> tuple[PopConfig, PopPolicy]:
         except ValueError as exc:
             raise ConfigError(f"{path}: [pop] tun_address / egress_address: {exc}") from exc
     cfg.sites = _sites(data, path, cfg)
+    if cfg.dns_upstream:
+        if not cfg.site_name:
+            raise ConfigError(f"{path}: [pop] dns_upstream is the sites' DNS: it needs site_name")
+        dns_upstream(cfg, path)
+    if cfg.dns_max_entries < 1:
+        raise ConfigError(f"{path}: [pop] dns_max_entries = {cfg.dns_max_entries} must be at least 1")
+    if cfg.rules:
+        cfg.rule_set = load_rules(cfg)
     if "agentless" in data:
         from gateway.agentless import config as agentless_config
 

@@ -33,6 +33,7 @@ from gateway.agentless.server import _alert_and_close, _peek
 from gateway.pending import HandshakeGate
 from ztna import mux, pki, tlswire, wire
 from ztna.chansock import ChannelSocket
+from ztna.config import ConfigError
 from ztna.crl import CrlWatch
 from ztna.loglimit import LogLimiter, suffix
 from ztna.biotls import BioTLS
@@ -43,7 +44,9 @@ from ztna.tunnelcmds import Log
 from . import relay as r
 from .config import PopConfig
 from .policy import PopPolicy
+from . import dnsmap
 from . import sitehub as sh
+from .dnsmap import DnsMap
 from .route import Agent, Alias, Site, route
 
 log = logging.getLogger("ztna.pop")
@@ -62,7 +65,18 @@ class Pop:
         self.sites: dict[int, BioTLS] = {}
         # Site routers (ztna site run): their LANs' packets through the PoP's TUN and egress (pop/sitehub.py).
         self.hub = sh.SiteHub({i: sh.SiteDef(e.name, e.lan) for i, e in cfg.sites.items()},
-                              keepalive=cfg.keepalive, queue_limit=cfg.queue_limit) if cfg.site_name else None
+                              keepalive=cfg.keepalive, queue_limit=cfg.queue_limit,
+                              decide=self._decide) if cfg.site_name else None
+        # The network rules and internet firewall (pop/netrules.py): each new flow's exit; SIGHUP reads them again.
+        self.rules = cfg.rule_set
+        # With [pop] dns_upstream the PoP answers its sites' DNS (pop/dns.py) and learns which names each
+        # address was answered for (pop/dnsmap.py): the rules' domain destinations, and nft sets of them.
+        self.dmap = DnsMap(cfg.dns_max_entries) if cfg.dns_upstream else None
+        self.names_of = self.dmap.names if self.dmap is not None else None
+        self.dns = None
+        self.rule_sets = False  # table ip ztna_pop_rules is loaded
+        self.set_flush = None
+        self.tun_ip = cfg.tun_address.split("/")[0]
         self.tun = None
         self.refusal_log = LogLimiter(interval=10.0)
         self.flow_file = open(cfg.flow_log, "a", buffering=1) if cfg.flow_log else None
@@ -99,6 +113,7 @@ class Pop:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_rules)
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -135,6 +150,8 @@ class Pop:
             self._perform(self.relay.tick(time.monotonic()))
             if self.hub is not None:
                 self._perform(self.hub.tick(time.monotonic()))
+            if self.dmap is not None:
+                self.dmap.expire(time.monotonic())
 
     def _poll_crl(self) -> None:
         if self.crl is None:
@@ -332,6 +349,87 @@ class Pop:
         if conn is not None:
             log.info("agent %d closed: %s; %d bytes in, %d out", aid, reason, conn.bytes_in, conn.bytes_out)
 
+    # ---- network rules ([pop] rules) -------------------------------------------------------
+    def _decide(self, site: str, proto: int, src: str, dst: str, dport: int) -> sh.Exit:
+        if self.rules is None or dst == self.tun_ip:  # the PoP's own address (its DNS for the sites) stays here
+            return sh.Exit()
+        # "up": the gateway sites whose tunnel is connected; a backhaul to another takes its fallback.
+        return self.rules.decide(site, proto, src, dst, dport, time.monotonic(), up=self.hub.by_site,
+                                 names_of=self.names_of)
+
+    def reload_rules(self) -> bool:
+        """SIGHUP: read ``[pop] rules`` again; a bad file is refused and logged, the running rules stay."""
+        from .config import load_rules
+
+        if not self.cfg.rules:
+            log.warning("SIGHUP: [pop] rules names no rules file; nothing to reload")
+            return False
+        try:
+            new = load_rules(self.cfg)
+        except ConfigError as exc:
+            self.relay.counters["rules_reloads_refused"] += 1
+            kept = f"{len(self.rules)} rules" if self.rules is not None else "no rules"
+            log.error("rules reload refused: %s; the running rules stay (%s)", exc, kept)
+            return False
+        self.rules = new
+        self.relay.counters["rules_reloads"] += 1
+        log.info("rules reloaded from %s: %d firewall rule(s), %d network rule(s); new flows take them",
+                 self.cfg.rules, len(new.firewall), len(new.network))
+        if self.dmap is not None:
+            gone = self.dmap.keep_only(new.name_matches)
+            if gone:
+                log.info("DNS map: %d entries for names no rule covers now dropped", gone)
+            if self.rule_sets or self.tun is not None:
+                self._load_rule_sets()
+        return True
+
+    # ---- the sites' DNS and the rule sets (pop/dns.py, pop/dnsmap.py) ---------------------------
+    def _load_rule_sets(self) -> None:
+        """(Re)create table ip ztna_pop_rules for the rules in force, then put every live entry in it."""
+        from ztna import nft
+
+        text = dnsmap.table_text(self.rules, 2 * self.cfg.dns_max_entries)
+        try:
+            if text is None:
+                nft.delete_table(dnsmap.TABLE)
+                self.rule_sets = False
+                return
+            nft.replace_table(dnsmap.TABLE, text, what="the rules' DNS sets")
+        except nft.NftError as exc:
+            log.error("%s; domain rules still match in the PoP, but not in nft sets", exc)
+            self.rule_sets = False
+            return
+        self.rule_sets = True
+        self.dmap.dirty = set(self.dmap.by_addr)
+        self._flush_sets()
+
+    def _dns_answer(self, msg: bytes, now: float) -> None:
+        if self.rules is None:
+            return
+        names, addrs = dnsmap.records_of(msg)
+        self._perform(self.dmap.answered(names, addrs, now, self.rules.name_matches))
+        if self.dmap.dirty and self.rule_sets and self.set_flush is None:
+            # one nft transaction per 0.2 s at most, whatever the answer rate
+            self.set_flush = asyncio.get_running_loop().call_later(0.2, self._flush_sets)
+
+    def _flush_sets(self) -> None:
+        from ztna import nft
+
+        self.set_flush = None
+        dirty, self.dmap.dirty = self.dmap.dirty, set()
+        if not self.rule_sets or not dirty or self.rules is None:
+            return
+        text = dnsmap.elements_text(self.dmap, dirty, self.rules, time.monotonic())
+        if not text:
+            return
+        try:
+            nft.apply(text, what=f"{len(dirty)} address(es) for the rules' DNS sets")
+        except nft.NftError as exc:
+            self.relay.counters["rule_set_errors"] += 1
+            quiet = self.refusal_log.allow("rule sets", time.monotonic())
+            if quiet is not None:
+                log.warning("%s%s", exc, suffix(quiet))
+
     # ---- sites (ztna site run) ------------------------------------------------------------
     async def _start_sites(self, loop) -> None:
         from ztna import nft
@@ -348,6 +446,13 @@ class Pop:
             + "".join(f"    oifname \"{self.cfg.egress_interface}\" ip saddr {n} {nat}\n" for n in lans)
             + "  }\n}\n"), what="the PoP's egress NAT")
         loop.add_reader(self.tun.fd, self._on_tun)
+        if self.dmap is not None:
+            from .config import dns_upstream
+            from .dns import PopDns
+
+            self._load_rule_sets()
+            self.dns = PopDns(dns_upstream(self.cfg), self._dns_answer)
+            await self.dns.start(self.tun_ip, 53)
         log.info("sites as %s: TUN %s routes %s; internet traffic leaves %s as %s", self.cfg.site_name,
                  self.tun.name, ", ".join(lans) or "nothing yet", self.cfg.egress_interface,
                  self.cfg.egress_address or "its address")
@@ -356,6 +461,12 @@ class Pop:
         from ztna import nft
 
         self._perform(self.hub.flush_flows("PoP stopping"))
+        if self.dns is not None:
+            self.dns.close()
+        if self.set_flush is not None:
+            self.set_flush.cancel()
+        if self.dmap is not None:
+            nft.delete_table(dnsmap.TABLE)
         if self.tun is not None:
             try:
                 loop.remove_reader(self.tun.fd)

@@ -167,17 +167,23 @@ class PopAgentScenario(Scenario):
         procs.wait_until(lambda: "100.64.0.2" in lab.resolv_conf_path(host).read_text(), what="the agent to take over DNS")
         return p
 
+    def start_gateway(self, lab: Lab, resources: tuple = (APP,)):
+        """Start the gateway in connector mode and wait until the PoP says each resource is published."""
+        gw = lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(self.gw_conf)), name="gateway")
+        poplog = Path(lab.procs["pop"].log)
+        procs.wait_until(lambda: all(f"publishes {r}" in poplog.read_text(errors="replace") for r in resources)
+                         or not gw.alive(), timeout=15, what="the gateway's connector tunnels to reach the PoP")
+        if not gw.alive():
+            raise RuntimeError("the gateway in connector mode stopped; see its log")
+        return gw
+
     # ---- the users' actions ---------------------------------------------------------
     def drive(self, lab: Lab) -> dict:
         ca = str(lab.pki_dir / "ca.pem")
         seen = {}
         # The gateway starts while every link is captured, so its connector tunnel's dial-out is on record.
-        gw = lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(self.gw_conf)), name="gateway")
+        gw = self.start_gateway(lab)
         poplog = Path(lab.procs["pop"].log)
-        procs.wait_until(lambda: "publishes app.mycompany.net" in poplog.read_text(errors="replace"),
-                         timeout=15, what="the gateway's connector tunnel to reach the PoP")
-        if not gw.alive():
-            raise RuntimeError("the gateway in connector mode stopped; see its log")
         r = lab.exec("client", ["dig", "+noall", "+answer", f"@{PUBLIC_DNS}", APP, "A"])
         seen["public_app"] = r.stdout.decode()
         seen["dig_app"] = dig.short(lab, "client", APP)
@@ -302,17 +308,14 @@ class PopAgentScenario(Scenario):
             steps[0].see(f"dig printed {ans!r}")
         # 2. client uplink: TLS to the PoP only
         segs = evidence.tcp(up)
-        syn = evidence.syns(up, dst=POP, dport=443)
-        port = syn[0].sport if syn else None
-        ch = evidence.tls(evidence.stream(segs, client_ip, POP, sport=port, dport=443)) if syn else {"sni": None}
-        inner = evidence.touching(up, LAN) + evidence.touching(up, AGENT_NET)
-        to_gw = [s for s in segs if GW in (s.src, s.dst)]
-        if syn and ch.get("sni") == TUNNEL_NAME and not inner and not to_gw:
-            steps[1].passed(f"client:eth0  SYN {client_ip}:{port} -> {POP}:443, ClientHello SNI {ch['sni']}; "
-                            f"0 packets touch {LAN}, {AGENT_NET} or the gateway {GW}", syn[0],
-                            flow.first_data(segs, client_ip, POP, sport=port, dport=443), label=f"ClientHello SNI {ch.get('sni')}")
+        ul = evidence.uplink(up, client_ip, POP, nets=(LAN, AGENT_NET), hosts=(GW,))
+        if ul.only_tls(TUNNEL_NAME):
+            port = ul.syns[0].sport
+            steps[1].passed(f"client:eth0  SYN {client_ip}:{port} -> {POP}:443, ClientHello SNI {TUNNEL_NAME}; "
+                            f"0 packets touch {LAN}, {AGENT_NET} or the gateway {GW}", ul.syns[0],
+                            flow.first_data(segs, client_ip, POP, sport=port, dport=443), label=f"ClientHello SNI {TUNNEL_NAME}")
         else:
-            steps[1].see(f"SYN to PoP: {bool(syn)}, SNI {ch.get('sni')}, {len(inner)} LAN/agent packets, {len(to_gw)} to the gateway")
+            steps[1].see(ul.summary())
         # 3. the PoP's link: tunnel in, connector in (from the gateway, since the gateway dials out)
         psegs = evidence.tcp(popl)
         a_in = evidence.syns(popl, dst=POP, dport=443)

@@ -78,7 +78,7 @@ class PopAgentlessScenario(PopAgentScenario):
             f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
             f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\n"
             f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\nalias_names = [\"{ALIAS}\"]\n\n"
-            f"[policy]\nalice = [\"{APP}\"]\ncarol = [\"{HR}\"]\ndave = [\"{APP}\"]\n\n"
+            f"[policy]\n{self.pop_policy()}\n"
             f"[connectors]\ngw1 = [\"{APP}\", \"{HR}\"]\n\n"
             f"[agentless]\nusers = \"{users}\"\nsession_key = \"{lab.conf_dir}/pop-session.key\"\n"
             f"access_log = \"{lab.log_dir}/pop-access.jsonl\"\n\n"
@@ -95,15 +95,14 @@ class PopAgentlessScenario(PopAgentScenario):
         for host, _, _ in self.clients:
             lab.set_resolvers(host, [PUBLIC_DNS])
 
+    def pop_policy(self) -> str:
+        """The PoP's ``[policy]``: alice and dave to the app, carol to hr (bob has none)."""
+        return f"alice = [\"{APP}\"]\ncarol = [\"{HR}\"]\ndave = [\"{APP}\"]\n"
+
     # ---- the users' actions ---------------------------------------------------------
     def drive(self, lab: Lab) -> dict:
         seen: dict = {}
-        gw = lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(self.gw_conf)), name="gateway")
-        poplog = Path(lab.procs["pop"].log)
-        procs.wait_until(lambda: all(f"publishes {n}" in poplog.read_text(errors="replace") for n in (APP, HR)),
-                         timeout=15, what="the gateway's connector tunnels to reach the PoP")
-        if not gw.alive():
-            raise RuntimeError("the gateway in connector mode stopped; see its log")
+        self.start_gateway(lab, (APP, HR))
         r = lab.exec("browser", ["dig", "+noall", "+answer", f"@{PUBLIC_DNS}", APP, "A"])
         seen["public_app"] = r.stdout.decode()
         rc, out, err = self.curl(lab, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", f"https://{APP}/")
@@ -183,19 +182,14 @@ class PopAgentlessScenario(PopAgentScenario):
             steps[0].see(f"dig printed {seen.get('public_app')!r}")
         # 2. the browser's ClientHello to the PoP names the app
         segs = evidence.tcp(up)
-        syn = evidence.syns(up, dst=POP, dport=443)
-        snis = []
-        for s in syn:
-            snis.append(evidence.tls(evidence.stream(segs, browser_ip, POP, sport=s.sport, dport=443)).get("sni"))
-        inner = evidence.touching(up, LAN)
-        to_gw = [s for s in segs if GW in (s.src, s.dst)]
-        if syn and snis and all(n == APP for n in snis) and not inner and not to_gw:
-            steps[1].passed(f"browser:eth0  {len(syn)} connection(s) {browser_ip} -> {POP}:443, every ClientHello "
-                            f"SNI {APP}; 0 packets touch {LAN} or the gateway {GW}", syn[0],
-                            flow.first_data(segs, browser_ip, POP, sport=syn[0].sport, dport=443),
+        ul = evidence.uplink(up, browser_ip, POP, nets=(LAN,), hosts=(GW,))
+        if ul.only_tls(APP):
+            steps[1].passed(f"browser:eth0  {len(ul.syns)} connection(s) {browser_ip} -> {POP}:443, every ClientHello "
+                            f"SNI {APP}; 0 packets touch {LAN} or the gateway {GW}", ul.syns[0],
+                            flow.first_data(segs, browser_ip, POP, sport=ul.syns[0].sport, dport=443),
                             label=f"ClientHello SNI {APP}")
         else:
-            steps[1].see(f"{len(syn)} SYNs to the PoP, SNIs {snis}, {len(inner)} LAN packets, {len(to_gw)} to the gateway")
+            steps[1].see(ul.summary())
         # 3. unauthenticated: redirect to the sign-in page
         anon = seen.get("anon", "")
         if anon.startswith("302 ") and "/.ztna/login" in anon:

@@ -31,10 +31,7 @@ def lab(tmp_path_factory):
         lab.ca()
         pki.write_pem(lab.pki_dir / "crl.pem", crl.render(lab.ca(), {}, now=pki.utcnow()), private=False)
         sc.start(lab)
-        lab.start("gateway", procs.ztna_argv("gateway", "run", "--config", str(sc.gw_conf)), name="gateway")
-        poplog = Path(lab.procs["pop"].log)
-        procs.wait_until(lambda: f"publishes {APP}" in poplog.read_text(errors="replace"), timeout=15,
-                         what="the connector tunnel to reach the PoP")
+        sc.start_gateway(lab)
         lab.sc = sc
         yield lab
     finally:
