@@ -29,6 +29,7 @@ from ztna.resolved import RESOLVED, ResolvedError, routing_domains
 from ztna.tlsconn import FramedTLS, client_context, tune_tunnel_socket
 from ztna.tun import Tun, read_batch, write_packets
 from ztna.udppath import AgentPath, SendDatagram, SendDatagrams
+from ztna.udpsock import BatchSocket
 
 from . import takeover
 from .config import AgentConfig
@@ -50,7 +51,7 @@ class Agent:
         self.core = AgentSession(self.pool, cfg.patterns, address=cfg.address, keepalive=cfg.keepalive,
                                  dns_ttl=cfg.dns_ttl, now=time.monotonic(),
                                  path=AgentPath() if cfg.udp else None, udp_mtu=cfg.udp_mtu)
-        self.udp_sock: socket.socket | None = None
+        self.udp_sock: BatchSocket | None = None
         # Bad input is logged once per source per interval, with a count of the lines held back.
         self.bad_log = self.core.bad_log
         self.identity = pki.identity_of(x509.load_pem_x509_certificate(Path(cfg.cert).read_bytes()))
@@ -94,11 +95,7 @@ class Agent:
                      self.cfg.dns_stub, "on" if self.tun.offload else "off")
             servers = await self._start_dns()
             if self.cfg.udp:
-                self.udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                self.udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-                self.udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-                self.udp_sock.setblocking(False)
-                self.udp_sock.bind(("0.0.0.0", 0))
+                self.udp_sock = BatchSocket(("0.0.0.0", 0), self.counters, log, buffers=4 << 20)
                 self.loop.add_reader(self.udp_sock.fileno(), self._on_udp)
             resolv = Path(self.cfg.resolv_conf)
             # The guardian first: from the moment the file is taken over, a kill -9 must find it there.
@@ -168,10 +165,9 @@ class Agent:
             elif t is Connect:
                 asyncio.ensure_future(self._connect())
             elif t is SendDatagrams:
-                for d in c.datagrams:
-                    self._udp_send(d)
+                self._udp_send(c.datagrams)
             elif t is SendDatagram:
-                self._udp_send(c.data)
+                self._udp_send([c.data])
             elif t is Close:
                 if self.tunnel is not None:
                     self.tunnel.close(c.reason)
@@ -179,30 +175,15 @@ class Agent:
                 raise TypeError(f"unknown session command {c!r}")
 
     # ---- the UDP data channel (only with udp = true) ---------------------------
-    def _udp_send(self, data: bytes) -> None:
+    def _udp_send(self, datagrams: list) -> None:
         path = self.core.path
         if self.udp_sock is None or self.gateway_ip is None or path is None or path.port is None:
             return
-        try:
-            self.udp_sock.sendto(data, (self.gateway_ip, path.port))
-        except BlockingIOError:
-            self.counters["udp_tx_dropped_full"] += 1  # like a full queue: the inner TCP retransmits
-        except OSError as exc:
-            self.counters["udp_tx_errors"] += 1
-            log.debug("UDP send: %s", exc)
+        self.udp_sock.send(datagrams, (self.gateway_ip, path.port))
 
     def _on_udp(self) -> None:
-        items = []
-        sock = self.udp_sock
-        for _ in range(256):  # no recvmmsg in Python: non-blocking reads until EAGAIN, bounded per wake-up
-            try:
-                items.append(sock.recvfrom(65535))
-            except BlockingIOError:
-                break
-            except OSError as exc:  # an ICMP error queued on the socket
-                self.counters["udp_rx_errors"] += 1
-                log.debug("UDP receive: %s", exc)
-                break
+        # GRO buffers come split; non-blocking reads until EAGAIN, bounded per wake-up.
+        items = self.udp_sock.receive()
         if items:
             self._perform(self.core.datagrams(items, time.monotonic()))
 

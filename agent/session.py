@@ -52,6 +52,7 @@ from ztna.ippacket import NO_VNET, TCP_RST, TCP_SYN, BadPacket, icmp_unreachable
 from ztna.loglimit import LogLimiter, suffix
 from ztna.names import PatternSet
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
+from ztna.segment import coalesce
 from ztna.udppath import AgentPath, SendControl, SendDatagram, SendDatagrams  # noqa: F401
 
 from .backoff import Backoff
@@ -215,24 +216,24 @@ class AgentSession:
         if path is None or self.state != UP:
             self.counters["udp_dropped_no_path"] += len(items)
             return cmds
-        pkts: list = []
-        for data, source in items:
-            pcmds, got = path.datagram(data, source, now)
-            if pcmds:
-                self._path_cmds(pcmds, cmds, now)
-            elif got.packet is None and path.last_udp_rx != now:
-                quiet = self.bad_log.allow(("udp", source[0]), now)
-                if quiet is not None:
-                    cmds.append(Log(logging.WARNING, f"dropped a datagram from {source[0]}:{source[1]} that did not "
-                                                     f"authenticate{suffix(quiet)}"))
-            if got.packet is not None:
-                if len(got.packet) < 20 or got.packet[0] >> 4 != 4:
-                    self.counters["udp_dropped_not_ipv4"] += 1
-                    continue
-                pkts.append(NO_VNET + got.packet)
+        pcmds, bufs, _, refused = path.receive_many(items, now)
+        if pcmds or path.state != self._path_seen:
+            self._path_cmds(pcmds, cmds, now)
+        for source in dict.fromkeys(refused):
+            quiet = self.bad_log.allow(("udp", source[0]), now)
+            if quiet is not None:
+                cmds.append(Log(logging.WARNING, f"dropped a datagram from {source[0]}:{source[1]} that did not "
+                                                 f"authenticate{suffix(quiet)}"))
+        pkts = []
+        for buf in bufs:
+            if len(buf) < 30 or buf[10] >> 4 != 4:
+                self.counters["udp_dropped_not_ipv4"] += 1
+                continue
+            pkts.append(buf)
         if pkts:
             self.counters["udp_rx_packets"] += len(pkts)
-            cmds.append(WriteTun(pkts))
+            # in-order TCP segments of one flow go to the TUN as one super-packet
+            cmds.append(WriteTun(coalesce(pkts) if len(pkts) > 1 else pkts))
         return cmds
 
     # ---- the connection's backpressure ------------------------------------------------

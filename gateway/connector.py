@@ -41,7 +41,8 @@ from ztna import mux, wire
 from ztna.chansock import ChannelSocket
 from ztna.config import ConfigError, section
 from ztna.names import BadName, normalize, normalize_pattern
-from ztna.tlsconn import FramedTLS, client_context
+from ztna.biotls import BioTLS
+from ztna.tlsconn import client_context
 
 from .session import GatewaySession
 
@@ -59,7 +60,7 @@ class PopLink:
     key: str
     ca: str = ""               # the PoP's certificate chains to this; default: [gateway] ca
     port: int = 443
-    window: int = mux.DEFAULT_WINDOW
+    window: int = 4 * mux.DEFAULT_WINDOW
     connect_timeout: float = 10.0
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
@@ -259,7 +260,7 @@ class ConnectorCore:
 
 # ---- the shell ---------------------------------------------------------------------------------
 class ChannelConn:
-    """What a GatewaySession's shell expects of its connection (FramedTLS's send/close/queued), on a channel."""
+    """What a GatewaySession's shell expects of its connection (BioTLS's send/close/queued), on a channel."""
 
     def __init__(self, connector: "Connector", ch: int):
         self.connector = connector
@@ -310,7 +311,7 @@ class Connector:
         self.resource = resource
         self.ctx: ssl.SSLContext = client_context(pop_cfg.ca, pop_cfg.cert, pop_cfg.key)
         self.backoff = Backoff(pop_cfg.backoff_base, pop_cfg.backoff_cap)
-        self.conn: FramedTLS | None = None
+        self.conn: BioTLS | None = None
         self.core: ConnectorCore | None = None
         self.sessions: dict[int, object] = {}  # channel -> gateway.service.Session
         self.streams: dict[int, ChannelSocket | None] = {}  # stream channel -> its socket (None: connecting)
@@ -355,11 +356,11 @@ class Connector:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await asyncio.wait_for(loop.sock_connect(sock, (self.cfg.address, self.cfg.port)), self.cfg.connect_timeout)
-            ssock = self.ctx.wrap_socket(sock, server_hostname=self.cfg.name, do_handshake_on_connect=False)
-            sock = ssock
             now = time.monotonic()
             core = ConnectorCore(self.resource, window=self.cfg.window, keepalive=self.gw.cfg.keepalive, now=now)
-            conn = FramedTLS(ssock, name=f"PoP {self.cfg.address}")
+            # OpenSSL on memory buffers, as the PoP's end (ztna/biotls.py)
+            conn = BioTLS(sock, self.ctx, server_side=False, server_hostname=self.cfg.name,
+                          name=f"PoP {self.cfg.address}")
             await conn.handshake(self.cfg.connect_timeout)
         except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
             if sock is not None:
@@ -373,7 +374,7 @@ class Connector:
         conn.on_blocked = lambda blocked: blocked or self._drain()
         conn.start_reading()
         conn.send(core.hello())
-        log.info("connector %s: TLS %s with the PoP %s:%d (%s), HELLO sent", self.resource, ssock.version(),
+        log.info("connector %s: TLS %s with the PoP %s:%d (%s), HELLO sent", self.resource, conn.tls.version(),
                  self.cfg.address, self.cfg.port, self.cfg.name)
         return True
 

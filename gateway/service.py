@@ -35,6 +35,7 @@ from ztna.loglimit import LogLimiter, suffix
 from ztna.tlsconn import FramedTLS, accept_ready, server_context, tune_tunnel_socket
 from ztna.tun import Tun, read_batch, write_packets
 from ztna.udppath import session_of
+from ztna.udpsock import BatchSocket
 
 from . import reload as reload_mod
 from .config import GatewayConfig
@@ -147,7 +148,7 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.crl = CrlWatch(cfg.crl, x509.load_pem_x509_certificate(Path(cfg.ca).read_bytes())) if cfg.crl else None
         self.connectors: list = []  # gateway.connector.Connector, one per [pop] resource
-        self.udp_sock: socket.socket | None = None
+        self.udp_sock: BatchSocket | None = None
         self.udp_log = LogLimiter(interval=10.0)
         # The data channel's keys are bound to this certificate (agent/service.py hashes the same one).
         self.cert_id = hashlib.sha256(x509.load_pem_x509_certificate(Path(cfg.cert).read_bytes()).public_bytes(
@@ -190,11 +191,7 @@ class Gateway:
                 lsock.setblocking(False)
                 self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
                 if self.cfg.udp_port:
-                    self.udp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    self.udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-                    self.udp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-                    self.udp_sock.bind((self.cfg.listen, self.cfg.udp_port))
-                    self.udp_sock.setblocking(False)
+                    self.udp_sock = BatchSocket((self.cfg.listen, self.cfg.udp_port), self.counters, log)
                     self.loop.add_reader(self.udp_sock.fileno(), self._on_udp)
                     log.info("UDP data channel on %s:%d", self.cfg.listen, self.cfg.udp_port)
             self.loop.add_reader(self.tun.fd, self._on_tun)
@@ -462,10 +459,9 @@ class Gateway:
                 if self.by_inside.get(c.inside) is s:
                     del self.by_inside[c.inside]
             elif t is SendDatagrams:
-                for d in c.datagrams:
-                    self._udp_send(d, c.to)
+                self._udp_send(c.datagrams, c.to)
             elif t is SendDatagram:
-                self._udp_send(c.data, c.to)
+                self._udp_send([c.data], c.to)
             elif t is Close:
                 s.conn.close(c.reason)
             else:
@@ -502,43 +498,35 @@ class Gateway:
         raise LookupError(last or "no private DNS server configured")
 
     # ---- the UDP data channel (only with udp_port) ---------------------------
-    def _udp_send(self, data: bytes, to) -> None:
+    def _udp_send(self, datagrams: list, to) -> None:
         if self.udp_sock is None or to is None:
             return
-        try:
-            self.udp_sock.sendto(data, to)
-        except BlockingIOError:
-            self.counters["udp_tx_dropped_full"] += 1
-        except OSError as exc:
-            self.counters["udp_tx_errors"] += 1
-            log.debug("UDP send to %s: %s", to, exc)
+        self.udp_sock.send(datagrams, to)
 
     def _on_udp(self) -> None:
         now = time.monotonic()
-        sock = self.udp_sock
         sessions = self.sessions
-        for _ in range(256):  # no recvmmsg in Python: non-blocking reads until EAGAIN, bounded per wake-up
-            try:
-                data, source = sock.recvfrom(65535)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self.counters["udp_rx_errors"] += 1
-                log.debug("UDP receive: %s", exc)
-                break
+        # GRO buffers come split; non-blocking reads until EAGAIN, bounded per wake-up.
+        batches: dict[int, list] = {}  # session -> its datagrams, in order: one call, one TUN write list each
+        for data, source in self.udp_sock.receive():
             sid = session_of(data)
-            s = sessions.get(sid) if sid is not None else None
-            if s is None:
+            if sid is None or sid not in sessions:
                 self.counters["udp_rejected_no_session"] += 1
                 quiet = self.udp_log.allow(("no session", source[0]), now)
                 if quiet is not None:
                     log.warning("dropped a datagram from %s:%d on the UDP port: %s%s", source[0], source[1],
                                 "not a data-channel datagram" if sid is None else f"no session {sid}", suffix(quiet))
                 continue
+            batches.setdefault(sid, []).append((data, source))
+        for sid, items in batches.items():
+            s = sessions.get(sid)
+            if s is None:
+                continue
             path = s.core.path
             before = path.counters["udp_rx"] if path is not None else 0
-            self._perform(s, s.core.datagram(data, source, now))
-            if path is not None and path.counters["udp_rx"] == before:  # not authenticated: dropped and counted
+            self._perform(s, s.core.datagrams(items, now))
+            if path is not None and path.counters["udp_rx"] - before < len(items):  # some did not authenticate
+                source = items[-1][1]
                 quiet = self.udp_log.allow(("session", sid, source[0]), now)
                 if quiet is not None:
                     log.warning("dropped a datagram from %s:%d for session %d: it did not authenticate "

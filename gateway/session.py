@@ -49,9 +49,9 @@ from dataclasses import dataclass
 
 from ztna import wire
 from ztna.fqcodel import FqCodel
-from ztna.ippacket import NO_VNET
 from ztna.names import BadName, normalize
 from ztna.tunnelcmds import Close, Log, Send, WriteTun  # noqa: F401  (commands of this session too)
+from ztna.segment import coalesce
 from ztna.udppath import GatewayPath, SendControl, SendDatagram, SendDatagrams  # noqa: F401
 
 from .nat import ClientNat, InsidePool
@@ -369,24 +369,36 @@ class GatewaySession:
 
     def datagram(self, data: bytes, source: tuple, now: float) -> list:
         """One datagram whose header names this session (the shell found it by ``udppath.session_of``)."""
+        return self.datagrams([(data, source)], now)
+
+    def datagrams(self, items: list, now: float) -> list:
+        """Datagrams, each (data, source), whose headers name this session, in the order they came.
+        Their inner packets go through the NAT and to the TUN in one write list, in-order TCP segments
+        of one flow joined into super-packets first (ztna.segment.coalesce)."""
         path, nat = self.path, self.nat
         if path is None or nat is None or self.state == CLOSED:
-            self.counters["udp_dropped_no_path"] += 1
+            self.counters["udp_dropped_no_path"] += len(items)
             return []
-        cmds, got = path.datagram(data, source, now)
-        if got.moved:
+        cmds, bufs, moved, _ = path.receive_many(items, now)
+        for source in moved:
             cmds.append(Log(logging.INFO, f"session {self.id} {self.identity}: UDP peer now {source[0]}:{source[1]}"))
-        pkt = got.packet
-        if pkt is not None:
-            buf = bytearray(NO_VNET)
-            buf += pkt
-            verdict = nat.outbound(buf, wire.VNET_HDR_LEN, False, now) if len(pkt) >= 20 else None
+        if not bufs:
+            return cmds
+        out: list = []
+        outbound = nat.outbound
+        for buf in coalesce(bufs) if len(bufs) > 1 else bufs:
+            if len(buf) < 30:
+                self._dropped(cmds)
+                continue
+            verdict = outbound(buf, wire.VNET_HDR_LEN, bool(buf[0] & 1), now)
             if verdict is None:
                 self._dropped(cmds)
-            else:
-                if verdict[1]:
-                    cmds.append(self._flow_line(verdict[0]))
-                cmds.append(WriteTun([buf]))
+                continue
+            if verdict[1]:
+                cmds.append(self._flow_line(verdict[0]))
+            out.append(buf)
+        if out:
+            cmds.append(WriteTun(out))
         return cmds
 
     def _udp_out(self, out: list) -> tuple[list, list]:

@@ -21,10 +21,21 @@ commands.  Two kinds of peer:
   agent.  DATA from the agent goes to the channel its destination address was
   leased through.
 
-Router semantics: a DATA frame the channel's credit cannot take is dropped and
-counted (``drops``), never queued.  Credit for what the connector sent is given
-back as the PoP hands it to the agent, unless the agent's connection holds more
-than ``queue_limit`` bytes unsent; then it is owed and granted at ``agent_drained``.
+Credit, agent -> connector: a DATA frame the channel's credit cannot take is
+*held* with every later frame of that channel (their order kept), and the shell
+is told to stop reading that agent's tunnel (``PauseAgent``); the connector's
+next CREDIT sends what is held and resumes it (``ResumeAgent``).  So a busy
+connector pushes back through TCP on the agent, whose own fair queue (CoDel)
+decides what to drop, as when a directly dialled gateway is slow, instead of
+the PoP dropping whole GSO super-packets.  What is held is bounded: at most
+``hold_limit`` bytes per agent (the shell's one read of a wake-up fits) and
+``hold_timeout`` seconds; past either the frames are dropped and counted
+(``credit_drops``, router semantics) and the agent is read again.  Only that
+agent waits: other agents' channels on the same connector have their own credit.
+
+Credit, connector -> agent: given back as the PoP hands the bytes to the agent,
+unless the agent's connection holds more than ``queue_limit`` bytes unsent; then
+it is owed and granted at ``agent_drained``.
 
 One JSON log line per flow (a lease through a connector, from LEASE_RESULT
 allowed to its release or the end of either tunnel): identity, resource,
@@ -68,6 +79,17 @@ class CloseAgent:
 
 
 @dataclass(frozen=True)
+class PauseAgent:
+    """Stop reading the agent's tunnel: its frames wait for a connector's credit (held at the PoP)."""
+    agent: int
+
+
+@dataclass(frozen=True)
+class ResumeAgent:
+    agent: int
+
+
+@dataclass(frozen=True)
 class CloseConnector:
     connector: int
     reason: str
@@ -85,6 +107,22 @@ class StreamEvent:
 class FlowLog:
     """One JSON line for the flow log."""
     fields: dict
+
+
+def runs(flows: list, limit: int):
+    """(first, end, bytes) of consecutive runs of DATA frames (``flows``: (flow, payload length) each, the frame
+    ``wire.HEADER`` longer) of at most ``limit`` bytes; a run holds at least one frame."""
+    i, n = 0, len(flows)
+    while i < n:
+        j, size = i, 0
+        while j < n:
+            f = wire.HEADER + flows[j][1]
+            if size and size + f > limit:
+                break
+            size += f
+            j += 1
+        yield i, j, size
+        i = j
 
 
 # ---- state ------------------------------------------------------------------------------
@@ -110,6 +148,10 @@ class AgentLink:
     channels: dict = field(default_factory=dict)   # connector id -> channel id
     flows: dict = field(default_factory=dict)      # leased address (4 bytes) -> Flow
     drops: int = 0
+    held: dict = field(default_factory=dict)       # (connector, channel) -> [frame parts, (flow, length) each]
+    held_bytes: int = 0
+    held_since: float = 0.0
+    paused: bool = False
 
 
 @dataclass
@@ -126,16 +168,19 @@ class ConnectorLink:
     pending: dict = field(default_factory=dict)    # channel id -> frames waiting for OPENED
     owed: dict = field(default_factory=dict)       # channel id -> credit not yet granted (agent slow)
     streams: set = field(default_factory=set)      # agentless stream channels (their bytes are the shell's)
+    holding: set = field(default_factory=set)      # agents with frames held for this connector's credit
 
 
 class Relay:
     """Every agent and connector of one PoP (see the module docstring)."""
 
     def __init__(self, policy: PopPolicy, *, keepalive: float = 15.0, queue_limit: int = 4 * 1024 * 1024,
-                 window: int = mux.DEFAULT_WINDOW):
+                 window: int = mux.DEFAULT_WINDOW, hold_limit: int = 2 * 1024 * 1024, hold_timeout: float = 1.0):
         self.policy = policy
         self.keepalive = keepalive
         self.queue_limit = queue_limit
+        self.hold_limit = hold_limit
+        self.hold_timeout = hold_timeout
         self.window = window
         self.agents: dict[int, AgentLink] = {}
         self.connectors: dict[int, ConnectorLink] = {}
@@ -181,7 +226,50 @@ class Relay:
         if bad is not None and cid in self.connectors:
             self.counters["connector_protocol_errors"] += 1
             self._close_connector(c, f"protocol error: {bad}", cmds, tell=True)
+        elif c.holding and cid in self.connectors:
+            self._retry_held(c, cmds)  # a CREDIT may have come
         return cmds
+
+    def _retry_held(self, c: ConnectorLink, cmds: list) -> None:
+        """Send what agents hold for ``c`` as far as the credit goes; resume the agents that hold nothing more."""
+        dest: list = []
+        for aid in sorted(c.holding):
+            a = self.agents.get(aid)
+            if a is None:
+                c.holding.discard(aid)
+                continue
+            for key in [k for k in a.held if k[0] == c.id]:
+                parts, flows = a.held[key]
+                k = self._send_frames(c, key[1], parts, flows, 0, dest)
+                sent = sum(wire.HEADER + n for _, n in flows[:k])
+                a.held_bytes -= sent
+                if k == len(flows):
+                    del a.held[key]
+                else:
+                    a.held[key] = [parts[2 * k:], flows[k:]]
+            if not any(k[0] == c.id for k in a.held):
+                c.holding.discard(aid)
+            self._maybe_resume(a, cmds)
+        if dest:
+            cmds.append(SendConnector(c.id, b"".join(dest)))
+
+    def _maybe_resume(self, a: AgentLink, cmds: list) -> None:
+        if a.paused and not a.held:
+            a.paused = False
+            a.held_bytes = 0
+            cmds.append(ResumeAgent(a.id))
+
+    def _drop_held(self, a: AgentLink, cid: int | None, cmds: list) -> None:
+        """Drop what ``a`` holds (for connector ``cid``, or all), counted; resume it if nothing else waits."""
+        for key in [k for k in a.held if cid is None or k[0] == cid]:
+            parts, flows = a.held.pop(key)
+            a.drops += len(flows)
+            self.counters["credit_drops"] += len(flows)
+            a.held_bytes -= sum(wire.HEADER + n for _, n in flows)
+            c = self.connectors.get(key[0])
+            if c is not None and not any(k[0] == key[0] for k in a.held):
+                c.holding.discard(a.id)
+        self._maybe_resume(a, cmds)
 
     def _connector_control(self, c: ConnectorLink, f: wire.Frame, cmds: list) -> None:
         t = f.type
@@ -221,6 +309,11 @@ class Relay:
         for ch in sorted(c.streams):  # agentless streams on it are reset; their browsers get 502 or a broken answer
             cmds.append(StreamEvent(c.id, ch, mux.Closed(ch, f"connector gone: {reason}"[:200], True)))
         c.streams.clear()
+        for aid in sorted(c.holding):
+            a = self.agents.get(aid)
+            if a is not None:
+                self._drop_held(a, c.id, cmds)
+        c.holding.clear()
         # Its agents' flows end; each agent reconnects and its next lease picks another connector.
         for ch, aid in list(c.agents.items()):
             a = self.agents.get(aid)
@@ -278,6 +371,7 @@ class Relay:
         cmds: list = []
         out: dict[int, list] = {}  # connector id -> frames, one write each
         batch: dict = {}           # (connector, channel) -> [DATA frames, their bytes, their flows]: one CHDATA
+        held = bool(a.held)
         for f in frames:
             if aid not in self.agents:
                 break
@@ -292,6 +386,11 @@ class Relay:
         for cid, parts in out.items():
             if parts:
                 cmds.append(SendConnector(cid, b"".join(parts)))
+        if a.held and aid in self.agents and not a.paused:
+            a.paused = True
+            if not held:
+                a.held_since = now
+            cmds.append(PauseAgent(aid))
         if bad is not None and aid in self.agents:
             self._close_agent(a, f"protocol error: {bad}", cmds, tell=True)
         return cmds
@@ -313,27 +412,63 @@ class Relay:
         b[2].append((fl, len(payload)))
 
     def _flush(self, a: AgentLink, batch: dict, out: dict) -> None:
-        """The DATA frames of one read, one CHDATA per channel when its credit takes them all, else frame by frame."""
-        for (cid, ch), (parts, total, flows) in batch.items():
+        """The DATA frames of one read: per channel, runs of whole frames of up to a PIECE each, one CHDATA
+        per run, its header and the frames' own bytes joined once by the caller.  What the credit cannot
+        take is held, in order, with what follows it on that channel (see the module docstring)."""
+        for (cid, ch), (parts, _total, flows) in batch.items():
             c = self.connectors.get(cid)
             if c is None:
                 a.drops += len(flows)
                 self.counters["credit_drops"] += len(flows)
                 continue
-            if c.mux.can_send(ch, total) and total <= mux.PIECE:
-                out.setdefault(cid, []).append(c.mux.send(ch, b"".join(parts)))
-                for fl, n in flows:
+            key = (cid, ch)
+            k = 0 if key in a.held else self._send_frames(c, ch, parts, flows, 0, out.setdefault(cid, []))
+            if k < len(flows):
+                self._hold(a, c, key, parts[2 * k:], flows[k:])
+        batch.clear()
+
+    def _send_frames(self, c: ConnectorLink, ch: int, parts: list, flows: list, k: int, dest: list) -> int:
+        """Frames ``k..`` (``parts``: header and payload each; ``flows``: (flow, length) each) onto ``dest`` as
+        CHDATA runs while the credit lasts; returns the index of the first frame not sent."""
+        for i, j, size in runs(flows[k:], mux.PIECE):
+            i, j = i + k, j + k
+            head = c.mux.reserve(ch, size)
+            if head is not None:
+                dest.append(head)
+                dest.extend(parts[2 * i:2 * j])
+                for fl, n in flows[i:j]:
                     fl.up += n
                 continue
-            for i, (fl, n) in enumerate(flows):
-                frames = c.mux.send(ch, parts[2 * i] + parts[2 * i + 1])
-                if frames is None:
-                    a.drops += 1
-                    self.counters["credit_drops"] += 1  # router semantics: the channel is full, the packet goes
-                    continue
+            for m in range(i, j):  # the run does not fit: as many whole frames as do, in order
+                fl, n = flows[m]
+                head = c.mux.reserve(ch, wire.HEADER + n)
+                if head is None:
+                    return m
                 fl.up += n
-                out.setdefault(cid, []).append(frames)
-        batch.clear()
+                dest.append(head)
+                dest.append(parts[2 * m])
+                dest.append(parts[2 * m + 1])
+        return len(flows)
+
+    def _hold(self, a: AgentLink, c: ConnectorLink, key: tuple, parts: list, flows: list) -> None:
+        room = self.hold_limit - a.held_bytes
+        keep = 0
+        for _, n in flows:
+            if room < wire.HEADER + n:
+                break
+            room -= wire.HEADER + n
+            keep += 1
+        if keep < len(flows):  # past the bound: router semantics
+            a.drops += len(flows) - keep
+            self.counters["credit_drops"] += len(flows) - keep
+        if not keep:
+            return
+        slot = a.held.setdefault(key, [[], []])
+        slot[0].extend(parts[:2 * keep])
+        slot[1].extend(flows[:keep])
+        a.held_bytes += sum(wire.HEADER + n for _, n in flows[:keep])
+        c.holding.add(a.id)
+        self.counters["credit_holds"] += 1
 
     def _agent_control(self, a: AgentLink, f: wire.Frame, out: dict, cmds: list) -> None:
         t = f.type
@@ -529,6 +664,11 @@ class Relay:
 
     def _forget_agent(self, a: AgentLink, reason: str, cmds: list) -> None:
         self.agents.pop(a.id, None)
+        for cid, _ in a.held:
+            c = self.connectors.get(cid)
+            if c is not None:
+                c.holding.discard(a.id)
+        a.held.clear()
         for fl in a.flows.values():
             if fl.allowed:
                 self._flow_line(a, fl, reason, cmds)
@@ -561,7 +701,10 @@ class Relay:
         cmds: list = []
         limit = 3 * self.keepalive
         for a in list(self.agents.values()):
-            if now - a.last_rx > limit:
+            if a.held and now - a.held_since > self.hold_timeout:
+                self.counters["hold_timeouts"] += 1
+                self._drop_held(a, None, cmds)  # no credit came: router semantics
+            if now - a.last_rx > limit and not a.paused:
                 self._close_agent(a, f"no word from the agent for {limit:.0f}s", cmds)
         for c in list(self.connectors.values()):
             if now - c.last_rx > limit:

@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -35,7 +36,8 @@ from ztna.chansock import ChannelSocket
 from ztna.config import ConfigError
 from ztna.crl import CrlWatch
 from ztna.loglimit import LogLimiter, suffix
-from ztna.tlsconn import FramedTLS, accept_ready, server_context
+from ztna.biotls import BioTLS
+from ztna.tlsconn import accept_ready, server_context
 from ztna.tun import read_batch, write_packets
 from ztna.tunnelcmds import Log
 
@@ -58,9 +60,9 @@ class Pop:
         self.relay = r.Relay(policy, keepalive=cfg.keepalive, queue_limit=cfg.queue_limit, window=cfg.window)
         self.ctx = server_context(cfg.ca, cfg.cert, cfg.key)
         self.ids = itertools.count(1)
-        self.agents: dict[int, FramedTLS] = {}
-        self.connectors: dict[int, FramedTLS] = {}
-        self.sites: dict[int, FramedTLS] = {}
+        self.agents: dict[int, BioTLS] = {}
+        self.connectors: dict[int, BioTLS] = {}
+        self.sites: dict[int, BioTLS] = {}
         # Site routers (ztna site run): their LANs' packets through the PoP's TUN and egress (pop/sitehub.py).
         self.hub = sh.SiteHub({i: sh.SiteDef(e.name, e.lan) for i, e in cfg.sites.items()},
                               keepalive=cfg.keepalive, queue_limit=cfg.queue_limit,
@@ -97,6 +99,16 @@ class Pop:
                                   timeout=cfg.handshake_timeout, pressure_timeout=cfg.pressure_handshake_timeout)
 
     async def run(self) -> None:
+        prof = _profiler()
+        try:
+            await self._run()
+        finally:
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(os.environ["ZTNA_POP_PROFILE"])
+                log.info("cProfile of this run written to %s", os.environ["ZTNA_POP_PROFILE"])
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -198,12 +210,13 @@ class Pop:
             _alert_and_close(sock, where.alert)
             return
         what = "agent" if isinstance(where, Agent) else "site" if isinstance(where, Site) else "connector"
-        ssock = self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        conn = FramedTLS(ssock, name=peer)
+        # OpenSSL on memory buffers: one recv and one send per wake-up, not two syscalls per record (ztna/biotls.py)
+        conn = BioTLS(sock, self.ctx, server_side=True, name=peer)
+        tls = conn.tls
         try:
             await conn.handshake(timeout)
-            identity = pki.identity_from_peercert(ssock.getpeercert())
-            serial = x509.load_der_x509_certificate(ssock.getpeercert(binary_form=True)).serial_number
+            identity = pki.identity_from_peercert(tls.getpeercert())
+            serial = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
         except (ssl.SSLError, OSError, asyncio.TimeoutError, pki.PKIError, ValueError) as exc:
             self.relay.counters["tls_refused"] += 1
             self._refused(peer, f"{what} TLS: {_tls_reason(exc)}", what)
@@ -235,7 +248,7 @@ class Pop:
             conn.on_data = lambda data: self._connector_data(cid, data)
             conn.on_close = lambda reason: self._connector_gone(cid, reason)
             self._perform(self.relay.connector_up(cid, identity, peer, now))
-        log.info("%s %d from %s: identity %s, %s", what, cid, peer, identity, ssock.version())
+        log.info("%s %d from %s: identity %s, %s", what, cid, peer, identity, tls.version())
         conn.start_reading()
 
     def agentless_alias(self, sock: socket.socket, peer: str, name: str) -> Refuse:
@@ -498,6 +511,14 @@ class Pop:
                 conn = self.connectors.get(c.connector)
                 if conn is not None and c.data:
                     conn.send(c.data)
+            elif t is r.PauseAgent:
+                conn = self.agents.get(c.agent)
+                if conn is not None:
+                    conn.pause_reading()
+            elif t is r.ResumeAgent:
+                conn = self.agents.get(c.agent)
+                if conn is not None:
+                    conn.resume_reading()
             elif t is r.CloseAgent:
                 conn = self.agents.get(c.agent)
                 if conn is not None:
@@ -528,6 +549,17 @@ class Pop:
                 log.log(c.level, "%s", c.message)
             else:
                 raise TypeError(f"unknown relay command {c!r}")
+
+
+def _profiler():
+    """ZTNA_POP_PROFILE=FILE (for the bench): a running cProfile.Profile written to FILE when the PoP stops."""
+    if not os.environ.get("ZTNA_POP_PROFILE"):
+        return None
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
 
 
 def _tls_reason(exc: BaseException) -> str:

@@ -29,7 +29,11 @@ from a new source moves the peer (NAT rebinding, decided by the channel).
 
 A datagram's plaintext is ``kind (1 byte) | body``: DATA carries one IP
 packet (no virtio-net header: packets on UDP are segmented to the path MTU,
-ztna/segment.py), PROBE and PROBE_REPLY an 8-byte probe number.  Anything that
+ztna/segment.py), DATA_PARTIAL one whose TCP or UDP checksum field holds only
+the pseudo-header sum (the receiver's TUN write says NEEDS_CSUM, so nobody sums
+the payload in Python; the AEAD tag vouches for the bytes), PROBE and
+PROBE_REPLY an 8-byte probe number.  DATA_PARTIAL goes only to a peer that said
+it takes it (``partial: true`` in its DC_OFFER or DC_ACCEPT); to any other, DATA.  Anything that
 does not authenticate, or has an unknown kind, is dropped and counted in
 ``counters`` (``udp_rejected_<why>``) and never changes the state.
 """
@@ -44,7 +48,8 @@ from dataclasses import dataclass
 
 from ztna import datachannel as dc
 from ztna import wire
-from ztna.segment import TooBig, segment
+from ztna.segment import F_NEEDS_CSUM, TooBig, cut, partial_ok, segment, vnet_for
+from ztna.segment import VNET as _VNET
 
 OFF, TRYING, UP, FALLBACK, REPROBING = "off", "trying", "up", "fallback", "reprobing"
 
@@ -53,7 +58,10 @@ DEAD_AFTER = 3.0       # seconds without an authenticated datagram before a work
 PROBE_EVERY = 1.0      # while up and quiet this long, probe (so that silence means loss)
 REPROBE_AFTER = 15.0   # seconds in fallback before the next probe
 
-KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY = 0, 1, 2
+KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY, KIND_DATA_PARTIAL = 0, 1, 2, 3
+_KINDS = (KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY, KIND_DATA_PARTIAL)
+VNET_LEN = _VNET.size
+_DATA_BYTE, _PARTIAL_BYTE = bytes([KIND_DATA]), bytes([KIND_DATA_PARTIAL])
 _PROBE = struct.Struct("!BQ")
 
 
@@ -79,9 +87,11 @@ class SendDatagrams:
 
 @dataclass(frozen=True)
 class Received:
-    """What one datagram was: ``packet`` an inner IP packet to write to the TUN, or None."""
+    """What one datagram was: ``packet`` an inner IP packet to write to the TUN, or None;
+    ``partial``: its L4 checksum field holds the pseudo-header sum (ztna.segment.vnet_for)."""
     packet: bytes | None
     moved: bool = False
+    partial: bool = False
 
 
 def _b64(raw: bytes) -> str:
@@ -118,42 +128,84 @@ class _Path:
         self.channel: dc.Channel | None = None
         self.counters: Counter = Counter()
         self.last_udp_rx: float | None = None
+        self.peer_partial = False  # the peer takes DATA_PARTIAL
 
-    def _open(self, data: bytes, source: tuple, now: float) -> tuple[int, bytes, bool] | None:
+    def receive_many(self, items: list, now: float) -> tuple[list, list, list, list]:
+        """Datagrams from the UDP socket, each ``(data, source)``, in order (the hot path):
+        ``(commands, TUN buffers, sources that moved the peer, sources of the refused ones)``.  A TUN
+        buffer is a DATA packet with its virtio-net header (ztna.segment.vnet_for); the caller
+        still checks that it is IPv4.  A refused datagram is counted (``udp_rejected_<why>``)."""
+        c = self.counters
         if self.channel is None:
-            self.counters["udp_rejected_no_keys_yet"] += 1
-            return None
-        try:
-            payload, moved = self.channel.receive(data, source, now)
-        except dc.Rejected as exc:
-            self.counters["udp_rejected_" + exc.why.replace(" ", "_")] += 1
-            return None
-        if not payload or payload[0] not in (KIND_DATA, KIND_PROBE, KIND_PROBE_REPLY) or (
-                payload[0] != KIND_DATA and len(payload) != _PROBE.size):
-            self.counters["udp_rejected_bad_kind"] += 1
-            return None
-        self.last_udp_rx = now
-        self.counters["udp_rx"] += 1
-        return payload[0], payload[1:], moved
+            c["udp_rejected_no_keys_yet"] += len(items)
+            return [], [], [], [src for _, src in items]
+        cmds: list = []
+        bufs: list = []
+        moved_to: list = []
+        refused: list = []
+        rx = 0
+        for (_, source), (payload, why, moved) in zip(items, self.channel.receive_many(items, now)):
+            if payload is None:
+                c["udp_rejected_" + why.replace(" ", "_")] += 1
+                refused.append(source)
+                continue
+            kind = payload[0] if payload else -1
+            if kind == KIND_DATA_PARTIAL:
+                body = payload[1:]
+                if not partial_ok(body):
+                    c["udp_rejected_bad_partial"] += 1
+                    refused.append(source)
+                    continue
+                bufs.append(vnet_for(body, True))
+            elif kind == KIND_DATA:
+                bufs.append(vnet_for(payload[1:], False))
+            elif (kind == KIND_PROBE or kind == KIND_PROBE_REPLY) and len(payload) == _PROBE.size:
+                cmds += self._probe_kind(kind, payload[1:], source, now)
+            else:
+                c["udp_rejected_bad_kind"] += 1
+                refused.append(source)
+                continue
+            rx += 1
+            if moved:
+                moved_to.append(source)
+        if rx:
+            c["udp_rx"] += rx
+            self.last_udp_rx = now
+        return cmds, bufs, moved_to, refused
 
-    def seal_data(self, packet: bytes) -> bytes:
-        """One inner packet (already at most the path MTU) as a datagram."""
+    def _probe_kind(self, kind: int, body: bytes, source: tuple, now: float) -> list:
+        return []
+
+    def datagram(self, data: bytes, source: tuple, now: float) -> tuple[list, Received]:
+        """One datagram from the UDP socket: (commands, what it carried)."""
+        cmds, bufs, moved, _ = self.receive_many([(data, source)], now)
+        if not bufs:
+            return cmds, Received(None, bool(moved))
+        return cmds, Received(bytes(bufs[0][VNET_LEN:]), bool(moved), bool(bufs[0][0] & F_NEEDS_CSUM))
+
+    def seal_data(self, packet: bytes, partial: bool = False) -> bytes:
+        """One inner packet (already at most the path MTU) as a datagram; ``partial``: its L4 checksum
+        is the pseudo-header sum (only for a peer that takes DATA_PARTIAL)."""
         self.counters["udp_tx"] += 1
-        return self.channel.seal(bytes([KIND_DATA]) + packet)
+        return self.channel.seal((_PARTIAL_BYTE if partial else _DATA_BYTE) + packet)
 
     def seal_packets(self, packets: list, mtu: int) -> tuple[list, list]:
         """(datagrams, packets left for TLS): each packet cut to ``mtu`` (ztna/segment.py) and sealed;
         one that cannot be cut (a non-TCP packet over the MTU) is left for the TLS path."""
         dgs: list = []
         rest: list = []
+        fast = self.peer_partial
+        seal = self.channel.seal
         for buf in packets:
             try:
-                pieces = segment(buf, mtu)
+                pieces, partial = cut(buf, mtu) if fast else (segment(buf, mtu), False)
             except TooBig:
                 rest.append(buf)
                 continue
+            kind = _PARTIAL_BYTE if partial else _DATA_BYTE
             for p in pieces:
-                dgs.append(self.seal_data(p))
+                dgs.append(seal(kind + p))
+        self.counters["udp_tx"] += len(dgs)
         return dgs, rest
 
 
@@ -195,7 +247,7 @@ class AgentPath(_Path):
     def _offer(self, now: float) -> list:
         self.offer = dc.Offer((self.epoch + 1) % 256)
         return [SendControl(wire.control(wire.DC_OFFER, epoch=self.offer.epoch, pub=_b64(self.offer.public),
-                                         nonce=_b64(self.offer.nonce)))]
+                                         nonce=_b64(self.offer.nonce), partial=True))]
 
     def accepted(self, fields: dict, now: float) -> list:
         """A DC_ACCEPT from the gateway. Raises ValueError on one that does not fit our offer."""
@@ -214,6 +266,7 @@ class AgentPath(_Path):
             self.channel = dc.Channel(session, agent_side=True)
         self.channel.install(offer.epoch, send, recv, now)
         self.epoch, self.port, self.offer = offer.epoch, port, None
+        self.peer_partial = fields.get("partial") is True
         self.counters["udp_epochs"] += 1
         if self.state in (TRYING, REPROBING):
             return self._probe(now)
@@ -225,19 +278,11 @@ class AgentPath(_Path):
         self.counters["udp_probes"] += 1
         return [SendDatagram(self.channel.seal(_PROBE.pack(KIND_PROBE, self.probe_no)))]
 
-    def datagram(self, data: bytes, source: tuple, now: float) -> tuple[list, Received]:
-        """One datagram from the UDP socket: (commands, what it carried)."""
-        got = self._open(data, source, now)
-        if got is None:
-            return [], Received(None)
-        kind, body, _ = got
-        cmds: list = []
+    def _probe_kind(self, kind: int, body: bytes, source: tuple, now: float) -> list:
         if kind == KIND_PROBE_REPLY and self.state != UP:
             self._set(UP, now)
-            cmds.append(SendControl(wire.control(wire.DC_PATH, udp=True)))
-        if kind == KIND_DATA:
-            return cmds, Received(bytes(body))
-        return cmds, Received(None)
+            return [SendControl(wire.control(wire.DC_PATH, udp=True))]
+        return []
 
     def tick(self, now: float) -> list:
         cmds: list = []
@@ -298,8 +343,9 @@ class GatewayPath(_Path):
                                agent_identity=self.agent_identity, gateway_identity=self.gateway_identity)
         self.channel.install(epoch, send, recv, now)
         self.counters["udp_epochs"] += 1
+        self.peer_partial = fields.get("partial") is True
         return [SendControl(wire.control(wire.DC_ACCEPT, epoch=epoch, pub=_b64(own.public), nonce=_b64(own.nonce),
-                                         session=self.session, port=self.port))]
+                                         session=self.session, port=self.port, partial=True))]
 
     def path(self, fields: dict) -> None:
         """A DC_PATH from the agent."""
@@ -310,16 +356,14 @@ class GatewayPath(_Path):
         return (self.agent_says_udp and self.channel.peer is not None and self.channel.sender is not None
                 and self.last_udp_rx is not None and now - self.last_udp_rx < DEAD_AFTER)
 
-    def datagram(self, data: bytes, source: tuple, now: float) -> tuple[list, Received]:
-        got = self._open(data, source, now)
-        if got is None:
-            return [], Received(None)
-        kind, body, moved = got
-        if moved:
-            self.counters["udp_peer_moves"] += 1
+    def receive_many(self, items: list, now: float) -> tuple[list, list, list, list]:
+        got = super().receive_many(items, now)
+        if got[2]:
+            self.counters["udp_peer_moves"] += len(got[2])
+        return got
+
+    def _probe_kind(self, kind: int, body: bytes, source: tuple, now: float) -> list:
         if kind == KIND_PROBE:
             (n,) = struct.unpack("!Q", body)
-            return [SendDatagram(self.channel.seal(_PROBE.pack(KIND_PROBE_REPLY, n)), source)], Received(None, moved)
-        if kind == KIND_DATA:
-            return [], Received(bytes(body), moved)
-        return [], Received(None, moved)
+            return [SendDatagram(self.channel.seal(_PROBE.pack(KIND_PROBE_REPLY, n)), source)]
+        return []

@@ -1,12 +1,14 @@
 """Client -> app through the cloud PoP against the direct agent -> gateway tunnel.
 
-``python scripts/bench/pop_bench.py [--seconds 10] [--json]`` (as root; scripts/bench.sh pop)
+``python scripts/bench/pop_bench.py [--seconds 10] [--repeat 1] [--json]`` (as root; scripts/bench.sh pop)
 
 Two labs in turn, captures off:
   direct  the agent scenario: agent --mTLS--> gateway --> app
   pop     the pop-agent scenario: agent --mTLS--> PoP --connector mTLS--> gateway --> app
 For each: iperf3 with 1 and 4 streams, idle RTT (ping through the tunnel), RTT while
 a 1-stream iperf3 runs, and curl's TCP connect and first-byte times (median of 10).
+With ``--repeat N`` each lab runs its measurements N times and each figure is the median.
+ZTNA_POP_PROFILE=FILE makes the PoP write a cProfile of its run to FILE when it stops.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import statistics
 import sys
 import threading
+import time
 
 from netns import procs
 from netns.lab import Lab
@@ -25,7 +28,12 @@ from netns.scenarios.agent import APP, APP_IP, AgentScenario
 from netns.scenarios.pop_agent import PopAgentScenario
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tunnel_bench import iperf  # noqa: E402
+from tunnel_bench import iperf as _iperf  # noqa: E402
+
+
+def iperf(lab: Lab, target: str, streams: int, seconds: int) -> float:
+    """Gbit/s received at the app with ``streams`` parallel streams."""
+    return _iperf(lab, target, seconds, "-P", str(streams)) / 1000
 
 
 def rtt(lab: Lab, target: str, count: int = 20) -> float:
@@ -48,9 +56,9 @@ def curl_times(lab: Lab, n: int = 10) -> tuple[float, float]:
     return statistics.median(conn), statistics.median(first)
 
 
-def measure(name: str, sc, lab_name: str, seconds: int, say, pop: bool) -> dict:
+def measure(name: str, sc, lab_name: str, seconds: int, say, pop: bool, repeat: int = 1) -> dict:
     lab = Lab(lab_name, sc.topology())
-    out: dict = {}
+    runs: list = []
     try:
         say(f"{name}: building the lab and starting the services")
         lab.up()
@@ -63,37 +71,40 @@ def measure(name: str, sc, lab_name: str, seconds: int, say, pop: bool) -> dict:
         procs.wait_listening(lab.procs["iperf3"], APP_IP, 5201)
         lease = lab.exec("client", ["dig", "+short", APP]).stdout.decode().strip()
         curl_times(lab, 2)  # the lease and the tunnel are up before anything is timed
-        out["connect_ms"], out["first_byte_ms"] = curl_times(lab)
-        out["idle_rtt_ms"] = rtt(lab, lease)
-        for streams in (1, 4):
-            say(f"  {name:<7} {streams} stream(s), {seconds}s ...")
-            out[f"gbit_{streams}"] = iperf(lab, lease, streams, seconds)
-        loaded: list = []
-        t = threading.Thread(target=lambda: loaded.append(iperf(lab, lease, 1, seconds)))
-        t.start()
-        import time
-        time.sleep(2)
-        out["loaded_rtt_ms"] = rtt(lab, lease, count=10)
-        t.join()
+        for i in range(repeat):
+            out: dict = {}
+            out["connect_ms"], out["first_byte_ms"] = curl_times(lab)
+            out["idle_rtt_ms"] = rtt(lab, lease)
+            for streams in (1, 4):
+                say(f"  {name:<7} run {i + 1}/{repeat}: {streams} stream(s), {seconds}s ...")
+                out[f"gbit_{streams}"] = iperf(lab, lease, streams, seconds)
+            loaded: list = []
+            t = threading.Thread(target=lambda: loaded.append(iperf(lab, lease, 1, seconds)))
+            t.start()
+            time.sleep(2)
+            out["loaded_rtt_ms"] = rtt(lab, lease, count=10)
+            t.join()
+            runs.append(out)
     finally:
         lab.down()
-    return out
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"runs": runs}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=1, help="measure each lab N times; report the medians")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if a.json else (lambda s: print(s, flush=True))
-    res = {"direct": measure("direct", AgentScenario(), "bench-pop-direct", a.seconds, say, False),
-           "pop": measure("pop", PopAgentScenario(), "bench-pop", a.seconds, say, True)}
+    res = {"direct": measure("direct", AgentScenario(), "bench-pop-direct", a.seconds, say, False, a.repeat),
+           "pop": measure("pop", PopAgentScenario(), "bench-pop", a.seconds, say, True, a.repeat)}
     if a.json:
-        print(json.dumps({"seconds": a.seconds, **res}, indent=2))
+        print(json.dumps({"seconds": a.seconds, "repeat": a.repeat, **res}, indent=2))
         return
     d, p = res["direct"], res["pop"]
     print()
-    print(f"client -> app, {a.seconds}s iperf3 runs (this machine: {os.cpu_count()} cores)")
+    print(f"client -> app, {a.seconds}s iperf3 runs, median of {a.repeat} (this machine: {os.cpu_count()} cores)")
     print(f"{'':<22}{'direct':>10}{'via PoP':>10}{'PoP/direct':>12}")
     for key, label in (("gbit_1", "Gbit/s, 1 stream"), ("gbit_4", "Gbit/s, 4 streams"),
                        ("idle_rtt_ms", "idle RTT ms"), ("loaded_rtt_ms", "loaded RTT ms"),

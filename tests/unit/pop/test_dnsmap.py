@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import time
 import tracemalloc
 
 from dnslib import QTYPE, RR, A, CNAME, DNSRecord
@@ -144,6 +145,11 @@ def test_the_nft_sets_and_their_elements():
     assert lines == ["add element ip ztna_pop_rules fw0 { 198.51.100.7 timeout 90s }",
                      "add element ip ztna_pop_rules net0 { 198.51.100.7 timeout 290s }"]
     assert dm.elements_text(m, ["198.51.100.7"], RULES, 1000.0) == ""
+    m.answered(["b.saas.example"], [("198.51.100.8", 30), ("198.51.100.9", 30)], 0.0, match)
+    lines = dm.elements_text(m, ["198.51.100.7", "198.51.100.8", "198.51.100.9"], RULES, 10.0, chunk=2).splitlines()
+    assert lines == ["add element ip ztna_pop_rules net0 { 198.51.100.7 timeout 290s, 198.51.100.8 timeout 20s }",
+                     "add element ip ztna_pop_rules net0 { 198.51.100.9 timeout 20s }",
+                     "add element ip ztna_pop_rules fw0 { 198.51.100.7 timeout 90s }"]
     assert dm._comment('a "quoted"\\ name\n') == "a _quoted__ name_"
 
 
@@ -203,5 +209,33 @@ def test_the_forwarder_answers_caches_and_feeds_the_map():
         finally:
             dns.close()
             t.close()
+
+    asyncio.run(main())
+
+
+def test_the_pop_learns_from_answers_and_batches_the_sets(monkeypatch):
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from pop.service import Pop
+    from ztna import nft
+    from ztna.loglimit import LogLimiter
+
+    applied = []
+    monkeypatch.setattr(nft, "apply", lambda text, what="": applied.append(text))
+
+    async def main():
+        shell = SimpleNamespace(rules=RULES, dmap=dm.DnsMap(100), rule_sets=True, set_flush=None, _perform=lambda c: None,
+                                relay=SimpleNamespace(counters=Counter()), refusal_log=LogLimiter(interval=10.0))
+        shell._flush_sets = lambda: Pop._flush_sets(shell)
+        for name, addr in (("app.saas.example", "198.51.100.7"), ("www.saas.example", "198.51.100.8"),
+                           ("www.other.example", "198.51.100.9")):
+            Pop._dns_answer(shell, answer_bytes(name, [RR(name, QTYPE.A, rdata=A(addr), ttl=300)]), time.monotonic())
+        assert shell.set_flush is not None and not applied  # one flush is scheduled for the lot
+        await asyncio.sleep(0.3)  # after the 0.2 s timer: the loop runs timers in order
+        assert len(applied) == 1 and shell.set_flush is None and not shell.dmap.dirty
+        assert applied[0].startswith("add element ip ztna_pop_rules net0 { ")
+        assert "198.51.100.7 timeout" in applied[0] and "198.51.100.8 timeout" in applied[0]
+        assert "198.51.100.9" not in applied[0]  # no rule covers www.other.example
 
     asyncio.run(main())

@@ -164,20 +164,55 @@ def test_no_connector_is_a_retryable_refusal():
     assert res.fields["allowed"] is False and res.fields["retry"] is True
 
 
-def test_spent_credit_drops_packets_never_queues():
+def test_spent_credit_holds_one_agent_bounded_then_drops():
     lab = Lab(window=4096)
+    lab.relay.hold_limit = 6 * 1024
     lab.agent(7, "alice")
     lab.do(lab.relay.agent_data(7, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
     ((cid, ch),) = lab.sessions
-    # the gateway side stops granting: feed the channel without consuming
-    lab.cores.pop(cid)  # the connector's reads stall: nothing the PoP sends is consumed
+    lab.cores.pop(cid)  # the connector's reads stall: nothing the PoP sends is consumed, no CREDIT comes
     big = packet(payload=b"x" * 1400)
     burst = b"".join(wire.data_header(len(big)) + big for _ in range(10))
-    lab.do(lab.relay.agent_data(7, burst, 0.0))
-    c = lab.relay.connectors[cid]
-    assert c.mux.channels[ch].send_credit >= 0
-    assert lab.relay.counters["credit_drops"] >= 7  # 4 KiB of credit takes two of the ten
-    assert c.mux.channels[ch].sent <= 4096
+    cmds = lab.relay.agent_data(7, burst, 0.0)
+    assert r.PauseAgent(7) in cmds  # the PoP stops reading alice: TCP pushes back on her agent
+    c, a = lab.relay.connectors[cid], lab.relay.agents[7]
+    assert c.mux.channels[ch].sent <= 4096  # the credit is never overrun
+    held = len(a.held[(cid, ch)][1])
+    assert held == 4 and lab.relay.counters["credit_drops"] == 10 - 2 - 4  # 2 sent, 4 fit the 6 KiB hold
+    assert a.held_bytes <= lab.relay.hold_limit and c.holding == {7}
+    # no credit within hold_timeout: what is held is dropped and alice is read again
+    assert lab.relay.tick(0.5) == []
+    cmds = lab.relay.tick(1.5)
+    assert r.ResumeAgent(7) in cmds and a.held == {} and not a.paused and c.holding == set()
+    assert lab.relay.counters["credit_drops"] == 8 and lab.relay.counters["hold_timeouts"] == 1
+
+
+def test_held_frames_go_in_order_when_the_credit_comes_and_the_agent_resumes():
+    lab = Lab(window=8192)
+    lab.agent(7, "alice")
+    lab.do(lab.relay.agent_data(7, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    ((cid, ch),) = lab.sessions
+    core = lab.cores.pop(cid)  # from here the test plays the gateway's end itself, one step at a time
+    inner = wire.Decoder()
+    pkts = [packet(sport=42000 + i, payload=bytes([i]) * 1400) for i in range(12)]
+    cmds = lab.relay.agent_data(7, b"".join(wire.data_header(len(p)) + p for p in pkts), 0.0)
+    assert r.PauseAgent(7) in cmds
+    seen, resumed = [], False
+    for _ in range(20):
+        credit = b""
+        for c in cmds:
+            if type(c) is r.SendConnector:
+                for ev in core.receive(c.data, 0.0):
+                    if type(ev) is ChannelData:
+                        seen.extend(f.payload[-1] for f in inner.feed_untrusted(ev.data) if f.type == wire.DATA)
+                        credit += core.mux.consumed(ev.ch, len(ev.data))
+            resumed = resumed or c == r.ResumeAgent(7)
+        if not credit:
+            break
+        cmds = lab.relay.connector_data(cid, credit, 0.0)
+    assert seen == list(range(12))  # all of them, in order
+    assert resumed and lab.relay.counters["credit_drops"] == 0
+    assert not lab.relay.agents[7].paused and lab.relay.connectors[cid].holding == set()
 
 
 def test_connector_sending_past_its_credit_closes_its_tunnel():
@@ -254,3 +289,43 @@ def test_resource_changes_keep_the_unchanged_ones():
 
     assert resource_changes(["a.example", "b.example"], ["b.example", "c.example"]) == (["c.example"], ["a.example"])
     assert resource_changes(["a.example"], ["a.example"]) == ([], [])
+
+
+def test_runs_split_frames_at_the_piece_limit_never_inside_a_frame():
+    flows = [(None, n) for n in (100, 200, 50, 300)]
+    assert list(r.runs(flows, 10_000)) == [(0, 4, 650 + 4 * wire.HEADER)]
+    assert list(r.runs(flows, 310)) == [(0, 2, 308), (2, 3, 54), (3, 4, 304)]
+    # a frame larger than the limit still makes a run of its own
+    assert list(r.runs([(None, 500), (None, 10)], 100)) == [(0, 1, 504), (1, 2, 14)]
+    assert list(r.runs([], 100)) == []
+
+
+def test_mux_reserve_takes_credit_like_send_and_frames_the_same_bytes():
+    a, b = mux.Mux(opener=True, window=1000), mux.Mux(opener=False, window=1000)
+    ch, opening = a.open("agent")
+    b.feed_untrusted(opening)
+    a.feed_untrusted(b.accept(ch))
+    head = a.reserve(ch, 600)
+    assert head is not None and head + b"y" * 600 == mux.chdata(ch, b"y" * 600)
+    assert a.channels[ch].send_credit == 400
+    assert a.reserve(ch, 401) is None and a.channels[ch].dropped == 1  # not enough credit: nothing taken
+    assert a.reserve(ch, 0) is None and a.reserve(ch, mux.PIECE + 1) is None
+    (ev,) = b.feed_untrusted(head + b"y" * 600)
+    assert ev.data == b"y" * 600
+
+
+def test_a_burst_past_one_piece_goes_as_several_whole_chdata_runs():
+    lab = Lab()
+    lab.agent(7, "alice")
+    lab.do(lab.relay.agent_data(7, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    ((cid, ch),) = lab.sessions
+    pkts = [packet(sport=41000 + i, payload=bytes([i % 256]) * 1400) for i in range(300)]  # ~430 KB
+    sent = []
+    core = lab.cores[cid]
+    real = core.receive
+    core.receive = lambda data, now: sent.append(data) or real(data, now)
+    lab.do(lab.relay.agent_data(7, b"".join(wire.data_header(len(p)) + p for p in pkts), 0.0))
+    chdata = [f for d in sent for f in wire.Decoder(mux=True).feed_untrusted(d) if f.type == wire.CHDATA]
+    assert len(chdata) == 2 and all(len(f.payload) - 4 <= mux.PIECE for f in chdata)
+    assert len(lab.tun) == 300 and [bytes(t[-1400:]) for t in lab.tun] == [p[-1400:] for p in pkts]
+    assert lab.relay.counters["credit_drops"] == 0

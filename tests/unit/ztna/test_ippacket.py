@@ -128,3 +128,19 @@ def test_a_refusal_from_the_callers_parse_is_the_refusal_from_the_bytes(pkt):
     f = P.parse_untrusted(pkt)
     assert P.refusal_for(pkt, 0, f) == P.refusal_for(pkt)
     assert P.icmp_unreachable_for(pkt, flow=f) == P.icmp_unreachable_for(pkt)
+
+
+def _checksum_by_words(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+@given(st.binary(max_size=3000) | st.sampled_from([b"", b"\0", b"\0\0\0", b"\xff\xff", b"\xff\xff\xff\xff", b"\xff",
+                                                  b"\x00\x01\xff\xfe"]))
+def test_checksum_is_rfc1071_word_sums(data):
+    assert P.checksum(data) == _checksum_by_words(data)
+    assert P.checksum(bytearray(data)) == _checksum_by_words(data)

@@ -198,3 +198,42 @@ def test_stop_forgets_the_keys():
     agent, _ = bring_up()
     agent.stop()
     assert agent.state == u.OFF and agent.channel is None and agent.tick(100.0) == []
+
+
+def _super_packet(size=5000):
+    from scapy.layers.inet import IP, TCP
+
+    from ztna import segment as s
+    from ztna.ippacket import checksum
+    raw = bytearray(bytes(IP(src="100.64.0.2", dst="10.20.0.5", flags="DF") / TCP(sport=1, dport=2, flags="A")
+                          / os.urandom(size)))
+    pseudo = raw[12:20] + bytes([0, 6]) + (len(raw) - 20).to_bytes(2, "big")
+    raw[36:38] = (~checksum(bytes(pseudo)) & 0xFFFF).to_bytes(2, "big")
+    return s.VNET.pack(s.F_NEEDS_CSUM, s.GSO_TCPV4, 40, 1460, 20, 16) + bytes(raw)
+
+
+def test_partial_checksums_go_only_to_a_peer_that_said_it_takes_them():
+    from ztna import segment as s
+    agent, gw = bring_up()
+    assert agent.peer_partial and gw.peer_partial  # both ends of this version say so
+    sp = _super_packet()
+    dgs, rest = agent.seal_packets([sp], 1400)
+    assert rest == [] and len(dgs) == 4
+    got = [gw.datagram(d, AT, 0.2)[1] for d in dgs]
+    assert all(g.partial for g in got) and [g.packet for g in got] == s.cut(sp, 1400)[0]
+    [joined] = s.coalesce([s.vnet_for(g.packet, True) for g in got])
+    assert s.VNET.unpack_from(joined)[1] == s.GSO_TCPV4 and joined[10:] == sp[10:]  # the same bytes as sent
+    # a peer that did not say it (an older one) gets DATA with complete checksums
+    gw.peer_partial = False
+    dgs, _ = gw.seal_packets([sp], 1400)
+    got = [agent.datagram(d, ("203.0.113.1", PORT), 0.2)[1] for d in dgs]
+    assert not any(g.partial for g in got) and [g.packet for g in got] == s.segment(sp, 1400)
+
+
+def test_a_partial_datagram_that_is_not_tcp_or_udp_over_ipv4_is_refused():
+    agent, gw = bring_up()
+    before = gw.counters["udp_rx"]
+    for body in (b"", b"E\x00\x00\x14", bytes(20), b"E" + bytes(8) + b"\x01" + bytes(10)):
+        _, got = gw.datagram(agent.channel.seal(bytes([u.KIND_DATA_PARTIAL]) + body), AT, 0.3)
+        assert got.packet is None
+    assert gw.counters["udp_rejected_bad_partial"] == 4 and gw.counters["udp_rx"] == before
