@@ -62,6 +62,7 @@ class Site:
         self.port: str | None = "local" if b is not None and b.destination == "local" else None
         self.net: GatewayNet | None = None
         self.probers: list[asyncio.Task] = []
+        self.moved = asyncio.Event()  # the tunnel's port changed: no backoff wait before the next dial
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -175,6 +176,8 @@ class Site:
             log.error("site %s: cannot move the tunnel to %s: %s", self.cfg.name, c.port, exc)
             return
         log.warning("site %s: the tunnel to the PoP moves to %s: %s", self.cfg.name, c.port, c.reason)
+        self.backoff.reset()
+        self.moved.set()
         if self.conn is not None:
             self.conn.close(f"the tunnel moves to {c.port}")
 
@@ -216,9 +219,16 @@ class Site:
                 self.backoff.reset()
                 await self.lost.wait()
             delay = self.backoff.next()
-            log.info("site %s: dialling the PoP again in %.2fs (attempt %d)", self.cfg.name, delay,
-                     self.backoff.failures)
-            await asyncio.sleep(delay)
+            if self.moved.is_set():
+                log.info("site %s: dialling the PoP again now, over the tunnel's new port", self.cfg.name)
+            else:
+                log.info("site %s: dialling the PoP again in %.2fs (attempt %d)", self.cfg.name, delay,
+                         self.backoff.failures)
+            try:  # a gateway site whose tunnel moved to a working port dials at once
+                await asyncio.wait_for(self.moved.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            self.moved.clear()
 
     async def _dial(self) -> bool:
         loop = asyncio.get_running_loop()
