@@ -105,7 +105,9 @@ class Site:
                 except (ValueError, OSError):
                     pass
                 self.tun.close()
-            self._unpin_pop_route()
+            # off the loop, as the pinning was: pyroute2 cannot run inside a running asyncio loop (it failed
+            # silently here before, and the host route outlived the site)
+            await loop.run_in_executor(None, self._unpin_pop_route)
             log.info("site %s stopped; counters: %s", self.cfg.name, dict(self.core.counters) if self.core else {})
 
     # ---- routes ---------------------------------------------------------------------------
@@ -210,12 +212,13 @@ class Site:
             with IPRoute() as ipr:
                 ipr.route("del", **self.host_route)
         except Exception as exc:  # the route may have gone with its interface
-            log.debug("removing the PoP's host route: %s", exc)
+            log.info("site %s: removing the PoP's host route: %s", self.cfg.name, exc)
 
     # ---- the tunnel -----------------------------------------------------------------------
     async def _dial_loop(self) -> None:
         while True:
-            if await self._dial():
+            self.moved.clear()
+            if await self._dial_or_move():
                 self.backoff.reset()
                 await self.lost.wait()
             delay = self.backoff.next()
@@ -230,6 +233,25 @@ class Site:
                 pass
             self.moved.clear()
 
+    async def _dial_or_move(self) -> bool:
+        """One dial, given up if the tunnel's port moves meanwhile: a dial over a dead port would wait out
+        connect_timeout before the next one could take the working port."""
+        dial = asyncio.ensure_future(self._dial())
+        moved = asyncio.ensure_future(self.moved.wait())
+        try:
+            await asyncio.wait({dial, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+        if dial.done():
+            ok = dial.result()
+            if ok and self.moved.is_set() and self.conn is not None:  # up just as the route moved
+                self.conn.close("the tunnel moved while it was dialled")
+            return ok
+        dial.cancel()
+        await asyncio.gather(dial, return_exceptions=True)
+        log.info("site %s: the dial over the old port given up: the tunnel moved", self.cfg.name)
+        return False
+
     async def _dial(self) -> bool:
         loop = asyncio.get_running_loop()
         self.lost = asyncio.Event()
@@ -242,6 +264,9 @@ class Site:
             sock = ssock
             conn = FramedTLS(ssock, name=f"PoP {self.cfg.pop}")
             await conn.handshake(self.cfg.connect_timeout)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
         except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
             sock.close()
             log.warning("site %s: no tunnel to the PoP %s:%d: %s", self.cfg.name, self.cfg.pop, self.cfg.port,

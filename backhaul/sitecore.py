@@ -67,7 +67,7 @@ class SiteCore:
                 if self.up:
                     return self._close(out, "a second WELCOME")
                 self.up = True
-                out.append(Log(logging.INFO, f"site {self.site}: the PoP says WELCOME"))
+                out.append(Log(logging.INFO, "the PoP says WELCOME"))
             elif f.type == wire.KEEPALIVE:
                 pass
             elif f.type == wire.CLOSE:

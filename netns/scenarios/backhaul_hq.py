@@ -239,6 +239,22 @@ class BackhaulHqScenario(Scenario):
         wait_log(lab, "pop", lambda t: t.count("site hq up") > ups, 20, "HQ's tunnel back")
         seen["t5_up"] = time.time()
         seen["s5_back_country"] = curl(lab, COUNTRY_NAME)
+        # 5c. HQ started while its WAN1 is down: the tunnel's first dial hangs over WAN1 until the probes move it
+        lab.stop("hq-site")
+        wait_log(lab, "pop", lambda t: t.count(HQ_ENDED) > ended + 1, 15, "the PoP to see HQ's tunnel end")
+        lab.exec("isp1", ["ip", "link", "set", "eth0", "down"])
+        over_wan2 = pop_log(lab).count(f"site hq up from {WAN2}")
+        mark = log_size(lab, "hq-site")
+        seen["t5c"] = time.time()
+        lab.start("hq", procs.ztna_argv("site", "run", "--config", str(self.hq_conf)), name="hq-site")
+        wait_log(lab, "pop", lambda t: t.count(f"site hq up from {WAN2}") > over_wan2, 20, "HQ's tunnel over WAN2")
+        seen["t5c_up"] = time.time()
+        seen["s5c_country"] = curl(lab, COUNTRY_NAME)
+        seen["s5c_log"] = Path(lab.procs["hq-site"].log).read_text(errors="replace")[mark:]
+        mark = log_size(lab, "hq-site")
+        lab.exec("isp1", ["ip", "link", "set", "eth0", "up"])
+        wait_line(lab, "hq-site", r"port wan1 at (\S+): .*healthy again", 15, mark)
+        seen["t5c_end"] = time.time()
         # 6. the local gateway IP
         lab.stop("hq-site")
         ups = pop_log(lab).count("site hq up")
@@ -249,6 +265,7 @@ class BackhaulHqScenario(Scenario):
         seen["hqgw_mac"] = mac(lab, "hqgw", "eth0")
         lab.stop("hq-site")
         seen["s6_left_nft"] = lab.exec("hq", ["nft", "list", "table", "ip", "ztna_site_gw"]).returncode == 0
+        seen["s6_left_route"] = lab.exec("hq", ["ip", "route", "show", f"{POP}/32"]).stdout.decode().strip()
         seen["s6_left_rules"] = [x for x in lab.exec("hq", ["ip", "rule"]).stdout.decode().splitlines()
                                  if x.split(":")[0].strip().startswith("51")]
         # The branch's end closes its flows, so the PoP writes their lines.
@@ -286,6 +303,8 @@ class BackhaulHqScenario(Scenario):
                   "the flow line names both rules and the site"),
             ("5a", f"HQ's site stopped: the fallback (pop-egress) applies: the flow leaves from {EGRESS}"),
             ("5b", "HQ's site back: backhaul through WAN1 returns by itself"),
+            ("5c", "HQ started while WAN1 is down: its first dial over WAN1 is given up when the probes fail, the "
+                   "tunnel comes up over WAN2 and flows leave WAN2"),
             ("6", f"local gateway IP: {INTRANET} on HQ's LAN side reached through HQ's next hop {LOCAL_GW}; the site's "
                   "nft table and ip rules are gone when it stops"),
         ]]
@@ -435,6 +454,21 @@ class BackhaulHqScenario(Scenario):
                             f"{c['out'].strip()[:80]}; hq:wan1 SYN {w1[0].src}:{w1[0].sport} -> {COUNTRY}:80", w1[0])
         else:
             by["5b"].see(f"country {c}; wan1 SYNs {[x.src for x in w1]}")
+        # 5c
+        t5c, t5c_up, t5c_end = seen.get("t5c", 0), seen.get("t5c_up", 0), seen.get("t5c_end", 0)
+        c, hlog = seen.get("s5c_country", {}), seen.get("s5c_log", "")
+        tunnel = [x for x in seg["hq:wan2"] if x.flags == "S" and x.dst == POP and x.dport == 443 and x.src == WAN2
+                  and t5c <= x.time < t5c_up]
+        w2 = syns("hq:wan2", COUNTRY, t5c_up, t5c_end)
+        moved = [x for x in hlog.splitlines() if "the tunnel to the PoP moves to wan2" in x]
+        if f"to client {WAN2}" in c.get("out", "") and tunnel and w2 and all(x.src == WAN2 for x in w2) and moved:
+            gave_up = any("dial over the old port given up" in x for x in hlog.splitlines())
+            by["5c"].passed(f"hq: {moved[0].split('site hq: ', 1)[-1].strip()[:120]}" + ("; the hanging dial over wan1 given up" if gave_up
+                            else "") + f"; hq:wan2 SYN {WAN2}:{tunnel[0].sport} -> {POP}:443 at {_hms(tunnel[0].time)} "
+                            f"(started at {_hms(t5c)}); country-only: {c['out'].strip()[:80]}", tunnel[0], w2[0])
+        else:
+            by["5c"].see(f"country {c}; tunnel SYNs over wan2 {len(tunnel)}; country SYNs {[x.src for x in w2]}; "
+                         f"moved {moved[:1]}")
         # 6
         i = seen.get("s6_intranet", {})
         from scapy.layers.l2 import Ether
@@ -446,15 +480,15 @@ class BackhaulHqScenario(Scenario):
         local = [f for f in flows if f.get("dst") == f"{INTRANET}:80" and f.get("exit") == "backhaul"]
         if f"to client {USER}" in i.get("out", "") and lan_syn and len(via_gw) == len(lan_syn) and at_srv \
                 and all(x.src == USER for x in at_srv) and local and local[0].get("port") == "local" \
-                and not seen.get("s6_left_nft") and not seen.get("s6_left_rules"):
+                and not seen.get("s6_left_nft") and not seen.get("s6_left_rules") and not seen.get("s6_left_route"):
             by["6"].passed(f"intranet: {i['out'].strip()[:90]}; hq:eth0 SYN {USER} -> {INTRANET}:80 to the MAC of "
                            f"{LOCAL_GW} ({seen['hqgw_mac']})", via_gw[0], at_srv[0])
             by["6"].see("flow line: " + json.dumps(local[0], separators=(",", ":")) + "; after the site stopped: no "
-                        "table ip ztna_site_gw, no ip rule 51xx in hq")
+                        "table ip ztna_site_gw, no ip rule 51xx, no host route to the PoP in hq")
         else:
             by["6"].see(f"intranet {i}; LAN SYNs {len(lan_syn)} ({len(via_gw)} to {seen.get('hqgw_mac')}); at the "
                         f"server {[x.src for x in at_srv]}; flow lines {local[:1]}; left nft {seen.get('s6_left_nft')}, "
-                        f"rules {seen.get('s6_left_rules')}")
+                        f"rules {seen.get('s6_left_rules')}, route {seen.get('s6_left_route')!r}")
         return steps
 
 
@@ -520,7 +554,9 @@ def wait_log(lab: Lab, name: str, pred, timeout: float, what: str) -> None:
 
 
 def log_size(lab: Lab, name: str) -> int:
-    return len(Path(lab.procs[name].log).read_text(errors="replace"))
+    """How much of ``name``'s log exists now (its file outlives the process: a restart appends)."""
+    path = lab.log_dir / f"{name}.log"
+    return len(path.read_text(errors="replace")) if path.exists() else 0
 
 
 def wait_line(lab: Lab, name: str, pattern: str, timeout: float, start: int) -> str | None:
