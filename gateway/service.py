@@ -124,6 +124,12 @@ class Session:
         return self.core.identity
 
 
+# The UDP port's socket buffers (the kernel doubles them). Datagrams wait here whenever the gateway is
+# the bottleneck, and a ping waits behind them: 8 MiB gave 21-25 ms of loaded RTT in the bench, 512 KiB
+# 10 ms with more throughput (docs/datachannel.md, "Speed"); a full buffer drops, and the inner TCP slows.
+UDP_BUFFERS = 512 << 10
+
+
 class Gateway:
     """One gateway process."""
 
@@ -191,7 +197,8 @@ class Gateway:
                 lsock.setblocking(False)
                 self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
                 if self.cfg.udp_port:
-                    self.udp_sock = BatchSocket((self.cfg.listen, self.cfg.udp_port), self.counters, log)
+                    self.udp_sock = BatchSocket((self.cfg.listen, self.cfg.udp_port), self.counters, log,
+                                                buffers=UDP_BUFFERS)
                     self.loop.add_reader(self.udp_sock.fileno(), self._on_udp)
                     log.info("UDP data channel on %s:%d", self.cfg.listen, self.cfg.udp_port)
             self.loop.add_reader(self.tun.fd, self._on_tun)
