@@ -126,8 +126,9 @@ class Session:
 
 # The UDP port's socket buffers (the kernel doubles them). Datagrams wait here whenever the gateway is
 # the bottleneck, and a ping waits behind them: 8 MiB gave 21-25 ms of loaded RTT in the bench, 512 KiB
-# 10 ms with more throughput (docs/datachannel.md, "Speed"); a full buffer drops, and the inner TCP slows.
-UDP_BUFFERS = 512 << 10
+# 10.6 ms, 256 KiB 5.2 ms, each with more throughput than the last (docs/datachannel.md, "Speed"); a full
+# buffer drops, and the inner TCP slows down instead of queueing.
+UDP_BUFFERS = 256 << 10
 
 
 class Gateway:
