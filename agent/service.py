@@ -66,6 +66,7 @@ class Agent:
         self.tunnel: FramedTLS | None = None
         self.gateway_ip: str | None = None
         self.reading_tun = False
+        self.udp_scheduled = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle -------------------------------------------------------
@@ -239,6 +240,20 @@ class Agent:
         if bufs:
             self._perform(self.core.tun_packets(bufs, time.monotonic()))
             self._drain()
+            self._udp_later()
+
+    def _udp_later(self) -> None:
+        # What waits for the UDP path goes a turn per loop pass, between TUN reads: a packet that
+        # arrives meanwhile enters the fair queue at once instead of waiting in the TUN behind a bulk flow.
+        if self.core.udp_backlog and not self.udp_scheduled:
+            self.udp_scheduled = True
+            self.loop.call_soon(self._udp_turn)
+
+    def _udp_turn(self) -> None:
+        self.udp_scheduled = False
+        self._perform(self.core.udp_writable(time.monotonic()))
+        self._drain()
+        self._udp_later()
 
     # ---- the tunnel ------------------------------------------------------
     def _resolve_gateway(self) -> list[str]:
