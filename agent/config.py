@@ -39,11 +39,32 @@ class AgentConfig:
     log_level: str = "INFO"
     patterns: PatternSet = field(default_factory=PatternSet, repr=False, init=False)  # derived from apps
     metrics_listen: tuple | None = field(default=None, init=False)  # [metrics] listen: Prometheus, off when None
+    internet: object = field(default=None, init=False)  # InternetConfig from [internet], or None (split tunnel)
+
+
+@dataclass
+class InternetConfig:
+    """``[internet]``: full-tunnel internet through the PoP (docs/backhaul.md, "Mobile users").
+
+    The agent runs a site tunnel of its own (backhaul/site.py) to the PoP's ``pop_name`` with its
+    certificate; a second TUN takes 0.0.0.0/1 and 128.0.0.0/1 with ``address`` (the address the PoP's
+    ``[mobile]`` table gives this identity), the PoP's address stays on today's route.  The private
+    apps' 100.64/10 leases and the DNS stub stay as they are."""
+    pop: str                       # the PoP's address
+    pop_name: str                  # SNI of site tunnels at the PoP ([pop] site_name)
+    address: str                   # this user's address at the PoP ([mobile] there)
+    mode: str = "full"             # "full": every internet destination through the PoP
+    tun: str = "ztna-inet0"
+    port: int = 443
 
 
 def load(path: Path) -> AgentConfig:
     data = load_file(path)
     cfg: AgentConfig = section(AgentConfig, data, "agent", path)
+    cfg.internet = _internet(data, path) if "internet" in data else None
+    if cfg.internet is not None and ipaddress.IPv4Address(cfg.internet.address) in ipaddress.IPv4Network(cfg.network):
+        raise ConfigError(f"{path}: [internet] address {cfg.internet.address} is inside the private apps' network "
+                          f"{cfg.network}: take the one the PoP's [mobile] table gives you")
     from ztna.metrics import listen_from
 
     cfg.metrics_listen = listen_from(data, str(path))
@@ -74,3 +95,20 @@ def load(path: Path) -> AgentConfig:
         if not Path(getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: [agent] {key} = {getattr(cfg, key)} does not exist")
     return cfg
+
+
+def _internet(data: dict, path: Path) -> InternetConfig:
+    inet: InternetConfig = section(InternetConfig, data, "internet", path)
+    if inet.mode != "full":
+        raise ConfigError(f"{path}: [internet] mode = {inet.mode!r}: only \"full\" exists (remove [internet] for "
+                          "private apps only)")
+    for key in ("pop", "address"):
+        try:
+            ipaddress.IPv4Address(getattr(inet, key))
+        except ValueError:
+            raise ConfigError(f"{path}: [internet] {key} = {getattr(inet, key)!r} should be an IPv4 address") from None
+    try:
+        normalize(inet.pop_name)
+    except BadName as exc:
+        raise ConfigError(f"{path}: [internet] pop_name: {exc}") from exc
+    return inet

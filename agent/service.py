@@ -66,9 +66,33 @@ class Agent:
         self.tunnel: FramedTLS | None = None
         self.gateway_ip: str | None = None
         self.reading_tun = False
+        self.udp_scheduled = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle -------------------------------------------------------
+    def _full_tunnel(self, stop: asyncio.Event):
+        """``[internet] mode = "full"``: the internet through the PoP, as a one-address site of this identity
+        (backhaul/site.py in this process; the PoP's [mobile] table names its address)."""
+        inet = self.cfg.internet
+        if inet is None:
+            return None
+        from backhaul.config import SiteConfig
+        from backhaul.site import Site
+
+        site = Site(SiteConfig(name=f"user:{self.identity}", pop=inet.pop, pop_name=inet.pop_name, cert=self.cfg.cert,
+                               key=self.cfg.key, ca=self.cfg.ca, lan=[f"{inet.address}/32"], tun=inet.tun,
+                               tun_address=f"{inet.address}/32", port=inet.port, keepalive=self.cfg.keepalive))
+        log.info("full tunnel: the internet through the PoP %s (%s) from %s on %s; private apps stay on %s",
+                 inet.pop, inet.pop_name, inet.address, inet.tun, self.cfg.tun)
+
+        async def run() -> None:
+            try:
+                await site.run(stop)
+            except Exception as exc:  # the private apps keep working without it; say why
+                log.error("full tunnel stopped: %s", exc)
+
+        return asyncio.ensure_future(run())
+
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -121,8 +145,11 @@ class Agent:
             self.exporter = metrics.serve(self.metric_families, self.cfg.metrics_listen)
             log.info("agent %s ready; gateway %s:%d (found through public DNS on first use)",
                      self.identity, self.cfg.gateway, self.cfg.gateway_port)
+            internet = self._full_tunnel(stop)
             await stop.wait()
             ticker.cancel()
+            if internet is not None:
+                await internet  # the site tunnel's own teardown: its TUN, the pinned route
             log.info("stopping")
         finally:
             self._perform(self.core.stop(time.monotonic()))
@@ -213,6 +240,20 @@ class Agent:
         if bufs:
             self._perform(self.core.tun_packets(bufs, time.monotonic()))
             self._drain()
+            self._udp_later()
+
+    def _udp_later(self) -> None:
+        # What waits for the UDP path goes a turn per loop pass, between TUN reads: a packet that
+        # arrives meanwhile enters the fair queue at once instead of waiting in the TUN behind a bulk flow.
+        if self.core.udp_backlog and not self.udp_scheduled:
+            self.udp_scheduled = True
+            self.loop.call_soon(self._udp_turn)
+
+    def _udp_turn(self) -> None:
+        self.udp_scheduled = False
+        self._perform(self.core.udp_writable(time.monotonic()))
+        self._drain()
+        self._udp_later()
 
     # ---- the tunnel ------------------------------------------------------
     def _resolve_gateway(self) -> list[str]:

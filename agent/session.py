@@ -67,6 +67,7 @@ UP = "up"
 PENDING_MAX = 64
 BATCH = 64 * 1024  # bytes handed to the connection in one Send while packets are queued
 QUEUE_LIMIT = 4 * 1024 * 1024  # the fair queue's memory bound
+UDP_TURN = 256 * 1024  # bytes of inner packets sealed and sent per turn of the UDP path's queue
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
@@ -108,6 +109,10 @@ class AgentSession:
         self.bad_log = LogLimiter(interval=10.0)
         self.fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=QUEUE_LIMIT)
         self._fq_seen = (0, 0, 0)
+        # The UDP path's own fair queue: the shell reads the TUN into it and takes a turn at a time,
+        # so a sparse flow (a ping, a call) passes a bulk upload, and CoDel keeps the upload's queue short.
+        self.udp_fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=QUEUE_LIMIT)
+        self._udp_seen = (0, 0, 0)
         self.blocked = False
         if path is not None:
             path.counters = self.counters  # one set of counters in the status
@@ -173,9 +178,21 @@ class AgentSession:
         if refusals:
             cmds.append(WriteTun(refusals))
         if out and self.path is not None and self.path.udp:
-            out = self._udp_out(out, cmds)
-        if out:
             c["tunnel_tx_packets"] += len(out)
+            q = self.udp_fq
+            for buf in out:
+                q.enqueue(buf, now)
+            out = self._udp_turn(cmds, now)
+            if out:
+                self._tls_out(out, cmds, now)
+        elif out:
+            c["tunnel_tx_packets"] += len(out)
+            self._tls_out(out, cmds, now)
+        return cmds
+
+    def _tls_out(self, out: list, cmds: list, now: float) -> None:
+        c = self.counters
+        if out:
             fq = self.fq
             if not self.blocked and not fq.packets:
                 self._send(cmds, _frames(out), now)  # nothing waits: nothing to schedule
@@ -186,16 +203,48 @@ class AgentSession:
                 if not self.blocked:
                     self._dequeue(cmds, now)
                 self._count()
-        return cmds
 
     # ---- the UDP data channel (only with ``path``) ----------------------------------
-    def _udp_out(self, out: list, cmds: list) -> list:
-        """Seal what fits into datagrams; return what must still go over TLS."""
-        dgs, rest = self.path.seal_packets(out, self.udp_mtu)
+    def _udp_turn(self, cmds: list, now: float) -> list:
+        """One turn of the UDP queue: seal what fits into datagrams; return what must still go over TLS."""
+        q = self.udp_fq
+        pkts = q.dequeue_bytes(UDP_TURN, now)
+        seen = self._udp_seen
+        if (q.drops, q.marks, q.overlimit) != seen:
+            c = self.counters
+            c["udp_aqm_drops"] += q.drops - seen[0]
+            c["udp_aqm_marks"] += q.marks - seen[1]
+            c["udp_aqm_overlimit"] += q.overlimit - seen[2]
+            self._udp_seen = (q.drops, q.marks, q.overlimit)
+        if not pkts:
+            return []
+        dgs, rest = self.path.seal_packets(pkts, self.udp_mtu)
         if dgs:
             self.counters["udp_tx_packets"] += len(dgs)
             cmds.append(SendDatagrams(dgs))
         return rest
+
+    @property
+    def udp_backlog(self) -> int:
+        """Packets waiting in the UDP path's queue; the shell calls ``udp_writable`` while there are any."""
+        return self.udp_fq.packets
+
+    def udp_writable(self, now: float) -> list:
+        """The next turn of the UDP path's queue (``[]`` when none wait).  If the path went down
+        meanwhile, what waited goes over TLS."""
+        cmds: list = []
+        q = self.udp_fq
+        if not q.packets or self.state != UP:
+            return cmds
+        if self.path is not None and self.path.udp:
+            rest = self._udp_turn(cmds, now)
+        else:
+            rest = []
+            while q.packets:
+                rest += q.dequeue_bytes(BATCH, now)
+        if rest:
+            self._tls_out(rest, cmds, now)
+        return cmds
 
     def _path_cmds(self, pcmds: list, cmds: list, now: float) -> None:
         for pc in pcmds:
@@ -321,6 +370,8 @@ class AgentSession:
         self.blocked = False
         self.fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=QUEUE_LIMIT)  # their flows retransmit
         self._fq_seen = (0, 0, 0)
+        self.udp_fq = FqCodel(offset=wire.VNET_HDR_LEN, limit_bytes=QUEUE_LIMIT)
+        self._udp_seen = (0, 0, 0)
         for lease in self.pool.by_name.values():
             lease.state = "new"  # a new tunnel (maybe a new gateway) decides again
         self.counters["tunnel_closed"] += 1

@@ -64,11 +64,14 @@ class Site:
         self.probers: list[asyncio.Task] = []
         self.moved = asyncio.Event()  # the tunnel's port changed: no backoff wait before the next dial
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Until SIGTERM/SIGINT, or until ``stop`` is set when the caller owns the signals (the agent's
+        full-tunnel mode runs a Site inside the agent)."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        if stop is None:
+            stop = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
         try:
             if self.cfg.backhaul is not None and Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
                 raise OSError("a gateway site ([backhaul] gateway = true) forwards: sysctl -w net.ipv4.ip_forward=1")
@@ -105,8 +108,8 @@ class Site:
                 except (ValueError, OSError):
                     pass
                 self.tun.close()
-            # off the loop, as the pinning was: pyroute2 cannot run inside a running asyncio loop (it failed
-            # silently here before, and the host route outlived the site)
+            # pyroute2's synchronous API will not run inside the running loop (it failed there, silently,
+            # and left the host route behind): off the loop, like the pinning.
             await loop.run_in_executor(None, self._unpin_pop_route)
             log.info("site %s stopped; counters: %s", self.cfg.name, dict(self.core.counters) if self.core else {})
 
@@ -212,7 +215,9 @@ class Site:
             with IPRoute() as ipr:
                 ipr.route("del", **self.host_route)
         except Exception as exc:  # the route may have gone with its interface
-            log.info("site %s: removing the PoP's host route: %s", self.cfg.name, exc)
+            log.warning("site %s: removing the host route to the PoP %s: %s", self.cfg.name, self.cfg.pop, exc)
+            return
+        log.info("site %s: host route to the PoP %s removed", self.cfg.name, self.cfg.pop)
 
     # ---- the tunnel -----------------------------------------------------------------------
     async def _dial_loop(self) -> None:

@@ -124,6 +124,13 @@ class Session:
         return self.core.identity
 
 
+# The UDP port's socket buffers (the kernel doubles them). Datagrams wait here whenever the gateway is
+# the bottleneck, and a ping waits behind them: 8 MiB gave 21-25 ms of loaded RTT in the bench, 512 KiB
+# 10.6 ms, 256 KiB 5.2 ms, each with more throughput than the last (docs/datachannel.md, "Speed"); a full
+# buffer drops, and the inner TCP slows down instead of queueing.
+UDP_BUFFERS = 256 << 10
+
+
 class Gateway:
     """One gateway process."""
 
@@ -191,7 +198,8 @@ class Gateway:
                 lsock.setblocking(False)
                 self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
                 if self.cfg.udp_port:
-                    self.udp_sock = BatchSocket((self.cfg.listen, self.cfg.udp_port), self.counters, log)
+                    self.udp_sock = BatchSocket((self.cfg.listen, self.cfg.udp_port), self.counters, log,
+                                                buffers=UDP_BUFFERS)
                     self.loop.add_reader(self.udp_sock.fileno(), self._on_udp)
                     log.info("UDP data channel on %s:%d", self.cfg.listen, self.cfg.udp_port)
             self.loop.add_reader(self.tun.fd, self._on_tun)

@@ -61,7 +61,7 @@ def explain_cmd(src: str, dst: str, port: int, proto: str, config: Path, as_json
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
-        e = explain(cfg.rule_set, {n: s.lan for n, s in cfg.sites.items()}, src, dst, port, proto)
+        e = explain(cfg.rule_set, {s.name: s.lan for s in cfg.sites.values()}, src, dst, port, proto)
     except ExplainError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(e, indent=2) if as_json else explain_text(e))

@@ -98,6 +98,32 @@ def _sites(data: dict, path: Path, cfg: PopConfig) -> dict:
                                       "the PoP could not tell whose replies are whose")
             seen.append((n, ident))
         out[ident] = SiteEntry(ident, nets, gw, fallback)
+    return _mobile(data, path, cfg, out, seen)
+
+
+def _mobile(data: dict, path: Path, cfg: PopConfig, out: dict, seen: list) -> dict:
+    """``[mobile]``: agent identity -> its address for full-tunnel internet (``[internet]`` in agent.toml).
+
+    Each mobile user is a site of one address to the hub, named ``user:IDENTITY``: the same tunnel
+    (SNI ``site_name``), anti-spoofing, network rules (``user:`` sources), egress and flow lines."""
+    table = data.get("mobile", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [mobile] must be a table of identity = \"10.99.0.10\"")
+    if table and not cfg.site_name:
+        raise ConfigError(f"{path}: [mobile] needs [pop] site_name, the SNI full-tunnel agents dial")
+    for ident, addr in table.items():
+        if ident in out:
+            raise ConfigError(f"{path}: [mobile] {ident} is also a site in [sites]: one identity, one role")
+        try:
+            net = ipaddress.IPv4Network(f"{addr}/32")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: [mobile] {ident} = {addr!r} should be one IPv4 address: {exc}") from exc
+        for m, other in seen:
+            if net.overlaps(m):
+                raise ConfigError(f"{path}: [mobile] {ident} {net.network_address} is inside {other}'s {m}: "
+                                  "the PoP could not tell whose replies are whose")
+        seen.append((net, f"user:{ident}"))
+        out[ident] = SiteEntry(f"user:{ident}", (net,))
     return out
 
 
@@ -119,7 +145,8 @@ def rule_sites(cfg: PopConfig) -> dict:
     """[sites] as the rules see them (pop/netrules.py)."""
     from .netrules import GatewaySite
 
-    return {n: GatewaySite(n, e.backhaul_gateway, e.fallback) for n, e in cfg.sites.items()}
+    return {n: GatewaySite(n, e.backhaul_gateway, e.fallback) for n, e in cfg.sites.items()
+            if not e.name.startswith("user:")}  # [mobile] users are sources (user:NAME), never sites
 
 
 def load_rules(cfg: PopConfig):

@@ -314,11 +314,33 @@ class Relay:
             if a is not None:
                 self._drop_held(a, c.id, cmds)
         c.holding.clear()
-        # Its agents' flows end; each agent reconnects and its next lease picks another connector.
-        for ch, aid in list(c.agents.items()):
+        # Only the flows through it end: each of its agents hears, per lease, LEASE_RESULT {allowed: false,
+        # retry: true}; the agent refuses nothing yet, and its next packet to the name leases again, on a
+        # live connector.  The established flows' packets then reach an app that does not know them, and
+        # its RST ends them.  The agents' tunnels and their other flows stay up.
+        for ch, aid in sorted(c.agents.items()):
             a = self.agents.get(aid)
             if a is not None:
-                self._close_agent(a, f"connector {c.resource} gone: {reason}", cmds, tell=True)
+                self._connector_lost(a, c, reason, cmds)
+        c.agents.clear()
+
+    def _connector_lost(self, a: AgentLink, c: ConnectorLink, reason: str, cmds: list) -> None:
+        a.channels.pop(c.id, None)
+        self._drop_held(a, c.id, cmds)
+        ended = []
+        for addr, fl in list(a.flows.items()):
+            if fl.connector != c.id:
+                continue
+            del a.flows[addr]
+            ended.append(fl.fqdn)
+            if fl.allowed:
+                self._flow_line(a, fl, f"connector {c.identity} gone: {reason}", cmds, c)
+            cmds.append(SendAgent(a.id, wire.control(wire.LEASE_RESULT, fqdn=fl.fqdn, addr=fl.addr, allowed=False,
+                                                     retry=True, reason=f"PoP: connector {c.identity} gone; "
+                                                                        "lease again")))
+        self.counters["leases_lost_with_connector"] += len(ended)
+        cmds.append(Log(logging.INFO, f"agent {a.id} {a.identity}: {len(ended)} lease(s) through connector {c.id} "
+                                      f"{c.identity} ended ({', '.join(ended) or 'none'}); its tunnel stays up"))
 
     def connector_closed(self, cid: int, reason: str) -> list:
         c = self.connectors.get(cid)
@@ -648,8 +670,8 @@ class Relay:
         if a is not None:
             self._close_agent(a, reason, cmds, tell=True)
 
-    def _flow_line(self, a: AgentLink, fl: Flow, end: str, cmds: list) -> None:
-        c = self.connectors.get(fl.connector)
+    def _flow_line(self, a: AgentLink, fl: Flow, end: str, cmds: list, c: ConnectorLink | None = None) -> None:
+        c = c or self.connectors.get(fl.connector)
         cmds.append(FlowLog({"event": "flow", "identity": a.identity, "resource": fl.fqdn, "addr": fl.addr,
                              "connector": c.identity if c else fl.connector,
                              "connector_id": fl.connector, "bytes_up": fl.up, "bytes_down": fl.down, "end": end}))

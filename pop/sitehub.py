@@ -52,6 +52,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ztna import wire
+from ztna.loglimit import LogLimiter, suffix
 from ztna.tunnelcmds import Log, WriteTun
 
 from .relay import FlowLog
@@ -107,6 +108,8 @@ class SiteLink:
     state: str = "hello"
     site: SiteDef | None = None
     port: str | None = None  # the WAN port a gateway site says it sends backhauled flows from
+    spoofed: int = 0         # packets from outside its LAN not yet logged (logged under bad_log's budget)
+    spoofed_src: str = ""
     decoder: wire.Decoder = field(default_factory=wire.Decoder)
 
 
@@ -154,6 +157,7 @@ class SiteHub:
             ((p, s.name) for s in sites.values() for p in s.prefixes), key=lambda r: -r[0].prefixlen)
         self.flows: dict[tuple, Flow] = {}
         self.counters: Counter = Counter()
+        self.bad_log = LogLimiter(interval=10.0)  # one line per site per 10 s about its spoofed packets
 
     # ---- a site's tunnel ----------------------------------------------------------------
     def site_up(self, sid: int, identity: str, peer: str, now: float) -> list:
@@ -196,6 +200,12 @@ class SiteHub:
                 break
         if tun:
             cmds.insert(0, WriteTun(tun))
+        if link.spoofed:
+            quiet = self.bad_log.allow(("spoofed", link.sid), now)
+            if quiet is not None:
+                cmds.append(Log(logging.WARNING, f"site {link.site.name}: dropped {link.spoofed} packet(s) from "
+                                                 f"outside its LAN (last from {link.spoofed_src}){suffix(quiet)}"))
+                link.spoofed = 0
         for other, out in fwd.items():
             if other in self.links:
                 self.links[other].last_sent = now
@@ -260,6 +270,7 @@ class SiteHub:
         addr = ipaddress.IPv4Address(src)
         if not any(addr in p for p in link.site.prefixes):
             self.counters["site_packets_spoofed"] += 1
+            link.spoofed, link.spoofed_src = link.spoofed + 1, src
             return
         key = (proto, src, sport, dst, dport)
         fl = self.flows.get(key)

@@ -174,7 +174,7 @@ def coalesce(pkts: list) -> list:
         if k is not None:
             seq, plen, fl, kk = k
             if (not closed and kk == key and seq == nxt and plen <= mss and len(run) < MAX_PIECES
-                    and 30 + (len(run) + 1) * mss + len(kk[1]) <= MAX_COALESCED):
+                    and 20 + kk[6] + (len(run) + 1) * mss <= MAX_COALESCED):
                 run.append(buf)
                 nxt = (seq + plen) & 0xFFFFFFFF
                 closed = plen < mss or bool(fl & TCP_PSH)
@@ -190,31 +190,28 @@ def coalesce(pkts: list) -> list:
     return out
 
 
+# vnet flags, gso type, csum start/offset | IP version/ihl, tos, total length, fragment, ttl, protocol,
+# addresses | TCP ports, seq, ack, data offset, flags, window, urgent pointer: one C call per packet
+_HEADS = struct.Struct("!BB4x4sBBH2x2sBB2x8s4sI4sBB2s2x2s")
+
+
 def _tcp_key(buf):
     """(seq, payload length, flags, key) of a packet that may join a run, else None."""
-    if len(buf) < 50 or buf[10] != 0x45 or buf[19] != 6:
+    if len(buf) < 50:
         return None
-    flags, gso = buf[0], buf[1]
-    if gso != GSO_NONE or (flags and (flags != F_NEEDS_CSUM or buf[6:10] != b"\x14\x00\x10\x00")):
+    (vflags, gso, csum_at, verihl, tos, tot, frag, ttl, proto, addrs, ports, seq, ack, doff, fl, win,
+     urg) = _HEADS.unpack_from(buf)
+    if verihl != 0x45 or proto != 6 or gso != GSO_NONE or fl & ~TCP_PSH != _TCP_ACK:
+        return None
+    if vflags and (vflags != F_NEEDS_CSUM or csum_at != b"\x14\x00\x10\x00"):
         return None  # only plain packets, or partial ones with the TCP field at 20 + 16
-    frag = buf[16:18]
-    if frag != b"\x40\x00" and frag != b"\x00\x00":
+    if (frag != b"\x40\x00" and frag != b"\x00\x00") or tot != len(buf) - 10:
         return None
-    tot = (buf[12] << 8) | buf[13]
-    if tot != len(buf) - 10:
-        return None
-    fl = buf[43]
-    if fl & ~TCP_PSH != _TCP_ACK:
-        return None
-    doff = (buf[42] >> 4) * 4
+    doff = (doff >> 4) * 4
     plen = tot - 20 - doff
     if doff < 20 or plen <= 0:
         return None
-    seq = int.from_bytes(buf[34:38], "big")
-    # tos, flags/fragment, ttl, proto, addresses; ports, ack, data offset, window, urgent, options
-    key = (bytes(buf[11:12]) + bytes(buf[16:20]) + bytes(buf[22:30]),
-           bytes(buf[30:34]) + bytes(buf[38:43]) + bytes(buf[44:46]) + bytes(buf[48:30 + doff]))
-    return seq, plen, fl, key
+    return seq, plen, fl, (tos, frag, ttl, addrs, ports, ack, doff, win, urg, bytes(buf[50:30 + doff]))
 
 
 def _flush(run: list, out: list) -> None:

@@ -87,10 +87,11 @@ class BatchSocket:
 
     # ---- in --------------------------------------------------------------------
     def receive(self, limit: int = 256) -> list[tuple[bytes, tuple]]:
-        """(datagram, source) for what the socket holds now, up to ``limit`` receive calls."""
+        """(datagram, source) for what the socket holds now, about ``limit`` datagrams at most (a GRO
+        buffer is taken whole): a bounded amount of work per wake-up, so that the TUN's turn comes soon."""
         items: list = []
         sock = self.sock
-        for _ in range(limit):
+        while len(items) < limit:
             try:
                 if self.gro:
                     data, anc, _flags, source = sock.recvmsg(65535, _CMSG_SPACE)

@@ -163,8 +163,10 @@ def test_spoofed_sources_from_a_site_never_leave_the_pop(lab):
     procs.wait_until(lambda: sink() - before >= 5, timeout=5, what="branch2's own packets at the sink")
     assert sink() - before == 5, (before, sink())  # and not one of the 200 spoofed ones
     assert own["sent"] == 5
+    procs.wait_until(lambda: f"site branch2: dropped 200 packet(s) from outside its LAN (last from {USER})" in poplog(lab),
+                     timeout=5, what="the PoP's line about the spoofed packets")
     legit.record("site tunnel: 200 packets from branch2 with branch1's user as source", 200,
-                 f"none left the PoP ({sink() - before} of branch2's own 5 did)", u)
+                 f"none left the PoP ({sink() - before} of branch2's own 5 did), logged in one line", u)
 
 
 def test_garbage_inside_a_site_tunnel_is_closed_with_the_reason(lab):

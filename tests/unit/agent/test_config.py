@@ -39,3 +39,25 @@ def test_missing_file_and_bad_toml(tmp_path):
     (tmp_path / "bad.toml").write_text("[agent\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(tmp_path / "bad.toml")
+
+
+def test_full_tunnel_internet_section(tmp_path):
+    apps = 'apps = ["app.mycompany.net"]\n\n'
+    inet = '[internet]\npop = "192.0.2.10"\npop_name = "site.pop.example"\naddress = "10.99.0.10"\n'
+    cfg = load(write(tmp_path, apps + inet))
+    assert (cfg.internet.pop, cfg.internet.address, cfg.internet.tun, cfg.internet.mode) == \
+        ("192.0.2.10", "10.99.0.10", "ztna-inet0", "full")
+    assert load(write(tmp_path, apps)).internet is None  # split tunnel: private apps only
+    for extra, why in (('mode = "split"\n', "only \"full\""),
+                       ('tun = 3\n', "should be a string")):
+        with pytest.raises(ConfigError, match=why):
+            load(write(tmp_path, apps + inet + extra))
+    for bad, why in (('address = "100.96.0.10"', "inside the private apps' network"),
+                     ('address = "nope"', "should be an IPv4 address"),
+                     ('pop = "pop.example"', "should be an IPv4 address")):
+        key = bad.split(" ")[0]
+        text = "\n".join(bad if line.startswith(key + " ") else line for line in inet.splitlines()) + "\n"
+        with pytest.raises(ConfigError, match=why):
+            load(write(tmp_path, apps + text))
+    with pytest.raises(ConfigError, match="needs 'address'"):
+        load(write(tmp_path, apps + '[internet]\npop = "192.0.2.10"\npop_name = "site.pop.example"\n'))

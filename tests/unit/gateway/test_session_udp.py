@@ -168,3 +168,46 @@ def test_forged_datagrams_are_dropped_counted_and_logged_without_moving_anything
 def test_datagrams_while_the_tunnel_is_down_are_dropped():
     ag, _ = pair()
     assert ag.datagrams([(os.urandom(80), GW)], 0.0) == [] and ag.counters["udp_dropped_no_path"] == 1
+
+
+def _inner(dgs, gw, now):
+    """What the gateway writes to its TUN for these datagrams, handed over as one wake-up's batch."""
+    return [p for c in gw.datagrams([(d, AT) for d, _ in dgs], now) if isinstance(c, g.WriteTun) for p in c.packets]
+
+
+def test_a_bulk_burst_waits_in_the_udp_queue_a_turn_at_a_time_and_a_ping_passes_it():
+    from scapy.layers.inet import ICMP
+    from ztna import segment
+    ag, gw = bring_up()
+    addr = leased(ag, gw)
+    bulk = [NO_VNET + bytes(IP(src=ME, dst=addr, flags="DF") / TCP(sport=40000, dport=443, flags="A", seq=i * 60000)
+                            / os.urandom(60000)) for i in range(10)]
+    cmds = ag.tun_packets(bulk, 1.1)
+    first = dgrams(cmds)
+    assert first and sum(len(d) for d, _ in first) < 2 * a.UDP_TURN and ag.udp_backlog == 10 - 5
+    ping = NO_VNET + bytes(IP(src=ME, dst=addr) / ICMP(id=7))
+    cmds = ag.tun_packets([ping], 1.1)  # read while the bulk waits: a new flow, served first
+    nxt = dgrams(cmds)
+    assert IP(bytes(_inner(nxt[:1], gw, 1.1)[0][10:])).haslayer(ICMP)
+    rest = []
+    while ag.udp_backlog:
+        rest += dgrams(ag.udp_writable(1.1))
+    written = _inner(first, gw, 1.1) + _inner(nxt[1:] + rest, gw, 1.1)
+    # the gateway joined each super-packet's pieces again: one TUN buffer per original, NATed to the app
+    assert len(written) == 10 and all(segment.VNET.unpack_from(p)[1] == segment.GSO_TCPV4 for p in written)
+    assert [IP(bytes(p[10:]))[TCP].seq for p in written] == [i * 60000 for i in range(10)]
+    assert all(IP(bytes(p[10:])).dst == APP_REAL and len(p) == len(bulk[0]) for p in written)
+    assert ag.udp_writable(1.2) == []
+
+
+def test_what_waits_for_udp_goes_over_tls_when_the_path_falls_back():
+    ag, gw = bring_up()
+    addr = leased(ag, gw)
+    bulk = [NO_VNET + bytes(IP(src=ME, dst=addr, flags="DF") / TCP(sport=40000, dport=443, flags="A", seq=i * 60000)
+                            / os.urandom(60000)) for i in range(10)]
+    ag.tun_packets(bulk, 1.1)
+    waiting = ag.udp_backlog
+    ag.tick(0.5 + udppath.DEAD_AFTER + 0.1)
+    assert ag.path.state == udppath.FALLBACK
+    cmds = ag.udp_writable(3.7)
+    assert types(tls(cmds)).count(wire.DATA) == waiting and ag.udp_backlog == 0 and not dgrams(cmds)

@@ -127,3 +127,22 @@ def test_sites_load_and_bad_ones_are_refused_with_a_reason(tmp_path):
     with pytest.raises(ConfigError, match="needs \\[pop\\] site_name"):
         load(write(tmp_path, 'tunnel_name = "t.pop.example"\nconnector_name = "c.pop.example"\n\n'
                              '[sites]\na = { lan = ["10.0.0.0/8"] }\n'))
+
+
+def test_mobile_users_are_one_address_sites_named_user(tmp_path):
+    from pop.config import rule_sites
+
+    base = SITES + 'egress_interface = "eth0"\n\n[sites]\nbranch1 = { lan = ["10.10.0.0/24"] }\n\n'
+    cfg, _ = load(write(tmp_path, base + '[mobile]\nalice = "10.99.0.10"\n'))
+    e = cfg.sites["alice"]
+    assert e.name == "user:alice" and [str(n) for n in e.lan] == ["10.99.0.10/32"] and not e.backhaul_gateway
+    assert set(rule_sites(cfg)) == {"branch1"}  # a mobile user is a source (user:alice), never a site of the rules
+    for body, why in (('[mobile]\nalice = "10.10.0.7"\n', "inside branch1's 10.10.0.0/24"),
+                      ('[mobile]\nalice = "10.99.0.0/24"\n', "one IPv4 address"),
+                      ('[mobile]\nbranch1 = "10.99.0.1"\n', "also a site"),
+                      ('[mobile]\nalice = "10.99.0.1"\nbob = "10.99.0.1"\n', "inside user:alice")):
+        with pytest.raises(ConfigError, match=why):
+            load(write(tmp_path, base + body))
+    with pytest.raises(ConfigError, match="needs \\[pop\\] site_name"):
+        load(write(tmp_path, 'tunnel_name = "t.pop.example"\nconnector_name = "c.pop.example"\n\n'
+                             '[mobile]\nalice = "10.99.0.10"\n'))

@@ -217,29 +217,46 @@ def test_held_frames_go_in_order_when_the_credit_comes_and_the_agent_resumes():
 
 def test_connector_sending_past_its_credit_closes_its_tunnel():
     lab = Lab(window=4096)
-    lab.agent(7, "alice")
+    box = lab.agent(7, "alice")
     lab.do(lab.relay.agent_data(7, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
     ((cid, ch),) = lab.sessions
     lab.cores.pop(cid)
     lab.do(lab.relay.connector_data(cid, mux.chdata(ch, b"\0" * 5000), 0.0))
     assert any("past the" in why for _, why in lab.closed_connectors)
-    assert 7 in [a for a, _ in lab.closed_agents]  # its agents are told and reconnect elsewhere
+    # the agent's lease through it ends (to be leased again elsewhere); its tunnel stays
+    assert lab.closed_agents == [] and 7 in lab.relay.agents
+    last = [f for f in box if f.type == wire.LEASE_RESULT][-1]
+    assert last.fields["allowed"] is False and last.fields["retry"] is True and "gone" in last.fields["reason"]
 
 
-def test_two_connectors_share_new_agents_and_a_lost_one_ends_only_its_agents():
+def test_a_lost_connector_ends_only_the_leases_through_it_and_the_agent_leases_again_on_the_survivor():
     lab = Lab(resources=(APP, APP))
-    for aid in (1, 2):
-        lab.agent(aid, "alice")
-        lab.do(lab.relay.agent_data(aid, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
-    used = {cid for cid, _ in lab.sessions}
-    assert used == {1, 2}
-    lab.cores.pop(1)
-    lab.do(lab.relay.connector_closed(1, "reset"))
-    assert len(lab.closed_agents) == 1
-    lab.agent(3, "alice")
-    lab.do(lab.relay.agent_data(3, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
-    assert (2, max(ch for c, ch in lab.sessions if c == 2)) in lab.sessions
-    assert [f.fields["allowed"] for f in lab.agent_in[3][1] if f.type == wire.LEASE_RESULT] == [True]
+    other = "100.64.0.4"
+    box = lab.agent(1, "alice")
+    for addr in (LEASE, other):  # round robin: one lease on each connector
+        lab.do(lab.relay.agent_data(1, wire.control(wire.LEASE, fqdn=APP, addr=addr), 0.0))
+    a = lab.relay.agents[1]
+    by_addr = {fl.addr: fl.connector for fl in a.flows.values()}
+    assert sorted(by_addr.values()) == [1, 2]
+    dead, alive = by_addr[LEASE], by_addr[other]
+    lab.cores.pop(dead)
+    lab.do(lab.relay.connector_closed(dead, "reset"))
+    assert lab.closed_agents == [] and 1 in lab.relay.agents  # the tunnel stays up
+    assert {fl.addr for fl in a.flows.values()} == {other} and dead not in a.channels
+    results = [f.fields for f in box if f.type == wire.LEASE_RESULT]
+    assert results[-1]["addr"] == LEASE and results[-1]["allowed"] is False and results[-1]["retry"] is True
+    (line,) = [f for f in lab.flows if f["event"] == "flow"]
+    assert line["addr"] == LEASE and line["connector"] == "gw1" and "gone" in line["end"]
+    # the other lease still carries packets
+    pkt = packet(dst=other)
+    lab.do(lab.relay.agent_data(1, wire.data_header(len(pkt)) + pkt, 0.0))
+    assert len(lab.tun) == 1
+    # the agent leases the lost name again: it goes to the survivor at once
+    lab.do(lab.relay.agent_data(1, wire.control(wire.LEASE, fqdn=APP, addr=LEASE), 0.0))
+    assert [f.fields["allowed"] for f in box if f.type == wire.LEASE_RESULT][-1] is True
+    assert {fl.connector for fl in a.flows.values()} == {alive}
+    lab.do(lab.relay.agent_data(1, wire.data_header(len(packet())) + packet(), 0.0))
+    assert len(lab.tun) == 2 and lab.relay.counters["leases_lost_with_connector"] == 1
 
 
 def test_garbage_from_an_agent_closes_only_that_agent():

@@ -9,7 +9,7 @@ from pop import sitehub as sh
 from pop.relay import FlowLog
 from ztna import wire
 from ztna.ippacket import NO_VNET
-from ztna.tunnelcmds import WriteTun
+from ztna.tunnelcmds import Log, WriteTun
 
 LAN = ipaddress.IPv4Network("10.10.0.0/24")
 HQ = ipaddress.IPv4Network("10.20.0.0/24")
@@ -68,6 +68,15 @@ def test_a_site_cannot_send_from_another_sites_addresses():
     out = h.site_data(1, core.tun_packets([pkt("10.20.0.5", "203.0.113.80")], 1.0)[0].data, 1.0)
     assert not [c for c in out if isinstance(c, WriteTun)]
     assert h.counters["site_packets_spoofed"] == 1
+    logs = [c.message for c in out if isinstance(c, Log)]
+    assert logs == ["site branch1: dropped 1 packet(s) from outside its LAN (last from 10.20.0.5)"]
+    # A flood logs one line per 10 s, counting what it held back.
+    for i in range(5):
+        out = h.site_data(1, core.tun_packets([pkt("10.20.0.6", "203.0.113.80")], 2.0 + i)[0].data, 2.0 + i)
+        assert not [c for c in out if isinstance(c, Log)]
+    out = h.site_data(1, core.tun_packets([pkt("10.20.0.7", "203.0.113.80")], 12.0)[0].data, 12.0)
+    assert [c.message for c in out if isinstance(c, Log)] == [
+        "site branch1: dropped 6 packet(s) from outside its LAN (last from 10.20.0.7) (5 similar lines suppressed)"]
 
 
 def test_a_certificate_that_is_no_site_or_another_site_is_refused():
