@@ -1,7 +1,7 @@
 """Scenario ``backhaul-hq`` (SPEC §7, issue 16 steps 1-6): a branch's flows backhauled through the HQ gateway site.
 
-    user 10.10.0.10 --LAN-- branch (ztna site run) ----+
-                                                       |
+    user 10.10.0.10 --LAN-- branch (ztna site run) ----+   mobile 198.18.0.2 (ztna agent run, full tunnel:
+                                                       |   alice, 10.99.0.10 at the PoP) --+
     pop 192.0.2.10, egress 150.195.219.10 -------- inet (router) ---- web 203.0.113.80 (whoami; saas.example's DNS)
                                                    |   |    |
                                  isp1 198.18.11.2 -+   |    +- saas 198.18.20.80 (SaaS: WAN1 only)
@@ -51,6 +51,7 @@ ZONE = (f"$ORIGIN saas.example.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 60 60 60 60
 SITE_NAME = "site.pop.example"
 TUNNEL_NAME, CONNECTOR_NAME = "tunnel.pop.example", "connector.pop.example"
 TUN = "ztna-site0"
+MOBILE, MOBILE_GW, ALICE = "198.18.0.2", "198.18.0.1", "10.99.0.10"  # alice's address at the PoP ([mobile])
 HQ_ENDED = "site said CLOSE: site stopping"
 
 RULE = """[[network_rule]]
@@ -58,6 +59,13 @@ name = "SaaS via HQ"
 type = "internet"
 source = ["site:branch1"]
 destination = ["domain:saas.example"]
+backhaul_via = "hq"
+
+[[network_rule]]
+name = "alice's country-only site via HQ"
+type = "internet"
+source = ["user:alice"]
+destination = ["198.18.20.81"]
 backhaul_via = "hq"
 
 [[network_rule]]
@@ -90,7 +98,7 @@ class BackhaulHqScenario(Scenario):
     name = "backhaul-hq"
     summary = ("backhauling through a gateway site (SPEC §7, issue 16): rule \"SaaS via HQ\", WAN1/WAN2 with health "
                "checks, the firewall before routing, the fallback, the local gateway IP")
-    aliases = {"100.127.0.1/32": "branch", "100.127.0.2/32": "hq"}
+    aliases = {"100.127.0.1/32": "branch", "100.127.0.2/32": "hq", "10.99.0.10/32": "mobile"}
     tunnels = [flow.Tunnel("branch site tunnel", ("branch", "pop"), ["branch:ztna-site0"], 443),
                flow.Tunnel("HQ site tunnel", ("hq", "pop"), ["hq:ztna-site0"], 443)]
     capture_extra = [("branch", TUN), ("hq", TUN), ("pop", "ztna-pop0")]
@@ -117,6 +125,9 @@ class BackhaulHqScenario(Scenario):
         t.host("hqgw", forward=True).addr("eth0", f"{LOCAL_GW}/24").addr("eth1", "172.20.0.1/24") \
             .route(LAN, HQ_IN)
         t.host("intranet").addr("eth0", f"{INTRANET}/24").route("default", "172.20.0.1")
+        inet.addr("eth6", f"{MOBILE_GW}/24")
+        t.host("mobile").addr("eth0", f"{MOBILE}/24").route("default", MOBILE_GW)
+        t.link("inet", "eth6", "mobile", "eth0")
         t.link("user", "eth0", "branch", "eth0")
         t.link("branch", "eth1", "inet", "eth0")
         t.link("inet", "eth1", "pop", "eth0")
@@ -136,6 +147,7 @@ class BackhaulHqScenario(Scenario):
         lab.issue("pop", "server", dns=[TUNNEL_NAME, CONNECTOR_NAME, SITE_NAME])
         lab.issue("branch1", "client")
         lab.issue("hq", "client")
+        lab.issue("alice", "agent")
         pki = lab.pki_dir
         webs = [lab.start("web", web_argv(WEB, http_port=80), name="whoami"),
                 lab.start("saas", web_argv(SAAS, http_port=80), name="saas-web"),
@@ -158,7 +170,8 @@ class BackhaulHqScenario(Scenario):
             f"dns_upstream = \"{WEB}\"\n"
             f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\n\n"
             f"[sites]\nbranch1 = {{ lan = [\"{LAN}\"] }}\n"
-            f"hq = {{ lan = [\"{HQ_LAN}\"], backhaul_gateway = true, fallback = \"pop-egress\" }}\n"))
+            f"hq = {{ lan = [\"{HQ_LAN}\"], backhaul_gateway = true, fallback = \"pop-egress\" }}\n\n"
+            f"[mobile]\nalice = \"{ALICE}\"\n"))
         pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
         procs.wait_listening(pop, POP, 443)
         for w, addr in zip(webs, (WEB, SAAS, COUNTRY, INTRANET)):
@@ -177,11 +190,18 @@ class BackhaulHqScenario(Scenario):
               "recover_after = 3\n"))
         self.hq_local_conf = lab.write_conf("hq-local.toml", (
             hq_site + f"[backhaul]\ngateway = true\ndestination = \"local\"\nlocal_gateway_ip = \"{LOCAL_GW}\"\n"))
-        # Both sites run before the captures start, so their TUNs are captured too.
+        lab.set_resolvers("mobile", [WEB])
+        agent_conf = lab.write_conf("agent-mobile.toml", (
+            f"[agent]\ncert = \"{pki}/alice.pem\"\nkey = \"{pki}/alice.key\"\nca = \"{pki}/ca.pem\"\n"
+            f"gateway = \"{TUNNEL_NAME}\"\napps = [\"*.mycompany.net\"]\n"
+            f"resolv_conf = \"{lab.resolv_conf_path('mobile')}\"\nstate_dir = \"{lab.root}/agent-mobile\"\n\n"
+            f"[internet]\npop = \"{POP}\"\npop_name = \"{SITE_NAME}\"\naddress = \"{ALICE}\"\n"))
+        # The sites and the mobile agent run before the captures start, so their TUNs are captured too.
         lab.start("branch", procs.ztna_argv("site", "run", "--config", str(branch_conf)), name="branch-site")
         lab.start("hq", procs.ztna_argv("site", "run", "--config", str(self.hq_conf)), name="hq-site")
-        wait_log(lab, "pop", lambda t: "site branch1 up" in t and "site hq up" in t, 20,
-                 "both sites' tunnels to reach the PoP")
+        lab.start("mobile", procs.ztna_argv("agent", "run", "--config", str(agent_conf)), name="agent")
+        wait_log(lab, "pop", lambda t: "site branch1 up" in t and "site hq up" in t and "site user:alice up" in t, 20,
+                 "both sites' and alice's tunnels to reach the PoP")
         wait_log(lab, "hq-site", lambda t: "gateway site: backhauled flows leave by wan1" in t, 10,
                  "the HQ site's gateway set-up")
 
@@ -192,12 +212,16 @@ class BackhaulHqScenario(Scenario):
         seen["t1"] = time.time()
         seen["s1_web"] = curl(lab, WEB)
         seen["s1_country"] = curl(lab, COUNTRY_NAME)
+        seen["s1m_web"] = curl(lab, WEB, host="mobile")
         # 2. "SaaS via HQ"
         self.reload(lab, RULE, seen, "s2")
         seen["t2"] = time.time()
         seen["s2_saas"] = curl(lab, SAAS_NAME)
         seen["s2_country"] = curl(lab, COUNTRY_NAME)
         seen["s2_web"] = curl(lab, WEB)
+        seen["s2m_country"] = curl(lab, COUNTRY, host="mobile")
+        seen["s2m_web"] = curl(lab, WEB, host="mobile")
+        seen["t2_end"] = time.time()
         # 3. WAN1 taken down in isp1's namespace, then back
         # a request through the PoP's egress whose answer comes after the failover: untouched by it
         egress_req = lab.start("user", slow_argv(WEB, 4), name="egress-slow")
@@ -268,7 +292,8 @@ class BackhaulHqScenario(Scenario):
         seen["s6_left_route"] = lab.exec("hq", ["ip", "route", "show", f"{POP}/32"]).stdout.decode().strip()
         seen["s6_left_rules"] = [x for x in lab.exec("hq", ["ip", "rule"]).stdout.decode().splitlines()
                                  if x.split(":")[0].strip().startswith("51")]
-        # The branch's end closes its flows, so the PoP writes their lines.
+        # The branch's and alice's ends close their flows, so the PoP writes their lines.
+        lab.stop("agent")
         lab.stop("branch-site")
         flows = lab.log_dir / "pop-flows.jsonl"
         try:
@@ -296,6 +321,9 @@ class BackhaulHqScenario(Scenario):
             ("1", f"before any rule: whoami sees the PoP's egress {EGRESS}; the country-only server refuses it"),
             ("2", f"rule \"SaaS via HQ\": the SaaS and country-only servers see HQ's WAN1 {WAN1}; the flow enters the "
                   f"PoP, crosses HQ's site tunnel unchanged and leaves WAN1; whoami still sees {EGRESS}"),
+            ("1m", f"before any rule: the mobile agent's full tunnel leaves by the PoP's egress too: whoami sees {EGRESS}"),
+            ("2m", f"rule \"alice's country-only site via HQ\" (source user:alice): the mobile user's flow crosses HQ's "
+                   f"tunnel from {ALICE} and the server sees {WAN1}; whoami still sees {EGRESS}"),
             ("3a", f"automatic port, WAN1 down in isp1: after the health checks notice, new flows leave WAN2 {WAN2}; "
                    "a flow by the PoP's egress is untouched"),
             ("3b", "WAN1 back: new flows leave WAN1 again; a flow begun on WAN2 stays on WAN2 to its end"),
@@ -365,6 +393,30 @@ class BackhaulHqScenario(Scenario):
             by["2"].see(f"flow lines {bh[:1]}; saas {s}, country {c}, whoami {w}; hq TUN SYNs {len(tun_in)}, wan1 SYNs "
                         f"{[x.src for x in wan_out]}, at saas {[x.src for x in at_saas + csaas]}, PoP TUN {len(pop_tun)}, "
                         f"PoP egress {len(pop_out)}, DNS answers {len(answered)}, branch TUN {len(br_in)}, branch TLS {len(branch_in)}, HQ TLS {len(hq_out)}")
+        # 1m
+        w = seen.get("s1m_web", {})
+        wsyn = [x for x in syns("web:eth0", WEB, t1, t2) if x.src == EGRESS]
+        alice_in = [x for x in seg["pop:eth0"] if x.src == MOBILE and x.dport == 443 and x.payload and t1 <= x.time < t2]
+        if f"to client {EGRESS}" in w.get("out", "") and wsyn and alice_in:
+            by["1m"].passed(f"mobile: curl http://{WEB}/ -> {w['out'].strip()[:100]}; pop:eth0 TLS records of alice's "
+                            f"full tunnel {MOBILE}:{alice_in[0].sport} -> {POP}:443 meanwhile", alice_in[0], wsyn[-1])
+        else:
+            by["1m"].see(f"mobile whoami {w}; {len(alice_in)} TLS records from {MOBILE}")
+        # 2m
+        c, w = seen.get("s2m_country", {}), seen.get("s2m_web", {})
+        t2e = seen.get("t2_end", 0)
+        m_tun = [x for x in syns("hq:ztna-site0", COUNTRY, t2, t2e) if x.src == ALICE]
+        m_wan = [x for x in syns("hq:wan1", COUNTRY, t2, t2e) if m_tun and x.sport == m_tun[0].sport]
+        m_lines = [f for f in flows if f.get("site") == "user:alice" and f.get("dst") == f"{COUNTRY}:80"
+                   and f.get("exit") == "backhaul" and f.get("via") == "hq"]
+        if f"to client {WAN1}" in c.get("out", "") and f"to client {EGRESS}" in w.get("out", "") and m_tun \
+                and m_wan and all(x.src == WAN1 for x in m_wan) and m_lines:
+            by["2m"].passed(f"mobile: {c['out'].strip()[:90]}; hq:{TUN} SYN {ALICE}:{m_tun[0].sport} -> {COUNTRY}:80, "
+                            f"hq:wan1 SYN {WAN1}:{m_wan[0].sport}; whoami: {w['out'].strip()[:70]}", m_tun[0], m_wan[0])
+            by["2m"].see("flow line: " + json.dumps(m_lines[0], separators=(",", ":")))
+        else:
+            by["2m"].see(f"mobile country {c}, whoami {w}; hq TUN SYNs from {ALICE} {len(m_tun)}, wan1 {len(m_wan)}; "
+                         f"lines {m_lines[:1]}")
         # 3a
         line = seen.get("s3_wan2_line") or ""
         t_over, t_up = seen.get("t3_failed_over", 0), seen.get("t3_up", 0)
@@ -525,8 +577,8 @@ def finished(p: procs.Proc) -> list:
     return ["\n".join(text[:-1]) if port else "\n".join(text), port]
 
 
-def curl(lab: Lab, addr: str, *, max_time: float = 10) -> dict:
-    r = lab.exec("user", ["curl", "-sS", "--max-time", str(max_time), f"http://{addr}/"], timeout=max_time + 5)
+def curl(lab: Lab, addr: str, *, max_time: float = 10, host: str = "user") -> dict:
+    r = lab.exec(host, ["curl", "-sS", "--max-time", str(max_time), f"http://{addr}/"], timeout=max_time + 5)
     return {"out": r.stdout.decode(errors="replace"), "rc": r.returncode, "err": r.stderr.decode(errors="replace")}
 
 

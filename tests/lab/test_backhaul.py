@@ -21,6 +21,6 @@ def test_the_gateway_site_steps_are_observed(tmp_path, monkeypatch):
     lines = []
     ok, steps, report = run(BackhaulHqScenario(), say=lines.append, color=False)
     assert ok, "\n".join(lines)
-    assert [s.number for s in steps] == ["1", "2", "3a", "3b", "4", "5a", "5b", "5c", "6"]
+    assert [s.number for s in steps] == ["1", "2", "1m", "2m", "3a", "3b", "4", "5a", "5b", "5c", "6"]
     assert all(s.ok and s.evidence for s in steps)
     assert report is not None and report.exists()
