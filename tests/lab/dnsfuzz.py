@@ -101,6 +101,29 @@ def tcp_one(server, msg, wait=2.5):
         return f"error {exc.errno}"
 
 
+MALFORMED = ("over-long name (labels)", "over-long name (pointer)", "label over 63", "pointer loop", "truncated")
+
+
+def by_kind(flat: list, results: list) -> dict[str, list[str]]:
+    """The program's results grouped by case kind (``flat``: the (kind, message) pairs in the order sent)."""
+    out: dict = {}
+    for (kind, _), got in zip(flat, results):
+        out.setdefault(kind, []).append(got)
+    return out
+
+
+def check_refusals(kinds: dict, *, mutated_formerr: int) -> str:
+    """Assert every certainly-malformed kind got FORMERR and more than ``mutated_formerr`` of the mutations
+    did; return the tally of all answers, for the campaign's table."""
+    for kind in MALFORMED:
+        assert set(kinds[kind]) == {"FORMERR"}, (kind, kinds[kind])
+    assert kinds["mutated"].count("FORMERR") > mutated_formerr, kinds["mutated"]
+    tally: dict = {}
+    for got in (g for gs in kinds.values() for g in gs):
+        tally[got] = tally.get(got, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(tally.items()))
+
+
 def main():
     proto, server, path = sys.argv[1], sys.argv[2], sys.argv[3]
     cases = [bytes.fromhex(h) for h in json.load(open(path))]
