@@ -36,6 +36,7 @@ from netns.topology import prefix
 
 VPN_NET = "10.8.0.0/24"
 WG_NET = "10.9.0.0/24"
+WG_PORT = 51821  # not the gateway's UDP data channel port (UDP_PORT): both listen in the gateway's namespace
 LOSS_TABLE = "ztna_bench_loss"
 PING_INTERVAL = 0.05
 SLOW = "80mbit"
@@ -167,10 +168,10 @@ def wireguard_up(lab: Lab) -> None:
         _ok(lab.exec(side, ["ip", "link", "set", dev, "up"]))
     gw_key, gw_pub = keys["gateway"]
     cl_key, cl_pub = keys["client"]
-    _ok(lab.exec("gateway", ["wg", "set", wg_dev("gateway"), "private-key", str(gw_key), "listen-port", "51820",
+    _ok(lab.exec("gateway", ["wg", "set", wg_dev("gateway"), "private-key", str(gw_key), "listen-port", str(WG_PORT),
                              "peer", cl_pub, "allowed-ips", "10.9.0.1/32"]))
     _ok(lab.exec("client", ["wg", "set", wg_dev("client"), "private-key", str(cl_key), "peer", gw_pub,
-                            "allowed-ips", f"{WG_NET},192.168.1.0/24", "endpoint", f"{GW_PUBLIC}:51820"]))
+                            "allowed-ips", f"{WG_NET},192.168.1.0/24", "endpoint", f"{GW_PUBLIC}:{WG_PORT}"]))
     _ok(lab.exec("client", ["ip", "route", "add", "192.168.1.0/24", "dev", wg_dev("client")]))
 
 
