@@ -174,7 +174,9 @@ def test_busy_poll_spins_then_sleeps_the_rest_of_the_wait_and_cools_down():
         took = time.perf_counter() - t0
         spins, last = sel._selector.timeouts[:-1], sel._selector.timeouts[-1]
         assert spins and all(t == 0 for t in spins)  # polled without sleeping first
-        assert 0.047 <= last <= 0.05  # then slept what was left of the loop's own wait
+        # then slept what was left of the loop's own wait (how much is left depends on how long the 2 ms spin
+        # really took: a busy machine preempts it, so only the bounds are certain)
+        assert 0 < last < 0.05  # the spin's time came off the wait
         assert took >= 0.05  # never returns early: the loop's timers are not run ahead of time
         assert r.hot is False  # nothing came during the spin: the next wait sleeps straight away
         sel._selector.timeouts.clear()
