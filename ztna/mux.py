@@ -239,7 +239,7 @@ class Mux:
                 raise wire.BadFrame(f"channel {ch}: {n} bytes of CHDATA past the {c.recv_credit} granted")
             c.recv_credit -= n
             c.received += n
-            events.append(Data(ch, bytes(f.payload[4:])))
+            events.append(Data(ch, bytes(memoryview(f.payload)[4:])))  # one copy, not a slice and a copy
         elif t == wire.CREDIT:
             ch, n = struct.unpack("!II", f.payload)
             c = self.channels.get(ch)

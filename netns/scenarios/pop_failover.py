@@ -7,10 +7,10 @@
 
 Both gateways run in connector mode (identities gw1 and gw2). The PoP hands
 new leases to the live connectors in turn, so the two users' flows reach the app
-from the two gateways' LAN addresses. Each user has a slow download running when
+from the two gateways' LAN addresses. Each user has a slow upload running when
 gwa is killed with SIGKILL: the PoP sees gwa's tunnel end and ends only the
 leases that went through it (LEASE_RESULT {allowed: false, retry: true} to
-their agent); the agents' tunnels stay up. The download through gwa ends with a
+their agent); the agents' tunnels stay up. The upload through gwa ends with a
 reset (its next packets reach the app through gwb, which does not know them),
 the one through gwb completes, and every new flow goes to gwb.
 """
@@ -31,7 +31,9 @@ from .pop_agent import (start_servers, APP, CONNECTOR_NAME, POP, PRIV_DNS, APP_I
 # The PoP's line for a connector that published the app ("lease X: no connector publishes it" is not one:
 # an agent that reconnected first logs it, and a bare "publishes" count took it for the connector).
 PUBLISHED = f": publishes {APP} "
-LONG_BYTES, LONG_RATE = 4_000_000, "400k"  # a download of about 10 s running across the kill
+# An upload of about 10 s running across the kill: its client keeps sending, so its next packets after the
+# kill meet the app through the survivor (a download's client may say nothing until curl gives up).
+LONG_BYTES, LONG_RATE = 4_000_000, "400k"
 GWS = {"gwa": ("203.0.113.20", "192.168.1.1", "gw1"), "gwb": ("203.0.113.21", "192.168.1.2", "gw2")}
 
 
@@ -121,9 +123,11 @@ class PopFailoverScenario(PopAgentScenario):
 
         for host, _, _ in self.clients:
             seen["before"][host] = curl(host)
-        longs = {host: lab.start(host, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+        body = lab.root / "upload.bin"
+        body.write_bytes(b"u" * LONG_BYTES)
+        longs = {host: lab.start(host, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}",
                                         "--limit-rate", LONG_RATE, "--max-time", "30", "--cacert", ca,
-                                        f"https://{APP}/bytes/{LONG_BYTES}"], name=f"long-{host}")
+                                        "--data-binary", f"@{body}", f"https://{APP}/upload"], name=f"long-{host}")
                  for host, _, _ in self.clients}
         time.sleep(2.0)
         seen["tunnels_before_kill"] = tunnels()
@@ -168,9 +172,9 @@ class PopFailoverScenario(PopAgentScenario):
             f"two gateways (gw1, gw2) publish {APP}: two connector tunnels at the PoP",
             "the PoP spreads new flows: the app sees the two users from the two gateways' LAN addresses",
             "gwa is killed with -9: the PoP sees its tunnel end (and says how long after the kill) and ends only the "
-            "leases through it: the download through gwa ends with a reset, no agent's tunnel is rebuilt",
+            "leases through it: the upload through gwa ends with a reset, no agent's tunnel is rebuilt",
             "new flows go to the survivor: every curl after the kill gets 200, all from gwb's LAN address, and the "
-            "download through gwb completes",
+            "upload through gwb completes",
             "the PoP restarts: the connector is back within 40 s (its backoff's cap is 30 s) and both users' curls get 200",
         ], start=1)]
         pubs = [l for l in poplog if PUBLISHED in l]
@@ -187,12 +191,12 @@ class PopFailoverScenario(PopAgentScenario):
             steps[1].see(f"curl {seen['before']}; SYNs before the kill from {sorted(pre)}")
         gone = [l for l in poplog if "connector" in l and "gw1" in l and "closed" in l]
         ended = [l for l in poplog if "through connector" in l and "gw1" in l and "its tunnel stays up" in l]
-        # whose download went through gw1: the PoP's flow line for the lease that ended with gw1
+        # whose upload went through gw1: the PoP's flow line for the lease that ended with gw1
         lines = evidence.json_lines(lab.log_dir / "pop-flows.jsonl")
         hosts = {ident: host for host, _, ident in self.clients}
         via_gw1 = {hosts.get(l.get("identity")) for l in lines if l.get("connector") == "gw1" and "gone" in str(l.get("end"))}
         long = seen.get("long", {})
-        reset = {h for h, r in long.items() if r["rc"] == 56 or "reset" in r["out"].lower()}
+        reset = {h for h, r in long.items() if r["rc"] in (55, 56) or "reset" in r["out"].lower()}
         done = {h for h, r in long.items() if r["rc"] == 0 and r["out"] == f"200 {LONG_BYTES}"}
         rsts = [s for s in evidence.tcp(app) if s.time > killed and s.src == APP_IP and "R" in s.flags]
         same = seen.get("tunnels_before_kill") == seen.get("tunnels_after_kill")
@@ -200,21 +204,21 @@ class PopFailoverScenario(PopAgentScenario):
             t = flow.log_time(gone[0])
             dt = f"{(t - killed) * 1000:.0f} ms after the kill" if t else "time unknown"
             steps[2].passed(f"PoP ({dt}): {gone[0].split(' INFO ', 1)[-1][:110]} | {ended[0].split(' INFO ', 1)[-1][:110]}"
-                            f" | download via gw1 ({', '.join(sorted(reset))}): {[long[h] for h in sorted(reset)]}"
+                            f" | upload via gw1 ({', '.join(sorted(reset))}): {[long[h] for h in sorted(reset)]}"
                             f" | tunnels up (agents' 'tunnel up' lines, PoP's agent connections) "
                             f"{seen['tunnels_after_kill']}, as before the kill",
                             flow.note("pop", "gw1's connector tunnel ended", t), rsts[0])
         else:
-            steps[2].see(f"PoP: {gone[:1]} {ended[:1]}; via gw1 {via_gw1}; downloads {long}; tunnels "
+            steps[2].see(f"PoP: {gone[:1]} {ended[:1]}; via gw1 {via_gw1}; uploads {long}; tunnels "
                          f"{seen.get('tunnels_before_kill')} -> {seen.get('tunnels_after_kill')}; app RSTs {len(rsts)}")
         if all(v == "200" for v in list(seen["after"].values()) + list(seen["after_again"].values())) \
                 and post == {GWS["gwb"][1]} and done and done | reset == set(long):
             steps[3].passed(f"curl after the kill: {seen['after']}, again {seen['after_again']}; app:eth0 SYNs after "
-                            f"the kill only from {GWS['gwb'][1]}; download via gw2 ({', '.join(sorted(done))}) "
+                            f"the kill only from {GWS['gwb'][1]}; upload via gw2 ({', '.join(sorted(done))}) "
                             f"complete: {[long[h]['out'] for h in sorted(done)]}", next(s for s in syns if s.time > killed))
         else:
             steps[3].see(f"curl after {seen['after']}, again {seen['after_again']}; SYNs after from {sorted(post)}; "
-                         f"downloads {long}")
+                         f"uploads {long}")
         back = seen.get("connector_back_s")
         if back is not None and all(v == "200" for v in seen.get("after_restart", {}).values()):
             steps[4].passed(f"connector back {back:.1f}s after the restart; curl {seen['after_restart']} "
