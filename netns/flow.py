@@ -68,8 +68,9 @@ class Tunnel:
 
 
 def where(pcap: str | Path) -> tuple[str, str]:
-    """(host, iface) from a capture's file name, ``<host>-<iface>.pcap`` (``netns.capture``)."""
-    host, _, iface = Path(pcap).stem.rpartition("-")
+    """(host, iface) from a capture's file name, ``<host>-<iface>.pcap`` (``netns.capture``).  Host names have
+    no "-" (netns.topology refuses them); interface names may (``ztna-site0``), so the first "-" divides."""
+    host, _, iface = Path(pcap).stem.partition("-")
     return host, iface
 
 

@@ -74,6 +74,8 @@ class Topology:
     def host(self, name: str, *, forward: bool = False) -> Host:
         if name in self.hosts:
             raise TopologyError(f"host {name!r} defined twice")
+        if "-" in name:  # a capture is <host>-<iface>.pcap, and interface names may hold "-"
+            raise TopologyError(f"host {name!r}: a host name may not contain '-'")
         h = Host(name, forward=forward)
         self.hosts[name] = h
         return h

@@ -51,3 +51,15 @@ def test_inconsistent_specs_are_refused(mutate, msg):
 def test_bad_address_is_refused():
     with pytest.raises(ValueError):
         Topology("t").host("a").addr("eth0", "10.0.0.300/24")
+
+
+def test_capture_names_split_at_the_first_dash_and_host_names_have_none():
+    import pytest
+
+    from netns.flow import where
+    from netns.topology import Topology, TopologyError
+
+    assert where("/x/branch-ztna-site0.pcap") == ("branch", "ztna-site0")
+    assert where("pop-eth0.pcap") == ("pop", "eth0")
+    with pytest.raises(TopologyError, match="may not contain '-'"):
+        Topology("t").host("branch-1")
