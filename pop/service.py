@@ -160,7 +160,7 @@ class Pop:
         self.relay.counters["crl_errors"] += refused
         for cid, (serial, identity, what) in list(self.serials.items()):
             if serial in added:
-                conn = {"agent": self.agents, "connector": self.connectors, "site": self.sites}[what].get(cid)
+                conn = self._table(what)[0].get(cid)
                 if conn is not None:
                     self.relay.counters["tunnels_revoked"] += 1
                     log.warning("%s %d %s: ended: certificate revoked (serial %x)", what, cid, identity, serial)
@@ -235,18 +235,18 @@ class Pop:
         if isinstance(where, Agent):
             self.agents[cid] = conn
             conn.on_data = lambda data: self._perform(self.relay.agent_data(cid, data, time.monotonic()))
-            conn.on_close = lambda reason: self._agent_gone(cid, reason)
+            conn.on_close = lambda reason: self._gone("agent", cid, reason)
             conn.on_blocked = lambda blocked: blocked or self._perform(self.relay.agent_drained(cid))
             self._perform(self.relay.agent_up(cid, identity, now))
         elif what == "site":
             self.sites[cid] = conn
             conn.on_data = lambda data: self._perform(self.hub.site_data(cid, data, time.monotonic(), self._site_queued))
-            conn.on_close = lambda reason: self._site_gone(cid, reason)
+            conn.on_close = lambda reason: self._gone("site", cid, reason)
             self._perform(self.hub.site_up(cid, identity, peer, now))
         else:
             self.connectors[cid] = conn
             conn.on_data = lambda data: self._connector_data(cid, data)
-            conn.on_close = lambda reason: self._connector_gone(cid, reason)
+            conn.on_close = lambda reason: self._gone("connector", cid, reason)
             self._perform(self.relay.connector_up(cid, identity, peer, now))
         log.info("%s %d from %s: identity %s, %s", what, cid, peer, identity, tls.version())
         conn.start_reading()
@@ -337,17 +337,6 @@ class Pop:
         self._perform(self.relay.connector_data(cid, data, time.monotonic(), self._agent_queued))
         if self.streams:
             self._streams_credit(cid)  # a CREDIT may have come: paused streams read again
-
-    def _agent_queued(self, aid: int) -> int:
-        conn = self.agents.get(aid)
-        return conn.queued if conn is not None else 0
-
-    def _agent_gone(self, aid: int, reason: str) -> None:
-        self.serials.pop(aid, None)
-        conn = self.agents.pop(aid, None)
-        self._perform(self.relay.agent_closed(aid, reason))
-        if conn is not None:
-            log.info("agent %d closed: %s; %d bytes in, %d out", aid, reason, conn.bytes_in, conn.bytes_out)
 
     # ---- network rules ([pop] rules) -------------------------------------------------------
     def _decide(self, site: str, proto: int, src: str, dst: str, dport: int) -> sh.Exit:
@@ -481,23 +470,32 @@ class Pop:
         if bufs:
             self._perform(self.hub.tun_packets(bufs, time.monotonic(), self._site_queued))
 
-    def _site_queued(self, sid: int) -> int:
-        conn = self.sites.get(sid)
+    # ---- a tunnel's connection ends ----------------------------------------------------------
+    def _table(self, what: str):
+        """(the open connections of this kind, the core's call for one that ended)."""
+        if what == "agent":
+            return self.agents, self.relay.agent_closed
+        if what == "connector":
+            return self.connectors, self.relay.connector_closed
+        return self.sites, self.hub.site_closed  # only a PoP with [sites] has site connections (and a hub)
+
+    def _queued(self, what: str, cid: int) -> int:
+        conn = self._table(what)[0].get(cid)
         return conn.queued if conn is not None else 0
 
-    def _site_gone(self, sid: int, reason: str) -> None:
-        self.serials.pop(sid, None)
-        conn = self.sites.pop(sid, None)
-        self._perform(self.hub.site_closed(sid, reason))
-        if conn is not None:
-            log.info("site %d closed: %s; %d bytes in, %d out", sid, reason, conn.bytes_in, conn.bytes_out)
+    def _agent_queued(self, aid: int) -> int:
+        return self._queued("agent", aid)
 
-    def _connector_gone(self, cid: int, reason: str) -> None:
+    def _site_queued(self, sid: int) -> int:
+        return self._queued("site", sid)
+
+    def _gone(self, what: str, cid: int, reason: str) -> None:
+        conns, closed = self._table(what)
         self.serials.pop(cid, None)
-        conn = self.connectors.pop(cid, None)
-        self._perform(self.relay.connector_closed(cid, reason))
+        conn = conns.pop(cid, None)
+        self._perform(closed(cid, reason))
         if conn is not None:
-            log.info("connector %d closed: %s; %d bytes in, %d out", cid, reason, conn.bytes_in, conn.bytes_out)
+            log.info("%s %d closed: %s; %d bytes in, %d out", what, cid, reason, conn.bytes_in, conn.bytes_out)
 
     # ---- performing -----------------------------------------------------------------------
     def _perform(self, cmds: list) -> None:

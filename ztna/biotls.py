@@ -30,13 +30,15 @@ import socket
 import ssl
 from typing import Callable
 
+from ztna.tlsconn import Closing
+
 log = logging.getLogger("ztna.tls")
 
 READ_CHUNK = 256 * 1024
 READ_BUDGET = 1024 * 1024  # plaintext handed on per wake-up before the loop serves the others
 
 
-class BioTLS:
+class BioTLS(Closing):
     """One TLS connection over a non-blocking TCP socket.  Callbacks run on the loop."""
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool, name: str,
@@ -251,29 +253,6 @@ class BioTLS:
             self._encrypt_send(batch)
         if self._inflight is None and self.on_blocked is not None and not self.closed:
             self.on_blocked(False)
-
-    @property
-    def blocked(self) -> bool:
-        return self._inflight is not None
-
-    # ---- closing ---------------------------------------------------------
-    def close(self, reason: str = "closed") -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for remove in (self.loop.remove_reader, self.loop.remove_writer):
-            try:
-                remove(self.fd)
-            except (ValueError, OSError):
-                pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        self._queue.clear()
-        self.queued = 0
-        if self.on_close is not None:
-            self.on_close(reason)
 
 
 __all__ = ["BioTLS", "READ_CHUNK", "READ_BUDGET"]

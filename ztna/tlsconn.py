@@ -38,7 +38,36 @@ def tune_tunnel_socket(sock: socket.socket, lowat: int = NOTSENT_LOWAT) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, lowat)
 
 
-class FramedTLS:
+class Closing:
+    """What both tunnel connections (FramedTLS here, ztna.biotls.BioTLS) do the same way: ``blocked`` while a
+    write waits for the kernel, and ``close``: off the loop, the socket closed, the queue dropped, ``on_close``
+    told once.  They keep ``loop``, ``fd``, ``sock``, ``_queue``, ``queued``, ``_inflight``, ``closed`` and
+    ``on_close``."""
+
+    @property
+    def blocked(self) -> bool:
+        return self._inflight is not None
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for remove in (self.loop.remove_reader, self.loop.remove_writer):
+            try:
+                remove(self.fd)
+            except (ValueError, OSError):
+                pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._queue.clear()
+        self.queued = 0
+        if self.on_close is not None:
+            self.on_close(reason)
+
+
+class FramedTLS(Closing):
     """One TLS connection.  ``on_data(bytes)`` and ``on_close(reason)`` are called on the loop."""
 
     def __init__(self, sock: ssl.SSLSocket, *, name: str,
@@ -153,28 +182,6 @@ class FramedTLS:
             self._push(batch)
         if self._inflight is None and self.on_blocked is not None and not self.closed:
             self.on_blocked(False)
-
-    @property
-    def blocked(self) -> bool:
-        return self._inflight is not None
-
-    # ---- closing ---------------------------------------------------------
-    def close(self, reason: str = "closed") -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for remove in (self.loop.remove_reader, self.loop.remove_writer):
-            try:
-                remove(self.fd)
-            except (ValueError, OSError):
-                pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        self._queue.clear()
-        if self.on_close is not None:
-            self.on_close(reason)
 
 
 def accept_ready(lsock) -> list:
