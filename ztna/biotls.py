@@ -116,14 +116,6 @@ class BioTLS(Closing):
                 continue
             self._inflight = self._inflight[n:] if n < len(self._inflight) else None
 
-    async def _wait(self, add, remove) -> None:
-        fut = self.loop.create_future()
-        add(self.fd, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
-        finally:
-            remove(self.fd)
-
     # ---- reading ---------------------------------------------------------
     def start_reading(self) -> None:
         if not self._reading and not self.closed:

@@ -40,13 +40,21 @@ def tune_tunnel_socket(sock: socket.socket, lowat: int = NOTSENT_LOWAT) -> None:
 
 class Closing:
     """What both tunnel connections (FramedTLS here, ztna.biotls.BioTLS) do the same way: ``blocked`` while a
-    write waits for the kernel, and ``close``: off the loop, the socket closed, the queue dropped, ``on_close``
-    told once.  They keep ``loop``, ``fd``, ``sock``, ``_queue``, ``queued``, ``_inflight``, ``closed`` and
+    write waits for the kernel, ``_wait`` for the socket during the handshake, and ``close``: off the loop, the
+    socket closed, the queue dropped, ``on_close`` told once.  They keep ``loop``, ``fd``, ``sock``, ``_queue``, ``queued``, ``_inflight``, ``closed`` and
     ``on_close``."""
 
     @property
     def blocked(self) -> bool:
         return self._inflight is not None
+
+    async def _wait(self, add, remove) -> None:
+        fut = self.loop.create_future()
+        add(self.fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            remove(self.fd)
 
     def close(self, reason: str = "closed") -> None:
         if self.closed:
@@ -100,14 +108,6 @@ class FramedTLS(Closing):
                     await self._wait(self.loop.add_reader, self.loop.remove_reader)
                 except ssl.SSLWantWriteError:
                     await self._wait(self.loop.add_writer, self.loop.remove_writer)
-
-    async def _wait(self, add, remove) -> None:
-        fut = self.loop.create_future()
-        add(self.fd, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
-        finally:
-            remove(self.fd)
 
     # ---- reading ---------------------------------------------------------
     def start_reading(self) -> None:
