@@ -33,6 +33,15 @@ SITE_NAME = "site.pop.example"
 TUNNEL_NAME, CONNECTOR_NAME = "tunnel.pop.example", "connector.pop.example"
 
 
+def pop_section(lab: Lab, extra: str = "") -> str:
+    """pop.toml's ``[pop]`` for the backhaul labs: the PoP's names and certificate, its egress, the flow log."""
+    pki = lab.pki_dir
+    return (f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
+            f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\nsite_name = \"{SITE_NAME}\"\n"
+            f"egress_address = \"{EGRESS}\"\negress_interface = \"eth0\"\n{extra}"
+            f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\n")
+
+
 class BackhaulScenario(Scenario):
     name = "backhaul"
     summary = "backhauling (SPEC §7), step 1: a branch site's internet traffic leaves from the PoP's egress"
@@ -62,12 +71,7 @@ class BackhaulScenario(Scenario):
         lab.issue("branch1", "client")
         pki = lab.pki_dir
         web = lab.start("web", web_argv(WEB, http_port=80), name="whoami")
-        pop_conf = lab.write_conf("pop.toml", (
-            f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
-            f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\nsite_name = \"{SITE_NAME}\"\n"
-            f"egress_address = \"{EGRESS}\"\negress_interface = \"eth0\"\n"
-            f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\n\n"
-            f"[sites]\nbranch1 = {{ lan = [\"{LAN}\"] }}\n"))
+        pop_conf = lab.write_conf("pop.toml", pop_section(lab) + f"\n[sites]\nbranch1 = {{ lan = [\"{LAN}\"] }}\n")
         pop = lab.start("pop", procs.ztna_argv("pop", "run", "--config", str(pop_conf)), name="pop")
         procs.wait_listening(pop, POP, 443)
         procs.wait_listening(web, WEB, 80)

@@ -38,9 +38,9 @@ from ..report import Step
 from ..scenario import Scenario
 from ..topology import Topology
 from .agent import web_argv
+from .backhaul import (BRANCH_UP, CONNECTOR_NAME, EGRESS, LAN, POP, SITE_NAME, TUNNEL_NAME, USER, WEB,  # noqa: F401
+                       pop_section)
 
-POP, EGRESS, WEB = "192.0.2.10", "150.195.219.10", "203.0.113.80"
-BRANCH_UP, LAN, USER = "198.51.100.2", "10.10.0.0/24", "10.10.0.10"
 WAN1, WAN2, HQ_LAN, HQ_IN = "198.18.1.2", "198.18.2.2", "192.168.50.0/24", "192.168.50.1"
 SAAS, COUNTRY, LOCAL_GW, INTRANET = "198.18.20.80", "198.18.20.81", "192.168.50.254", "172.20.0.80"
 HEALTH_TARGET = "203.0.113.1"
@@ -48,8 +48,6 @@ POP_DNS = "100.127.255.254"  # the PoP answers its sites' DNS on its TUN address
 SAAS_NAME, COUNTRY_NAME = "app.saas.example", "jp-only.saas.example"
 ZONE = (f"$ORIGIN saas.example.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 60 60 60 60\n"
         f"app IN A {SAAS}\njp-only IN A {COUNTRY}\n")
-SITE_NAME = "site.pop.example"
-TUNNEL_NAME, CONNECTOR_NAME = "tunnel.pop.example", "connector.pop.example"
 TUN = "ztna-site0"
 MOBILE, MOBILE_GW, ALICE = "198.18.0.2", "198.18.0.1", "10.99.0.10"  # alice's address at the PoP ([mobile])
 HQ_ENDED = "site said CLOSE: site stopping"
@@ -164,11 +162,7 @@ class BackhaulHqScenario(Scenario):
             raise RuntimeError(f"the SaaS allow lists: {r.stderr.decode().strip()}")
         self.rules = lab.write_conf("rules.toml", "# no rules yet: everything leaves by the PoP's egress\n")
         pop_conf = lab.write_conf("pop.toml", (
-            f"[pop]\nlisten = \"{POP}\"\ncert = \"{pki}/pop.pem\"\nkey = \"{pki}/pop.key\"\nca = \"{pki}/ca.pem\"\n"
-            f"tunnel_name = \"{TUNNEL_NAME}\"\nconnector_name = \"{CONNECTOR_NAME}\"\nsite_name = \"{SITE_NAME}\"\n"
-            f"egress_address = \"{EGRESS}\"\negress_interface = \"eth0\"\nrules = \"{self.rules}\"\n"
-            f"dns_upstream = \"{WEB}\"\n"
-            f"flow_log = \"{lab.log_dir}/pop-flows.jsonl\"\n\n"
+            pop_section(lab, f"rules = \"{self.rules}\"\ndns_upstream = \"{WEB}\"\n") + "\n"
             f"[sites]\nbranch1 = {{ lan = [\"{LAN}\"] }}\n"
             f"hq = {{ lan = [\"{HQ_LAN}\"], backhaul_gateway = true, fallback = \"pop-egress\" }}\n\n"
             f"[mobile]\nalice = \"{ALICE}\"\n"))
