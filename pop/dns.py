@@ -29,7 +29,7 @@ import time
 from gateway.dnsfilter import upstream as up_client
 from gateway.dnsfilter import wire
 from gateway.dnsfilter.cache import AnswerCache
-from ztna.dnswire import BadMessage, serve_tcp_client
+from ztna.dnswire import BadMessage, UdpServer, serve_tcp_client
 
 log = logging.getLogger("ztna.pop.dns")
 SERVFAIL = wire.SERVFAIL
@@ -110,7 +110,9 @@ class PopDns:
             us.close()
             ts.close()
             raise
-        self.udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=us)
+        self.udp, _ = await loop.create_datagram_endpoint(lambda: UdpServer(
+            lambda data: self.answer_untrusted(data, tcp=False), log=log,
+            max_tasks=4 * self.max_inflight, on_busy=self._busy), sock=us)  # queries waiting: bounded too
         self.tcp = await asyncio.start_server(self._tcp, sock=ts)
         log.info("DNS for the sites on %s:%d (UDP and TCP), forwarding to %s:%d", listen, port, *self.upstream)
 
@@ -125,34 +127,11 @@ class PopDns:
         finally:
             self.tcp_clients -= 1
 
+    def _busy(self) -> None:
+        self.counters["busy"] += 1
+
     def close(self) -> None:
         if self.udp is not None:
             self.udp.close()
         if self.tcp is not None:
             self.tcp.close()
-
-
-class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, dns: PopDns):
-        self.dns = dns
-        self.tasks: set[asyncio.Task] = set()
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def datagram_received(self, data, addr):
-        if len(self.tasks) >= 4 * self.dns.max_inflight:  # queries waiting on the upstream: bounded too
-            self.dns.counters["busy"] += 1
-            return
-        t = asyncio.ensure_future(self._handle(data, addr))
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
-
-    async def _handle(self, data, addr):
-        try:
-            out = await self.dns.answer_untrusted(data, tcp=False)
-        except Exception:  # a bug must cost one query, never the forwarder
-            log.exception("internal error answering a query from %s", addr)
-            return
-        if out is not None:
-            self.transport.sendto(out, addr)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import struct
@@ -128,3 +129,35 @@ async def serve_tcp_client(reader, writer, answer, *, idle: float = 10.0, log=No
         log.exception("internal error on a TCP query")
     finally:
         writer.close()
+
+
+class UdpServer(asyncio.DatagramProtocol):
+    """UDP beside ``serve_tcp_client``: each datagram answered by ``answer(data)`` (a coroutine, None = no reply)
+    on a task of its own.  A bug costs one query and a log line, never the server.  With ``max_tasks`` set, a
+    datagram that finds that many still waiting is dropped and ``on_busy()`` told."""
+
+    def __init__(self, answer, *, log, max_tasks: int | None = None, on_busy=None):
+        self.answer, self.log, self.max_tasks, self.on_busy = answer, log, max_tasks, on_busy
+        self.tasks: set[asyncio.Task] = set()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        if self.max_tasks is not None and len(self.tasks) >= self.max_tasks:
+            if self.on_busy is not None:
+                self.on_busy()
+            return
+        t = asyncio.ensure_future(self._handle(data, addr))
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def _handle(self, data, addr):
+        try:
+            out = await self.answer(data)
+        except Exception:  # a bug must cost one query, never the server
+            self.log.exception("internal error answering a query from %s", addr)
+            return
+        if out is not None:
+            self.transport.sendto(out, addr)

@@ -21,7 +21,7 @@ from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord
 
 from ztna import dnsclient, edns
 from ztna.dnsclient import UpstreamError
-from ztna.dnswire import BadMessage, formerr_for, parse_untrusted, serve_tcp_client
+from ztna.dnswire import BadMessage, UdpServer, formerr_for, parse_untrusted, serve_tcp_client
 
 from . import split
 from .state import Learned
@@ -166,29 +166,6 @@ def _for_client(reply: bytes, ident: int, client_has_opt: bool) -> bytes:
     return r.pack()
 
 
-class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, fwd: Forwarder):
-        self.fwd = fwd
-        self.tasks: set[asyncio.Task] = set()
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def datagram_received(self, data, addr):
-        t = asyncio.ensure_future(self._handle(data, addr))
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
-
-    async def _handle(self, data, addr):
-        try:
-            out = await self.fwd.answer_untrusted(data, tcp=False)
-        except Exception:  # a bug must cost one query, never the stub
-            log.exception("internal error answering a query from %s", addr)
-            return
-        if out is not None:
-            self.transport.sendto(out, addr)
-
-
 class Stub:
     """The listening sockets on the loopback address (UDP and TCP)."""
 
@@ -217,7 +194,8 @@ class Stub:
             us.close()
             ts.close()
             raise
-        self.udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self.fwd), sock=us)
+        self.udp, _ = await loop.create_datagram_endpoint(
+            lambda: UdpServer(lambda data: self.fwd.answer_untrusted(data, tcp=False), log=log), sock=us)
         self.tcp = await asyncio.start_server(self._tcp, sock=ts)
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
