@@ -209,13 +209,7 @@ class AgentSession:
         """One turn of the UDP queue: seal what fits into datagrams; return what must still go over TLS."""
         q = self.udp_fq
         pkts = q.dequeue_bytes(UDP_TURN, now)
-        seen = self._udp_seen
-        if (q.drops, q.marks, q.overlimit) != seen:
-            c = self.counters
-            c["udp_aqm_drops"] += q.drops - seen[0]
-            c["udp_aqm_marks"] += q.marks - seen[1]
-            c["udp_aqm_overlimit"] += q.overlimit - seen[2]
-            self._udp_seen = (q.drops, q.marks, q.overlimit)
+        self._udp_seen = _tally(self.counters, "udp_aqm_", q, self._udp_seen)
         if not pkts:
             return []
         dgs, rest = self.path.seal_packets(pkts, self.udp_mtu)
@@ -310,13 +304,7 @@ class AgentSession:
             self._send(cmds, _frames(pkts), now)
 
     def _count(self) -> None:
-        fq, seen = self.fq, self._fq_seen
-        if (fq.drops, fq.marks, fq.overlimit) != seen:
-            c = self.counters
-            c["aqm_drops"] += fq.drops - seen[0]
-            c["aqm_marks"] += fq.marks - seen[1]
-            c["aqm_overlimit"] += fq.overlimit - seen[2]
-            self._fq_seen = (fq.drops, fq.marks, fq.overlimit)
+        self._fq_seen = _tally(self.counters, "aqm_", self.fq, self._fq_seen)
 
     def _refuse(self, buf, f, why: str, refusals: list, cmds: list) -> None:
         answer = refusal_for(buf, 10, f)
@@ -547,6 +535,16 @@ class AgentSession:
                 self._refuse(buf, f, "denied by the gateway", refusals, cmds)
             if refusals:
                 cmds.append(WriteTun(refusals))
+
+
+def _tally(counters, prefix: str, fq: FqCodel, seen: tuple) -> tuple:
+    """Add what ``fq`` dropped, marked and refused since ``seen`` to ``counters`` (``prefix`` + drops, marks,
+    overlimit); the new ``seen``."""
+    now = (fq.drops, fq.marks, fq.overlimit)
+    if now != seen:
+        for name, n, was in zip(("drops", "marks", "overlimit"), now, seen):
+            counters[prefix + name] += n - was
+    return now
 
 
 def _frames(pkts: list) -> bytes:
